@@ -1,0 +1,245 @@
+"""`collapse`: the command line. `run` is a real Hydra application; the rest are plain commands."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from collapse_cli.errors import CollapseError
+
+USAGE = """usage: collapse <command> [args]
+
+commands:
+  run [overrides]      train, generate, retrain for N generations (a Hydra app:
+                       -m/--multirun, --cfg job, --help, hydra.run.dir=... work as usual)
+  resume RUN_DIR       continue an interrupted or failed run from its last finished generation
+  compare PATH...      tables, CSV, plots and a report across run folders and sweeps
+  show RUN_DIR         one run: its config in words, metrics by generation, verdict
+
+examples:
+  collapse run                                  # builtin language, tiny model, CPU, minutes
+  collapse run model=opt125m mix=0.1            # Shumailov et al.'s 10%-real setting
+  collapse run -m mix=0,0.1,0.5 seed=0,1,2      # a sweep: 9 runs
+  collapse run dry_run=true                     # print the plan, train nothing
+"""
+
+# Hydra flags that take a value, so the value is not mistaken for an override.
+FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                    "--config-dir", "-cd", "--experimental-rerun"}
+# Flags after which Hydra prints and exits: nothing is composed, so nothing is checked.
+INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
+
+
+def conf_dir() -> str:
+    """Installed: collapse_cli/conf; source checkout or editable install: the repository's conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise CollapseError(f"cannot find the Hydra configs next to {here}; reinstall with `pip install .`")
+
+
+def error_line(message: str) -> int:
+    print(f"collapse: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _register() -> None:
+    from collapse_cli.config import register_schema
+
+    register_schema()
+    if not OmegaConf.has_resolver("run_id"):
+        # Appended to Hydra's per-second timestamp so runs started in the same second never share a folder.
+        OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
+
+
+def split_args(args: list[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, multirun?, info-only?) from a `collapse run` argument list."""
+    overrides, multirun, info_only, skip_next = [], False, False, False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+        elif arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in INFO_FLAGS or arg.split("=")[0] in INFO_FLAGS:
+            info_only = True
+        elif arg in FLAGS_WITH_VALUE:
+            skip_next = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides, multirun, info_only
+
+
+def expand_sweeps(overrides: list[str]) -> list[list[str]]:
+    """Every job of a basic-sweeper multirun, as plain override lists."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = []
+    for override in parsed:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    return [list(combo) for combo in itertools.product(*choices)] or [[]]
+
+
+def preflight(overrides: list[str], multirun: bool) -> None:
+    """Compose and validate every job before Hydra starts any, so bad input costs nothing."""
+    from hydra import compose, initialize_config_dir
+
+    from collapse_cli.config import to_run_config
+
+    job_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    jobs = expand_sweeps(job_overrides) if multirun else [job_overrides]
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        for job in jobs:
+            to_run_config(compose(config_name="config", overrides=job))
+
+
+def hydra_message(err: Exception) -> str:
+    """Hydra and OmegaConf errors, cut to their first line and given a fix."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if "Could not find" in str(err) and "Available options" in str(err):
+        options = str(err).split("Available options:")[1].split()
+        text = f"{text.rstrip('.')}: use one of {', '.join(options)}"
+    elif "not in" in text or "Key '" in text:
+        text = f"{text} (check the key's spelling; `collapse run --cfg job` lists every key)"
+    elif "Ambiguous value" in text:
+        text = f"{text} (a comma-separated sweep needs -m/--multirun)"
+    return text
+
+
+def run_task(failures: list[str]) -> Callable[[DictConfig], None]:
+    def task(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        from collapse_cli.config import to_run_config
+
+        hydra_cfg = HydraConfig.get()
+        path = Path(hydra_cfg.runtime.output_dir)
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        run_config = to_run_config(cfg)
+        if not run_config.dry_run:
+            (path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        code = execute_guarded(run_config, path)
+        if run_config.dry_run:
+            _remove_dry_run_folder(path)
+        if code:
+            failures.append(str(path))
+            if not multirun:
+                raise SystemExit(code)
+    return task
+
+
+def execute_guarded(run_config, path: Path) -> int:
+    """Run the loop; turn every way it can stop into a status and an exit code."""
+    from collapse_cli.loop import execute
+    from collapse_cli.progress import Feedback
+    from collapse_cli.rundir import RunDir
+
+    run_dir = RunDir(path)
+    try:
+        execute(run_config, path, Feedback())
+        return 0
+    except CollapseError as err:
+        if not run_config.dry_run and path.exists():
+            run_dir.set_status("failed", reason=str(err))
+        error_line(str(err))
+        return 2
+    except KeyboardInterrupt:
+        run_dir.set_status("interrupted", reason="interrupted by the user (Ctrl-C); `collapse resume` continues it")
+        print(f"collapse: interrupted; resume with: collapse resume {path}", file=sys.stderr)
+        return 130
+    except BaseException as err:
+        run_dir.set_status("failed", reason=f"{type(err).__name__}: {err}")
+        raise
+
+
+def _remove_dry_run_folder(path: Path) -> None:
+    """A dry run trains nothing, so it leaves no run folder behind."""
+    import shutil
+
+    if path.exists() and not any(path.glob("gen_*")):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_command(args: list[str]) -> int:
+    import hydra
+
+    _register()
+    overrides, multirun, info_only = split_args(args)
+    if not info_only:
+        try:
+            preflight(overrides, multirun)
+        except CollapseError as err:
+            return error_line(str(err))
+        except Exception as err:  # Hydra/OmegaConf composition errors
+            return error_line(hydra_message(err))
+    failures: list[str] = []
+    main = hydra.main(version_base=None, config_path=conf_dir(), config_name="config")(run_task(failures))
+    saved_argv = sys.argv
+    sys.argv = ["collapse run", *args]
+    try:
+        main()
+    finally:
+        sys.argv = saved_argv
+    if failures:
+        return error_line(f"{len(failures)} run(s) failed: {', '.join(failures)}") if multirun else 2
+    return 0
+
+
+def resume_command(args: list[str]) -> int:
+    from collapse_cli.config import to_run_config
+    from collapse_cli.rundir import RunDir
+
+    if len(args) != 1 or args[0].startswith("-"):
+        return error_line("usage: collapse resume RUN_DIR")
+    path = Path(args[0])
+    saved = path / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        return error_line(f"{path}: not a run folder (no .hydra/config.yaml); give the folder `collapse run` made")
+    if RunDir(path).status().get("state") == "finished":
+        print(f"collapse: {path} already finished; nothing to resume")
+        return 0
+    _register()
+    try:
+        run_config = to_run_config(OmegaConf.load(saved))
+    except CollapseError as err:
+        return error_line(str(err))
+    run_config.resume = True
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(path / "collapse.log")])
+    return execute_guarded(run_config, path)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = args[0], args[1:]
+    try:
+        if command == "run":
+            return run_command(rest)
+        if command == "resume":
+            return resume_command(rest)
+        if command in ("compare", "show"):
+            from collapse_cli import compare
+
+            return compare.main(rest) if command == "compare" else compare.show_main(rest)
+    except CollapseError as err:
+        return error_line(str(err))
+    return error_line(f"unknown command {command!r}; commands: run, resume, compare, show (see `collapse --help`)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

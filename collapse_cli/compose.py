@@ -1,0 +1,116 @@
+"""Which blocks each generation trains on, and where every one of them came from.
+
+N is the size of the real training set that generation 0 trains on. For g >= 1:
+    replace               round(mix*N) real + the rest synthetic from g-1       (Shumailov et al. 2024)
+    accumulate            round(mix*N) real + every synthetic corpus so far     (Gerstgrasser et al. 2024)
+    accumulate_subsample  N drawn uniformly from that accumulated pool          (Kazdan et al. 2024)
+    fresh                 round(mix*N) real blocks no earlier generation saw
+                          + the rest synthetic from g-1                         (Alemohammad et al. 2024)
+Origins: REAL (-1) for real blocks, k >= 0 for synthetic text from generation k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from collapse_cli.errors import CollapseError
+
+REAL = -1
+
+
+@dataclass
+class TrainingSet:
+    origin: np.ndarray  # int16 [n]: REAL or the generation that wrote the block
+    index: np.ndarray  # int32 [n]: row in the real pool or in that generation's corpus
+
+    def __len__(self) -> int:
+        return len(self.origin)
+
+    def counts(self) -> dict[str, int]:
+        labels, counts = np.unique(self.origin, return_counts=True)
+        return {("real" if label == REAL else f"gen_{label}"): int(n) for label, n in zip(labels, counts)}
+
+    def blocks(self, real_pool: np.ndarray, corpora: dict[int, np.ndarray]) -> np.ndarray:
+        out = np.empty((len(self), real_pool.shape[1]), dtype=np.int64)
+        is_real = self.origin == REAL
+        out[is_real] = real_pool[self.index[is_real]]
+        for generation in np.unique(self.origin[~is_real]):
+            rows = self.origin == generation
+            out[rows] = corpora[int(generation)][self.index[rows]]
+        return out
+
+
+def _part(origin: int, index: np.ndarray) -> TrainingSet:
+    return TrainingSet(np.full(len(index), origin, dtype=np.int16), np.asarray(index, dtype=np.int32))
+
+
+def _concat(parts: list[TrainingSet]) -> TrainingSet:
+    return TrainingSet(np.concatenate([p.origin for p in parts]), np.concatenate([p.index for p in parts]))
+
+
+def n_real_blocks(mix: float, n_train: int) -> int:
+    return int(round(mix * n_train))
+
+
+def fresh_pool_needed(n_train: int, mix: float, generations: int) -> int:
+    return n_train + generations * int(round(mix * n_train))
+
+
+def check_pool(regime: str, n_pool: int, n_train: int, mix: float, generations: int) -> None:
+    if regime != "fresh":
+        return
+    needed = fresh_pool_needed(n_train, mix, generations)
+    if needed > n_pool:
+        raise CollapseError(
+            f"regime=fresh needs {n_train} blocks for generation 0 + {generations} x {int(round(mix * n_train))} "
+            f"unseen real blocks = {needed}, but the real pool has {n_pool}: lower dataset.max_train_blocks, "
+            f"mix or generations, or give more real text")
+
+
+def _draw(rng: np.random.Generator, n_available: int, n_wanted: int) -> np.ndarray:
+    """n_wanted rows without replacement when possible, with replacement beyond that."""
+    if n_wanted <= n_available:
+        return np.sort(rng.choice(n_available, size=n_wanted, replace=False))
+    return np.sort(rng.choice(n_available, size=n_wanted, replace=True))
+
+
+def compose(generation: int, regime: str, mix: float, n_train: int, corpus_sizes: dict[int, int],
+            seed: int) -> TrainingSet:
+    """The training set of `generation`, as (origin, index) pairs.
+
+    `corpus_sizes[k]` is the number of usable synthetic blocks generation k wrote
+    (after curation). The real pool's first n_train rows are generation 0's set;
+    the fresh regime reads its unseen blocks from the rows after them.
+    """
+    if generation == 0:
+        return _part(REAL, np.arange(n_train))
+    rng = np.random.default_rng([seed, generation])
+    n_real = n_real_blocks(mix, n_train)
+    previous = generation - 1
+    if regime == "replace":
+        return _concat([_part(REAL, _draw(rng, n_train, n_real)),
+                        _part(previous, _draw(rng, corpus_sizes[previous], n_train - n_real))])
+    if regime == "fresh":
+        first_unseen = n_train + previous * n_real
+        return _concat([_part(REAL, np.arange(first_unseen, first_unseen + n_real)),
+                        _part(previous, _draw(rng, corpus_sizes[previous], n_train - n_real))])
+    # Accumulating regimes keep one fixed real subset, so real data does not grow with g.
+    real_part = _part(REAL, _draw(np.random.default_rng([seed, 0]), n_train, n_real))
+    pool = _concat([real_part] + [_part(k, np.arange(corpus_sizes[k])) for k in range(generation)])
+    if regime == "accumulate":
+        return pool
+    chosen = np.sort(rng.choice(len(pool), size=n_train, replace=False))
+    return TrainingSet(pool.origin[chosen], pool.index[chosen])
+
+
+def describe_mix(regime: str, mix: float) -> str:
+    real_pct, synth_pct = round(100 * mix), round(100 * (1 - mix))
+    if regime in ("replace", "fresh"):
+        fresh = " (fresh, never-seen real blocks each generation)" if regime == "fresh" else ""
+        return f"each generation trains on {real_pct}% real{fresh} / {synth_pct}% synthetic data"
+    if regime == "accumulate":
+        return f"each generation trains on {real_pct}% of the real data plus every synthetic corpus so far (growing)"
+    return (f"each generation trains on N blocks drawn from {real_pct}% of the real data plus every "
+            f"synthetic corpus so far (fixed size)")

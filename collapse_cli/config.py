@@ -1,0 +1,222 @@
+"""The typed run configuration: Hydra composes YAML onto these dataclasses.
+
+The schema is registered in Hydra's ConfigStore as `schema`, and `conf/config.yaml`
+lists it first in its defaults, so every composed config is type-checked by
+OmegaConf (unknown keys, wrong types) before `validate` checks value ranges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from collapse_cli.curate import CurateConfig, validate_curate
+from collapse_cli.errors import CollapseError
+
+REGIMES = ("replace", "accumulate", "accumulate_subsample", "fresh")
+
+
+@dataclass
+class ModelConfig:
+    # "tiny" builds an OPT decoder from its config; anything else is a hub id.
+    name: str = "tiny"
+    # A local folder (save_pretrained layout) that replaces the hub download.
+    path: Optional[str] = None
+    # A local tokenizer folder for `tiny`; by default `tiny` makes its own.
+    tokenizer: Optional[str] = None
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    ffn_dim: int = 512
+    max_positions: int = 256
+    dropout: float = 0.0
+    # Vocabulary of the BPE tokenizer that `tiny` trains on non-builtin text.
+    bpe_vocab_size: int = 4096
+    # Learning rate suited to this model; `train.lr` defaults to it.
+    lr: float = 1e-3
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "builtin"
+    # `text`: local files; `wikitext2`/`tinystories`: optional local overrides.
+    train: Optional[str] = None
+    valid: Optional[str] = None
+    test: Optional[str] = None
+    doc_separator: str = "blank_line"
+    # `datasets` hub coordinates for wikitext2 / tinystories.
+    hf_path: Optional[str] = None
+    hf_name: Optional[str] = None
+    # Cap on training blocks (null: all); keeps CPU runs of big corpora short.
+    max_train_blocks: Optional[int] = None
+    max_test_blocks: Optional[int] = None
+    # The builtin language (ignored by the others).
+    vocab_words: int = 3000
+    zipf_exponent: float = 1.1
+    successors: int = 8
+    successor_weight: float = 0.6
+    train_tokens: int = 64000
+    valid_tokens: int = 6400
+    test_tokens: int = 16000
+    # The builtin language and its samples are fixed by this seed, not the run's:
+    # seeds of a sweep then vary training and sampling over the same real data.
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    lr: float = MISSING
+    batch_size: int = 32
+    block_size: int = 64
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    # base: every generation starts again from the base model; previous: continue.
+    init: str = "base"
+
+
+@dataclass
+class GenerateConfig:
+    preset: str = "sample"
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+    # real: each real training block's first `prompt_tokens` tokens prompt one
+    # sequence; bos: unconditional sequences that start from the BOS token.
+    prompt: str = "real"
+    prompt_tokens: int = 16
+    new_tokens: int = 64
+    batch_size: int = 256
+
+
+@dataclass
+class MetricsConfig:
+    level: str = "fast"
+    eval_batch_size: int = 64
+    # Stride of the sliding-window perplexity, as a fraction of the block size.
+    sliding_stride: float = 0.5
+    self_bleu_sample: int = 200
+    bootstrap: int = 200
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    mix: float = 0.0
+    generations: int = 5
+    seed: int = 0
+    regime: str = "replace"
+    device: str = "auto"
+    # none | last | all: which generations keep their model weights on disk.
+    checkpoints: str = "none"
+    dry_run: bool = False
+    resume: bool = False
+    # Minimum free disk, in MiB, checked before each generation.
+    min_free_disk_mb: int = 200
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise CollapseError(message)
+
+
+def _validate_model(m: ModelConfig) -> None:
+    _check(m.name != "", "model.name is empty: use model=tiny, model=opt125m, model=gpt2 or model.path=/folder")
+    for key in ("hidden_size", "num_layers", "num_heads", "ffn_dim", "max_positions", "bpe_vocab_size"):
+        _check(getattr(m, key) > 0, f"model.{key}={getattr(m, key)} must be positive")
+    _check(m.hidden_size % m.num_heads == 0,
+           f"model.hidden_size={m.hidden_size} must be divisible by model.num_heads={m.num_heads}")
+    _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
+
+
+def _validate_dataset(d: DatasetConfig) -> None:
+    for key in ("vocab_words", "successors", "train_tokens", "valid_tokens", "test_tokens"):
+        _check(getattr(d, key) > 0, f"dataset.{key}={getattr(d, key)} must be positive")
+    for key in ("max_train_blocks", "max_test_blocks"):
+        value = getattr(d, key)
+        _check(value is None or value > 0, f"dataset.{key}={value} must be positive or null")
+    _check(0.0 <= d.successor_weight <= 1.0, f"dataset.successor_weight={d.successor_weight} must be in [0, 1]")
+    _check(d.zipf_exponent > 0, f"dataset.zipf_exponent={d.zipf_exponent} must be positive")
+    _check(d.doc_separator in ("blank_line", "line") or d.doc_separator.startswith("literal:"),
+           f"dataset.doc_separator={d.doc_separator!r}: use blank_line, line or literal:<text>")
+    if d.name == "text":
+        _check(d.train is not None and d.test is not None,
+               "dataset=text needs files: set dataset.train=PATH and dataset.test=PATH (dataset.valid optional)")
+
+
+def _validate_train(t: TrainConfig) -> None:
+    _check(t.epochs >= 1, f"train.epochs={t.epochs} must be at least 1")
+    _check(t.lr > 0, f"train.lr={t.lr} must be positive")
+    _check(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be at least 1")
+    _check(t.block_size >= 2, f"train.block_size={t.block_size} must be at least 2")
+    _check(0.0 <= t.warmup_ratio < 1.0, f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)")
+    _check(t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} must be >= 0")
+    _check(t.grad_clip >= 0, f"train.grad_clip={t.grad_clip} must be >= 0 (0 disables clipping)")
+    _check(t.init in ("base", "previous"), f"train.init={t.init!r}: use base or previous")
+
+
+def _validate_generate(g: GenerateConfig, m: ModelConfig, block_size: int) -> None:
+    _check(g.temperature > 0, f"generate.temperature={g.temperature} must be positive")
+    _check(g.top_k >= 0, f"generate.top_k={g.top_k} must be >= 0 (0 disables)")
+    _check(0.0 < g.top_p <= 1.0, f"generate.top_p={g.top_p} must be in (0, 1]")
+    _check(g.num_beams >= 1, f"generate.num_beams={g.num_beams} must be at least 1")
+    _check(g.repetition_penalty > 0, f"generate.repetition_penalty={g.repetition_penalty} must be positive")
+    _check(g.prompt in ("real", "bos"), f"generate.prompt={g.prompt!r}: use real or bos")
+    _check(g.prompt_tokens >= 1, f"generate.prompt_tokens={g.prompt_tokens} must be at least 1")
+    _check(g.prompt == "bos" or g.prompt_tokens <= block_size,
+           f"generate.prompt_tokens={g.prompt_tokens} exceeds train.block_size={block_size}: prompts are real block prefixes")
+    _check(g.new_tokens >= 2, f"generate.new_tokens={g.new_tokens} must be at least 2")
+    _check(g.batch_size >= 1, f"generate.batch_size={g.batch_size} must be at least 1")
+
+
+def _validate_run(cfg: RunConfig) -> None:
+    _check(0.0 <= cfg.mix <= 1.0, f"mix={cfg.mix} must be in [0, 1] (the real fraction of each later generation)")
+    _check(cfg.generations >= 1, f"generations={cfg.generations} must be at least 1 (recursive generations after generation 0)")
+    _check(cfg.regime in REGIMES, f"regime={cfg.regime!r}: use one of {', '.join(REGIMES)}")
+    _check(not (cfg.regime == "fresh" and cfg.mix == 0.0),
+           "regime=fresh draws each generation's real share from unseen data, so it needs mix > 0: set mix=0.1, say")
+    _check(not (cfg.regime.startswith("accumulate") and cfg.mix == 0.0),
+           f"regime={cfg.regime} keeps real data in its pool, which mix=0 empties: set mix=1 "
+           f"(all real data kept, as Gerstgrasser et al.) or a fraction such as mix=0.5")
+    _check(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: use auto, cpu or cuda")
+    _check(cfg.checkpoints in ("none", "last", "all"), f"checkpoints={cfg.checkpoints!r}: use none, last or all")
+    _check(cfg.metrics.level in ("fast", "full"), f"metrics.level={cfg.metrics.level!r}: use metrics=fast or metrics=full")
+    _check(cfg.metrics.eval_batch_size >= 1, f"metrics.eval_batch_size={cfg.metrics.eval_batch_size} must be at least 1")
+    _check(0.0 < cfg.metrics.sliding_stride <= 1.0, f"metrics.sliding_stride={cfg.metrics.sliding_stride} must be in (0, 1]")
+    _check(cfg.min_free_disk_mb >= 0, f"min_free_disk_mb={cfg.min_free_disk_mb} must be >= 0")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Range checks that the type system cannot express; raises CollapseError."""
+    _validate_run(cfg)
+    _validate_model(cfg.model)
+    _validate_dataset(cfg.dataset)
+    _validate_train(cfg.train)
+    _validate_generate(cfg.generate, cfg.model, cfg.train.block_size)
+    validate_curate(cfg.curate)
+    return cfg
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Turn Hydra's composed DictConfig into the validated dataclass."""
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+    run_config = OmegaConf.to_object(merged)
+    assert isinstance(run_config, RunConfig)
+    return validate(run_config)
+
+
+def register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="schema", node=RunConfig)

@@ -1,0 +1,262 @@
+"""The generation loop: train on the mix, write a synthetic corpus, measure, repeat.
+
+    prepare()  real data, tokenizer, base model, the plan
+    for g in 0..G:
+        compose g's training set  ->  train  ->  generate  ->  measure  ->  curate  ->  save
+    finish()   summary, early-warning verdict, checkpoint retention
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from collapse_cli import compose as composition
+from collapse_cli import profile
+from collapse_cli.config import RunConfig
+from collapse_cli.curate import curate
+from collapse_cli.data import Blocks, Corpus, load_corpus, make_blocks
+from collapse_cli.errors import CollapseError
+from collapse_cli.generate import generate, prompts_for
+from collapse_cli.models import build_base_model, load_tokenizer, max_positions, n_parameters
+from collapse_cli.progress import Feedback
+from collapse_cli.rundir import RunDir, gen_name
+from collapse_cli.train import train
+
+log = logging.getLogger("collapse")
+STAGES = {"train": 1, "generate": 2, "curate": 3, "compose": 4, "metrics": 5}
+
+
+def stage_seed(seed: int, generation: int, stage: str) -> int:
+    """Independent, reproducible seeds per (run seed, generation, stage)."""
+    return int(np.random.SeedSequence([seed, generation, STAGES[stage]]).generate_state(1)[0])
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise CollapseError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+@dataclass
+class Setup:
+    """Everything fixed for the whole run, built once before generation 0."""
+
+    cfg: RunConfig
+    device: torch.device
+    corpus: Corpus
+    tokenizer: object
+    blocks: Blocks
+    base_model: torch.nn.Module
+    n_train: int  # N: blocks generation 0 trains on, and blocks every corpus holds
+    prompts: np.ndarray
+    reference: profile.Reference
+
+
+def prepare(cfg: RunConfig) -> Setup:
+    device = pick_device(cfg.device)
+    corpus = load_corpus(cfg.dataset)
+    tokenizer = load_tokenizer(cfg.model, corpus)
+    base_model = build_base_model(cfg.model, tokenizer, cfg.seed)
+    _check_lengths(cfg, base_model)
+    blocks = make_blocks(corpus, tokenizer, cfg.train.block_size, cfg.dataset)
+    n_pool = len(blocks.train)
+    n_train = _train_size(cfg, n_pool)
+    composition.check_pool(cfg.regime, n_pool, n_train, cfg.mix, cfg.generations)
+    prompts = prompts_for(blocks.train[:n_train], cfg.generate, tokenizer.bos_token_id or tokenizer.eos_token_id)
+    reference = profile.Reference.build(blocks.train[:n_train], blocks.test, len(tokenizer), corpus.language)
+    return Setup(cfg, device, corpus, tokenizer, blocks, base_model, n_train, prompts, reference)
+
+
+def _train_size(cfg: RunConfig, n_pool: int) -> int:
+    cap = cfg.dataset.max_train_blocks
+    if cfg.regime == "fresh" and cap is None:
+        # Size N so that the pool holds generation 0 plus every generation's unseen share.
+        return max(1, int(n_pool / (1 + cfg.generations * cfg.mix)))
+    return n_pool if cap is None else min(cap, n_pool)
+
+
+def _check_lengths(cfg: RunConfig, model: torch.nn.Module) -> None:
+    limit = max_positions(model)
+    g = cfg.generate
+    if cfg.train.block_size > limit:
+        raise CollapseError(f"train.block_size={cfg.train.block_size} exceeds the model's maximum of {limit} "
+                            f"positions; lower train.block_size")
+    prompt_len = 1 if g.prompt == "bos" else g.prompt_tokens
+    if prompt_len + g.new_tokens > limit:
+        raise CollapseError(f"generate.prompt_tokens + generate.new_tokens = {prompt_len + g.new_tokens} exceeds the "
+                            f"model's maximum of {limit} positions; lower one of them")
+    if g.new_tokens != cfg.train.block_size:
+        raise CollapseError(f"generate.new_tokens={g.new_tokens} must equal train.block_size={cfg.train.block_size}: "
+                            f"each synthetic sequence is one training block")
+
+
+def plan(setup: Setup) -> list[dict]:
+    """The size and origin mix of every generation's training set, without training."""
+    cfg, n = setup.cfg, setup.n_train
+    sizes = {k: n for k in range(cfg.generations + 1)}
+    rows = []
+    for g in range(cfg.generations + 1):
+        training_set = composition.compose(g, cfg.regime, cfg.mix, n, sizes, stage_seed(cfg.seed, g, "compose"))
+        counts = training_set.counts()
+        n_real = counts.get("real", 0)
+        rows.append({"generation": g, "blocks": len(training_set), "tokens": len(training_set) * cfg.train.block_size,
+                     "real_blocks": n_real, "synthetic_blocks": len(training_set) - n_real})
+    return rows
+
+
+@dataclass
+class LoopState:
+    """What later generations need from earlier ones."""
+
+    corpora: dict[int, np.ndarray] = field(default_factory=dict)  # curated synthetic blocks by generation
+    reference_model: Optional[torch.nn.Module] = None  # the frozen generation-0 model
+    previous_model: Optional[torch.nn.Module] = None
+
+
+def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feedback: Feedback) -> dict:
+    cfg, device = setup.cfg, setup.device
+    started = time.perf_counter()
+    sizes = {k: len(c) for k, c in state.corpora.items()}
+    training_set = composition.compose(g, cfg.regime, cfg.mix, setup.n_train, sizes, stage_seed(cfg.seed, g, "compose"))
+    train_blocks = training_set.blocks(setup.blocks.train, state.corpora)
+    run_dir.write_json(Path(gen_name(g)) / "composition.json", _manifest(g, training_set, cfg))
+    run_dir.save_array(Path(gen_name(g)) / "train_origin.npy", np.stack([training_set.origin, training_set.index], 1))
+
+    start_from = state.previous_model if (cfg.train.init == "previous" and g > 0) else setup.base_model
+    model = copy.deepcopy(start_from).to(device)
+    with feedback.task(f"gen {g} train", total=1) as on_step:
+        stats = train(model, train_blocks, cfg.train, stage_seed(cfg.seed, g, "train"), device, g, on_step)
+    trained = time.perf_counter()
+    with feedback.task(f"gen {g} generate", total=len(setup.prompts)) as on_batch:
+        synthetic = generate(model, setup.prompts, cfg.generate, stage_seed(cfg.seed, g, "generate"), device, on_batch)
+    generated = time.perf_counter()
+
+    reference_model = model if g == 0 else state.reference_model
+    texts = setup.tokenizer.batch_decode(synthetic, skip_special_tokens=False)
+    with feedback.task(f"gen {g} evaluate", total=1) as on_eval:
+        metrics, seq_ppl = profile.measure(g, model, reference_model, synthetic, texts, setup.reference, cfg, device,
+                                           setup.tokenizer.batch_decode, on_eval)
+    curated = curate(synthetic, cfg.curate, seq_ppl, texts, stage_seed(cfg.seed, g, "curate"))
+    evaluated = time.perf_counter()
+
+    _save_corpus(run_dir, g, synthetic, texts, seq_ppl, curated.indices)
+    metrics.update(curated.report)
+    metrics.update(generation=g, train_blocks=len(training_set), train_tokens=stats.tokens,
+                   real_blocks=training_set.counts().get("real", 0),
+                   synthetic_blocks=len(training_set) - training_set.counts().get("real", 0),
+                   synthetic_tokens=int(synthetic.size), train_loss_last=stats.loss_last,
+                   train_time_s=trained - started, generate_time_s=generated - trained,
+                   eval_time_s=evaluated - generated)
+    state.corpora[g] = synthetic[curated.indices]
+    if g == 0:
+        state.reference_model = model
+        _save_model(model, run_dir.path / "reference")
+    state.previous_model = model
+    _keep_checkpoint(g, model, run_dir, cfg)
+    metrics["wall_time_s"] = time.perf_counter() - started
+    metrics["disk_bytes"] = run_dir.disk_usage(g)
+    return profile.ordered(metrics)
+
+
+def _manifest(g: int, training_set: composition.TrainingSet, cfg: RunConfig) -> dict:
+    counts = training_set.counts()
+    return {"generation": g, "regime": cfg.regime, "mix": cfg.mix, "blocks": len(training_set),
+            "tokens": len(training_set) * cfg.train.block_size, "by_origin": counts,
+            "origin_file": "train_origin.npy (rows: origin, index; origin -1 = real pool row, k = gen_k corpus row)"}
+
+
+def _save_corpus(run_dir: RunDir, g: int, synthetic: np.ndarray, texts: list[str], seq_ppl: np.ndarray,
+                 kept: np.ndarray) -> None:
+    folder = Path(gen_name(g))
+    run_dir.save_array(folder / "synthetic_ids.npy", synthetic.astype(np.int32))
+    run_dir.save_texts_gz(folder / "synthetic.txt.gz", texts)
+    run_dir.save_array(folder / "seq_ppl.npy", seq_ppl.astype(np.float32))
+    run_dir.save_array(folder / "curated_index.npy", kept.astype(np.int32))
+
+
+def _save_model(model: torch.nn.Module, folder: Path) -> None:
+    """save_pretrained into a temporary folder, then rename: never a half-written checkpoint."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def _keep_checkpoint(g: int, model: torch.nn.Module, run_dir: RunDir, cfg: RunConfig) -> None:
+    needs_previous = cfg.train.init == "previous"
+    if cfg.checkpoints == "all" or cfg.checkpoints == "last" or needs_previous:
+        _save_model(model, run_dir.gen(g) / "model")
+    if g > 0 and (cfg.checkpoints == "last" or (cfg.checkpoints == "none" and needs_previous)):
+        shutil.rmtree(run_dir.gen(g - 1) / "model", ignore_errors=True)
+
+
+def restore(setup: Setup, run_dir: RunDir) -> tuple[LoopState, int]:
+    """Rebuild the loop state from the generations a killed run had finished."""
+    from transformers import AutoModelForCausalLM
+
+    done = run_dir.done_generations()
+    if done != list(range(len(done))):
+        raise CollapseError(f"{run_dir.path}: finished generations {done} are not contiguous; the folder was edited")
+    state = LoopState()
+    for g in done:
+        synthetic = np.load(run_dir.gen(g) / "synthetic_ids.npy").astype(np.int64)
+        state.corpora[g] = synthetic[np.load(run_dir.gen(g) / "curated_index.npy")]
+    if done:
+        state.reference_model = _load_model(AutoModelForCausalLM, run_dir.path / "reference", setup.device)
+        if setup.cfg.train.init == "previous":
+            state.previous_model = _load_model(AutoModelForCausalLM, run_dir.gen(done[-1]) / "model", setup.device)
+    run_dir.discard_unfinished(len(done))
+    return state, len(done)
+
+
+def _load_model(loader, folder: Path, device: torch.device) -> torch.nn.Module:
+    if not folder.is_dir():
+        raise CollapseError(f"{folder}: the checkpoint the resume needs is missing; start the run again")
+    model = loader.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def check_disk(run_dir: RunDir, cfg: RunConfig, generation: int) -> None:
+    free_mb = shutil.disk_usage(run_dir.path).free / 2**20
+    if free_mb < cfg.min_free_disk_mb:
+        raise CollapseError(f"{run_dir.path}: only {free_mb:.0f} MiB free before generation {generation}, below "
+                            f"min_free_disk_mb={cfg.min_free_disk_mb}; free disk space, then resume the run")
+
+
+def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
+    """Run (or resume) the whole loop in `path`; returns the summary, or None for a dry run."""
+    setup = prepare(cfg)
+    feedback.show_plan(cfg, setup.device, n_parameters(setup.base_model), plan(setup),
+                       composition.describe_mix(cfg.regime, cfg.mix))
+    if cfg.dry_run:
+        return None
+    run_dir = RunDir(path)
+    state, first = restore(setup, run_dir) if cfg.resume else (LoopState(), 0)
+    total = cfg.generations + 1
+    run_dir.set_status("running", generations_done=first, generations_total=total)
+    for g in range(first, total):
+        check_disk(run_dir, cfg, g)
+        metrics = run_generation(g, setup, state, run_dir, feedback)
+        run_dir.finish_generation(g, metrics)
+        run_dir.set_status("running", generations_done=g + 1, generations_total=total)
+        log.info(feedback.generation_line(metrics))
+    summary = profile.summarize(run_dir, setup.reference, cfg)
+    run_dir.write_json("summary.json", summary)
+    if cfg.checkpoints == "none":
+        shutil.rmtree(run_dir.path / "reference", ignore_errors=True)
+    run_dir.set_status("finished", generations_done=total, generations_total=total)
+    feedback.show_summary(run_dir, summary)
+    return summary

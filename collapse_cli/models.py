@@ -1,0 +1,107 @@
+"""Tokenizers and base models: built from a config (`tiny`) or loaded (hub id or folder)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from collapse_cli.builtin import make_tokenizer as builtin_tokenizer
+from collapse_cli.config import ModelConfig
+from collapse_cli.data import Corpus
+from collapse_cli.errors import CollapseError
+
+HUB_FIX = "download it on a machine with network (save_pretrained) and pass model.path=/that/folder, or use model=tiny"
+
+
+def _source(cfg: ModelConfig) -> str:
+    return cfg.path if cfg.path else cfg.name
+
+
+def is_pretrained(cfg: ModelConfig) -> bool:
+    return bool(cfg.path) or cfg.name != "tiny"
+
+
+def _from_pretrained(loader, cfg: ModelConfig, what: str, **kwargs):
+    source = _source(cfg)
+    if cfg.path and not Path(cfg.path).expanduser().is_dir():
+        raise CollapseError(f"model.path={cfg.path}: no such folder; give a folder written by save_pretrained")
+    try:
+        return loader(str(Path(source).expanduser()) if cfg.path else source, **kwargs)
+    except (OSError, ValueError) as err:
+        if cfg.path:
+            raise CollapseError(f"model.path={cfg.path}: cannot load a {what} from it ({str(err).splitlines()[0][:160]})") from None
+        raise CollapseError(f"model.name={cfg.name}: cannot fetch the {what} from the hub (offline?); {HUB_FIX}") from None
+
+
+def _train_bpe(docs: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained on the real training split, for `tiny` on real text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(docs, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
+                                   bos_token="</s>", model_max_length=1_000_000)
+
+
+def load_tokenizer(cfg: ModelConfig, corpus: Corpus):
+    from transformers import AutoTokenizer
+
+    if is_pretrained(cfg) or cfg.tokenizer:
+        if cfg.tokenizer and not Path(cfg.tokenizer).expanduser().is_dir():
+            raise CollapseError(f"model.tokenizer={cfg.tokenizer}: no such folder; give a tokenizer folder (tokenizer.json or vocab.json+merges.txt)")
+        tokenizer_cfg = ModelConfig(name=cfg.name, path=cfg.tokenizer or cfg.path)
+        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, tokenizer_cfg, "tokenizer")
+    elif corpus.language is not None:
+        tokenizer = builtin_tokenizer(corpus.language)
+    else:
+        tokenizer = _train_bpe(corpus.train, cfg.bpe_vocab_size)
+    if tokenizer.eos_token_id is None:
+        raise CollapseError(f"model: the tokenizer of {_source(cfg)} has no end-of-text token; give one with an eos_token")
+    if tokenizer.pad_token_id is None:
+        # Prompts have equal lengths, so padding never reaches the model; generate() still wants an id.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_base_model(cfg: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
+    """The generation-0 starting point, on the CPU in float32."""
+    from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
+
+    if is_pretrained(cfg):
+        os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, cfg, "model", dtype=torch.float32)
+    else:
+        config = OPTConfig(
+            vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads, ffn_dim=cfg.ffn_dim, max_position_embeddings=cfg.max_positions,
+            word_embed_proj_dim=cfg.hidden_size, dropout=cfg.dropout, attention_dropout=cfg.dropout,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id or tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        # A private RNG stream: building the model must not depend on, or disturb, any other seed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = OPTForCausalLM(config)
+    # The loop decides sequence lengths itself; EOS is an ordinary token of the stream.
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def max_positions(model: torch.nn.Module) -> int:
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    return 1_000_000
+
+
+def n_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,150 @@
+"""The collapse profile: what each generation is measured on, computed from models and corpora.
+
+`measure` runs once per generation and returns the flat metrics line; `summarize`
+runs once per run over the saved corpora and metrics. Formulas live in metrics.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from collapse_cli import metrics as M
+from collapse_cli.builtin import BuiltinLanguage
+from collapse_cli.config import RunConfig
+from collapse_cli.evaluate import sliding_nll, token_nll, truth_divergence
+from collapse_cli.rundir import RunDir, gen_name, read_metrics
+
+# Keys first in every metrics line, in this order; the rest follow alphabetically.
+LEADING_KEYS = ("generation", "ppl_test", "ppl_test_sliding", "tail_coverage", "ce_truth", "entropy_truth",
+                "kl_truth", "train_blocks", "train_tokens", "real_blocks", "synthetic_blocks", "synthetic_tokens",
+                "wall_time_s", "train_time_s", "generate_time_s", "eval_time_s")
+
+
+def _counts(blocks: np.ndarray, vocab_size: int) -> dict[int, int]:
+    counts = np.bincount(blocks.ravel(), minlength=vocab_size)
+    return {int(i): int(counts[i]) for i in np.flatnonzero(counts)}
+
+
+@dataclass
+class Reference:
+    """The real data every generation is compared with, computed once per run."""
+
+    real_train: np.ndarray  # the N blocks generation 0 trains on
+    test: np.ndarray
+    train_counts: dict[int, int]
+    token_decile: np.ndarray  # training-frequency decile of every token id
+    language: Optional[BuiltinLanguage]
+    test_seq_ppl: Optional[np.ndarray] = None  # per-block perplexity of real test text under generation 0
+    real_words: Optional[list[list[str]]] = None  # the real training blocks as whitespace words
+
+    @classmethod
+    def build(cls, real_train: np.ndarray, test: np.ndarray, vocab_size: int,
+              language: Optional[BuiltinLanguage]) -> "Reference":
+        dense_counts = np.bincount(real_train.ravel(), minlength=vocab_size)
+        return cls(real_train=real_train, test=test, train_counts=_counts(real_train, vocab_size),
+                   token_decile=M.frequency_deciles(dense_counts), language=language)
+
+
+def _mean_ppl_se(block_nll: np.ndarray, seed: int, n_boot: int) -> float:
+    """Standard error of ppl_test from a bootstrap over test blocks (delta method on exp)."""
+    per_block = block_nll.mean(axis=1)
+    return float(math.exp(per_block.mean()) * M.bootstrap_se(per_block, seed, n_boot))
+
+
+def _binomial_se(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n and not math.isnan(p) else float("nan")
+
+
+def model_metrics(model: torch.nn.Module, ref: Reference, cfg: RunConfig, device: torch.device) -> tuple[dict, np.ndarray]:
+    """Metrics of the generation's model on real test text; also returns its per-token NLL."""
+    batch, block = cfg.metrics.eval_batch_size, ref.test.shape[1]
+    test_nll = token_nll(model, ref.test, batch, device)
+    stride = max(1, int(block * cfg.metrics.sliding_stride))
+    sliding_sum, sliding_count = sliding_nll(model, ref.test.reshape(-1), block, stride, batch, device)
+    out = {"ppl_test": M.perplexity(float(test_nll.sum(dtype=np.float64)), test_nll.size),
+           "ppl_test_se": _mean_ppl_se(test_nll, cfg.seed, cfg.metrics.bootstrap),
+           "ppl_test_sliding": M.perplexity(sliding_sum, sliding_count)}
+    if ref.language is not None:
+        ce, entropy = truth_divergence(model, ref.test, ref.language.transition, batch, device)
+        out.update(ce_truth=ce, entropy_truth=entropy, kl_truth=ce - entropy)
+    if cfg.metrics.level == "full":
+        deciles = M.bucket_perplexity(test_nll.ravel(), ref.test[:, 1:].ravel(), ref.token_decile)
+        out.update({f"tail_ppl_d{i}": value for i, value in enumerate(deciles)})
+    return out, test_nll
+
+
+def tail_metrics(seq_ppl: np.ndarray, real_seq_ppl: np.ndarray) -> dict:
+    """Shumailov et al.'s view: synthetic sequences scored by the frozen generation-0 model."""
+    out = {f"seq_ppl_{k}": v for k, v in M.quantiles(seq_ppl).items()}
+    below, above = M.tail_fractions(seq_ppl, real_seq_ppl)
+    out.update(seq_ppl_frac_below_real_q05=below, seq_ppl_frac_above_real_q95=above,
+               seq_ppl_w1_log=M.wasserstein1(np.log(seq_ppl), np.log(real_seq_ppl)))
+    return out
+
+
+def corpus_metrics(synthetic: np.ndarray, texts: list[str], ref: Reference, tokenizer_decode: Callable,
+                   cfg: RunConfig, seed: int) -> dict:
+    synth_counts = _counts(synthetic, max(ref.token_decile.shape[0], int(synthetic.max()) + 1))
+    tail_types = [t for t, c in ref.train_counts.items() if c <= 5]
+    coverage = M.tail_coverage(ref.train_counts, synth_counts)
+    out = {"tail_coverage": coverage, "tail_coverage_se": _binomial_se(coverage, len(tail_types))}
+    if cfg.metrics.level == "full":
+        out.update(M.corpus_profile(list(ref.real_train), list(synthetic), unit="tok"))
+        if ref.real_words is None:
+            ref.real_words = [text.split() for text in tokenizer_decode(ref.real_train)]
+        out.update(M.corpus_profile(ref.real_words, [text.split() for text in texts], unit="word"))
+        out["self_bleu4_tok"] = M.self_bleu(list(synthetic), cfg.metrics.self_bleu_sample, seed)
+        out["compression_ratio"] = M.compression_ratio("\n".join(texts))
+    return out
+
+
+def measure(generation: int, model: torch.nn.Module, reference_model: torch.nn.Module, synthetic: np.ndarray,
+            texts: list[str], ref: Reference, cfg: RunConfig, device: torch.device, tokenizer_decode: Callable,
+            on_progress: Callable[[int, int], None]) -> tuple[dict, np.ndarray]:
+    """Every metric of one generation; also the per-sequence perplexities under generation 0."""
+    batch = cfg.metrics.eval_batch_size
+    out, test_nll = model_metrics(model, ref, cfg, device)
+    on_progress(1, 3)
+    if ref.test_seq_ppl is None:
+        # Generation 0 is the reference model; on a resume, score the real test text again.
+        ref_test_nll = test_nll if generation == 0 else token_nll(reference_model, ref.test, batch, device)
+        ref.test_seq_ppl = np.exp(ref_test_nll.mean(axis=1))
+    seq_ppl = np.exp(token_nll(reference_model, synthetic, batch, device).mean(axis=1))
+    out.update(tail_metrics(seq_ppl, ref.test_seq_ppl))
+    on_progress(2, 3)
+    out.update(corpus_metrics(synthetic, texts, ref, tokenizer_decode, cfg, cfg.seed + generation))
+    on_progress(3, 3)
+    return out, seq_ppl
+
+
+def ordered(metrics: dict) -> dict:
+    head = {k: metrics[k] for k in LEADING_KEYS if k in metrics}
+    return {**head, **{k: metrics[k] for k in sorted(metrics) if k not in head}}
+
+
+def summarize(run_dir: RunDir, ref: Reference, cfg: RunConfig) -> dict:
+    """End-of-run figures: first vs last generation, early warning, extinction (full metrics)."""
+    rows = read_metrics(run_dir.path)
+    first, last = rows[0], rows[-1]
+    verdict = M.early_warning_verdict([r["tail_coverage"] for r in rows], [r.get("tail_coverage_se") or 0.0 for r in rows],
+                                      [r["ppl_test"] for r in rows], [r.get("ppl_test_se") or 0.0 for r in rows])
+    summary = {"generations": len(rows) - 1, "ppl_test_first": first["ppl_test"], "ppl_test_last": last["ppl_test"],
+               "tail_coverage_first": first["tail_coverage"], "tail_coverage_last": last["tail_coverage"],
+               "early_warning": verdict, "wall_time_s": sum(r.get("wall_time_s", 0.0) for r in rows)}
+    if cfg.metrics.level == "full":
+        summary["extinction"] = extinction_summary(run_dir, ref, len(rows))
+    return summary
+
+
+def extinction_summary(run_dir: RunDir, ref: Reference, n_generations: int) -> dict:
+    """First generation whose corpus lacks each real token type; saved per type, summarised per bucket."""
+    type_sets = [set(np.unique(np.load(run_dir.gen(g) / "synthetic_ids.npy")).tolist()) for g in range(n_generations)]
+    extinction = M.extinction_generation(list(ref.train_counts), type_sets)
+    table = np.array([[t, ref.train_counts[t], -1 if e is None else e] for t, e in extinction.items()], dtype=np.int64)
+    run_dir.save_array("extinction_tok.npy", table)
+    return M.median_extinction_by_bucket(extinction, ref.train_counts)

@@ -1,0 +1,138 @@
+"""The run folder: every file written atomically, every generation marked when done.
+
+Layout (see README "Output layout"):
+    status.json            running | finished | failed | interrupted, with reason
+    metrics.jsonl          one line per finished generation (rebuilt from gen_*/metrics.json)
+    summary.json           written last, when the run finishes
+    reference/             the generation-0 model while the run needs it
+    gen_NNN/               synthetic.txt.gz, synthetic_ids.npy, composition.json,
+                           train_origin.npy, seq_ppl.npy, metrics.json, DONE
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+STATUS = "status.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+DONE = "DONE"
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write to a temporary sibling, flush it to disk, then rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def to_json(obj: Any) -> str:
+    # NaN is not JSON; null is what every reader of a metrics file understands.
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+    return json.dumps(clean(obj), default=_json_default, sort_keys=False)
+
+
+def gen_name(generation: int) -> str:
+    return f"gen_{generation:03d}"
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def gen(self, generation: int) -> Path:
+        return self.path / gen_name(generation)
+
+    def write_json(self, relative: str | Path, obj: Any) -> None:
+        atomic_write_bytes(self.path / relative, (to_json(obj) + "\n").encode())
+
+    def read_json(self, relative: str | Path) -> Any:
+        return json.loads((self.path / relative).read_text())
+
+    def save_array(self, relative: str | Path, array: np.ndarray) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        atomic_write_bytes(self.path / relative, buffer.getvalue())
+
+    def save_texts_gz(self, relative: str | Path, lines: list[str]) -> None:
+        # One sequence per line; newlines inside a sequence are escaped so lines stay sequences.
+        body = "\n".join(line.replace("\\", "\\\\").replace("\n", "\\n") for line in lines) + "\n"
+        atomic_write_bytes(self.path / relative, gzip.compress(body.encode("utf-8"), mtime=0))
+
+    # --- status -----------------------------------------------------------
+    def set_status(self, state: str, reason: Optional[str] = None, **extra: Any) -> None:
+        status = {"state": state, "reason": reason, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "pid": os.getpid(), **extra}
+        self.write_json(STATUS, status)
+
+    def status(self) -> dict:
+        try:
+            return self.read_json(STATUS)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {"state": "unknown"}
+
+    # --- generations --------------------------------------------------------
+    def done_generations(self) -> list[int]:
+        return sorted(int(p.parent.name[4:]) for p in self.path.glob(f"gen_*/{DONE}"))
+
+    def finish_generation(self, generation: int, metrics: dict) -> None:
+        """Mark a generation done, then rebuild metrics.jsonl from the done generations.
+
+        Rebuilding (instead of appending) keeps exactly one line per generation,
+        whatever moment an earlier process was killed at.
+        """
+        self.write_json(Path(gen_name(generation)) / "metrics.json", metrics)
+        atomic_write_bytes(self.gen(generation) / DONE, b"")
+        lines = [to_json(self.read_json(Path(gen_name(g)) / "metrics.json")) for g in self.done_generations()]
+        atomic_write_bytes(self.path / METRICS, ("\n".join(lines) + "\n").encode())
+
+    def discard_unfinished(self, generation: int) -> None:
+        """Remove a generation folder that was started but never marked done."""
+        folder = self.gen(generation)
+        if folder.exists() and not (folder / DONE).exists():
+            shutil.rmtree(folder)
+
+    def disk_usage(self, generation: int) -> int:
+        return sum(p.stat().st_size for p in self.gen(generation).rglob("*") if p.is_file())
+
+
+def read_metrics(path: Path) -> list[dict]:
+    file = Path(path) / METRICS
+    if not file.exists():
+        return []
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+def read_texts_gz(path: Path) -> list[str]:
+    text = gzip.decompress(Path(path).read_bytes()).decode("utf-8")
+    return [line.replace("\\n", "\n").replace("\\\\", "\\") for line in text.split("\n")[:-1]]
