@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import secrets
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -147,21 +149,45 @@ def execute_guarded(run_config, path: Path) -> int:
     from collapse_cli.rundir import RunDir
 
     run_dir = RunDir(path)
+
+    def mark(state: str, reason: str) -> None:
+        # On a full disk even the status write can fail; the message to the user still goes out.
+        if not run_config.dry_run and path.exists():
+            try:
+                run_dir.set_status(state, reason=reason)
+            except OSError:
+                pass
+
+    class Terminated(KeyboardInterrupt):
+        """SIGTERM (a scheduler's preemption, `kill`) handled like Ctrl-C: a resumable, interrupted run."""
+
+    def on_sigterm(signum, frame):
+        raise Terminated()
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         execute(run_config, path, Feedback())
         return 0
     except CollapseError as err:
-        if not run_config.dry_run and path.exists():
-            run_dir.set_status("failed", reason=str(err))
-        error_line(str(err))
-        return 2
-    except KeyboardInterrupt:
-        run_dir.set_status("interrupted", reason="interrupted by the user (Ctrl-C); `collapse resume` continues it")
+        mark("failed", str(err))
+        return error_line(str(err))
+    except KeyboardInterrupt as err:
+        how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted by the user (Ctrl-C)"
+        mark("interrupted", f"{how}; `collapse resume {path}` continues it")
         print(f"collapse: interrupted; resume with: collapse resume {path}", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            mark("failed", f"{type(err).__name__}: {err}")
+            raise
+        reason = f"{path}: the disk is full ({err.strerror}); free space, then `collapse resume {path}`"
+        mark("failed", reason)
+        return error_line(reason)
     except BaseException as err:
-        run_dir.set_status("failed", reason=f"{type(err).__name__}: {err}")
+        mark("failed", f"{type(err).__name__}: {err}")
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
 
 
 def _remove_dry_run_folder(path: Path) -> None:
@@ -221,7 +247,20 @@ def resume_command(args: list[str]) -> int:
     return execute_guarded(run_config, path)
 
 
+def _quiet_libraries() -> None:
+    """Our own bars and log lines replace the libraries' download and save bars."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    _quiet_libraries()
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)

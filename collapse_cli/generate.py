@@ -30,22 +30,73 @@ def generation_kwargs(cfg: GenerateConfig) -> dict:
     return kwargs
 
 
+def pick_next(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator) -> torch.Tensor:
+    """One token per row from next-token logits: greedy, or sampling with temperature, top-k, top-p."""
+    if not cfg.do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k > 0:
+        kth_best = torch.topk(logits, min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        mass_before = sorted_logits.softmax(dim=-1).cumsum(dim=-1) - sorted_logits.softmax(dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        sorted_logits = sorted_logits.masked_fill(mass_before >= cfg.top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty (as in transformers): shrink the logits of tokens already present."""
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def decode_batch(model: torch.nn.Module, batch: torch.Tensor, cfg: GenerateConfig,
+                 generator: torch.Generator) -> torch.Tensor:
+    """KV-cached decoding without generate()'s per-step machinery; prompts are unpadded."""
+    new_tokens = torch.empty((len(batch), cfg.new_tokens), dtype=torch.long, device=batch.device)
+    output = model(input_ids=batch, use_cache=True)
+    seen = None
+    if cfg.repetition_penalty != 1.0:
+        seen = torch.zeros((len(batch), output.logits.shape[-1]), dtype=torch.bool, device=batch.device)
+        seen.scatter_(1, batch, True)
+    for step in range(cfg.new_tokens):
+        logits = output.logits[:, -1]
+        if seen is not None:
+            logits = penalize_repeats(logits, seen, cfg.repetition_penalty)
+        token = pick_next(logits, cfg, generator)
+        new_tokens[:, step] = token
+        if seen is not None:
+            seen.scatter_(1, token[:, None], True)
+        if step + 1 < cfg.new_tokens:
+            output = model(input_ids=token[:, None], past_key_values=output.past_key_values, use_cache=True)
+    return new_tokens
+
+
 @torch.inference_mode()
 def generate(model: torch.nn.Module, prompts: np.ndarray, cfg: GenerateConfig, seed: int,
              device: torch.device, on_batch: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
-    """Continue every prompt; return the new tokens only, shape [n_prompts, new_tokens]."""
+    """Continue every prompt; return the new tokens only, shape [n_prompts, new_tokens].
+
+    Sampling and greedy decoding run our own KV-cached loop with a seeded generator;
+    beam search goes through transformers' generate(), which is deterministic.
+    """
     model.eval()
     kwargs = generation_kwargs(cfg)
     # Beam search keeps num_beams hypotheses per prompt: shrink the batch to hold memory steady.
     batch_size = max(1, cfg.batch_size // cfg.num_beams)
     out = np.empty((len(prompts), cfg.new_tokens), dtype=np.int64)
+    generator = torch.Generator(device).manual_seed(seed)
     for first in range(0, len(prompts), batch_size):
         batch = torch.from_numpy(prompts[first:first + batch_size]).to(device)
-        # generate() samples from the global RNG; fork it so that seeding stays local.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(device):
-            torch.manual_seed(seed + first)
-            tokens = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **kwargs)
-        out[first:first + len(batch)] = tokens[:, batch.shape[1]:].cpu().numpy()
+        with autocast(device):
+            if cfg.num_beams == 1:
+                new_tokens = decode_batch(model, batch, cfg, generator)
+            else:
+                new_tokens = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **kwargs)[:, batch.shape[1]:]
+        out[first:first + len(batch)] = new_tokens.cpu().numpy()
         if on_batch is not None:
             on_batch(min(first + batch_size, len(prompts)), len(prompts))
     return out

@@ -120,6 +120,7 @@ class LoopState:
     """What later generations need from earlier ones."""
 
     corpora: dict[int, np.ndarray] = field(default_factory=dict)  # curated synthetic blocks by generation
+    kept: dict[int, np.ndarray] = field(default_factory=dict)  # their rows in each generation's raw corpus
     reference_model: Optional[torch.nn.Module] = None  # the frozen generation-0 model
     previous_model: Optional[torch.nn.Module] = None
 
@@ -131,7 +132,7 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     training_set = composition.compose(g, cfg.regime, cfg.mix, setup.n_train, sizes, stage_seed(cfg.seed, g, "compose"))
     train_blocks = training_set.blocks(setup.blocks.train, state.corpora)
     run_dir.write_json(Path(gen_name(g)) / "composition.json", _manifest(g, training_set, cfg))
-    run_dir.save_array(Path(gen_name(g)) / "train_origin.npy", np.stack([training_set.origin, training_set.index], 1))
+    run_dir.save_array(Path(gen_name(g)) / "train_origin.npy", _provenance(training_set, state.kept))
 
     start_from = state.previous_model if (cfg.train.init == "previous" and g > 0) else setup.base_model
     model = copy.deepcopy(start_from).to(device)
@@ -152,16 +153,18 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
 
     _save_corpus(run_dir, g, synthetic, texts, seq_ppl, curated.indices)
     metrics.update(curated.report)
-    metrics.update(generation=g, train_blocks=len(training_set), train_tokens=stats.tokens,
-                   real_blocks=training_set.counts().get("real", 0),
-                   synthetic_blocks=len(training_set) - training_set.counts().get("real", 0),
-                   synthetic_tokens=int(synthetic.size), train_loss_last=stats.loss_last,
+    n_real = training_set.counts().get("real", 0)
+    metrics.update(generation=g, train_blocks=len(training_set), train_tokens=len(training_set) * cfg.train.block_size,
+                   train_tokens_seen=stats.tokens, train_real_blocks=n_real,
+                   train_synthetic_blocks=len(training_set) - n_real,
+                   generated_tokens=int(synthetic.size), train_loss_last=stats.loss_last,
                    train_time_s=trained - started, generate_time_s=generated - trained,
                    eval_time_s=evaluated - generated)
-    state.corpora[g] = synthetic[curated.indices]
+    state.corpora[g], state.kept[g] = synthetic[curated.indices], curated.indices
     if g == 0:
         state.reference_model = model
         _save_model(model, run_dir.path / "reference")
+        run_dir.save_array("reference_test_seq_ppl.npy", setup.reference.test_seq_ppl.astype(np.float32))
     state.previous_model = model
     _keep_checkpoint(g, model, run_dir, cfg)
     metrics["wall_time_s"] = time.perf_counter() - started
@@ -169,11 +172,25 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     return profile.ordered(metrics)
 
 
+def _provenance(training_set: composition.TrainingSet, kept: dict[int, np.ndarray]) -> np.ndarray:
+    """[n, 2] int32 (origin, row): the real-pool row, or the row of gen_<origin>/synthetic_ids.npy.
+
+    Training sets index the curated corpora; provenance points back past curation
+    to the raw corpus each generation wrote, so every block can be looked up there.
+    """
+    rows = training_set.index.astype(np.int32)
+    for generation, kept_rows in kept.items():
+        mine = training_set.origin == generation
+        rows[mine] = kept_rows[training_set.index[mine]]
+    return np.stack([training_set.origin.astype(np.int32), rows], axis=1)
+
+
 def _manifest(g: int, training_set: composition.TrainingSet, cfg: RunConfig) -> dict:
     counts = training_set.counts()
     return {"generation": g, "regime": cfg.regime, "mix": cfg.mix, "blocks": len(training_set),
             "tokens": len(training_set) * cfg.train.block_size, "by_origin": counts,
-            "origin_file": "train_origin.npy (rows: origin, index; origin -1 = real pool row, k = gen_k corpus row)"}
+            "origin_file": "train_origin.npy: per block (origin, row); origin -1: row of the real pool, "
+                           "k: row of gen_k/synthetic_ids.npy"}
 
 
 def _save_corpus(run_dir: RunDir, g: int, synthetic: np.ndarray, texts: list[str], seq_ppl: np.ndarray,
@@ -212,7 +229,8 @@ def restore(setup: Setup, run_dir: RunDir) -> tuple[LoopState, int]:
     state = LoopState()
     for g in done:
         synthetic = np.load(run_dir.gen(g) / "synthetic_ids.npy").astype(np.int64)
-        state.corpora[g] = synthetic[np.load(run_dir.gen(g) / "curated_index.npy")]
+        state.kept[g] = np.load(run_dir.gen(g) / "curated_index.npy").astype(np.int64)
+        state.corpora[g] = synthetic[state.kept[g]]
     if done:
         state.reference_model = _load_model(AutoModelForCausalLM, run_dir.path / "reference", setup.device)
         if setup.cfg.train.init == "previous":

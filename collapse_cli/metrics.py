@@ -43,13 +43,14 @@ DEFAULT_EXTINCTION_BUCKETS = ((1, 1), (2, 5), (6, 20), (21, 100), (101, None))
 BLEU_EPSILON = 0.1  # NLTK SmoothingFunction().method1, which Texygen uses
 
 # --------------------------------------------------------------------------
-# Perplexity and its distribution (Shumailov et al. 2024, Fig. 1 style)
+# Perplexity and its distribution (Shumailov et al. 2024 perplexity histograms)
 # --------------------------------------------------------------------------
 
 
 def _floats(values: Iterable[float]) -> np.ndarray:
     """Any iterable (generators included) as a 1-D float64 array."""
-    return np.asarray(values if isinstance(values, np.ndarray) else list(values), np.float64).ravel()
+    array = values if isinstance(values, np.ndarray) else list(values)
+    return np.asarray(array, dtype=np.float64).ravel()
 
 
 def perplexity(nll_sum: float, n_tokens: int) -> float:
@@ -78,8 +79,8 @@ def quantiles(values: Iterable[float], qs: Sequence[float] = DEFAULT_QUANTILES) 
 def tail_fractions(synth_ppl: Iterable[float], real_ppl: Iterable[float]) -> tuple[float, float]:
     """(share of synth below real's 5% quantile, share above real's 95% quantile).
 
-    Under no drift both are ~0.05. Strict inequalities, so a synth sample equal
-    to the real one gives at most 0.05 on each side.
+    Under no drift both are ~0.05. Inequalities are strict, so values sitting
+    exactly on a real quantile count as inside.
     """
     synth = _floats(synth_ppl)
     real_q = quantiles(real_ppl, (0.05, 0.95))
@@ -293,7 +294,8 @@ def median_extinction_by_bucket(
             for t, gen in extinction.items()
             if low <= real_counts.get(t, 0) and (high is None or real_counts.get(t, 0) <= high)
         ]
-        medians[bucket_label(low, high)] = float(np.median(generations)) if generations else float("nan")
+        median = float(np.median(generations)) if generations else float("nan")
+        medians[bucket_label(low, high)] = median
     return medians
 
 
@@ -391,6 +393,8 @@ def _ngram_keys(corpus: _Encoded, n: int, room: np.ndarray | None = None,
     keys are first re-indexed densely, which keeps them exact. `room` and
     `seq_of_pos` may be passed in to reuse them across orders.
     """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
     room = corpus.room if room is None else room
     seq_of_pos = corpus.seq_of_pos if seq_of_pos is None else seq_of_pos
     starts = np.flatnonzero(room >= n)  # n-grams never cross a sequence end
@@ -416,12 +420,34 @@ def _unique_counts(keys: np.ndarray, key_range: int | None = None) -> tuple[np.n
         types = np.flatnonzero(per_key)
         return types, per_key[types]
     ordered = np.sort(keys)
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if ordered.size else ordered[:0]
+    if ordered.size == 0:
+        return ordered, ordered.copy()
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
     return ordered[starts], np.diff(np.r_[starts, ordered.size])
 
 
 def _distinct_from_keys(keys: np.ndarray) -> float:
     return _unique_counts(keys)[0].size / keys.size if keys.size else float("nan")
+
+
+def _unique_per_seq(keys: np.ndarray, seq_index: np.ndarray, n_seqs: int,
+                    types: np.ndarray | None = None) -> np.ndarray:
+    """Number of distinct keys within each sequence (keys grouped by ascending seq_index)."""
+    per_seq = np.bincount(seq_index, minlength=n_seqs)
+    width = int(per_seq.max()) if per_seq.size else 0
+    if n_seqs * width <= 4 * keys.size:
+        # Near-equal lengths: one row per sequence, sorted row-wise. Padding cells
+        # get distinct negative sentinels so they never pair up with anything.
+        rows = -1 - np.tile(np.arange(width, dtype=np.int64), (n_seqs, 1))
+        column = np.arange(keys.size) - np.repeat(np.cumsum(per_seq) - per_seq, per_seq)
+        rows[seq_index, column] = keys
+        rows.sort(axis=1)
+        return per_seq - np.count_nonzero(rows[:, 1:] == rows[:, :-1], axis=1)
+    # Ragged: dense ranks make (sequence, rank) pairs fit one int64 for a global sort.
+    types = _unique_counts(keys)[0] if types is None else types
+    rank = np.searchsorted(types, keys)
+    pairs = _unique_counts(seq_index.astype(np.int64) * types.size + rank)[0]
+    return np.bincount(pairs // types.size, minlength=n_seqs)
 
 
 def _rep_from_keys(keys: np.ndarray, seq_index: np.ndarray, n_seqs: int,
@@ -432,11 +458,8 @@ def _rep_from_keys(keys: np.ndarray, seq_index: np.ndarray, n_seqs: int,
     """
     if keys.size == 0:
         return float("nan")
-    types = _unique_counts(keys)[0] if types is None else types
-    # Dense rank < n_types <= keys.size, so seq * n_types + rank fits in int64.
-    pairs = _unique_counts(seq_index.astype(np.int64) * types.size + np.searchsorted(types, keys))[0]
-    unique_per_seq = np.bincount(pairs // types.size, minlength=n_seqs)
     total_per_seq = np.bincount(seq_index, minlength=n_seqs)
+    unique_per_seq = _unique_per_seq(keys, seq_index, n_seqs, types)
     has = total_per_seq > 0
     return float(np.mean(1.0 - unique_per_seq[has] / total_per_seq[has]))
 
@@ -460,7 +483,7 @@ def rep_n(seqs: Corpus, n: int) -> float:
 
 def unigram_entropy(counts: Mapping | np.ndarray) -> float:
     """Shannon entropy in bits of the distribution proportional to counts."""
-    values = np.asarray(list(counts.values()) if isinstance(counts, Mapping) else counts, np.float64)
+    values = _floats(counts.values() if isinstance(counts, Mapping) else counts)
     values = values[values > 0]
     if values.size == 0:
         return float("nan")
@@ -504,7 +527,8 @@ def _brevity_penalty(hyp_lengths: np.ndarray) -> np.ndarray:
     lengths, holders = np.unique(hyp_lengths, return_counts=True)
     own = np.searchsorted(lengths, hyp_lengths)
     shorter = np.where(own > 0, lengths[np.maximum(own - 1, 0)], -np.inf)
-    longer = np.where(own < lengths.size - 1, lengths[np.minimum(own + 1, lengths.size - 1)], np.inf)
+    last = lengths.size - 1
+    longer = np.where(own < last, lengths[np.minimum(own + 1, last)], np.inf)
     closest = np.where(c - shorter <= longer - c, shorter, longer)
     closest = np.where(holders[own] >= 2, c, closest)  # another sequence has this very length
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -592,9 +616,10 @@ def bootstrap_se(per_item_values: Iterable[float], seed: int, n_boot: int = 200)
         return float("nan")
     rng = np.random.default_rng(seed)
     # Chunked so 200 x 100k items never materialises a 20M index matrix at once.
+    chunks = [min(50, n_boot - start) for start in range(0, n_boot, 50)]
     means = np.concatenate([
-        values[rng.integers(0, values.size, size=(min(50, n_boot - start), values.size))].mean(axis=1)
-        for start in range(0, n_boot, 50)
+        values[rng.integers(0, values.size, size=(rows, values.size))].mean(axis=1)
+        for rows in chunks
     ])
     return float(np.std(means, ddof=1))
 

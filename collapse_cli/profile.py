@@ -21,7 +21,8 @@ from collapse_cli.rundir import RunDir, gen_name, read_metrics
 
 # Keys first in every metrics line, in this order; the rest follow alphabetically.
 LEADING_KEYS = ("generation", "ppl_test", "ppl_test_sliding", "tail_coverage", "ce_truth", "entropy_truth",
-                "kl_truth", "train_blocks", "train_tokens", "real_blocks", "synthetic_blocks", "synthetic_tokens",
+                "kl_truth", "train_blocks", "train_tokens", "train_tokens_seen", "train_real_blocks",
+                "train_synthetic_blocks", "generated_tokens",
                 "wall_time_s", "train_time_s", "generate_time_s", "eval_time_s")
 
 
@@ -147,4 +148,4 @@ def extinction_summary(run_dir: RunDir, ref: Reference, n_generations: int) -> d
     extinction = M.extinction_generation(list(ref.train_counts), type_sets)
     table = np.array([[t, ref.train_counts[t], -1 if e is None else e] for t, e in extinction.items()], dtype=np.int64)
     run_dir.save_array("extinction_tok.npy", table)
-    return M.median_extinction_by_bucket(extinction, ref.train_counts)
+    return M.median_extinction_by_bucket(extinction, ref.train_counts, censor_at=n_generations)

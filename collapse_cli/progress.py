@@ -25,13 +25,17 @@ def fmt(value) -> str:
 class Feedback:
     def __init__(self, console: Console | None = None):
         self.console = console or Console()
+        if not self.console.is_terminal:
+            # Logs and CI: wide enough that tables keep their full column names.
+            self.console.width = max(self.console.width, 160)
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Callable[[int, int], None]]:
         """A progress bar; the yielded callback takes (done, total)."""
         columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-        with Progress(*columns, console=self.console, transient=True) as progress:
+        # Bars only on a terminal: in a log file they are noise.
+        with Progress(*columns, console=self.console, transient=True, disable=not self.console.is_terminal) as progress:
             task_id = progress.add_task(description, total=total)
 
             def update(done: int, new_total: int) -> None:
@@ -46,10 +50,11 @@ class Feedback:
                            f"regime {cfg.regime}, seed {cfg.seed}")
         self.console.print(f"{cfg.generations} recursive generations after generation 0; {mix_words}")
         table = Table(title="plan: training set of each generation")
-        for column in ("generation", "blocks", "tokens", "real_blocks", "synthetic_blocks"):
+        columns = list(rows[0])
+        for column in columns:
             table.add_column(column, justify="right")
         for row in rows:
-            table.add_row(*(fmt(row[c]) for c in ("generation", "blocks", "tokens", "real_blocks", "synthetic_blocks")))
+            table.add_row(*(fmt(row[c]) for c in columns))
         self.console.print(table)
 
     def generation_line(self, metrics: dict) -> str:

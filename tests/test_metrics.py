@@ -243,6 +243,8 @@ def test_distinct_n_hand_example():
     assert M.distinct_n(TINY, 2) == pytest.approx(2 / 4)  # {(1,2),(2,1)} over 4 bigrams
     assert M.distinct_n(TINY, 3) == pytest.approx(2 / 2)  # (1,2,1) (2,1,2)
     assert math.isnan(M.distinct_n(TINY, 5))
+    with pytest.raises(ValueError):
+        M.distinct_n(TINY, 0)
     assert M.distinct_n([["the", "cat", "the", "cat"]], 1) == pytest.approx(2 / 4)
 
 
@@ -253,6 +255,18 @@ def test_rep_n_hand_example():
     assert M.rep_n(TINY, 3) == 0.0
     assert M.rep_n([[7, 7, 7, 7]], 1) == pytest.approx(0.75)  # 1 - 1/4
     assert math.isnan(M.rep_n([[1]], 2))
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_rep_n_matches_per_sequence_counts(ragged):
+    # Even lengths take the row-sort path; one long sequence among short ones the
+    # global-sort path. Both must equal 1 - |set| / count per sequence, averaged.
+    rng = np.random.default_rng(5)
+    lengths = [200] + [6] * 50 if ragged else [12] * 40
+    seqs = [rng.integers(0, 4, size=length).tolist() for length in lengths]
+    for n in (1, 2, 4):
+        expected = np.mean([1 - len(M.ngram_counts([s], n)) / (len(s) - n + 1) for s in seqs])
+        assert M.rep_n(seqs, n) == pytest.approx(expected)
 
 
 def test_unigram_entropy():

@@ -1,0 +1,259 @@
+"""Figures for `collapse compare` and `collapse show`: metric curves and Shumailov-style histograms.
+
+Figures are built with matplotlib's object API on an Agg canvas (no pyplot), so
+nothing here touches global backend state. Every saved PNG carries a JSON
+"Description" text chunk counting what was actually drawn (lines, CI bands,
+histogram outlines), read back from the figure itself, so a test can check a
+plot against the data without trusting the code that asked for it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
+
+DPI = 100
+GROUP_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+                 "#7f7f7f", "#bcbd22")
+# Past ten groups colours repeat, so the line style changes with each round of colours.
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+# Groups are nudged this far apart along x (in generations), so identical curves stay visible.
+DODGE = 0.04
+
+# metric key -> (plot title, y-axis label with its unit).
+METRIC_TEXT = {
+    "ppl_test": ("Test perplexity", "perplexity of real test text"),
+    "ppl_test_sliding": ("Test perplexity, sliding window", "perplexity of real test text"),
+    "ppl_test_se": ("Standard error of test perplexity", "perplexity (bootstrap SE)"),
+    "tail_coverage": ("Tail coverage: rare real token types (count ≤ 5) still generated",
+                      "share of rare types present"),
+    "tail_coverage_se": ("Standard error of tail coverage", "share (binomial SE)"),
+    "kl_truth": ("KL divergence from the true language", "KL(true ‖ model), nats/token"),
+    "ce_truth": ("Cross-entropy against the true language", "nats/token"),
+    "entropy_truth": ("Entropy of the true language", "nats/token"),
+    "seq_ppl_w1_log": ("Shift of synthetic vs real sequence perplexity", "W1 distance of log-perplexity (nats)"),
+    "seq_ppl_frac_above_real_q95": ("Synthetic sequences above real 95th-percentile perplexity",
+                                    "share of synthetic sequences"),
+    "seq_ppl_frac_below_real_q05": ("Synthetic sequences below real 5th-percentile perplexity",
+                                    "share of synthetic sequences"),
+    "train_loss_last": ("Final training loss", "cross-entropy, nats/token"),
+    "compression_ratio": ("Compression ratio of the synthetic text", "raw / zlib-compressed bytes"),
+    "disk_bytes": ("Disk use per generation", "bytes"),
+}
+
+
+def metric_text(metric: str) -> tuple[str, str]:
+    """(title, y-axis label) for a metrics.jsonl key; unknown keys are shown as they are."""
+    if metric in METRIC_TEXT:
+        return METRIC_TEXT[metric]
+    quantile = re.fullmatch(r"seq_ppl_q(\d\d)", metric)
+    if quantile:
+        return (f"Synthetic sequence perplexity, {int(quantile.group(1))}th percentile",
+                "perplexity under the generation-0 model")
+    decile = re.fullmatch(r"tail_ppl_d(\d)", metric)
+    if decile:
+        return (f"Test perplexity of tokens in frequency decile {decile.group(1)}", "perplexity of real test tokens")
+    if metric.endswith("_time_s"):
+        return (metric[:-2].replace("_", " ").capitalize(), "seconds")
+    return metric, metric
+
+
+@dataclass
+class Series:
+    """One group's curve: mean over seeds per generation, with the CI band's edges (nan: no band)."""
+
+    label: str
+    generations: Sequence[int]
+    mean: Sequence[float]
+    low: Sequence[float]
+    high: Sequence[float]
+    n_seeds: int
+
+
+def group_style(index: int) -> dict:
+    """The same group gets the same colour and line style in every figure."""
+    return {"color": GROUP_COLOURS[index % len(GROUP_COLOURS)], "marker": MARKERS[index % len(MARKERS)],
+            "linestyle": LINE_STYLES[(index // len(GROUP_COLOURS)) % len(LINE_STYLES)]}
+
+
+def dodge(index: int, n_groups: int) -> float:
+    """x offset of a group's curve: DODGE apart, all within ±0.15 so points stay by their tick."""
+    if n_groups < 2:
+        return 0.0
+    return (index - (n_groups - 1) / 2) * min(DODGE, 0.3 / (n_groups - 1))
+
+
+def new_figure(legend_rows: int = 1) -> Figure:
+    # Taller with a longer legend below, so the plot area keeps its size.
+    figure = Figure(figsize=(7.0, 4.2 + 0.2 * legend_rows), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def wrap(text: str, width: int, max_lines: int = 3) -> str:
+    """Fit long group labels and notes into the figure: wrapped, then cut with an ellipsis."""
+    return textwrap.fill(text, width=width, max_lines=max_lines, placeholder=" …")
+
+
+def legend_layout(labels: Sequence[str]) -> tuple[list[str], int, int]:
+    """(wrapped labels, columns, rows of text) for a legend below the plot."""
+    longest = max((len(label) for label in labels), default=0)
+    columns = 1 if longest > 45 else 2 if longest > 25 else 3
+    columns = max(1, min(columns, len(labels)))
+    wrapped = [wrap(label, 90 // columns) for label in labels]
+    rows_per_entry = max((w.count("\n") + 1 for w in wrapped), default=1)
+    return wrapped, columns, -(-len(labels) // columns) * rows_per_entry
+
+
+def add_titles(figure: Figure, axes, title: str, note: str) -> None:
+    figure.suptitle(wrap(title, 70, 2), x=0.01, ha="left", fontsize=12)
+    if note:  # each line of the note wrapped on its own, so a long label cannot push the rest out
+        text = "\n".join(wrap(line, 100, 2) for line in note.splitlines())
+        axes.set_title(text, fontsize=8, loc="left", color="#444444")
+
+
+def add_legend(figure: Figure, axes, title: str, columns: int) -> None:
+    """Below the plot, outside it, so it never hides a line however many groups there are."""
+    handles, labels = axes.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncol=columns, title=title, fontsize=8,
+                  title_fontsize=8, frameon=False)
+
+
+def metric_figure(metric: str, series: Sequence[Series], note: str = "") -> Figure:
+    """One metric against generation: a line per group, its 95% CI band where it has 2+ seeds."""
+    labels, columns, rows = legend_layout([f"{s.label} (n={s.n_seeds})" for s in series])
+    figure = new_figure(rows)
+    axes = figure.add_subplot()
+    for index, (curve, label) in enumerate(zip(series, labels)):
+        style = group_style(index)
+        x = np.asarray(curve.generations, float) + dodge(index, len(series))
+        axes.plot(x, curve.mean, markersize=5, linewidth=2, label=label, **style)
+        low, high = np.asarray(curve.low, float), np.asarray(curve.high, float)
+        if np.isfinite(low).any():
+            axes.fill_between(x, low, high, color=style["color"], alpha=0.18, linewidth=0)
+    title, y_label = metric_text(metric)
+    add_titles(figure, axes, title, note)
+    axes.set_xlabel("generation")
+    axes.set_ylabel(wrap(y_label, 45, 2))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    nudged = "; groups nudged apart along x" if len(series) > 1 else ""
+    add_legend(figure, axes, f"group (n = seeds); line: mean, band: 95% CI over seeds{nudged}", columns)
+    return figure
+
+
+def log_bins(samples: Sequence[np.ndarray]) -> np.ndarray:
+    """Equal-width bins in log space spanning every sample, so all generations share edges.
+
+    About sqrt(n) bins for the smallest sample (8 to 50): enough to show shape, few
+    enough that a small corpus does not turn into noise.
+    """
+    low = min(float(s.min()) for s in samples)
+    high = max(float(s.max()) for s in samples)
+    if high <= low * 1.01:  # all equal: widen, or there would be no bin to put them in
+        low, high = low / 1.05, high * 1.05
+    n_bins = int(np.clip(np.sqrt(min(s.size for s in samples)), 8, 50))
+    return np.geomspace(low, high, n_bins + 1)
+
+
+def positive_finite(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, np.float64).ravel()
+    return values[np.isfinite(values) & (values > 0)]
+
+
+def plain_log_axis(axis, low: float, high: float) -> None:
+    """Log scale with plain-number ticks; within one decade, evenly spread ones that cannot overlap."""
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    if high / low < 10:
+        axis.set_major_locator(MaxNLocator(nbins=6))
+        axis.set_minor_locator(NullLocator())
+    elif high / low < 1000:  # 1, 2, 5 steps: a few labels per decade, none crowded
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def histogram_figure(label: str, seq_ppl_by_generation: dict[int, np.ndarray], n_runs: int) -> Optional[Figure]:
+    """Shumailov et al.'s Fig. 1 view: per-sequence perplexity under generation 0, one outline per generation.
+
+    The y-axis is the share of sequences per bin on equal log-width bins, so the
+    outline shapes are densities in log-perplexity and generations of different
+    sizes compare directly. None when no generation has a usable value.
+    """
+    kept = {g: positive_finite(v) for g, v in sorted(seq_ppl_by_generation.items())}
+    dropped = sum(np.asarray(v).size for v in seq_ppl_by_generation.values()) - sum(v.size for v in kept.values())
+    kept = {g: v for g, v in kept.items() if v.size}
+    if not kept:
+        return None
+    edges = log_bins(list(kept.values()))
+    labels, columns, rows = legend_layout([f"gen {g}" for g in kept])
+    columns = min(len(kept), 6)  # short labels: up to six side by side
+    rows = -(-len(kept) // columns)
+    figure = new_figure(rows)
+    axes = figure.add_subplot()
+    for colour, values, text in zip(histogram_colours(len(kept)), kept.values(), labels):
+        counts, _ = np.histogram(values, bins=edges)
+        axes.stairs(counts / values.size, edges, color=colour, linewidth=1.8, label=text)
+    axes.set_xscale("log")
+    plain_log_axis(axes.xaxis, edges[0], edges[-1])
+    sizes = sorted({v.size for v in kept.values()})
+    note = (f"group: {label}\npooled over {n_runs} run(s): {'/'.join(map(str, sizes))} sequences per generation"
+            + (f"; {dropped} non-finite value(s) left out" if dropped else ""))
+    add_titles(figure, axes, "Synthetic sequences' perplexity under the generation-0 model", note)
+    axes.set_xlabel("per-sequence perplexity under the generation-0 model (log scale)")
+    axes.set_ylabel("share of sequences per bin")
+    axes.grid(alpha=0.3)
+    add_legend(figure, axes, "synthetic data written by generation", columns)
+    return figure
+
+
+def histogram_colours(n: int) -> list:
+    """Dark (generation 0) to bright (last), stopping short of viridis' pale yellow."""
+    from matplotlib import colormaps
+
+    return [colormaps["viridis"](x) for x in np.linspace(0.0, 0.85, n)] if n > 1 else [colormaps["viridis"](0.0)]
+
+
+def figure_contents(figure: Figure) -> dict:
+    """What the figure really shows: labelled lines, CI bands and histogram outlines over all axes."""
+    lines = bands = outlines = 0
+    for axes in figure.axes:
+        lines += sum(1 for line in axes.get_lines()
+                     if isinstance(line, Line2D) and not line.get_label().startswith("_"))
+        bands += sum(1 for collection in axes.collections if isinstance(collection, PolyCollection))
+        outlines += sum(1 for patch in axes.patches if not patch.get_label().startswith("_"))
+    return {"lines": lines, "bands": bands, "histograms": outlines}
+
+
+def png_bytes(figure: Figure, kind: str, subject: str) -> bytes:
+    """Render to PNG; the Description chunk records kind, subject and figure_contents()."""
+    description = json.dumps({"kind": kind, "subject": subject, **figure_contents(figure)})
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Description": description, "Software": "collapse"})
+    return buffer.getvalue()
+
+
+def write_png(figure: Figure, path: Path, kind: str, subject: str) -> bytes:
+    payload = png_bytes(figure, kind, subject)
+    Path(path).write_bytes(payload)
+    return payload
+
+
+def read_png_description(path: Path) -> dict:
+    """The JSON Description chunk of a PNG written by write_png (PIL ships with matplotlib)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return json.loads(image.text["Description"])

@@ -1,0 +1,245 @@
+"""Benchmark one generation of the loop against a naive reference, in one process.
+
+The workload `shumailov-cycle` (GPU): OPT-125m architecture built from its config,
+37,500 training blocks of 64 tokens x 5 epochs, 37,500 prompts x 64 new tokens by
+5-beam search, ppl_test on ~4,400 blocks, every synthetic sequence scored by a
+reference model. `--device cpu` runs the default `collapse run` generation instead:
+the `tiny` model on the builtin language, 1,000 blocks x 3 epochs, sampling.
+
+Both paths do the same work on the same device and data:
+  tool       collapse_cli.train / generate / evaluate (packed blocks, bf16 on CUDA,
+             fused AdamW, no per-step host syncs, big batches, KV-cached decoding)
+  reference  the way the reference code does it: fp32, text re-tokenized and padded
+             per batch with attention masks, loss.item() every step, generate() in
+             batches of 128 over left-padded prompts, evaluation in batches of 8.
+Each stage runs on `--fraction` of its items and is projected linearly to the whole.
+
+    python scripts/bench.py --device cpu --out bench_cpu.json
+    python scripts/bench.py --device cuda --fraction 0.1 --out bench_h100.json
+    python scripts/bench.py --device cpu --scaling      # time against 1k/4k/16k blocks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from collapse_cli.builtin import build_language, make_tokenizer
+from collapse_cli.config import GenerateConfig, TrainConfig
+from collapse_cli.data import group_blocks, tokenize_stream
+from collapse_cli.evaluate import token_nll
+from collapse_cli.generate import generate
+from collapse_cli.train import train
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+OPT125M = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,
+               max_position_embeddings=2048, word_embed_proj_dim=768, vocab_size=50272)
+TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, ffn_dim=512,
+            max_position_embeddings=256, word_embed_proj_dim=128)
+
+
+def workload(device: str, tokenizer_dir: Path) -> dict:
+    if device == "cpu":
+        return dict(arch=TINY, n_train=1000, n_test=250, epochs=3, lr=3e-3, batch=32,
+                    gen=GenerateConfig(prompt_tokens=16, new_tokens=64, batch_size=256))
+    return dict(arch=OPT125M, n_train=37_500, n_test=4_400, epochs=5, lr=2e-5, batch=128, tokenizer=tokenizer_dir,
+                gen=GenerateConfig(preset="shumailov", do_sample=False, num_beams=5, repetition_penalty=3.0,
+                                   prompt_tokens=64, new_tokens=64, batch_size=640))
+
+
+def load_data(spec: dict, device: str):
+    """Tokenizer and [n, 64] train/test blocks; real text repeated to the workload's size."""
+    if device == "cpu":
+        language = build_language(3000, 1.1, 8, 0.6, seed=0)
+        tokenizer = make_tokenizer(language)
+        rng = np.random.default_rng(1)
+        docs = language.sample_docs(64 * (spec["n_train"] + spec["n_test"]) + 64 * 40, rng)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(spec["tokenizer"]))
+        tokenizer.pad_token = tokenizer.eos_token
+        docs = [d for d in (SHARED / "wikitext2-raw" / "wiki.valid.raw").read_text().split("\n \n") if d.strip()]
+    stream = tokenize_stream(docs, tokenizer)
+    need = 64 * (spec["n_train"] + spec["n_test"])
+    stream = np.tile(stream, -(-need // len(stream)))[:need]
+    blocks = group_blocks(stream, 64)
+    return tokenizer, blocks[: spec["n_train"]], blocks[spec["n_train"]:]
+
+
+def build_model(spec: dict, tokenizer, seed: int, device: torch.device):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    arch = dict(spec["arch"])
+    arch["vocab_size"] = arch.get("vocab_size", len(tokenizer))
+    config = OPTConfig(**arch, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, dropout=0.0)
+    torch.manual_seed(seed)
+    model = OPTForCausalLM(config).to(device)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# --- the naive reference ---------------------------------------------------------
+def naive_train(model, texts: list[str], tokenizer, spec: dict, device: torch.device, seed: int) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"])
+    rng = np.random.default_rng(seed)
+    model.train()
+    for _ in range(spec["epochs"]):
+        for first in range(0, len(texts), spec["batch"]):
+            chosen = [texts[i] for i in rng.permutation(len(texts))[first:first + spec["batch"]]]
+            enc = tokenizer(chosen, padding="max_length", truncation=True, max_length=64, return_tensors="pt").to(device)
+            labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+            loss = model(**enc, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            loss.item()  # the per-step logging sync of Lightning/Trainer loops
+    model.eval()
+
+
+@torch.no_grad()
+def naive_generate(model, prompt_texts: list[str], tokenizer, gen: GenerateConfig, device: torch.device) -> list[str]:
+    tokenizer.padding_side = "left"
+    out = []
+    for first in range(0, len(prompt_texts), 128):
+        enc = tokenizer(prompt_texts[first:first + 128], padding=True, return_tensors="pt").to(device)
+        tokens = model.generate(**enc, max_new_tokens=gen.new_tokens, num_beams=gen.num_beams, do_sample=gen.do_sample,
+                                repetition_penalty=gen.repetition_penalty, top_k=gen.top_k or None)
+        out += tokenizer.batch_decode(tokens[:, enc.input_ids.shape[1]:])
+    return out
+
+
+@torch.no_grad()
+def naive_eval(model, texts: list[str], tokenizer, device: torch.device) -> float:
+    tokenizer.padding_side = "right"
+    total, count = 0.0, 0
+    for first in range(0, len(texts), 8):
+        enc = tokenizer(texts[first:first + 8], padding=True, truncation=True, max_length=64, return_tensors="pt").to(device)
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        n = int((labels[:, 1:] != -100).sum())
+        total += model(**enc, labels=labels).loss.item() * n
+        count += n
+    return float(np.exp(total / count))
+
+
+# --- measurement -----------------------------------------------------------------
+def timed(fn, device: torch.device):
+    sync(device)
+    start = time.perf_counter()
+    result = fn()
+    sync(device)
+    return result, time.perf_counter() - start
+
+
+def peak_host_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_tool(spec, tokenizer, train_blocks, test_blocks, device, fraction) -> dict:
+    model = build_model(spec, tokenizer, 0, device)
+    n_train = max(1, int(len(train_blocks) * fraction))
+    cfg = TrainConfig(epochs=spec["epochs"], lr=spec["lr"], batch_size=spec["batch"], block_size=64)
+    _, t_train = timed(lambda: train(model, train_blocks[:n_train], cfg, 0, device, 0), device)
+    prompts = np.ascontiguousarray(train_blocks[:n_train, : spec["gen"].prompt_tokens])
+    synthetic, t_gen = timed(lambda: generate(model, prompts, spec["gen"], 0, device), device)
+    n_test = max(1, int(len(test_blocks) * fraction))
+    test_nll, t_eval = timed(lambda: token_nll(model, test_blocks[:n_test], 256, device), device)
+    _, t_score = timed(lambda: token_nll(model, synthetic, 256, device), device)
+    return dict(train_s=t_train, generate_s=t_gen, eval_s=t_eval + t_score, n_train=n_train, n_test=n_test,
+                ppl_test=float(np.exp(test_nll.mean())))
+
+
+def run_reference(spec, tokenizer, train_blocks, test_blocks, device, fraction) -> dict:
+    model = build_model(spec, tokenizer, 0, device)
+    n_train = max(1, int(len(train_blocks) * fraction))
+    texts = tokenizer.batch_decode(train_blocks[:n_train])
+    _, t_train = timed(lambda: naive_train(model, texts, tokenizer, spec, device, 0), device)
+    prompt_texts = tokenizer.batch_decode(train_blocks[:n_train, : spec["gen"].prompt_tokens])
+    synthetic, t_gen = timed(lambda: naive_generate(model, prompt_texts, tokenizer, spec["gen"], device), device)
+    n_test = max(1, int(len(test_blocks) * fraction))
+    test_texts = tokenizer.batch_decode(test_blocks[:n_test])
+    ppl_test, t_eval = timed(lambda: naive_eval(model, test_texts, tokenizer, device), device)
+    _, t_score = timed(lambda: naive_eval(model, synthetic, tokenizer, device), device)
+    return dict(train_s=t_train, generate_s=t_gen, eval_s=t_eval + t_score, n_train=n_train, n_test=n_test,
+                ppl_test=ppl_test)
+
+
+def project(result: dict, spec: dict) -> dict:
+    """Throughputs, and stage times scaled from the fraction run to the whole workload."""
+    scale_train, scale_test = spec["n_train"] / result["n_train"], spec["n_test"] / result["n_test"]
+    train_tokens = result["n_train"] * 64 * spec["epochs"]
+    gen_tokens = result["n_train"] * spec["gen"].new_tokens
+    eval_tokens = (result["n_test"] + result["n_train"]) * 64
+    eval_full = result["eval_s"] * (spec["n_test"] + spec["n_train"]) / (result["n_test"] + result["n_train"])
+    full = result["train_s"] * scale_train + result["generate_s"] * scale_train + eval_full
+    return {**result, "train_tok_s": train_tokens / result["train_s"], "generate_tok_s": gen_tokens / result["generate_s"],
+            "eval_tok_s": eval_tokens / result["eval_s"], "projected_cycle_s": full, "scale_test": scale_test}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--fraction", type=float, default=None, help="share of the workload run (default: cpu 1.0, cuda 0.1)")
+    parser.add_argument("--reference-fraction", type=float, default=None, help="share for the slower reference (default: same)")
+    parser.add_argument("--tokenizer", type=Path, default=SHARED / "gpt2-tokenizer")
+    parser.add_argument("--scaling", action="store_true", help="tool only: time against 1k, 4k, 16k training blocks")
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    spec = workload(args.device, args.tokenizer)
+    fraction = args.fraction or (1.0 if args.device == "cpu" else 0.1)
+    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+              "torch": torch.__version__, "workload": "default-generation" if args.device == "cpu" else "shumailov-cycle",
+              "fraction": fraction}
+    if args.scaling:
+        report["scaling"] = scaling(spec, args.device, device)
+    else:
+        tokenizer, train_blocks, test_blocks = load_data(spec, args.device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        report["tool"] = project(run_tool(spec, tokenizer, train_blocks, test_blocks, device, fraction), spec)
+        report["tool"]["peak_host_mb"] = peak_host_mb()
+        if device.type == "cuda":
+            report["tool"]["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            torch.cuda.reset_peak_memory_stats()
+        if not args.skip_reference:
+            ref_fraction = args.reference_fraction or fraction
+            report["reference"] = project(run_reference(spec, tokenizer, train_blocks, test_blocks, device, ref_fraction), spec)
+            report["reference"]["peak_host_mb"] = peak_host_mb()
+            if device.type == "cuda":
+                report["reference"]["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            report["speedup"] = {stage: report["tool"][key] / report["reference"][key] for stage, key in
+                                 (("train", "train_tok_s"), ("generate", "generate_tok_s"), ("eval", "eval_tok_s"))}
+            report["speedup"]["cycle"] = report["reference"]["projected_cycle_s"] / report["tool"]["projected_cycle_s"]
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+def scaling(spec: dict, device_name: str, device: torch.device) -> list[dict]:
+    rows = []
+    for n_blocks in (1000, 4000, 16000):
+        sized = dict(spec, n_train=n_blocks, n_test=min(spec["n_test"], 250))
+        tokenizer, train_blocks, test_blocks = load_data(sized, device_name)
+        result = project(run_tool(sized, tokenizer, train_blocks, test_blocks, device, 1.0), sized)
+        rows.append({"blocks": n_blocks, "train_s": result["train_s"], "generate_s": result["generate_s"],
+                     "eval_s": result["eval_s"], "total_s": result["train_s"] + result["generate_s"] + result["eval_s"]})
+        print(rows[-1], flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

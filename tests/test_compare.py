@@ -1,0 +1,256 @@
+"""Tests for `collapse compare` / `collapse show` on REAL tiny runs made by `collapse run`.
+
+One sweep (mix=0,1 x seed=0,1) and one single run are made once per module, in
+parallel, with one torch thread each (2 shared cores). Everything else reads
+them back, through the same entry point the CLI uses.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from collapse_cli import compare, plots
+from collapse_cli.cli import main as cli_main
+from collapse_cli.errors import CollapseError
+
+# About a second per job: 62 blocks of 32 tokens, a 16-wide one-layer model, one epoch.
+TINY = ["generations=1", "dataset.train_tokens=2000", "dataset.valid_tokens=500", "dataset.test_tokens=1000",
+        "dataset.vocab_words=200", "train.epochs=1", "train.block_size=32", "model.hidden_size=16",
+        "model.ffn_dim=32", "model.num_layers=1", "model.num_heads=2", "metrics.bootstrap=20"]
+
+
+# The installed console script, as a user runs it; the module when the script is not on PATH.
+COLLAPSE = [shutil.which("collapse")] if shutil.which("collapse") else [sys.executable, "-m", "collapse_cli.cli"]
+
+
+def collapse_run(args: list[str]) -> subprocess.Popen:
+    # One torch thread per process: two processes on two shared cores, no oversubscription.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([*COLLAPSE, "run", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    sweep, single = root / "sweep", root / "single"
+    jobs = [collapse_run(["-m", "mix=0,1", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}"]),
+            collapse_run(["seed=3", *TINY, f"hydra.run.dir={single}"])]
+    for job in jobs:
+        output, _ = job.communicate(timeout=300)
+        assert job.returncode == 0, output[-3000:]
+    return {"sweep": sweep, "single": single}
+
+
+@pytest.fixture(scope="module")
+def sweep_out(made, tmp_path_factory) -> Path:
+    """`collapse compare SWEEP --out DIR` once; several tests read its files."""
+    out = tmp_path_factory.mktemp("compare_out")
+    assert cli_main(["compare", str(made["sweep"]), "--out", str(out)]) == 0
+    return out
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --- discovery and grouping ---------------------------------------------------
+
+def test_sweep_groups_by_seed(made):
+    runs = compare.load_runs(compare.discover([str(made["sweep"])]))
+    groups, shared = compare.group_runs(runs)
+    assert [g.label for g in groups] == ["mix=0", "mix=1"]
+    assert [[r.seed for r in g.runs] for g in groups] == [[0, 1], [0, 1]]
+    assert "train.epochs=1" in shared and not any(o.startswith(("seed", "hydra")) for o in shared)
+    assert {r.name for r in runs} == {f"sweep/{i}" for i in range(4)}
+
+
+def test_quoted_glob_and_run_folder_both_found(made, capsys):
+    assert cli_main(["compare", f"{made['sweep']}/*", str(made["single"])]) == 0
+    out = capsys.readouterr().out
+    assert "5 run(s) in 3 group(s)" in out
+
+
+def test_overrides_normalised_and_seed_hydra_left_out():
+    assert compare.normal_override("mix=0") == compare.normal_override("+mix=0.0")
+    assert compare.normal_override("mix=0.5") != compare.normal_override("mix=0.05")
+    assert not compare.is_label_override("seed=2")
+    assert not compare.is_label_override("hydra.sweep.dir=x")
+    assert compare.is_label_override("dataset.seed=2")
+
+
+# --- statistics -----------------------------------------------------------------
+
+def test_t_critical_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 5, 29, 30, 31, 50, 200):
+        assert compare.t_critical(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-3)
+
+
+def test_group_stats_are_mean_std_and_t_interval(made):
+    runs = compare.load_runs(compare.discover([str(made["sweep"])]))
+    group = compare.group_runs(runs)[0][0]
+    values = [row["ppl_test"] for run in group.runs for row in jsonl(run.path / "metrics.jsonl")
+              if row["generation"] == 1]
+    stat = {s.generation: s for s in compare.aggregate(group.runs, "ppl_test")}[1]
+    assert stat.n == 2
+    assert stat.mean == pytest.approx(np.mean(values))
+    assert stat.std == pytest.approx(np.std(values, ddof=1))
+    assert stat.ci == pytest.approx(12.706 * np.std(values, ddof=1) / math.sqrt(2))
+
+
+# --- files ----------------------------------------------------------------------
+
+def test_csv_values_are_the_runs_own(sweep_out):
+    rows = read_csv(sweep_out / "metrics.csv")
+    paths = {r["run"]: Path(r["path"]) for r in read_csv(sweep_out / "runs.csv")}
+    assert len(paths) == 4
+    expected = {}
+    for name, path in paths.items():
+        for line in jsonl(path / "metrics.jsonl"):
+            expected.update({(name, str(line["generation"]), k): v for k, v in line.items() if k != "generation"})
+    assert len(rows) == len(expected)
+    for row in rows:
+        value = expected[(row["run"], row["generation"], row["metric"])]
+        assert (row["value"] == "") if value is None else (float(row["value"]) == value), row
+    assert {(r["group"], r["seed"]) for r in rows} == {("mix=0", "0"), ("mix=0", "1"), ("mix=1", "0"), ("mix=1", "1")}
+
+
+def test_metric_pngs_are_images_with_one_line_and_band_per_group(sweep_out):
+    from matplotlib.image import imread
+
+    files = sorted(sweep_out.glob("metric_*.png"))
+    assert {f.stem for f in files} >= {"metric_ppl_test", "metric_tail_coverage", "metric_kl_truth"}
+    for file in files:
+        height, width, _ = imread(file).shape
+        assert width >= 600 and height >= 400
+        drawn = plots.read_png_description(file)
+        assert (drawn["kind"], drawn["lines"], drawn["bands"]) == ("metric", 2, 2), file.name
+
+
+def test_histograms_one_per_group_one_outline_per_generation(sweep_out):
+    files = sorted(sweep_out.glob("seq_ppl_hist_*.png"))
+    assert len(files) == 2
+    for file in files:
+        drawn = plots.read_png_description(file)
+        assert (drawn["kind"], drawn["histograms"], drawn["lines"]) == ("seq_ppl_hist", 2, 0)
+
+
+def test_figure_counts_only_what_is_drawn():
+    """figure_contents reads the figure, so a dropped series or band shows up."""
+    one_seed = plots.Series("a", [0, 1], [1.0, 2.0], [math.nan] * 2, [math.nan] * 2, 1)
+    two_seeds = plots.Series("b", [0, 1], [1.0, 2.0], [0.5, 1.5], [1.5, 2.5], 2)
+    figure = plots.metric_figure("ppl_test", [one_seed, two_seeds, two_seeds])
+    assert plots.figure_contents(figure) == {"lines": 3, "bands": 2, "histograms": 0}
+    assert figure.axes[0].get_xlabel() == "generation"
+    assert all(float(t).is_integer() for t in figure.axes[0].get_xticks())
+
+
+def test_report_is_self_contained(sweep_out, made):
+    page = (sweep_out / "report.html").read_text()
+    pngs = list(sweep_out.glob("*.png"))
+    assert page.count("src='data:image/png;base64,") == len(pngs) == 6
+    assert "src='metric_" not in page and "mix=0" in page and "mix=1" in page
+    verdict = json.loads((made["sweep"] / "0" / "summary.json").read_text())["early_warning"]["text"]
+    assert verdict in page
+
+
+# --- terminal -------------------------------------------------------------------
+
+def test_final_table_shows_ci_change_and_seeds(made, capsys):
+    assert cli_main(["compare", str(made["sweep"]), "--metrics", "ppl_test,seq_ppl_q*"]) == 0
+    out = capsys.readouterr().out
+    assert "2 run(s)" not in out and "4 run(s) in 2 group(s)" in out
+    assert "±" in out and "%)" in out and "seq_ppl_q99" in out and "tail_coverage" not in out.split("early")[0]
+
+
+def test_by_generation_lists_every_generation(made, capsys):
+    assert cli_main(["compare", str(made["sweep"]), "--by-generation", "--metrics", "kl_truth"]) == 0
+    out = capsys.readouterr().out
+    assert "kl_truth by generation" in out and "mix=0 (n=2)" in out
+
+
+def test_unknown_metric_is_a_clear_error(made):
+    runs = compare.load_runs(compare.discover([str(made["single"])]))
+    with pytest.raises(CollapseError, match="--metrics: no run has 'nope'"):
+        compare.choose_metrics("nope", runs)
+
+
+# --- errors and robustness ----------------------------------------------------
+
+@pytest.mark.parametrize("which", ["empty", "missing"])
+def test_path_without_runs_exits_nonzero_with_one_line(tmp_path, which):
+    target = tmp_path / which
+    if which == "empty":
+        (target / "notes").mkdir(parents=True)
+        (target / "notes" / "readme.txt").write_text("not a run")
+    result = subprocess.run([*COLLAPSE, "compare", str(target)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
+    assert str(target) in result.stderr and result.stderr.startswith("collapse: error:")
+
+
+def make_unfinished_copy(source: Path, target: Path) -> None:
+    """A run killed after generation 0: status running, no summary, one metrics line."""
+    shutil.copytree(source, target)
+    status = json.loads((target / "status.json").read_text())
+    (target / "status.json").write_text(json.dumps({**status, "state": "running", "generations_done": 1}))
+    (target / "summary.json").unlink()
+    lines = (target / "metrics.jsonl").read_text().splitlines()
+    first = {k: v for k, v in json.loads(lines[0]).items() if k != "kl_truth"}  # a metric set of its own
+    (target / "metrics.jsonl").write_text(json.dumps({**first, "extra_metric": 1.5}) + "\n")
+    shutil.rmtree(target / "gen_001")
+
+
+def test_mixed_folder_lists_the_unfinished_run(made, tmp_path, capsys):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(made["single"], mixed / "done")
+    make_unfinished_copy(made["single"], mixed / "killed")
+    (mixed / "unrelated" / "deeper").mkdir(parents=True)
+    (mixed / "unrelated" / "deeper" / "data.csv").write_text("a,b\n1,2\n")
+    out_dir = tmp_path / "out"
+    assert cli_main(["compare", str(mixed), "--out", str(out_dir)]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich may wrap long lines
+    assert "2 run(s) in 1 group(s)" in out
+    assert "unfinished" in out and "killed" in out and "running (1/2 generations done)" in out
+    assert "1 finished, 1 running" in out and "1 of 2" in out
+    runs = {r["run"]: r for r in read_csv(out_dir / "runs.csv")}
+    assert set(runs) == {"mixed/done", "mixed/killed"} and runs["mixed/killed"]["state"] == "running"
+    rows = read_csv(out_dir / "metrics.csv")
+    killed = {(r["generation"], r["metric"]) for r in rows if r["run"] == "mixed/killed"}
+    assert ("0", "ppl_test") in killed and ("0", "extra_metric") in killed and ("0", "kl_truth") not in killed
+    assert not any(r["generation"] == "1" for r in rows if r["run"] == "mixed/killed")
+
+
+# --- show -----------------------------------------------------------------------
+
+def test_show_describes_one_run(made, tmp_path, capsys):
+    out_dir = tmp_path / "show"
+    assert cli_main(["show", str(made["single"]), "--out", str(out_dir)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for words in ("tiny OPT-architecture decoder", "hidden 16", "builtin Zipf-Markov language of 200 words",
+                  "fully synthetic after generation 0", "replace", "1 after generation 0", "seed 3",
+                  "sample: sampling at temperature 1.0", "finished", "early warning"):
+        assert words in out, words
+    assert plots.read_png_description(out_dir / "metric_ppl_test.png")["lines"] == 1
+    assert len(list(out_dir.glob("seq_ppl_hist_*.png"))) == 1
+
+
+def test_show_refuses_a_sweep(made, capsys):
+    assert cli_main(["show", str(made["sweep"])]) == 2
+    assert "holds 4 runs" in capsys.readouterr().err
