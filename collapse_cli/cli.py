@@ -20,7 +20,9 @@ USAGE = """usage: collapse <command> [args]
 commands:
   run [overrides]      train, generate, retrain for N generations (a Hydra app:
                        -m/--multirun, --cfg job, --help, hydra.run.dir=... work as usual)
-  resume RUN_DIR       continue an interrupted or failed run from its last finished generation
+  resume RUN_DIR [key=value ...]
+                       continue an interrupted or failed run from its last finished generation
+                       (overrides, e.g. train.lr=1e-4 after a divergence, apply from there on)
   compare PATH...      tables, CSV, plots and a report across run folders and sweeps
   show RUN_DIR         one run: its config in words, metrics by generation, verdict
 
@@ -108,14 +110,23 @@ def preflight(overrides: list[str], multirun: bool) -> None:
 
 def hydra_message(err: Exception) -> str:
     """Hydra and OmegaConf errors, cut to their first line and given a fix."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if "Could not find" in str(err) and "Available options" in str(err):
-        options = str(err).split("Available options:")[1].split()
-        text = f"{text.rstrip('.')}: use one of {', '.join(options)}"
-    elif "not in" in text or "Key '" in text:
-        text = f"{text} (check the key's spelling; `collapse run --cfg job` lists every key)"
+    full = str(err).strip()
+    text = full.splitlines()[0] if full else type(err).__name__
+    # The cause says why: "Key 'foo' not in 'RunConfig'", "Value 'abc' ... could not be converted to Float".
+    cause = str(err.__cause__).strip().splitlines()[0] if err.__cause__ and str(err.__cause__).strip() else ""
+    if "Could not find" in full and "Available options" in full:
+        # "Available options in 'model':\n\tgpt2\n\topt125m ..." up to the search path.
+        listing = full.split("Available options", 1)[1].split(":", 1)[1].split("Config search path")[0]
+        text = f"{text.rstrip('.')}: use one of {', '.join(listing.split())}"
+    elif "Could not override" in text or "not in" in text or "Key '" in text:
+        text = f"{text} {cause} (check the key's spelling; `collapse run --cfg job` lists every key)".replace("  ", " ")
+    elif "Error merging override" in text and cause:
+        text = f"{text.removeprefix('Error merging override ')}: {cause}"
     elif "Ambiguous value" in text:
         text = f"{text} (a comma-separated sweep needs -m/--multirun)"
+    key = getattr(err, "full_key", None)  # OmegaConf errors know the key, but say it on a later line
+    if key and key not in text:
+        text = f"{key}: {text}"
     return text
 
 
@@ -169,8 +180,10 @@ def execute_guarded(run_config, path: Path) -> int:
         execute(run_config, path, Feedback())
         return 0
     except CollapseError as err:
-        mark("failed", str(err))
-        return error_line(str(err))
+        # Messages that tell how to resume name the folder as RUN_DIR; only this level knows it.
+        message = str(err).replace("RUN_DIR", str(path))
+        mark("failed", message)
+        return error_line(message)
     except KeyboardInterrupt as err:
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted by the user (Ctrl-C)"
         mark("interrupted", f"{how}; `collapse resume {path}` continues it")
@@ -227,9 +240,9 @@ def resume_command(args: list[str]) -> int:
     from collapse_cli.config import to_run_config
     from collapse_cli.rundir import RunDir
 
-    if len(args) != 1 or args[0].startswith("-"):
-        return error_line("usage: collapse resume RUN_DIR")
-    path = Path(args[0])
+    if not args or any(arg.startswith("-") for arg in args) or any("=" not in arg for arg in args[1:]):
+        return error_line("usage: collapse resume RUN_DIR [key=value ...]")
+    path, overrides = Path(args[0]), args[1:]
     saved = path / ".hydra" / "config.yaml"
     if not saved.is_file():
         return error_line(f"{path}: not a run folder (no .hydra/config.yaml); give the folder `collapse run` made")
@@ -238,9 +251,19 @@ def resume_command(args: list[str]) -> int:
         return 0
     _register()
     try:
-        run_config = to_run_config(OmegaConf.load(saved))
+        # Overrides fix what stopped the run (a diverging train.lr, say); later generations use them.
+        config = OmegaConf.merge(OmegaConf.load(saved), OmegaConf.from_dotlist(overrides))
+        run_config = to_run_config(config)
     except CollapseError as err:
         return error_line(str(err))
+    except Exception as err:  # OmegaConf: a bad value or type in an override
+        return error_line(hydra_message(err))
+    if overrides:
+        # The folder records the config it now runs with, so a later resume keeps the change.
+        from collapse_cli.rundir import atomic_write_bytes
+
+        atomic_write_bytes(saved, OmegaConf.to_yaml(config).encode())
+        atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())
     run_config.resume = True
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(), logging.FileHandler(path / "collapse.log")])

@@ -564,6 +564,12 @@ def seq_ppl_by_generation(group: Group) -> dict[int, np.ndarray]:
     return {g: np.concatenate(arrays) for g, arrays in sorted(pooled.items())}
 
 
+def real_seq_ppl(group: Group) -> Optional[np.ndarray]:
+    """The real test blocks' perplexities under each run's generation-0 model, pooled over seeds."""
+    arrays = [np.load(file) for file in (run.path / "reference_test_seq_ppl.npy" for run in group.runs) if file.is_file()]
+    return np.concatenate(arrays) if arrays else None
+
+
 @dataclass
 class Image:
     kind: str  # "metric" | "seq_ppl_hist"
@@ -583,7 +589,7 @@ def write_plots(out: Path, groups: Sequence[Group], metrics: Sequence[str], note
             png = plots.write_png(plots.metric_figure(metric, series, note), out / file, "metric", metric)
             images.append(Image("metric", plots.metric_text(metric)[0], file, png))
     for index, group in enumerate(groups, start=1):
-        figure = plots.histogram_figure(group.label, seq_ppl_by_generation(group), len(group.runs))
+        figure = plots.histogram_figure(group.label, seq_ppl_by_generation(group), len(group.runs), real_seq_ppl(group))
         if figure is not None:
             file = f"seq_ppl_hist_{index}_{slug(group.label)}.png"
             images.append(Image("seq_ppl_hist", f"per-sequence perplexity — {group.label}", file,

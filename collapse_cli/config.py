@@ -7,7 +7,8 @@ OmegaConf (unknown keys, wrong types) before `validate` checks value ranges.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -133,6 +134,10 @@ def _check(ok: bool, message: str) -> None:
 
 def _validate_model(m: ModelConfig) -> None:
     _check(m.name != "", "model.name is empty: use model=tiny, model=opt125m, model=gpt2 or model.path=/folder")
+    for key in ("path", "tokenizer"):
+        folder = getattr(m, key)
+        _check(folder is None or Path(folder).expanduser().is_dir(),
+               f"model.{key}={folder}: no such folder; give a folder written by save_pretrained")
     for key in ("hidden_size", "num_layers", "num_heads", "ffn_dim", "max_positions", "bpe_vocab_size"):
         _check(getattr(m, key) > 0, f"model.{key}={getattr(m, key)} must be positive")
     _check(m.hidden_size % m.num_heads == 0,
@@ -148,11 +153,20 @@ def _validate_dataset(d: DatasetConfig) -> None:
         _check(value is None or value > 0, f"dataset.{key}={value} must be positive or null")
     _check(0.0 <= d.successor_weight <= 1.0, f"dataset.successor_weight={d.successor_weight} must be in [0, 1]")
     _check(d.zipf_exponent > 0, f"dataset.zipf_exponent={d.zipf_exponent} must be positive")
-    _check(d.doc_separator in ("blank_line", "line") or d.doc_separator.startswith("literal:"),
-           f"dataset.doc_separator={d.doc_separator!r}: use blank_line, line or literal:<text>")
+    _check(d.doc_separator in ("blank_line", "line", "row") or d.doc_separator.startswith("literal:"),
+           f"dataset.doc_separator={d.doc_separator!r}: use blank_line, line, row or literal:<text>")
     if d.name == "text":
         _check(d.train is not None and d.test is not None,
                "dataset=text needs files: set dataset.train=PATH and dataset.test=PATH (dataset.valid optional)")
+    # Cheap checks here, before a run folder exists; data.py checks the contents (UTF-8, binary) when reading.
+    for key in ("train", "valid", "test"):
+        path = getattr(d, key)
+        if path is None:
+            continue
+        file = Path(path).expanduser()
+        _check(file.is_file(), f"dataset.{key}={path}: no such file; give the path of a UTF-8 text file")
+        _check(file.stat().st_size > 0,
+               f"dataset.{key}={path}: the file is empty; give a text file with at least one document")
 
 
 def _validate_train(t: TrainConfig) -> None:
@@ -180,6 +194,26 @@ def _validate_generate(g: GenerateConfig, m: ModelConfig, block_size: int) -> No
     _check(g.batch_size >= 1, f"generate.batch_size={g.batch_size} must be at least 1")
 
 
+def check_lengths(cfg: RunConfig, limit: int) -> None:
+    """Sequence lengths against the model's maximum positions (config's for `tiny`, the loaded model's otherwise)."""
+    g = cfg.generate
+    _check(cfg.train.block_size <= limit, f"train.block_size={cfg.train.block_size} exceeds the model's maximum of "
+                                          f"{limit} positions; lower train.block_size")
+    prompt_len = 1 if g.prompt == "bos" else g.prompt_tokens
+    _check(prompt_len + g.new_tokens <= limit,
+           f"generate.prompt_tokens + generate.new_tokens = {prompt_len + g.new_tokens} exceeds the "
+           f"model's maximum of {limit} positions; lower one of them")
+    _check(g.new_tokens == cfg.train.block_size,
+           f"generate.new_tokens={g.new_tokens} must equal train.block_size={cfg.train.block_size}: "
+           f"each synthetic sequence is one training block")
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _validate_run(cfg: RunConfig) -> None:
     _check(0.0 <= cfg.mix <= 1.0, f"mix={cfg.mix} must be in [0, 1] (the real fraction of each later generation)")
     _check(cfg.generations >= 1, f"generations={cfg.generations} must be at least 1 (recursive generations after generation 0)")
@@ -190,6 +224,7 @@ def _validate_run(cfg: RunConfig) -> None:
            f"regime={cfg.regime} keeps real data in its pool, which mix=0 empties: set mix=1 "
            f"(all real data kept, as Gerstgrasser et al.) or a fraction such as mix=0.5")
     _check(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: use auto, cpu or cuda")
+    _check(cfg.device != "cuda" or _cuda_visible(), "device=cuda but no CUDA device is visible; use device=auto or device=cpu")
     _check(cfg.checkpoints in ("none", "last", "all"), f"checkpoints={cfg.checkpoints!r}: use none, last or all")
     _check(cfg.metrics.level in ("fast", "full"), f"metrics.level={cfg.metrics.level!r}: use metrics=fast or metrics=full")
     _check(cfg.metrics.eval_batch_size >= 1, f"metrics.eval_batch_size={cfg.metrics.eval_batch_size} must be at least 1")
@@ -205,11 +240,30 @@ def validate(cfg: RunConfig) -> RunConfig:
     _validate_train(cfg.train)
     _validate_generate(cfg.generate, cfg.model, cfg.train.block_size)
     validate_curate(cfg.curate)
+    if cfg.model.name == "tiny" and cfg.model.path is None:
+        # `tiny` is built from this config, so its length limit is known before anything loads.
+        check_lengths(cfg, cfg.model.max_positions)
     return cfg
+
+
+def _unknown_key(values: dict, schema: Any, prefix: str = "") -> Optional[str]:
+    """The first key no dataclass field holds (`+foo=1` gets past Hydra, and OmegaConf keeps it silently)."""
+    names = {f.name for f in fields(schema)}
+    for key, value in values.items():
+        if key not in names:
+            return f"{prefix}{key}"
+        child = getattr(schema, key)
+        if is_dataclass(child) and isinstance(value, dict):
+            found = _unknown_key(value, child, f"{prefix}{key}.")
+            if found:
+                return found
+    return None
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Turn Hydra's composed DictConfig into the validated dataclass."""
+    unknown = _unknown_key(OmegaConf.to_container(cfg, resolve=False), RunConfig())
+    _check(unknown is None, f"{unknown}: no such key (check its spelling; `collapse run --cfg job` lists every key)")
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
     run_config = OmegaConf.to_object(merged)
     assert isinstance(run_config, RunConfig)

@@ -7,9 +7,10 @@ into non-overlapping blocks of `block_size` tokens, dropping the remainder.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class Blocks:
 
 
 def split_documents(text: str, separator: str) -> list[str]:
-    if separator == "line":
+    if separator in ("line", "row"):
         parts = text.split("\n")
     elif separator.startswith("literal:"):
         parts = text.split(separator[len("literal:"):])
@@ -83,10 +84,43 @@ def read_text_file(key: str, path: str, separator: str) -> list[str]:
 
 
 def _load_local(cfg: DatasetConfig) -> Corpus:
+    if cfg.test is None:
+        raise CollapseError(f"dataset={cfg.name} with local files needs dataset.test=PATH too (dataset.train={cfg.train})")
     train = read_text_file("dataset.train", cfg.train, cfg.doc_separator)
     test = read_text_file("dataset.test", cfg.test, cfg.doc_separator)
     valid = read_text_file("dataset.valid", cfg.valid, cfg.doc_separator) if cfg.valid else []
     return Corpus(train=train, valid=valid, test=test)
+
+
+def hub_reachable(timeout_s: float = 5.0) -> bool:
+    """One quick request to the hub, without retries.
+
+    Offline, the hub client retries every file with back-off (about a minute per
+    load); after this fails, callers load from the local cache only, which fails fast.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout_s)
+    except Exception:  # DNS, connection, timeout, proxy: all mean "not reachable now"
+        return False
+    return True
+
+
+@contextmanager
+def _datasets_offline(offline: bool) -> Iterator[None]:
+    """`datasets` reads its offline switch from its config module; set it for one load only."""
+    from datasets import config
+
+    saved = config.HF_HUB_OFFLINE
+    config.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        config.HF_HUB_OFFLINE = saved
 
 
 def _load_hub(cfg: DatasetConfig) -> Corpus:
@@ -95,7 +129,8 @@ def _load_hub(cfg: DatasetConfig) -> Corpus:
     try:
         from datasets import load_dataset
 
-        splits = load_dataset(path, name)
+        with _datasets_offline(not hub_reachable()):
+            splits = load_dataset(path, name)
     except Exception as err:  # datasets raises many types when offline
         raise CollapseError(
             f"dataset={cfg.name}: cannot load {path!r} from the hub ({type(err).__name__}); offline, "
@@ -104,6 +139,9 @@ def _load_hub(cfg: DatasetConfig) -> Corpus:
     def docs(split: str) -> list[str]:
         if split not in splits:
             return []
+        if cfg.doc_separator == "row":  # one document per dataset row (TinyStories)
+            return [text.strip() for text in splits[split]["text"] if text.strip()]
+        # Rows are lines of one file (WikiText): rebuild it, then split it into documents.
         return split_documents("\n".join(splits[split]["text"]), cfg.doc_separator)
     test_split = "test" if "test" in splits else "validation"
     return Corpus(train=docs("train"), valid=docs("validation"), test=docs(test_split))
@@ -127,6 +165,8 @@ def load_corpus(cfg: DatasetConfig) -> Corpus:
 
 def tokenize_stream(docs: list[str], tokenizer) -> np.ndarray:
     """One token stream: each document's ids followed by the end-of-text id."""
+    if not docs:  # an absent split (dataset.valid unset); fast tokenizers fail on an empty batch
+        return np.empty(0, dtype=np.int64)
     encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     total = sum(len(ids) + 1 for ids in encoded)

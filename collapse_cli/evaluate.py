@@ -18,14 +18,18 @@ def _batches(n: int, batch_size: int):
         yield first, min(first + batch_size, n)
 
 
-def _log_probs(model: torch.nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """float32 log-softmax of the next-token logits, shape [b, L-1, V]."""
+def _next_token_logits(model: torch.nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """float32 logits that predict tokens 1..L-1 of each row, shape [b, L-1, V]."""
     with autocast(device):
         logits = model(input_ids=batch).logits[:, :-1]
-    return F.log_softmax(logits.float(), dim=-1)
+    return logits.float()
 
 
-@torch.inference_mode()
+def _token_losses(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """NLL of tokens 1..L-1; cross_entropy fuses log-softmax and gather (no [b, L, V] copy)."""
+    return F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+
+
 def token_nll(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, device: torch.device,
               on_batch: OnBatch = None) -> np.ndarray:
     """NLL (nats) of every token given the tokens before it in its block: shape [n, L-1].
@@ -33,16 +37,41 @@ def token_nll(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, devic
     Blocks are scored independently, with no context from the block before, which is
     how Shumailov et al. evaluate: the first token of each block is never predicted.
     """
+    return score_blocks(model, blocks, batch_size, device, None, on_batch)[0]
+
+
+@torch.inference_mode()
+def score_blocks(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, device: torch.device,
+                 transition: Optional[np.ndarray] = None, on_batch: OnBatch = None) -> tuple[np.ndarray, float, float]:
+    """Per-token NLL as `token_nll`, plus, when the true law is known, H(p, q) and H(p).
+
+    `transition[prev]` is the exact next-token law of the builtin language, so the
+    cross-entropy and entropy sums run over the whole vocabulary at every position
+    (nats/token, averaged over positions); both are nan without a transition. One
+    forward pass serves both, since they score the same test blocks.
+    """
     model.eval()
     nll = np.empty((len(blocks), blocks.shape[1] - 1), dtype=np.float32)
+    truth = None
+    if transition is not None:
+        true_probs = torch.from_numpy(transition.astype(np.float32)).to(device)
+        truth = (true_probs, -(true_probs * torch.log(true_probs.clamp_min(1e-30))).sum(-1))
+    ce_sum = h_sum = 0.0
     for first, last in _batches(len(blocks), batch_size):
         batch = torch.from_numpy(blocks[first:last]).to(device)
-        log_probs = _log_probs(model, batch, device)
-        gold = batch[:, 1:].unsqueeze(-1)
-        nll[first:last] = (-log_probs.gather(-1, gold).squeeze(-1)).cpu().numpy()
+        logits = _next_token_logits(model, batch, device)
+        nll[first:last] = _token_losses(logits, batch).cpu().numpy()
+        if truth is not None:
+            true_probs, row_entropy = truth
+            prev = batch[:, :-1]
+            log_probs = F.log_softmax(logits[..., : true_probs.shape[1]], dim=-1)
+            ce_sum += float(-(true_probs[prev] * log_probs).sum())
+            h_sum += float(row_entropy[prev].sum())
         if on_batch is not None:
             on_batch(last, len(blocks))
-    return nll
+    if truth is None:
+        return nll, float("nan"), float("nan")
+    return nll, ce_sum / nll.size, h_sum / nll.size
 
 
 def sliding_windows(stream_length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -74,33 +103,10 @@ def sliding_nll(model: torch.nn.Module, stream: np.ndarray, window: int, stride:
     # Full-length windows batch together; a short tail window (at most one) runs alone.
     for group in [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[s] for s in ragged]:
         batch = torch.from_numpy(np.stack([stream[s:e] for s, e, _ in group])).to(device)
-        log_probs = _log_probs(model, batch, device)
-        token_nlls = -log_probs.gather(-1, batch[:, 1:].unsqueeze(-1)).squeeze(-1)
+        token_nlls = _token_losses(_next_token_logits(model, batch, device), batch)
         for row, (start, _, first_scored) in enumerate(group):
             # Position j of token_nlls predicts stream[start + j + 1].
             scored = token_nlls[row, first_scored - start - 1:]
             total += float(scored.sum())
             count += scored.numel()
     return total, count
-
-
-@torch.inference_mode()
-def truth_divergence(model: torch.nn.Module, blocks: np.ndarray, transition: np.ndarray, batch_size: int,
-                     device: torch.device) -> tuple[float, float]:
-    """Mean cross-entropy H(p, q) and true entropy H(p), in nats/token, against known truth.
-
-    `transition[prev]` is the exact next-token law of the builtin language, so at
-    every position both sums run over the whole vocabulary instead of a sample.
-    """
-    model.eval()
-    true_probs = torch.from_numpy(transition.astype(np.float32)).to(device)
-    row_entropy = -(true_probs * torch.log(true_probs.clamp_min(1e-30))).sum(-1)
-    ce_sum, h_sum, n_positions = 0.0, 0.0, 0
-    for first, last in _batches(len(blocks), batch_size):
-        batch = torch.from_numpy(blocks[first:last]).to(device)
-        log_probs = _log_probs(model, batch, device)[..., : true_probs.shape[1]]
-        prev = batch[:, :-1]
-        ce_sum += float(-(true_probs[prev] * log_probs).sum())
-        h_sum += float(row_entropy[prev].sum())
-        n_positions += prev.numel()
-    return ce_sum / n_positions, h_sum / n_positions

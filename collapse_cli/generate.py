@@ -57,7 +57,8 @@ def decode_batch(model: torch.nn.Module, batch: torch.Tensor, cfg: GenerateConfi
                  generator: torch.Generator) -> torch.Tensor:
     """KV-cached decoding without generate()'s per-step machinery; prompts are unpadded."""
     new_tokens = torch.empty((len(batch), cfg.new_tokens), dtype=torch.long, device=batch.device)
-    output = model(input_ids=batch, use_cache=True)
+    # Only the last position's logits are needed: skip the LM head over the whole prompt.
+    output = model(input_ids=batch, use_cache=True, logits_to_keep=1)
     seen = None
     if cfg.repetition_penalty != 1.0:
         seen = torch.zeros((len(batch), output.logits.shape[-1]), dtype=torch.bool, device=batch.device)

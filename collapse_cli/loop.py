@@ -12,7 +12,7 @@ import copy
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +21,7 @@ import torch
 
 from collapse_cli import compose as composition
 from collapse_cli import profile
-from collapse_cli.config import RunConfig
+from collapse_cli.config import RunConfig, check_lengths
 from collapse_cli.curate import curate
 from collapse_cli.data import Blocks, Corpus, load_corpus, make_blocks
 from collapse_cli.errors import CollapseError
@@ -38,6 +38,12 @@ STAGES = {"train": 1, "generate": 2, "curate": 3, "compose": 4, "metrics": 5}
 def stage_seed(seed: int, generation: int, stage: str) -> int:
     """Independent, reproducible seeds per (run seed, generation, stage)."""
     return int(np.random.SeedSequence([seed, generation, STAGES[stage]]).generate_state(1)[0])
+
+
+def compose_seed(seed: int) -> int:
+    """One composition seed for the whole run: compose() mixes in the generation itself,
+    and the accumulating regimes draw their fixed real subset from this seed alone."""
+    return stage_seed(seed, 0, "compose")
 
 
 def pick_device(choice: str) -> torch.device:
@@ -68,8 +74,8 @@ def prepare(cfg: RunConfig) -> Setup:
     corpus = load_corpus(cfg.dataset)
     tokenizer = load_tokenizer(cfg.model, corpus)
     base_model = build_base_model(cfg.model, tokenizer, cfg.seed)
-    _check_lengths(cfg, base_model)
-    blocks = make_blocks(corpus, tokenizer, cfg.train.block_size, cfg.dataset)
+    check_lengths(cfg, max_positions(base_model))
+    blocks = make_blocks(corpus, tokenizer, cfg.train.block_size, replace(cfg.dataset, max_train_blocks=_pool_cap(cfg)))
     n_pool = len(blocks.train)
     n_train = _train_size(cfg, n_pool)
     composition.check_pool(cfg.regime, n_pool, n_train, cfg.mix, cfg.generations)
@@ -78,27 +84,24 @@ def prepare(cfg: RunConfig) -> Setup:
     return Setup(cfg, device, corpus, tokenizer, blocks, base_model, n_train, prompts, reference)
 
 
+def _pool_cap(cfg: RunConfig) -> Optional[int]:
+    """Real blocks to tokenize: max_train_blocks caps N, and fresh reads unseen blocks beyond the first N."""
+    cap = cfg.dataset.max_train_blocks
+    if cfg.regime == "fresh" and cap is not None:
+        return composition.fresh_pool_needed(cap, cfg.mix, cfg.generations)
+    return cap
+
+
 def _train_size(cfg: RunConfig, n_pool: int) -> int:
     cap = cfg.dataset.max_train_blocks
     if cfg.regime == "fresh" and cap is None:
-        # Size N so that the pool holds generation 0 plus every generation's unseen share.
-        return max(1, int(n_pool / (1 + cfg.generations * cfg.mix)))
+        # The largest N whose pool need (generation 0 plus every generation's unseen share) fits.
+        # Shares are rounded, by at most half a block each: start at that bound and step down.
+        n = max(1, int((n_pool + cfg.generations / 2) / (1 + cfg.generations * cfg.mix)))
+        while n > 1 and composition.fresh_pool_needed(n, cfg.mix, cfg.generations) > n_pool:
+            n -= 1
+        return n
     return n_pool if cap is None else min(cap, n_pool)
-
-
-def _check_lengths(cfg: RunConfig, model: torch.nn.Module) -> None:
-    limit = max_positions(model)
-    g = cfg.generate
-    if cfg.train.block_size > limit:
-        raise CollapseError(f"train.block_size={cfg.train.block_size} exceeds the model's maximum of {limit} "
-                            f"positions; lower train.block_size")
-    prompt_len = 1 if g.prompt == "bos" else g.prompt_tokens
-    if prompt_len + g.new_tokens > limit:
-        raise CollapseError(f"generate.prompt_tokens + generate.new_tokens = {prompt_len + g.new_tokens} exceeds the "
-                            f"model's maximum of {limit} positions; lower one of them")
-    if g.new_tokens != cfg.train.block_size:
-        raise CollapseError(f"generate.new_tokens={g.new_tokens} must equal train.block_size={cfg.train.block_size}: "
-                            f"each synthetic sequence is one training block")
 
 
 def plan(setup: Setup) -> list[dict]:
@@ -107,7 +110,7 @@ def plan(setup: Setup) -> list[dict]:
     sizes = {k: n for k in range(cfg.generations + 1)}
     rows = []
     for g in range(cfg.generations + 1):
-        training_set = composition.compose(g, cfg.regime, cfg.mix, n, sizes, stage_seed(cfg.seed, g, "compose"))
+        training_set = composition.compose(g, cfg.regime, cfg.mix, n, sizes, compose_seed(cfg.seed))
         counts = training_set.counts()
         n_real = counts.get("real", 0)
         rows.append({"generation": g, "blocks": len(training_set), "tokens": len(training_set) * cfg.train.block_size,
@@ -129,7 +132,7 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     cfg, device = setup.cfg, setup.device
     started = time.perf_counter()
     sizes = {k: len(c) for k, c in state.corpora.items()}
-    training_set = composition.compose(g, cfg.regime, cfg.mix, setup.n_train, sizes, stage_seed(cfg.seed, g, "compose"))
+    training_set = composition.compose(g, cfg.regime, cfg.mix, setup.n_train, sizes, compose_seed(cfg.seed))
     train_blocks = training_set.blocks(setup.blocks.train, state.corpora)
     run_dir.write_json(Path(gen_name(g)) / "composition.json", _manifest(g, training_set, cfg))
     run_dir.save_array(Path(gen_name(g)) / "train_origin.npy", _provenance(training_set, state.kept))
@@ -173,7 +176,7 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
 
 
 def _provenance(training_set: composition.TrainingSet, kept: dict[int, np.ndarray]) -> np.ndarray:
-    """[n, 2] int32 (origin, row): the real-pool row, or the row of gen_<origin>/synthetic_ids.npy.
+    """[n, 2] int32 (origin, row): the real-pool row, or the row of gen_<origin>/synthetic_ids.npz.
 
     Training sets index the curated corpora; provenance points back past curation
     to the raw corpus each generation wrote, so every block can be looked up there.
@@ -190,13 +193,13 @@ def _manifest(g: int, training_set: composition.TrainingSet, cfg: RunConfig) -> 
     return {"generation": g, "regime": cfg.regime, "mix": cfg.mix, "blocks": len(training_set),
             "tokens": len(training_set) * cfg.train.block_size, "by_origin": counts,
             "origin_file": "train_origin.npy: per block (origin, row); origin -1: row of the real pool, "
-                           "k: row of gen_k/synthetic_ids.npy"}
+                           "k: row of gen_k/synthetic_ids.npz"}
 
 
 def _save_corpus(run_dir: RunDir, g: int, synthetic: np.ndarray, texts: list[str], seq_ppl: np.ndarray,
                  kept: np.ndarray) -> None:
     folder = Path(gen_name(g))
-    run_dir.save_array(folder / "synthetic_ids.npy", synthetic.astype(np.int32))
+    run_dir.save_ids(folder / "synthetic_ids.npz", synthetic)
     run_dir.save_texts_gz(folder / "synthetic.txt.gz", texts)
     run_dir.save_array(folder / "seq_ppl.npy", seq_ppl.astype(np.float32))
     run_dir.save_array(folder / "curated_index.npy", kept.astype(np.int32))
@@ -228,14 +231,17 @@ def restore(setup: Setup, run_dir: RunDir) -> tuple[LoopState, int]:
         raise CollapseError(f"{run_dir.path}: finished generations {done} are not contiguous; the folder was edited")
     state = LoopState()
     for g in done:
-        synthetic = np.load(run_dir.gen(g) / "synthetic_ids.npy").astype(np.int64)
+        synthetic = run_dir.load_ids(Path(gen_name(g)) / "synthetic_ids.npz")
         state.kept[g] = np.load(run_dir.gen(g) / "curated_index.npy").astype(np.int64)
         state.corpora[g] = synthetic[state.kept[g]]
-    if done:
+    # With every generation done (killed while finishing), no model is needed, and the
+    # finishing step may already have deleted the reference checkpoint.
+    if done and len(done) < setup.cfg.generations + 1:
         state.reference_model = _load_model(AutoModelForCausalLM, run_dir.path / "reference", setup.device)
         if setup.cfg.train.init == "previous":
             state.previous_model = _load_model(AutoModelForCausalLM, run_dir.gen(done[-1]) / "model", setup.device)
     run_dir.discard_unfinished(len(done))
+    run_dir.rebuild_metrics()
     return state, len(done)
 
 

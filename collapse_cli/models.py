@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from collapse_cli.builtin import make_tokenizer as builtin_tokenizer
 from collapse_cli.config import ModelConfig
-from collapse_cli.data import Corpus
+from collapse_cli.data import Corpus, hub_reachable
 from collapse_cli.errors import CollapseError
 
 HUB_FIX = "download it on a machine with network (save_pretrained) and pass model.path=/that/folder, or use model=tiny"
@@ -27,6 +26,9 @@ def _from_pretrained(loader, cfg: ModelConfig, what: str, **kwargs):
     source = _source(cfg)
     if cfg.path and not Path(cfg.path).expanduser().is_dir():
         raise CollapseError(f"model.path={cfg.path}: no such folder; give a folder written by save_pretrained")
+    if not cfg.path:
+        # Offline, a hub download retries with back-off for minutes; the cache alone answers at once.
+        kwargs["local_files_only"] = not hub_reachable()
     try:
         return loader(str(Path(source).expanduser()) if cfg.path else source, **kwargs)
     except (OSError, ValueError) as err:
@@ -75,7 +77,6 @@ def build_base_model(cfg: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
 
     if is_pretrained(cfg):
-        os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
         model = _from_pretrained(AutoModelForCausalLM.from_pretrained, cfg, "model", dtype=torch.float32)
     else:
         config = OPTConfig(

@@ -185,27 +185,34 @@ def plain_log_axis(axis, low: float, high: float) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def histogram_figure(label: str, seq_ppl_by_generation: dict[int, np.ndarray], n_runs: int) -> Optional[Figure]:
+def histogram_figure(label: str, seq_ppl_by_generation: dict[int, np.ndarray], n_runs: int,
+                     real_seq_ppl: Optional[np.ndarray] = None) -> Optional[Figure]:
     """Shumailov et al.'s Fig. 1 view: per-sequence perplexity under generation 0, one outline per generation.
 
     The y-axis is the share of sequences per bin on equal log-width bins, so the
     outline shapes are densities in log-perplexity and generations of different
-    sizes compare directly. None when no generation has a usable value.
+    sizes compare directly. None when no generation has a usable value. `real_seq_ppl`, the real
+    test text under the same model, is drawn dashed in black as the reference.
     """
     kept = {g: positive_finite(v) for g, v in sorted(seq_ppl_by_generation.items())}
     dropped = sum(np.asarray(v).size for v in seq_ppl_by_generation.values()) - sum(v.size for v in kept.values())
     kept = {g: v for g, v in kept.items() if v.size}
     if not kept:
         return None
-    edges = log_bins(list(kept.values()))
+    real = positive_finite(real_seq_ppl) if real_seq_ppl is not None else np.empty(0)
+    edges = log_bins(list(kept.values()) + ([real] if real.size else []))
     labels, columns, rows = legend_layout([f"gen {g}" for g in kept])
-    columns = min(len(kept), 6)  # short labels: up to six side by side
-    rows = -(-len(kept) // columns)
+    n_entries = len(kept) + bool(real.size)
+    columns = min(n_entries, 6)  # short labels: up to six side by side
+    rows = -(-n_entries // columns)
     figure = new_figure(rows)
     axes = figure.add_subplot()
     for colour, values, text in zip(histogram_colours(len(kept)), kept.values(), labels):
         counts, _ = np.histogram(values, bins=edges)
         axes.stairs(counts / values.size, edges, color=colour, linewidth=1.8, label=text)
+    if real.size:
+        counts, _ = np.histogram(real, bins=edges)
+        axes.stairs(counts / real.size, edges, color="black", linestyle="--", linewidth=1.4, label="real test text")
     axes.set_xscale("log")
     plain_log_axis(axes.xaxis, edges[0], edges[-1])
     sizes = sorted({v.size for v in kept.values()})

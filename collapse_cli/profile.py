@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from collapse_cli import metrics as M
 from collapse_cli.builtin import BuiltinLanguage
 from collapse_cli.config import RunConfig
-from collapse_cli.evaluate import sliding_nll, token_nll, truth_divergence
+from collapse_cli.evaluate import score_blocks, sliding_nll, token_nll
 from collapse_cli.rundir import RunDir, gen_name, read_metrics
 
 # Keys first in every metrics line, in this order; the rest follow alphabetically.
@@ -64,14 +65,14 @@ def _binomial_se(p: float, n: int) -> float:
 def model_metrics(model: torch.nn.Module, ref: Reference, cfg: RunConfig, device: torch.device) -> tuple[dict, np.ndarray]:
     """Metrics of the generation's model on real test text; also returns its per-token NLL."""
     batch, block = cfg.metrics.eval_batch_size, ref.test.shape[1]
-    test_nll = token_nll(model, ref.test, batch, device)
+    transition = ref.language.transition if ref.language is not None else None
+    test_nll, ce, entropy = score_blocks(model, ref.test, batch, device, transition)
     stride = max(1, int(block * cfg.metrics.sliding_stride))
     sliding_sum, sliding_count = sliding_nll(model, ref.test.reshape(-1), block, stride, batch, device)
     out = {"ppl_test": M.perplexity(float(test_nll.sum(dtype=np.float64)), test_nll.size),
            "ppl_test_se": _mean_ppl_se(test_nll, cfg.seed, cfg.metrics.bootstrap),
            "ppl_test_sliding": M.perplexity(sliding_sum, sliding_count)}
-    if ref.language is not None:
-        ce, entropy = truth_divergence(model, ref.test, ref.language.transition, batch, device)
+    if transition is not None:
         out.update(ce_truth=ce, entropy_truth=entropy, kl_truth=ce - entropy)
     if cfg.metrics.level == "full":
         deciles = M.bucket_perplexity(test_nll.ravel(), ref.test[:, 1:].ravel(), ref.token_decile)
@@ -128,12 +129,17 @@ def ordered(metrics: dict) -> dict:
     return {**head, **{k: metrics[k] for k in sorted(metrics) if k not in head}}
 
 
+def _series(rows: list[dict], key: str) -> list[float]:
+    """One metric across generations; JSON null (a NaN on disk) comes back as NaN."""
+    return [float("nan") if row.get(key) is None else float(row[key]) for row in rows]
+
+
 def summarize(run_dir: RunDir, ref: Reference, cfg: RunConfig) -> dict:
     """End-of-run figures: first vs last generation, early warning, extinction (full metrics)."""
     rows = read_metrics(run_dir.path)
     first, last = rows[0], rows[-1]
-    verdict = M.early_warning_verdict([r["tail_coverage"] for r in rows], [r.get("tail_coverage_se") or 0.0 for r in rows],
-                                      [r["ppl_test"] for r in rows], [r.get("ppl_test_se") or 0.0 for r in rows])
+    verdict = M.early_warning_verdict(_series(rows, "tail_coverage"), _series(rows, "tail_coverage_se"),
+                                      _series(rows, "ppl_test"), _series(rows, "ppl_test_se"))
     summary = {"generations": len(rows) - 1, "ppl_test_first": first["ppl_test"], "ppl_test_last": last["ppl_test"],
                "tail_coverage_first": first["tail_coverage"], "tail_coverage_last": last["tail_coverage"],
                "early_warning": verdict, "wall_time_s": sum(r.get("wall_time_s", 0.0) for r in rows)}
@@ -144,7 +150,8 @@ def summarize(run_dir: RunDir, ref: Reference, cfg: RunConfig) -> dict:
 
 def extinction_summary(run_dir: RunDir, ref: Reference, n_generations: int) -> dict:
     """First generation whose corpus lacks each real token type; saved per type, summarised per bucket."""
-    type_sets = [set(np.unique(np.load(run_dir.gen(g) / "synthetic_ids.npy")).tolist()) for g in range(n_generations)]
+    type_sets = [set(np.unique(run_dir.load_ids(Path(gen_name(g)) / "synthetic_ids.npz")).tolist())
+                 for g in range(n_generations)]
     extinction = M.extinction_generation(list(ref.train_counts), type_sets)
     table = np.array([[t, ref.train_counts[t], -1 if e is None else e] for t, e in extinction.items()], dtype=np.int64)
     run_dir.save_array("extinction_tok.npy", table)

@@ -5,7 +5,7 @@ Layout (see README "Output layout"):
     metrics.jsonl          one line per finished generation (rebuilt from gen_*/metrics.json)
     summary.json           written last, when the run finishes
     reference/             the generation-0 model while the run needs it
-    gen_NNN/               synthetic.txt.gz, synthetic_ids.npy, composition.json,
+    gen_NNN/               synthetic.txt.gz, synthetic_ids.npz, composition.json,
                            train_origin.npy, seq_ppl.npy, metrics.json, DONE
 """
 
@@ -15,6 +15,7 @@ import gzip
 import json
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -84,6 +85,19 @@ class RunDir:
         np.save(buffer, array)
         atomic_write_bytes(self.path / relative, buffer.getvalue())
 
+    def save_ids(self, relative: str | Path, ids: np.ndarray) -> None:
+        """Token ids, compressed: a synthetic corpus is the bulk of a run's disk use."""
+        import io
+
+        buffer = io.BytesIO()
+        dtype = np.uint16 if ids.size and ids.max() < 2**16 else np.int32
+        np.savez_compressed(buffer, ids=ids.astype(dtype))
+        atomic_write_bytes(self.path / relative, buffer.getvalue())
+
+    def load_ids(self, relative: str | Path) -> np.ndarray:
+        with np.load(self.path / relative) as archive:
+            return archive["ids"].astype(np.int64)
+
     def save_texts_gz(self, relative: str | Path, lines: list[str]) -> None:
         # One sequence per line; newlines inside a sequence are escaped so lines stay sequences.
         body = "\n".join(line.replace("\\", "\\\\").replace("\n", "\\n") for line in lines) + "\n"
@@ -113,8 +127,12 @@ class RunDir:
         """
         self.write_json(Path(gen_name(generation)) / "metrics.json", metrics)
         atomic_write_bytes(self.gen(generation) / DONE, b"")
+        self.rebuild_metrics()
+
+    def rebuild_metrics(self) -> None:
+        """metrics.jsonl from the done generations' metrics.json (also on resume: a kill can land between the two)."""
         lines = [to_json(self.read_json(Path(gen_name(g)) / "metrics.json")) for g in self.done_generations()]
-        atomic_write_bytes(self.path / METRICS, ("\n".join(lines) + "\n").encode())
+        atomic_write_bytes(self.path / METRICS, "".join(line + "\n" for line in lines).encode())
 
     def discard_unfinished(self, generation: int) -> None:
         """Remove a generation folder that was started but never marked done."""
@@ -135,4 +153,6 @@ def read_metrics(path: Path) -> list[dict]:
 
 def read_texts_gz(path: Path) -> list[str]:
     text = gzip.decompress(Path(path).read_bytes()).decode("utf-8")
-    return [line.replace("\\n", "\n").replace("\\\\", "\\") for line in text.split("\n")[:-1]]
+    # One left-to-right pass undoes save_texts_gz's escaping (\\n -> newline, \\\\ -> backslash).
+    unescape = re.compile(r"\\(.)")
+    return [unescape.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), line) for line in text.split("\n")[:-1]]

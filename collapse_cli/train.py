@@ -89,5 +89,5 @@ def _checked_mean(mean_loss: torch.Tensor, step: int, generation: int) -> float:
     if not math.isfinite(value):
         raise CollapseError(
             f"generation {generation}: training loss became {value} at step {step} "
-            f"(diverged); lower train.lr and resume the run")
+            f"(diverged); lower the learning rate and resume: collapse resume RUN_DIR train.lr=<lower>")
     return value

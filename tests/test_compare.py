@@ -148,7 +148,8 @@ def test_histograms_one_per_group_one_outline_per_generation(sweep_out):
     assert len(files) == 2
     for file in files:
         drawn = plots.read_png_description(file)
-        assert (drawn["kind"], drawn["histograms"], drawn["lines"]) == ("seq_ppl_hist", 2, 0)
+        # Two generations (0 and 1) plus the dashed real-test-text reference.
+        assert (drawn["kind"], drawn["histograms"], drawn["lines"]) == ("seq_ppl_hist", 3, 0)
 
 
 def test_figure_counts_only_what_is_drawn():

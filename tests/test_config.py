@@ -1,0 +1,125 @@
+"""Every shipped config composes and validates; generation presets reach generate() as intended."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from collapse_cli.cli import _register, conf_dir
+from collapse_cli.config import RunConfig, to_run_config
+from collapse_cli.curate import CurateConfig
+from collapse_cli.errors import CollapseError
+from collapse_cli.generate import generation_kwargs
+
+GROUPS = ("model", "dataset", "generate", "metrics", "curate")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(conf_dir()) / group).glob("*.yaml"))
+
+
+ALL_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("text")
+    for name in ("train", "test"):
+        (folder / f"{name}.txt").write_text("a first document\n\na second one\n")
+    return [f"dataset.train={folder / 'train.txt'}", f"dataset.test={folder / 'test.txt'}"]
+
+
+def composed(overrides: list[str]) -> RunConfig:
+    _register()
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        return to_run_config(compose(config_name="config", overrides=overrides))
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert len(options(group)) >= 2, group
+    assert ("generate", "shumailov") in ALL_OPTIONS and ("model", "opt125m") in ALL_OPTIONS
+
+
+@pytest.mark.parametrize("group,option", ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
+def test_every_shipped_option_composes(group: str, option: str, text_files: list[str]):
+    extra = text_files if (group, option) == ("dataset", "text") else []
+    cfg = composed([f"{group}={option}", *extra])
+    assert isinstance(cfg, RunConfig)
+    node = getattr(cfg, group)
+    expected = {
+        # tiny is built from its config; every other option names a hub model.
+        "model": lambda: (node.name == "tiny") == (option == "tiny"),
+        "dataset": lambda: node.name == option,
+        "generate": lambda: node.preset == option,
+        "metrics": lambda: node.level == option,
+        "curate": lambda: isinstance(node, CurateConfig),
+    }[group]
+    assert expected(), (group, option, node)
+    # Interpolations resolved into typed values: lr follows the model, new_tokens the block size.
+    assert cfg.train.lr == cfg.model.lr
+    assert cfg.generate.new_tokens == cfg.train.block_size
+
+
+def test_model_options_name_the_right_models():
+    assert composed(["model=opt125m"]).model.name == "facebook/opt-125m"
+    assert composed(["model=gpt2"]).model.name == "gpt2"
+    tiny = composed([])
+    assert tiny.model.name == "tiny" and tiny.model.path is None and tiny.dataset.name == "builtin"
+
+
+def test_text_dataset_without_files_is_refused():
+    with pytest.raises(CollapseError, match="dataset.train"):
+        composed(["dataset=text"])
+
+
+def test_overrides_reach_the_typed_config():
+    cfg = composed(["mix=0.1", "generations=3", "regime=accumulate", "train.block_size=32", "generate=top_k"])
+    assert (cfg.mix, cfg.generations, cfg.regime) == (0.1, 3, "accumulate")
+    assert cfg.train.block_size == 32 and cfg.generate.new_tokens == 32 and cfg.generate.top_k == 50
+
+
+def test_added_keys_are_refused():
+    # `+key=value` gets past Hydra; the run must not silently ignore a misspelt key.
+    with pytest.raises(CollapseError, match="generationz"):
+        composed(["+generationz=3"])
+    with pytest.raises(CollapseError, match="train.learning_rate"):
+        composed(["+train.learning_rate=1e-4"])
+
+
+def preset(name: str) -> dict:
+    return generation_kwargs(composed([f"generate={name}"]).generate)
+
+
+def test_shumailov_preset_is_beam_search_with_repetition_penalty():
+    cfg = composed(["generate=shumailov"]).generate
+    kwargs = generation_kwargs(cfg)
+    assert kwargs["num_beams"] == 5 and kwargs["do_sample"] is False
+    assert kwargs["repetition_penalty"] > 1
+    assert cfg.prompt_tokens == 64 and kwargs["max_new_tokens"] == 64
+    assert "temperature" not in kwargs and "top_k" not in kwargs and "top_p" not in kwargs
+
+
+def test_greedy_preset():
+    kwargs = preset("greedy")
+    assert kwargs["do_sample"] is False and kwargs["num_beams"] == 1 and kwargs["repetition_penalty"] == 1.0
+    assert "top_p" not in kwargs
+
+
+def test_top_p_preset():
+    kwargs = preset("top_p")
+    assert kwargs["do_sample"] is True and kwargs["top_p"] == 0.9 and kwargs["top_k"] == 0
+    assert kwargs["temperature"] == 1.0
+
+
+def test_top_k_preset():
+    kwargs = preset("top_k")
+    assert kwargs["do_sample"] is True and kwargs["top_k"] == 50 and kwargs["top_p"] == 1.0
+
+
+def test_sample_preset_is_untruncated_ancestral_sampling():
+    kwargs = preset("sample")
+    assert kwargs["do_sample"] is True and kwargs["num_beams"] == 1
+    assert (kwargs["temperature"], kwargs["top_k"], kwargs["top_p"]) == (1.0, 0, 1.0)

@@ -1,0 +1,136 @@
+"""Bad configs and inputs (issues #2 and #6): exit code 2, one line on stderr naming the key or file, no traceback,
+and no run folder that looks finished (none at all when the preflight catches the problem)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, finished_runs, read_metrics, read_status, run_collapse, run_in_process
+
+PREFLIGHT, RUNTIME = "preflight", "runtime"  # RUNTIME: caught once the run started, so its folder says failed
+
+
+def write_inputs(folder: Path) -> None:
+    (folder / "small.txt").write_text("hello world\n\nfoo bar\n")
+    (folder / "empty.txt").write_text("")
+    (folder / "binary.txt").write_bytes(b"some text\x00\x01\x02 more")
+    (folder / "latin1.txt").write_bytes("café au lait\n".encode("latin-1"))
+    words = [f"w{i}" for i in range(200)]
+    docs = [" ".join(words[(d * 7 + k) % 200] for k in range(50)) for d in range(60)]
+    (folder / "big.txt").write_text("\n\n".join(docs))
+
+
+def text(train: str, test: str = "big.txt") -> list[str]:
+    return ["dataset=text", f"dataset.train={{tmp}}/{train}", f"dataset.test={{tmp}}/{test}"]
+
+
+# (id, arguments after `collapse`, strings the message must contain, where it is caught)
+CASES = [
+    ("unknown-group-option", ["run", "model=nope"], ["model/nope", "tiny"], PREFLIGHT),
+    ("unknown-dataset-option", ["run", "dataset=nope"], ["dataset/nope", "builtin"], PREFLIGHT),
+    ("unknown-key", ["run", "foo=1"], ["'foo'"], PREFLIGHT),
+    ("unknown-nested-key", ["run", "model.nope=1"], ["model.nope"], PREFLIGHT),
+    ("added-unknown-key", ["run", "+foo=1"], ["foo", "no such key"], PREFLIGHT),
+    ("mix-not-a-number", ["run", "mix=abc"], ["mix=abc", "Float"], PREFLIGHT),
+    ("generations-not-an-int", ["run", "generations=1.5"], ["generations=1.5", "Integer"], PREFLIGHT),
+    ("mix-above-one", ["run", "mix=1.5"], ["mix=1.5"], PREFLIGHT),
+    ("mix-negative", ["run", "mix=-0.1"], ["mix=-0.1"], PREFLIGHT),
+    ("zero-generations", ["run", "generations=0"], ["generations=0"], PREFLIGHT),
+    ("negative-batch", ["run", "train.batch_size=-1"], ["train.batch_size=-1"], PREFLIGHT),
+    ("zero-epochs", ["run", "train.epochs=0"], ["train.epochs=0"], PREFLIGHT),
+    ("negative-tokens", ["run", "dataset.train_tokens=-5"], ["dataset.train_tokens=-5"], PREFLIGHT),
+    ("sweep-without-multirun", ["run", "mix=0,1"], ["mix=0,1", "--multirun"], PREFLIGHT),
+    ("bad-value-in-a-later-sweep-job", ["run", "-m", "mix=0,1.5"], ["mix=1.5"], PREFLIGHT),
+    ("text-without-files", ["run", "dataset=text"], ["dataset.train"], PREFLIGHT),
+    ("missing-text-file", ["run", *text("missing.txt")], ["dataset.train=", "missing.txt", "no such file"], PREFLIGHT),
+    ("empty-text-file", ["run", *text("empty.txt")], ["dataset.train=", "empty.txt", "empty"], PREFLIGHT),
+    ("binary-text-file", ["run", *text("binary.txt")], ["dataset.train=", "binary.txt", "binary"], RUNTIME),
+    ("non-utf8-text-file", ["run", *text("latin1.txt")], ["dataset.train=", "latin1.txt", "UTF-8"], RUNTIME),
+    ("corpus-below-one-block", ["run", *text("small.txt")], ["dataset.train", "train.block_size=64"], RUNTIME),
+    ("block-above-max-positions", ["run", "model.max_positions=32", "train.block_size=64"],
+     ["train.block_size=64", "32"], PREFLIGHT),
+    ("prompt-plus-new-above-max-positions", ["run", "model.max_positions=70"],
+     ["generate.prompt_tokens", "generate.new_tokens", "80", "70"], PREFLIGHT),
+    ("new-tokens-not-a-block", ["run", "generate.new_tokens=32"], ["generate.new_tokens=32", "train.block_size"],
+     PREFLIGHT),
+    ("fresh-with-no-real-data", ["run", "regime=fresh", "mix=0"], ["regime=fresh", "mix"], PREFLIGHT),
+    ("accumulate-with-no-real-data", ["run", "regime=accumulate", "mix=0"], ["regime=accumulate", "mix=1"], PREFLIGHT),
+    # TINY's real pool holds 62 blocks; N=50 plus one unseen share of 25 needs 75.
+    ("fresh-pool-exhausted", ["run", "regime=fresh", "mix=0.5", "dataset.max_train_blocks=50"],
+     ["regime=fresh", "75", "62", "dataset.max_train_blocks"], RUNTIME),
+    ("unreachable-hub-model", ["run", "model=opt125m"], ["facebook/opt-125m", "model.path="], RUNTIME),
+    ("unreachable-hub-dataset", ["run", "dataset=wikitext2"], ["dataset=wikitext2", "dataset=text"], RUNTIME),
+    ("missing-model-folder", ["run", "model.path=/nonexistent"], ["model.path=/nonexistent"], PREFLIGHT),
+    ("cuda-on-a-cpu-machine", ["run", "device=cuda"], ["device=cuda"], PREFLIGHT),
+    ("top-p-zero", ["run", "generate.top_p=0"], ["generate.top_p"], PREFLIGHT),
+    ("curate-fraction-above-one", ["run", "curate.ppl_drop_low=1.5"], ["curate.ppl_drop_low"], PREFLIGHT),
+    ("unknown-subcommand", ["frobnicate"], ["frobnicate"], PREFLIGHT),
+    ("resume-a-non-run-folder", ["resume", "{tmp}"], ["not a run folder"], PREFLIGHT),
+]
+
+
+def one_error_line(result) -> str:
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("collapse: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,needles,stage", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, args: list[str], needles: list[str], stage: str):
+    write_inputs(tmp_path)
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    if args[0] == "run":
+        args = ["run", *TINY, *args[1:]]
+    started = time.monotonic()
+    # No CUDA, whatever the machine: device=cuda must fail the same way everywhere.
+    result = run_collapse(args, cwd=tmp_path, timeout=120, env={"CUDA_VISIBLE_DEVICES": ""})
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    line = one_error_line(result)
+    for needle in needles:
+        assert needle in line, (needle, line)
+    # Offline hub attempts fail in seconds, not after a minute of retries.
+    assert elapsed < 30, elapsed
+
+    outputs = tmp_path / "outputs"
+    assert finished_runs(tmp_path) == []
+    if stage == PREFLIGHT:
+        assert not outputs.exists(), list(outputs.rglob("*"))
+    else:
+        (run,) = (outputs / "runs").iterdir()
+        status = read_status(run)
+        assert status["state"] == "failed" and status["reason"] == line.removeprefix("collapse: error: ")
+        assert not list(run.glob("gen_*/DONE"))
+
+
+def test_diverging_run_names_generation_and_step_and_can_resume(tmp_path: Path, capsys):
+    result = run_collapse(["run", *TINY, "train.lr=1e6"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result)
+    (run,) = (tmp_path / "outputs" / "runs").iterdir()
+    # The loss really became non-finite; the message says where and how to go on.
+    match = re.search(r"generation 0: training loss became (nan|inf|-inf) at step (\d+)", line)
+    assert match, line
+    assert int(match.group(2)) >= 1
+    assert f"collapse resume {run} train.lr=" in line
+    status = read_status(run)
+    assert status["state"] == "failed" and status["reason"] == line.removeprefix("collapse: error: ")
+
+    # Bad resume overrides are named and change nothing.
+    assert run_in_process(["resume", str(run), "train.lr=abc"]) == 2
+    assert run_in_process(["resume", str(run), "train.learning_rate=1"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "train.lr" in errors[0] and "train.learning_rate" in errors[1]
+    assert read_status(run)["state"] == "failed" and "lr: 1000000.0" in (run / ".hydra" / "config.yaml").read_text()
+
+    # Resuming with a sane learning rate finishes the run and records the new value.
+    assert run_in_process(["resume", str(run), "train.lr=3e-3"]) == 0
+    assert read_status(run)["state"] == "finished"
+    assert [row["generation"] for row in read_metrics(run)] == [0, 1]
+    assert "lr: 0.003" in (run / ".hydra" / "config.yaml").read_text()

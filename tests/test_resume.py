@@ -1,0 +1,119 @@
+"""Killed, interrupted and finished runs (issue #6): `collapse resume` continues from the last finished
+generation and ends with exactly the metrics of an uninterrupted run of the same config and seed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from collapse_cli.rundir import RunDir
+from conftest import TINY, read_metrics, read_status, run_in_process, stable, start_collapse
+
+# Four generations (0..3), each long enough (~0.4 s on one core) for a kill to land inside a stage.
+WORK = [*TINY, "generations=3", "dataset.train_tokens=16000", "train.epochs=2"]
+GENERATIONS = 4
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert run_in_process(["run", *WORK, f"hydra.run.dir={run}"]) == 0
+    return run
+
+
+def signal_when(proc, marker: Path, signum: int, timeout: float = 120) -> None:
+    """Send `signum` the moment `marker` exists, so the signal lands in the stage that follows it."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended ({proc.returncode}) before {marker} appeared: {proc.stderr.read()[-2000:]}")
+        assert time.monotonic() < deadline, f"{marker} never appeared"
+        time.sleep(0.005)
+    proc.send_signal(signum)
+
+
+def assert_same_as(run: Path, reference: Path) -> None:
+    rows = read_metrics(run)
+    assert [row["generation"] for row in rows] == list(range(GENERATIONS))  # one line per generation
+    expected = stable(read_metrics(reference))
+    differences = [(row["generation"], key, row.get(key), want.get(key))
+                   for row, want in zip(stable(rows), expected) for key in set(row) | set(want)
+                   if row.get(key) != want.get(key)]
+    assert not differences, differences
+    for g in range(GENERATIONS):
+        name = f"gen_{g:03d}/synthetic_ids.npz"
+        assert np.array_equal(RunDir(run).load_ids(name), RunDir(reference).load_ids(name)), name
+    summary, expected = (json.loads((p / "summary.json").read_text()) for p in (run, reference))
+    summary.pop("wall_time_s"), expected.pop("wall_time_s")
+    assert summary == expected
+    assert read_status(run)["state"] == "finished"
+
+
+# Files written just before the stage the kill should interrupt.
+KILL_POINTS = {
+    "gen0-training": "gen_000/train_origin.npy",
+    "after-gen0-done": "gen_000/DONE",
+    "gen1-training": "gen_001/composition.json",
+    "gen2-saving-corpus": "gen_002/synthetic_ids.npz",
+}
+
+
+@pytest.mark.parametrize("marker", KILL_POINTS.values(), ids=KILL_POINTS.keys())
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, marker: str, uninterrupted: Path):
+    run = tmp_path / "run"
+    proc = start_collapse(["run", *WORK, f"hydra.run.dir={run}"], cwd=tmp_path)
+    signal_when(proc, run / marker, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    # A killed run cannot say so: its status still reads running, and it never finished. (The kill lands
+    # in the stage after the marker, unless the machine is so loaded that it comes a stage or two later.)
+    assert read_status(run)["state"] == "running"
+    done = sorted(p.parent.name for p in run.glob("gen_*/DONE"))
+    assert len(done) < GENERATIONS and not (run / "summary.json").exists(), done
+
+    assert run_in_process(["resume", str(run)]) == 0
+    assert_same_as(run, uninterrupted)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_marks_the_run_interrupted_and_resumable(tmp_path: Path, signum: int, uninterrupted: Path):
+    run = tmp_path / "run"
+    proc = start_collapse(["run", *WORK, f"hydra.run.dir={run}"], cwd=tmp_path)
+    signal_when(proc, run / "gen_001/composition.json", signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and f"collapse resume {run}" in err
+    status = read_status(run)
+    assert status["state"] == "interrupted" and "collapse resume" in status["reason"]
+
+    assert run_in_process(["resume", str(run)]) == 0
+    assert_same_as(run, uninterrupted)
+
+
+def test_resume_of_a_finished_run_says_so(uninterrupted: Path, capsys):
+    before = (uninterrupted / "metrics.jsonl").read_text()
+    assert run_in_process(["resume", str(uninterrupted)]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert (uninterrupted / "metrics.jsonl").read_text() == before
+
+
+def test_resume_after_a_kill_while_finishing(tmp_path: Path, uninterrupted: Path):
+    """Every generation done, then killed before `finished` was written (summary, cleanup): resume only finishes."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    (run / "summary.json").unlink()
+    status = read_status(run)
+    (run / "status.json").write_text(json.dumps({**status, "state": "running"}))
+    # checkpoints=none: the reference model is already gone, and no generation needs it.
+    assert not (run / "reference").exists()
+
+    assert run_in_process(["resume", str(run)]) == 0
+    assert_same_as(run, uninterrupted)

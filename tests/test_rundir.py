@@ -1,0 +1,56 @@
+"""The run folder's own guarantees: atomic files, one metrics line per generation, round trips."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from collapse_cli.rundir import RunDir, read_metrics, read_texts_gz
+
+
+def test_texts_round_trip_with_newlines_and_backslashes(tmp_path: Path):
+    lines = ["plain words", "two\nlines", "a literal \\n stays", "back\\slash", ""]
+    RunDir(tmp_path).save_texts_gz("corpus.txt.gz", lines)
+    assert read_texts_gz(tmp_path / "corpus.txt.gz") == lines
+
+
+def test_ids_are_compressed_and_round_trip(tmp_path: Path):
+    ids = np.tile(np.arange(50, dtype=np.int64), (200, 2))  # repetitive: compresses well
+    run_dir = RunDir(tmp_path)
+    run_dir.save_ids("ids.npz", ids)
+    assert np.array_equal(run_dir.load_ids("ids.npz"), ids)
+    assert (tmp_path / "ids.npz").stat().st_size < ids.nbytes / 10
+
+
+def test_finish_generation_keeps_one_line_per_generation(tmp_path: Path):
+    run_dir = RunDir(tmp_path)
+    run_dir.finish_generation(0, {"generation": 0, "ppl_test": 10.0})
+    run_dir.finish_generation(1, {"generation": 1, "ppl_test": float("nan")})
+    run_dir.finish_generation(1, {"generation": 1, "ppl_test": 12.0})  # a generation redone after a resume
+    rows = read_metrics(tmp_path)
+    assert [row["generation"] for row in rows] == [0, 1]
+    assert rows[1]["ppl_test"] == 12.0
+    assert run_dir.done_generations() == [0, 1]
+
+
+def test_nan_is_written_as_null(tmp_path: Path):
+    run_dir = RunDir(tmp_path)
+    run_dir.finish_generation(0, {"generation": 0, "tail_coverage": math.nan})
+    assert '"tail_coverage": null' in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_atomic_writes_leave_no_temporary_files(tmp_path: Path):
+    run_dir = RunDir(tmp_path)
+    run_dir.write_json("a/b.json", {"x": 1})
+    run_dir.save_array("c.npy", np.arange(3))
+    run_dir.set_status("running")
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["b.json", "c.npy", "status.json"]
+
+
+def test_unfinished_generation_is_discarded(tmp_path: Path):
+    run_dir = RunDir(tmp_path)
+    run_dir.write_json("gen_000/composition.json", {})
+    run_dir.discard_unfinished(0)
+    assert not (tmp_path / "gen_000").exists()
