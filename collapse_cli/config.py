@@ -99,7 +99,8 @@ class GenerateConfig:
 @dataclass
 class MetricsConfig:
     level: str = "fast"
-    eval_batch_size: int = 64
+    # null: 32 blocks on the CPU (cache-sized logits), 256 on CUDA.
+    eval_batch_size: Optional[int] = None
     # Stride of the sliding-window perplexity, as a fraction of the block size.
     sliding_stride: float = 0.5
     self_bleu_sample: int = 200
@@ -227,7 +228,7 @@ def _validate_run(cfg: RunConfig) -> None:
     _check(cfg.device != "cuda" or _cuda_visible(), "device=cuda but no CUDA device is visible; use device=auto or device=cpu")
     _check(cfg.checkpoints in ("none", "last", "all"), f"checkpoints={cfg.checkpoints!r}: use none, last or all")
     _check(cfg.metrics.level in ("fast", "full"), f"metrics.level={cfg.metrics.level!r}: use metrics=fast or metrics=full")
-    _check(cfg.metrics.eval_batch_size >= 1, f"metrics.eval_batch_size={cfg.metrics.eval_batch_size} must be at least 1")
+    _check(cfg.metrics.eval_batch_size is None or cfg.metrics.eval_batch_size >= 1, f"metrics.eval_batch_size={cfg.metrics.eval_batch_size} must be at least 1")
     _check(0.0 < cfg.metrics.sliding_stride <= 1.0, f"metrics.sliding_stride={cfg.metrics.sliding_stride} must be in (0, 1]")
     _check(cfg.min_free_disk_mb >= 0, f"min_free_disk_mb={cfg.min_free_disk_mb} must be >= 0")
 

@@ -27,7 +27,8 @@ def _next_token_logits(model: torch.nn.Module, batch: torch.Tensor, device: torc
 
 def _token_losses(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     """NLL of tokens 1..L-1; cross_entropy fuses log-softmax and gather (no [b, L, V] copy)."""
-    return F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
+    return flat.view(len(batch), -1)
 
 
 def token_nll(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, device: torch.device,

@@ -40,7 +40,6 @@ from collapse_cli.train import train
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OPT125M = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,
                max_position_embeddings=2048, word_embed_proj_dim=768, vocab_size=50272)
-EVAL_BATCH = 64  # metrics.eval_batch_size's default
 TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, ffn_dim=512,
             max_position_embeddings=256, word_embed_proj_dim=128)
 
@@ -157,8 +156,9 @@ def run_tool(spec, tokenizer, train_blocks, test_blocks, device, fraction) -> di
     prompts = np.ascontiguousarray(train_blocks[:n_train, : spec["gen"].prompt_tokens])
     synthetic, t_gen = timed(lambda: generate(model, prompts, spec["gen"], 0, device), device)
     n_test = max(1, int(len(test_blocks) * fraction))
-    test_nll, t_eval = timed(lambda: token_nll(model, test_blocks[:n_test], EVAL_BATCH, device), device)
-    _, t_score = timed(lambda: token_nll(model, synthetic, EVAL_BATCH, device), device)
+    eval_batch = 256 if device.type == "cuda" else 32  # metrics.eval_batch_size's defaults
+    test_nll, t_eval = timed(lambda: token_nll(model, test_blocks[:n_test], eval_batch, device), device)
+    _, t_score = timed(lambda: token_nll(model, synthetic, eval_batch, device), device)
     return dict(train_s=t_train, generate_s=t_gen, eval_s=t_eval + t_score, n_train=n_train, n_test=n_test,
                 ppl_test=float(np.exp(test_nll.mean())))
 
