@@ -136,13 +136,14 @@ def run_task(failures: list[str]) -> Callable[[DictConfig], None]:
         from hydra.types import RunMode
 
         from collapse_cli.config import to_run_config
+        from collapse_cli.rundir import atomic_write_bytes
 
         hydra_cfg = HydraConfig.get()
         path = Path(hydra_cfg.runtime.output_dir)
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         run_config = to_run_config(cfg)
         if not run_config.dry_run:
-            (path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
         code = execute_guarded(run_config, path)
         if run_config.dry_run:
             _remove_dry_run_folder(path)
@@ -189,11 +190,11 @@ def execute_guarded(run_config, path: Path) -> int:
         mark("interrupted", f"{how}; `collapse resume {path}` continues it")
         print(f"collapse: interrupted; resume with: collapse resume {path}", file=sys.stderr)
         return 130
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as err:
+        if not _disk_full(err):
             mark("failed", f"{type(err).__name__}: {err}")
             raise
-        reason = f"{path}: the disk is full ({err.strerror}); free space, then `collapse resume {path}`"
+        reason = f"{path}: the disk is full (no space left on device); free space, then `collapse resume {path}`"
         mark("failed", reason)
         return error_line(reason)
     except BaseException as err:
@@ -201,6 +202,13 @@ def execute_guarded(run_config, path: Path) -> int:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _disk_full(err: Exception) -> bool:
+    """ENOSPC/EDQUOT, also when a library (safetensors, say) wraps it in its own exception type."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(err) or "Disk quota exceeded" in str(err)
 
 
 def _remove_dry_run_folder(path: Path) -> None:

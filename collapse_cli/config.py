@@ -181,7 +181,7 @@ def _validate_train(t: TrainConfig) -> None:
     _check(t.init in ("base", "previous"), f"train.init={t.init!r}: use base or previous")
 
 
-def _validate_generate(g: GenerateConfig, m: ModelConfig, block_size: int) -> None:
+def _validate_generate(g: GenerateConfig, block_size: int) -> None:
     _check(g.temperature > 0, f"generate.temperature={g.temperature} must be positive")
     _check(g.top_k >= 0, f"generate.top_k={g.top_k} must be >= 0 (0 disables)")
     _check(0.0 < g.top_p <= 1.0, f"generate.top_p={g.top_p} must be in (0, 1]")
@@ -239,7 +239,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _validate_model(cfg.model)
     _validate_dataset(cfg.dataset)
     _validate_train(cfg.train)
-    _validate_generate(cfg.generate, cfg.model, cfg.train.block_size)
+    _validate_generate(cfg.generate, cfg.train.block_size)
     validate_curate(cfg.curate)
     if cfg.model.name == "tiny" and cfg.model.path is None:
         # `tiny` is built from this config, so its length limit is known before anything loads.

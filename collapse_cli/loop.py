@@ -47,8 +47,7 @@ def compose_seed(seed: int) -> int:
 
 
 def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise CollapseError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
+    """auto: CUDA when visible. (config.validate has already refused device=cuda without one.)"""
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")

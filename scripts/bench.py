@@ -35,7 +35,7 @@ from collapse_cli.config import GenerateConfig, TrainConfig
 from collapse_cli.data import group_blocks, tokenize_stream
 from collapse_cli.evaluate import token_nll
 from collapse_cli.generate import generate
-from collapse_cli.train import train
+from collapse_cli.train import lr_at, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OPT125M = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,
@@ -94,17 +94,25 @@ def sync(device: torch.device) -> None:
 
 # --- the naive reference ---------------------------------------------------------
 def naive_train(model, texts: list[str], tokenizer, spec: dict, device: torch.device, seed: int) -> None:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"])
+    """Same optimizer, schedule and clipping as the tool (so ppl_test must agree); the slow way."""
+    cfg = TrainConfig(epochs=spec["epochs"], lr=spec["lr"], batch_size=spec["batch"], block_size=64)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    total_steps = -(-len(texts) // cfg.batch_size) * cfg.epochs
+    warmup_steps = max(1, int(cfg.warmup_ratio * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, total_steps, warmup_steps))
     rng = np.random.default_rng(seed)
     model.train()
-    for _ in range(spec["epochs"]):
-        for first in range(0, len(texts), spec["batch"]):
-            chosen = [texts[i] for i in rng.permutation(len(texts))[first:first + spec["batch"]]]
+    for _ in range(cfg.epochs):
+        order = rng.permutation(len(texts))
+        for first in range(0, len(texts), cfg.batch_size):
+            chosen = [texts[i] for i in order[first:first + cfg.batch_size]]
             enc = tokenizer(chosen, padding="max_length", truncation=True, max_length=64, return_tensors="pt").to(device)
             labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
             loss = model(**enc, labels=labels).loss
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            scheduler.step()
             optimizer.zero_grad()
             loss.item()  # the per-step logging sync of Lightning/Trainer loops
     model.eval()

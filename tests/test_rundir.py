@@ -54,3 +54,15 @@ def test_unfinished_generation_is_discarded(tmp_path: Path):
     run_dir.write_json("gen_000/composition.json", {})
     run_dir.discard_unfinished(0)
     assert not (tmp_path / "gen_000").exists()
+
+
+def test_disk_full_is_recognised_through_library_wrappers():
+    import errno
+
+    from collapse_cli.cli import _disk_full
+
+    assert _disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    # safetensors raises its own type, carrying only the OS message.
+    assert _disk_full(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert not _disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not _disk_full(ValueError("bad value"))
