@@ -97,7 +97,7 @@ def test_overrides_normalised_and_seed_hydra_left_out():
 # --- statistics -----------------------------------------------------------------
 
 def test_t_critical_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
+    from scipy import stats  # a test dependency (pyproject [test])
     for df in (1, 2, 5, 29, 30, 31, 50, 200):
         assert compare.t_critical(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-3)
 
