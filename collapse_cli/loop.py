@@ -278,8 +278,8 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
         log.info(feedback.generation_line(metrics))
     summary = profile.summarize(run_dir, setup.reference, cfg)
     run_dir.write_json("summary.json", summary)
-    if cfg.checkpoints == "none":
-        shutil.rmtree(run_dir.path / "reference", ignore_errors=True)
+    # The generation-0 copy only serves scoring and resumes; `checkpoints=all` keeps it as gen_000/model.
+    shutil.rmtree(run_dir.path / "reference", ignore_errors=True)
     run_dir.set_status("finished", generations_done=total, generations_total=total)
     feedback.show_summary(run_dir, summary)
     return summary

@@ -156,3 +156,20 @@ def test_runs_started_together_get_their_own_folders(tmp_path: Path):
     folders = sorted((tmp_path / "outputs" / "runs").iterdir())
     assert len(folders) == 2, folders
     assert sorted(finished_runs(tmp_path / "outputs")) == folders
+
+
+def test_unconditional_prompts_previous_init_and_last_checkpoint(tmp_path):
+    """generate.prompt=bos, train.init=previous and checkpoints=last together, on a real run."""
+    from collapse_cli.config import GenerateConfig
+    from collapse_cli.generate import prompts_for
+
+    real = np.arange(12).reshape(3, 4)
+    assert prompts_for(real, GenerateConfig(prompt="bos"), bos_id=7).tolist() == [[7], [7], [7]]
+    assert prompts_for(real, GenerateConfig(prompt="real", prompt_tokens=2), bos_id=7).tolist() == [[0, 1], [4, 5], [8, 9]]
+
+    run = tiny_run(tmp_path / "run", "generate.prompt=bos", "train.init=previous", "checkpoints=last")
+    assert (run / "gen_001" / "model").is_dir()  # the last generation's weights stay
+    assert not (run / "gen_000" / "model").exists()  # earlier ones go
+    assert not (run / "reference").exists()  # the generation-0 copy is only kept while needed
+    ids = RunDir(run).load_ids("gen_001/synthetic_ids.npz")
+    assert ids.shape[1] == 64
