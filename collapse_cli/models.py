@@ -52,6 +52,12 @@ def _train_bpe(docs: list[str], vocab_size: int):
                                    bos_token="</s>", model_max_length=1_000_000)
 
 
+def ensure_eos(tokenizer) -> None:
+    """Bare GPT-2/OPT vocab folders (vocab.json + merges.txt) carry no special-token config."""
+    if tokenizer.eos_token_id is None and "<|endoftext|>" in tokenizer.get_vocab():
+        tokenizer.eos_token = "<|endoftext|>"
+
+
 def load_tokenizer(cfg: ModelConfig, corpus: Corpus):
     from transformers import AutoTokenizer
 
@@ -64,6 +70,7 @@ def load_tokenizer(cfg: ModelConfig, corpus: Corpus):
         tokenizer = builtin_tokenizer(corpus.language)
     else:
         tokenizer = _train_bpe(corpus.train, cfg.bpe_vocab_size)
+    ensure_eos(tokenizer)
     if tokenizer.eos_token_id is None:
         raise CollapseError(f"model: the tokenizer of {_source(cfg)} has no end-of-text token; give one with an eos_token")
     if tokenizer.pad_token_id is None:

@@ -35,6 +35,7 @@ from collapse_cli.config import GenerateConfig, TrainConfig
 from collapse_cli.data import group_blocks, tokenize_stream
 from collapse_cli.evaluate import token_nll
 from collapse_cli.generate import generate
+from collapse_cli.models import ensure_eos
 from collapse_cli.train import lr_at, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -44,8 +45,8 @@ TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, ffn_dim
             max_position_embeddings=256, word_embed_proj_dim=128)
 
 
-def workload(device: str, tokenizer_dir: Path) -> dict:
-    if device == "cpu":
+def workload(name: str, tokenizer_dir: Path) -> dict:
+    if name == "default-generation":
         return dict(arch=TINY, n_train=1000, n_test=250, epochs=3, lr=3e-3, batch=32,
                     gen=GenerateConfig(prompt_tokens=16, new_tokens=64, batch_size=256))
     return dict(arch=OPT125M, n_train=37_500, n_test=4_400, epochs=5, lr=2e-5, batch=128, tokenizer=tokenizer_dir,
@@ -53,9 +54,9 @@ def workload(device: str, tokenizer_dir: Path) -> dict:
                                    prompt_tokens=64, new_tokens=64, batch_size=640))
 
 
-def load_data(spec: dict, device: str):
+def load_data(spec: dict):
     """Tokenizer and [n, 64] train/test blocks; real text repeated to the workload's size."""
-    if device == "cpu":
+    if "tokenizer" not in spec:  # the builtin language
         language = build_language(3000, 1.1, 8, 0.6, seed=0)
         tokenizer = make_tokenizer(language)
         rng = np.random.default_rng(1)
@@ -64,6 +65,7 @@ def load_data(spec: dict, device: str):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(spec["tokenizer"]))
+        ensure_eos(tokenizer)
         tokenizer.pad_token = tokenizer.eos_token
         docs = [d for d in (SHARED / "wikitext2-raw" / "wiki.valid.raw").read_text().split("\n \n") if d.strip()]
     stream = tokenize_stream(docs, tokenizer)
@@ -201,6 +203,8 @@ def project(result: dict, spec: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workload", choices=["default-generation", "shumailov-cycle"], default=None,
+                        help="default: default-generation on cpu, shumailov-cycle on cuda")
     parser.add_argument("--fraction", type=float, default=None, help="share of the workload run (default: cpu 1.0, cuda 0.1)")
     parser.add_argument("--reference-fraction", type=float, default=None, help="share for the slower reference (default: same)")
     parser.add_argument("--tokenizer", type=Path, default=SHARED / "gpt2-tokenizer")
@@ -209,15 +213,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
-    spec = workload(args.device, args.tokenizer)
-    fraction = args.fraction or (1.0 if args.device == "cpu" else 0.1)
+    name = args.workload or ("default-generation" if args.device == "cpu" else "shumailov-cycle")
+    spec = workload(name, args.tokenizer)
+    fraction = args.fraction or (1.0 if name == "default-generation" else 0.1)
     report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-              "torch": torch.__version__, "workload": "default-generation" if args.device == "cpu" else "shumailov-cycle",
+              "torch": torch.__version__, "workload": name,
               "fraction": fraction}
     if args.scaling:
-        report["scaling"] = scaling(spec, args.device, device)
+        report["scaling"] = scaling(spec, device)
     else:
-        tokenizer, train_blocks, test_blocks = load_data(spec, args.device)
+        tokenizer, train_blocks, test_blocks = load_data(spec)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         report["tool"] = project(run_tool(spec, tokenizer, train_blocks, test_blocks, device, fraction), spec)
@@ -238,11 +243,11 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
-def scaling(spec: dict, device_name: str, device: torch.device) -> list[dict]:
+def scaling(spec: dict, device: torch.device) -> list[dict]:
     rows = []
     for n_blocks in (1000, 4000, 16000):
         sized = dict(spec, n_train=n_blocks, n_test=min(spec["n_test"], 250))
-        tokenizer, train_blocks, test_blocks = load_data(sized, device_name)
+        tokenizer, train_blocks, test_blocks = load_data(sized)
         result = project(run_tool(sized, tokenizer, train_blocks, test_blocks, device, 1.0), sized)
         rows.append({"blocks": n_blocks, "train_s": result["train_s"], "generate_s": result["generate_s"],
                      "eval_s": result["eval_s"], "total_s": result["train_s"] + result["generate_s"] + result["eval_s"]})
