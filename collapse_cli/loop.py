@@ -133,7 +133,8 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     sizes = {k: len(c) for k, c in state.corpora.items()}
     training_set = composition.compose(g, cfg.regime, cfg.mix, setup.n_train, sizes, compose_seed(cfg.seed))
     train_blocks = training_set.blocks(setup.blocks.train, state.corpora)
-    run_dir.write_json(Path(gen_name(g)) / "composition.json", _manifest(g, training_set, cfg))
+    manifest = _manifest(g, training_set, cfg)
+    run_dir.write_json(Path(gen_name(g)) / "composition.json", manifest)
     run_dir.save_array(Path(gen_name(g)) / "train_origin.npy", _provenance(training_set, state.kept))
 
     start_from = state.previous_model if (cfg.train.init == "previous" and g > 0) else setup.base_model
@@ -155,7 +156,7 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
 
     _save_corpus(run_dir, g, synthetic, texts, seq_ppl, curated.indices)
     metrics.update(curated.report)
-    n_real = training_set.counts().get("real", 0)
+    n_real = manifest["by_origin"].get("real", 0)
     metrics.update(generation=g, train_blocks=len(training_set), train_tokens=len(training_set) * cfg.train.block_size,
                    train_tokens_seen=stats.tokens, train_real_blocks=n_real,
                    train_synthetic_blocks=len(training_set) - n_real,

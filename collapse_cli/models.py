@@ -23,9 +23,8 @@ def is_pretrained(cfg: ModelConfig) -> bool:
 
 
 def _from_pretrained(loader, cfg: ModelConfig, what: str, **kwargs):
+    # config.validate has already refused a model.path / model.tokenizer folder that does not exist.
     source = _source(cfg)
-    if cfg.path and not Path(cfg.path).expanduser().is_dir():
-        raise CollapseError(f"model.path={cfg.path}: no such folder; give a folder written by save_pretrained")
     if not cfg.path:
         # Offline, a hub download retries with back-off for minutes; the cache alone answers at once.
         kwargs["local_files_only"] = not hub_reachable()
@@ -62,8 +61,6 @@ def load_tokenizer(cfg: ModelConfig, corpus: Corpus):
     from transformers import AutoTokenizer
 
     if is_pretrained(cfg) or cfg.tokenizer:
-        if cfg.tokenizer and not Path(cfg.tokenizer).expanduser().is_dir():
-            raise CollapseError(f"model.tokenizer={cfg.tokenizer}: no such folder; give a tokenizer folder (tokenizer.json or vocab.json+merges.txt)")
         tokenizer_cfg = ModelConfig(name=cfg.name, path=cfg.tokenizer or cfg.path)
         tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, tokenizer_cfg, "tokenizer")
     elif corpus.language is not None:

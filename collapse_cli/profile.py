@@ -28,8 +28,12 @@ LEADING_KEYS = ("generation", "ppl_test", "ppl_test_sliding", "tail_coverage", "
 
 
 def _counts(blocks: np.ndarray, vocab_size: int) -> dict[int, int]:
-    counts = np.bincount(blocks.ravel(), minlength=vocab_size)
-    return {int(i): int(counts[i]) for i in np.flatnonzero(counts)}
+    return _nonzero(np.bincount(blocks.ravel(), minlength=vocab_size))
+
+
+def _nonzero(dense_counts: np.ndarray) -> dict[int, int]:
+    """{token id: count} for the ids that occur: the Counter-like form metrics.py takes."""
+    return {int(i): int(dense_counts[i]) for i in np.flatnonzero(dense_counts)}
 
 
 @dataclass
@@ -48,7 +52,7 @@ class Reference:
     def build(cls, real_train: np.ndarray, test: np.ndarray, vocab_size: int,
               language: Optional[BuiltinLanguage]) -> "Reference":
         dense_counts = np.bincount(real_train.ravel(), minlength=vocab_size)
-        return cls(real_train=real_train, test=test, train_counts=_counts(real_train, vocab_size),
+        return cls(real_train=real_train, test=test, train_counts=_nonzero(dense_counts),
                    token_decile=M.frequency_deciles(dense_counts), language=language)
 
 
