@@ -136,7 +136,7 @@ def run_task(failures: list[str]) -> Callable[[DictConfig], None]:
         from hydra.types import RunMode
 
         from collapse_cli.config import to_run_config
-        from collapse_cli.rundir import atomic_write_bytes
+        from collapse_cli.experiment.rundir import atomic_write_bytes
 
         hydra_cfg = HydraConfig.get()
         path = Path(hydra_cfg.runtime.output_dir)
@@ -156,9 +156,9 @@ def run_task(failures: list[str]) -> Callable[[DictConfig], None]:
 
 def execute_guarded(run_config, path: Path) -> int:
     """Run the loop; turn every way it can stop into a status and an exit code."""
-    from collapse_cli.loop import execute
-    from collapse_cli.progress import Feedback
-    from collapse_cli.rundir import RunDir
+    from collapse_cli.experiment.loop import execute
+    from collapse_cli.experiment.progress import Feedback
+    from collapse_cli.experiment.rundir import RunDir
 
     run_dir = RunDir(path)
 
@@ -246,7 +246,7 @@ def run_command(args: list[str]) -> int:
 
 def resume_command(args: list[str]) -> int:
     from collapse_cli.config import to_run_config
-    from collapse_cli.rundir import RunDir
+    from collapse_cli.experiment.rundir import RunDir
 
     if not args or any(arg.startswith("-") for arg in args) or any("=" not in arg for arg in args[1:]):
         return error_line("usage: collapse resume RUN_DIR [key=value ...]")
@@ -268,7 +268,7 @@ def resume_command(args: list[str]) -> int:
         return error_line(hydra_message(err))
     if overrides:
         # The folder records the config it now runs with, so a later resume keeps the change.
-        from collapse_cli.rundir import atomic_write_bytes
+        from collapse_cli.experiment.rundir import atomic_write_bytes
 
         atomic_write_bytes(saved, OmegaConf.to_yaml(config).encode())
         atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())
@@ -303,7 +303,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if command == "resume":
             return resume_command(rest)
         if command in ("compare", "show"):
-            from collapse_cli import compare
+            from collapse_cli.report import compare
 
             return compare.main(rest) if command == "compare" else compare.show_main(rest)
     except CollapseError as err:

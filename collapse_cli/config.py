@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from collapse_cli.curate import CurateConfig, validate_curate
 from collapse_cli.errors import CollapseError
+from collapse_cli.families.lm.curate import CurateConfig, validate_curate
 
 REGIMES = ("replace", "accumulate", "accumulate_subsample", "fresh")
 

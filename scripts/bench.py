@@ -7,7 +7,7 @@ reference model. `--device cpu` runs the default `collapse run` generation inste
 the `tiny` model on the builtin language, 1,000 blocks x 3 epochs, sampling.
 
 Both paths do the same work on the same device and data:
-  tool       collapse_cli.train / generate / evaluate (packed blocks, bf16 on CUDA,
+  tool       collapse_cli.families.lm.train / generate / evaluate (packed blocks, bf16 on CUDA,
              fused AdamW, no per-step host syncs, big batches, KV-cached decoding)
   reference  the way the reference code does it: fp32, text re-tokenized and padded
              per batch with attention masks, loss.item() every step, generate() in
@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from collapse_cli.builtin import build_language, make_tokenizer
 from collapse_cli.config import GenerateConfig, TrainConfig
-from collapse_cli.data import group_blocks, tokenize_stream
-from collapse_cli.evaluate import token_nll
-from collapse_cli.generate import generate
-from collapse_cli.models import ensure_eos
-from collapse_cli.train import lr_at, train
+from collapse_cli.families.lm.builtin import build_language, make_tokenizer
+from collapse_cli.families.lm.data import group_blocks, tokenize_stream
+from collapse_cli.families.lm.evaluate import token_nll
+from collapse_cli.families.lm.generate import generate
+from collapse_cli.families.lm.models import ensure_eos
+from collapse_cli.families.lm.train import lr_at, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OPT125M = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,

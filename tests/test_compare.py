@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from collapse_cli import compare, plots
 from collapse_cli.cli import main as cli_main
 from collapse_cli.errors import CollapseError
+from collapse_cli.report import compare, plots
 
 # About a second per job: 62 blocks of 32 tokens, a 16-wide one-layer model, one epoch.
 TINY = ["generations=1", "dataset.train_tokens=2000", "dataset.valid_tokens=500", "dataset.test_tokens=1000",

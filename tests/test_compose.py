@@ -7,12 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_metrics, tiny_run
 
-from collapse_cli.compose import REAL, check_pool, compose, describe_mix, fresh_pool_needed, n_real_blocks
 from collapse_cli.config import RunConfig
 from collapse_cli.errors import CollapseError
-from collapse_cli.loop import _pool_cap, _train_size
-from conftest import read_metrics, tiny_run
+from collapse_cli.experiment.compose import (
+    REAL,
+    check_pool,
+    compose,
+    describe_mix,
+    fresh_pool_needed,
+    n_real_blocks,
+)
+from collapse_cli.experiment.loop import _pool_cap, _train_size
 
 N = 40
 SEED = 7

@@ -9,9 +9,9 @@ from hydra import compose, initialize_config_dir
 
 from collapse_cli.cli import _register, conf_dir
 from collapse_cli.config import RunConfig, to_run_config
-from collapse_cli.curate import CurateConfig
 from collapse_cli.errors import CollapseError
-from collapse_cli.generate import generation_kwargs
+from collapse_cli.families.lm.curate import CurateConfig
+from collapse_cli.families.lm.generate import generation_kwargs
 
 GROUPS = ("model", "dataset", "generate", "metrics", "curate")
 

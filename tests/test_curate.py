@@ -1,4 +1,4 @@
-"""Tests for collapse_cli.curate: each filter on hand-made corpora with known answers."""
+"""Tests for collapse_cli.families.lm.curate: each filter on hand-made corpora with known answers."""
 
 from pathlib import Path
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from collapse_cli.curate import (
+from collapse_cli.errors import CollapseError
+from collapse_cli.families.lm.curate import (
     REPORT_KEYS,
     CurateConfig,
     RepetitionScorer,
@@ -21,10 +22,9 @@ from collapse_cli.curate import (
     resample_by_score,
     validate_curate,
 )
-from collapse_cli.errors import CollapseError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "curate"
-SCORER_TARGET = "collapse_cli.curate.RepetitionScorer"
+SCORER_TARGET = "collapse_cli.families.lm.curate.RepetitionScorer"
 
 
 def random_corpus(n_seqs, seq_len, seed=0, vocab=50_000):
@@ -188,7 +188,7 @@ def test_build_detector_keeps_mode_threshold_out_of_the_constructor():
 
 def test_build_detector_bad_target_is_one_line_collapse_error():
     with pytest.raises(CollapseError) as err:
-        build_detector({"_target_": "collapse_cli.curate.NoSuchScorer", "mode": "filter"})
+        build_detector({"_target_": "collapse_cli.families.lm.curate.NoSuchScorer", "mode": "filter"})
     message = str(err.value)
     assert "curate.detector._target_" in message and "\n" not in message
 

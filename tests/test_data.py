@@ -7,11 +7,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from collapse_cli.builtin import EOS_ID, FIRST_WORD_ID, STOP_ID, build_language, make_tokenizer
 from collapse_cli.config import DatasetConfig
-from collapse_cli.data import (Corpus, group_blocks, load_corpus, make_blocks, read_text_file, split_documents,
-                               tokenize_stream)
 from collapse_cli.errors import CollapseError
+from collapse_cli.families.lm.builtin import (
+    EOS_ID,
+    FIRST_WORD_ID,
+    STOP_ID,
+    build_language,
+    make_tokenizer,
+)
+from collapse_cli.families.lm.data import (
+    Corpus,
+    group_blocks,
+    load_corpus,
+    make_blocks,
+    read_text_file,
+    split_documents,
+    tokenize_stream,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import TINY, finished_runs, read_metrics, read_status, run_collapse, run_in_process
+from conftest import (
+    TINY,
+    finished_runs,
+    read_metrics,
+    read_status,
+    run_collapse,
+    run_in_process,
+)
 
 PREFLIGHT, RUNTIME = "preflight", "runtime"  # RUNTIME: caught once the run started, so its folder says failed
 

@@ -8,7 +8,12 @@ import torch
 from transformers import OPTConfig, OPTForCausalLM
 
 from collapse_cli.config import GenerateConfig
-from collapse_cli.generate import generate, generation_kwargs, pick_next, sample_categorical
+from collapse_cli.families.lm.generate import (
+    generate,
+    generation_kwargs,
+    pick_next,
+    sample_categorical,
+)
 
 CPU = torch.device("cpu")
 

@@ -1,4 +1,4 @@
-"""Tests for collapse_cli.metrics: hand-computed values on tiny inputs plus invariants.
+"""Tests for collapse_cli.measure.metrics: hand-computed values on tiny inputs plus invariants.
 
 Each hand computation is written next to its assertion.
 """
@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from collapse_cli import metrics as M
+from collapse_cli.measure import metrics as M
 
 nan_ok = dict(nan_ok=True)
 

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import is_finite_number, read_metrics, tiny_run
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"

@@ -10,9 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import (
+    TINY,
+    read_metrics,
+    read_status,
+    run_in_process,
+    stable,
+    start_collapse,
+)
 
-from collapse_cli.rundir import RunDir
-from conftest import TINY, read_metrics, read_status, run_in_process, stable, start_collapse
+from collapse_cli.experiment.rundir import RunDir
 
 # Four generations (0..3), each long enough (~0.4 s on one core) for a kill to land inside a stage.
 WORK = [*TINY, "generations=3", "dataset.train_tokens=16000", "train.epochs=2"]

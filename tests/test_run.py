@@ -7,11 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from conftest import (
+    TINY,
+    finished_runs,
+    is_finite_number,
+    read_metrics,
+    read_status,
+    run_in_process,
+    stable,
+    start_collapse,
+    tiny_run,
+)
 
-from collapse_cli.builtin import build_language, make_tokenizer
-from collapse_cli.rundir import RunDir, read_texts_gz
-from conftest import (TINY, finished_runs, is_finite_number, read_metrics, read_status, run_in_process, stable,
-                      start_collapse, tiny_run)
+from collapse_cli.experiment.rundir import RunDir, read_texts_gz
+from collapse_cli.families.lm.builtin import build_language, make_tokenizer
 
 HEADLINE_KEYS = ("generation", "ppl_test", "tail_coverage", "train_tokens", "wall_time_s")
 
@@ -161,7 +170,7 @@ def test_runs_started_together_get_their_own_folders(tmp_path: Path):
 def test_unconditional_prompts_previous_init_and_last_checkpoint(tmp_path):
     """generate.prompt=bos, train.init=previous and checkpoints=last together, on a real run."""
     from collapse_cli.config import GenerateConfig
-    from collapse_cli.generate import prompts_for
+    from collapse_cli.families.lm.generate import prompts_for
 
     real = np.arange(12).reshape(3, 4)
     assert prompts_for(real, GenerateConfig(prompt="bos"), bos_id=7).tolist() == [[7], [7], [7]]

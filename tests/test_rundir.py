@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from collapse_cli.rundir import RunDir, read_metrics, read_texts_gz
+from collapse_cli.experiment.rundir import RunDir, read_metrics, read_texts_gz
 
 
 def test_texts_round_trip_with_newlines_and_backslashes(tmp_path: Path):

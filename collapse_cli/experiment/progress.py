@@ -6,7 +6,14 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 # The columns of the end-of-run table, in order; missing keys are skipped.
@@ -65,7 +72,7 @@ class Feedback:
         return " ".join(parts)
 
     def show_summary(self, run_dir, summary: dict) -> None:
-        from collapse_cli.rundir import read_metrics
+        from collapse_cli.experiment.rundir import read_metrics
 
         rows = read_metrics(run_dir.path)
         table = Table(title=f"metrics by generation — {run_dir.path}")

@@ -30,7 +30,14 @@ import numpy as np
 import yaml
 
 from collapse_cli.errors import CollapseError
-from collapse_cli.rundir import METRICS, STATUS, SUMMARY, RunDir, gen_name, read_metrics
+from collapse_cli.experiment.rundir import (
+    METRICS,
+    STATUS,
+    SUMMARY,
+    RunDir,
+    gen_name,
+    read_metrics,
+)
 
 DEFAULT_METRICS = ("ppl_test", "tail_coverage", "seq_ppl_q50", "kl_truth")
 SHOW_METRICS = ("ppl_test", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth", "train_loss_last")
@@ -542,7 +549,7 @@ def slug(text: str) -> str:
 
 
 def metric_series(groups: Sequence[Group], metric: str):
-    from collapse_cli.plots import Series
+    from collapse_cli.report.plots import Series
 
     series = []
     for group in groups:
@@ -579,7 +586,7 @@ class Image:
 
 
 def write_plots(out: Path, groups: Sequence[Group], metrics: Sequence[str], note: str) -> list[Image]:
-    from collapse_cli import plots
+    from collapse_cli.report import plots
 
     images = []
     for metric in metrics:

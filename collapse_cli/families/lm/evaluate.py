@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from collapse_cli.train import autocast
+from collapse_cli.families.lm.train import autocast
 
 OnBatch = Optional[Callable[[int, int], None]]
 

@@ -14,9 +14,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from collapse_cli.builtin import BuiltinLanguage, build_language
 from collapse_cli.config import DatasetConfig
 from collapse_cli.errors import CollapseError
+from collapse_cli.families.lm.builtin import BuiltinLanguage, build_language
 
 HUB_DEFAULTS = {
     "wikitext2": ("wikitext", "wikitext-2-raw-v1"),

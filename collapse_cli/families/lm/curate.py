@@ -331,7 +331,7 @@ class RepetitionScorer:
 
     A cheap stand-in for a learned synthetic-text detector: collapsed models
     loop, and looping text has few distinct n-grams. Use as
-    ``_target_: collapse_cli.curate.RepetitionScorer`` with ``n: 4``.
+    ``_target_: collapse_cli.families.lm.curate.RepetitionScorer`` with ``n: 4``.
     """
 
     def __init__(self, n: int = 4):

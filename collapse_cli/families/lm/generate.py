@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from collapse_cli.config import GenerateConfig
-from collapse_cli.train import autocast
+from collapse_cli.families.lm.train import autocast
 
 
 def prompts_for(real_train: np.ndarray, cfg: GenerateConfig, bos_id: int) -> np.ndarray:

@@ -19,31 +19,25 @@ from typing import Optional
 import numpy as np
 import torch
 
-from collapse_cli import compose as composition
-from collapse_cli import profile
 from collapse_cli.config import RunConfig, check_lengths
-from collapse_cli.curate import curate
-from collapse_cli.data import Blocks, Corpus, load_corpus, make_blocks
 from collapse_cli.errors import CollapseError
-from collapse_cli.generate import generate, prompts_for
-from collapse_cli.models import build_base_model, load_tokenizer, max_positions, n_parameters
-from collapse_cli.progress import Feedback
-from collapse_cli.rundir import RunDir, gen_name
-from collapse_cli.train import train
+from collapse_cli.experiment import compose as composition
+from collapse_cli.experiment.progress import Feedback
+from collapse_cli.experiment.rundir import RunDir, gen_name
+from collapse_cli.experiment.seeds import compose_seed, stage_seed
+from collapse_cli.families.lm import profile
+from collapse_cli.families.lm.curate import curate
+from collapse_cli.families.lm.data import Blocks, Corpus, load_corpus, make_blocks
+from collapse_cli.families.lm.generate import generate, prompts_for
+from collapse_cli.families.lm.models import (
+    build_base_model,
+    load_tokenizer,
+    max_positions,
+    n_parameters,
+)
+from collapse_cli.families.lm.train import train
 
 log = logging.getLogger("collapse")
-STAGES = {"train": 1, "generate": 2, "curate": 3, "compose": 4, "metrics": 5}
-
-
-def stage_seed(seed: int, generation: int, stage: str) -> int:
-    """Independent, reproducible seeds per (run seed, generation, stage)."""
-    return int(np.random.SeedSequence([seed, generation, STAGES[stage]]).generate_state(1)[0])
-
-
-def compose_seed(seed: int) -> int:
-    """One composition seed for the whole run: compose() mixes in the generation itself,
-    and the accumulating regimes draw their fixed real subset from this seed alone."""
-    return stage_seed(seed, 0, "compose")
 
 
 def pick_device(choice: str) -> torch.device:

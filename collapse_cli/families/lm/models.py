@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from collapse_cli.builtin import make_tokenizer as builtin_tokenizer
 from collapse_cli.config import ModelConfig
-from collapse_cli.data import Corpus, hub_reachable
 from collapse_cli.errors import CollapseError
+from collapse_cli.families.lm.builtin import make_tokenizer as builtin_tokenizer
+from collapse_cli.families.lm.data import Corpus, hub_reachable
 
 HUB_FIX = "download it on a machine with network (save_pretrained) and pass model.path=/that/folder, or use model=tiny"
 

@@ -1,0 +1,1 @@
+"""The family-agnostic experiment: the generation loop, training-set composition, the run folder."""

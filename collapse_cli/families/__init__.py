@@ -1,0 +1,1 @@
+"""Model families behind one interface: each subpackage is one family the loop can run."""

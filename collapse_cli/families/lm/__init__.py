@@ -1,0 +1,1 @@
+"""Causal language models: tokenizers, packed blocks, training, decoding, the LM metrics profile."""

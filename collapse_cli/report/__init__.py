@@ -1,0 +1,1 @@
+"""Reading finished run folders: tables, plots and the report of `collapse compare` / `collapse show`."""
