@@ -31,6 +31,16 @@ def autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def inference_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The weights generation and scoring run on: a bf16 copy on CUDA (2x autocast's beam search
+    speed, half the memory traffic), the fp32 model itself on the CPU. Training keeps fp32 masters."""
+    if device.type != "cuda":
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(torch.bfloat16).eval()
+
+
 def lr_at(step: int, total_steps: int, warmup_steps: int) -> float:
     """Linear warm-up, then linear decay to zero: the multiplier of the peak learning rate."""
     if step < warmup_steps:
