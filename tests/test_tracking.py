@@ -284,3 +284,15 @@ def test_logger_group_composes_as_a_list_and_checks_its_keys(tmp_path: Path, cap
         errors = capsys.readouterr().err.strip().splitlines()
         assert len(errors) == 1 and errors[0].startswith("collapse: error:") and named in errors[0], errors
     assert not (tmp_path / "never").exists()
+
+
+def test_an_unreadable_trackers_file_turns_tracking_off_not_the_run(tmp_path: Path, capsys):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "trackers.json").write_text("{ not json")  # as if edited by hand, then the run resumed into it
+    assert run_in_process(["run", *TINY, "logger=tensorboard", f"hydra.run.dir={run}"]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in (captured.out + captured.err).splitlines() if "collapse: warning" in line]
+    assert len(warnings) == 1 and "cannot read this run's tracking records" in warnings[0], warnings
+    assert read_status(run)["state"] == "finished" and not (run / "tensorboard").exists()

@@ -424,8 +424,13 @@ def start(cfg: RunConfig, path: Path, first_generation: int) -> Session:
     session = Session(run_dir, plots=cfg.logger.plots)
     if not chosen:
         return session
-    session.state = run_dir.read_json(STATE_FILE) if (path / STATE_FILE).is_file() else {}
-    info = run_info(cfg, path)
+    try:
+        session.state = run_dir.read_json(STATE_FILE) if (path / STATE_FILE).is_file() else {}
+        info = run_info(cfg, path)
+    except Exception as err:  # an edited trackers.json or Hydra record: no tracking, but the run goes on
+        log.warning(f"collapse: warning: logger: cannot read this run's tracking records ({type(err).__name__}: "
+                    f"{err}); no tracker logs this run, whose folder keeps every result")
+        return session
     for name in chosen:
         tracker = _open(name, getattr(cfg.logger, name))
         if tracker is None:
