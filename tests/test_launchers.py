@@ -101,3 +101,71 @@ def test_preempted_job_is_requeued_and_continues_its_run(tmp_path: Path, signum:
     summary, expected = (json.loads((p / "summary.json").read_text()) for p in (run, uninterrupted))
     summary.pop("wall_time_s"), expected.pop("wall_time_s")
     assert summary == expected
+
+
+@pytest.fixture
+def srun_on_path(tmp_path: Path, monkeypatch) -> None:
+    """submitit's SlurmExecutor only looks for an `srun` on PATH before it renders; none is ever run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def sbatch_script(tmp_path: Path, *overrides: str) -> str:
+    """The sbatch script the shipped `hydra/launcher=slurm` preset submits, rendered by submitit without a cluster.
+
+    The parameters go from the composed preset to submitit's executor exactly as the Hydra plugin's
+    launch() maps them (plain names for the shared keys, `slurm_`-prefixed for the rest).
+    """
+    import submitit
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    from collapse_cli.cli import _register, conf_dir
+
+    _register()
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        cfg = compose(config_name="config", return_hydra_config=True,
+                      overrides=["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}", *overrides])
+    launcher = instantiate(cfg.hydra.launcher)
+    params = dict(launcher.params)
+    executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
+                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in shared else f"slurm_{k}": v for k, v in params.items()})
+    assert executor._executor.max_num_timeout > 0  # timeouts requeue
+    return executor._executor._make_submission_file_text("python -m submitit.core._submit FOLDER", "uid")
+
+
+def test_slurm_preset_renders_an_sbatch_script(tmp_path: Path, srun_on_path):
+    script = sbatch_script(tmp_path, "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=720")
+    lines = set(script.splitlines())
+    for expected in ("#SBATCH --partition=gpu", "#SBATCH --time=720", "#SBATCH --gpus-per-node=1",
+                     "#SBATCH --cpus-per-task=8", "#SBATCH --mem=64GB", "#SBATCH --nodes=1",
+                     "#SBATCH --ntasks-per-node=1", "#SBATCH --job-name=collapse",
+                     "#SBATCH --signal=USR2@120", "#SBATCH --open-mode=append"):
+        assert expected in lines, (expected, script)
+    assert any(line.startswith("#SBATCH --output=" + str(tmp_path / ".submitit")) for line in lines), script
+    assert script.startswith("#!/bin/bash") and "srun" in script
+
+    # The defaults hold without a partition too (the cluster's default partition).
+    assert not any(line.startswith("#SBATCH --partition") for line in sbatch_script(tmp_path).splitlines())
+
+
+def test_local_gpus_gives_each_concurrent_job_its_own_gpu(tmp_path: Path):
+    """Three jobs on a box with two (declared) GPUs: each sees one GPU, never one another job holds."""
+    sweep = tmp_path / "sweep"
+    result = run_collapse(["run", "-m", "hydra/launcher=local_gpus", *TINY, "seed=0,1,2", f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path, env={"COLLAPSE_GPUS": "0,1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    held = [json.loads((sweep / str(job) / "gpu.json").read_text()) for job in range(3)]
+    assert all(record["CUDA_VISIBLE_DEVICES"] in ("0", "1") for record in held), held  # exactly one id each
+    overlapping = [(a, b) for i, a in enumerate(held) for b in held[i + 1:]
+                   if a["claimed_at"] < b["released_at"] and b["claimed_at"] < a["released_at"]]
+    assert overlapping, held  # jobs did run at the same time
+    assert all(a["CUDA_VISIBLE_DEVICES"] != b["CUDA_VISIBLE_DEVICES"] for a, b in overlapping), held
+    assert len(overlapping) < 3, held  # never all three at once on two GPUs
