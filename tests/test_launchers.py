@@ -43,14 +43,16 @@ def test_basic_launcher_reports_a_failed_job(tmp_path: Path, capsys):
     assert_names_the_failed_job(code, capsys.readouterr().err, sweep)
 
 
-def test_submitit_local_sweep_finishes_and_reports_a_failed_job(tmp_path: Path):
-    """Jobs run in submitit's own processes: their failures reach the parent only through the run folders."""
+def test_submitit_local_sweep_finishes(tmp_path: Path):
     good = run_collapse(["run", "-m", "hydra/launcher=submitit_local", *TINY, "mix=0,1"], cwd=tmp_path)
     assert good.returncode == 0, good.stderr[-2000:]
     # The default sweep folder (a timestamp and the `run_id` resolver) is one folder for both jobs.
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
     assert [read_status(sweep / job)["state"] for job in ("0", "1")] == ["finished", "finished"]
 
+
+def test_submitit_local_reports_a_failed_job(tmp_path: Path):
+    """Jobs run in submitit's own processes: their failures reach the parent only through the run folders."""
     sweep = tmp_path / "failing"
     bad = run_collapse(["run", "-m", "hydra/launcher=submitit_local", *TINY, *LR_SWEEP, f"hydra.sweep.dir={sweep}"],
                        cwd=tmp_path)
