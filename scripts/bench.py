@@ -32,7 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from collapse_cli.config import DatasetConfig, GenerateConfig, MetricsConfig, ModelConfig, RunConfig, TrainConfig
+from collapse_cli.config import (
+    DatasetConfig,
+    GenerateConfig,
+    MetricsConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 from collapse_cli.families.lm.builtin import build_language, make_tokenizer
 from collapse_cli.families.lm.data import group_blocks, tokenize_stream
 from collapse_cli.families.lm.evaluate import token_nll
@@ -49,11 +56,11 @@ TINY = ModelConfig()
 
 def workload(name: str, tokenizer_dir: Path) -> dict:
     if name == "default-generation":
-        return dict(arch=TINY, n_train=1000, n_test=250, epochs=3, lr=3e-3, batch=32,
-                    gen=GenerateConfig(prompt_tokens=16, new_tokens=64, batch_size=256))
-    return dict(arch=OPT125M, n_train=37_500, n_test=4_400, epochs=5, lr=2e-5, batch=128, tokenizer=tokenizer_dir,
-                gen=GenerateConfig(preset="shumailov", do_sample=False, num_beams=5, repetition_penalty=3.0,
-                                   prompt_tokens=64, new_tokens=64, batch_size=640))
+        return {"arch": TINY, "n_train": 1000, "n_test": 250, "epochs": 3, "lr": 3e-3, "batch": 32,
+                    "gen": GenerateConfig(prompt_tokens=16, new_tokens=64, batch_size=256)}
+    return {"arch": OPT125M, "n_train": 37_500, "n_test": 4_400, "epochs": 5, "lr": 2e-5, "batch": 128, "tokenizer": tokenizer_dir,
+                "gen": GenerateConfig(preset="shumailov", do_sample=False, num_beams=5, repetition_penalty=3.0,
+                                   prompt_tokens=64, new_tokens=64, batch_size=640)}
 
 
 def load_data(spec: dict):
@@ -163,8 +170,8 @@ def run_tool(spec, tokenizer, train_blocks, test_blocks, device, fraction) -> di
     eval_batch = eval_batch_size(RunConfig(metrics=MetricsConfig()), device)
     test_nll, t_eval = timed(lambda: token_nll(model, test_blocks[:n_test], eval_batch, device), device)
     _, t_score = timed(lambda: token_nll(model, synthetic, eval_batch, device), device)
-    return dict(train_s=t_train, generate_s=t_gen, eval_s=t_eval + t_score, n_train=n_train, n_test=n_test,
-                ppl_test=float(np.exp(test_nll.mean())))
+    return {"train_s": t_train, "generate_s": t_gen, "eval_s": t_eval + t_score, "n_train": n_train, "n_test": n_test,
+                "ppl_test": float(np.exp(test_nll.mean()))}
 
 
 def run_reference(spec, tokenizer, train_blocks, test_blocks, device, fraction) -> dict:
@@ -178,8 +185,8 @@ def run_reference(spec, tokenizer, train_blocks, test_blocks, device, fraction) 
     test_texts = tokenizer.batch_decode(test_blocks[:n_test])
     ppl_test, t_eval = timed(lambda: naive_eval(model, test_texts, tokenizer, device), device)
     _, t_score = timed(lambda: naive_eval(model, synthetic, tokenizer, device), device)
-    return dict(train_s=t_train, generate_s=t_gen, eval_s=t_eval + t_score, n_train=n_train, n_test=n_test,
-                ppl_test=ppl_test)
+    return {"train_s": t_train, "generate_s": t_gen, "eval_s": t_eval + t_score, "n_train": n_train, "n_test": n_test,
+                "ppl_test": ppl_test}
 
 
 def project(result: dict, spec: dict) -> dict:
@@ -260,7 +267,7 @@ def decode_only(spec: dict, device: torch.device, batch_sizes: list[int], chunks
             gen = replace(gen, batch_size=batch * gen.num_beams)
             prompts = np.ascontiguousarray(blocks[: batch * chunks, : gen.prompt_tokens])
             generate(model, prompts[:batch], gen, 0, device)
-            _, seconds = timed(lambda: generate(model, prompts, gen, 0, device), device)
+            _, seconds = timed(lambda prompts=prompts, gen=gen: generate(model, prompts, gen, 0, device), device)
             rows.append({"mode": mode, "batch_prompts": batch, "rows": batch * gen.num_beams, "seconds": seconds,
                          "tok_s": len(prompts) * gen.new_tokens / seconds})
             print(rows[-1], flush=True)

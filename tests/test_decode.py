@@ -22,11 +22,11 @@ from collapse_cli.families.lm.generate import generate, n_chunks
 
 CPU = torch.device("cpu")
 VOCAB = 96
-SHUMAILOV = dict(do_sample=False, num_beams=5, repetition_penalty=3.0)
+SHUMAILOV = {"do_sample": False, "num_beams": 5, "repetition_penalty": 3.0}
 
 
 def build(kind: str, attention: str = "sdpa", seed: int = 0) -> torch.nn.Module:
-    common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    common = {"vocab_size": VOCAB, "bos_token_id": 1, "eos_token_id": 1, "pad_token_id": 0}
     configs = {
         "opt": lambda: OPTForCausalLM(OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64,
                                                 max_position_embeddings=64, word_embed_proj_dim=32, **common)),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Optional
 
 import torch
 

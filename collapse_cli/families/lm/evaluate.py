@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ def token_nll(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, devic
 
 @torch.inference_mode()
 def score_blocks(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, device: torch.device,
-                 transition: Optional[np.ndarray] = None, on_batch: OnBatch = None) -> tuple[np.ndarray, float, float]:
+                 transition: np.ndarray | None = None, on_batch: OnBatch = None) -> tuple[np.ndarray, float, float]:
     """Per-token NLL as `token_nll`, plus, when the true law is known, H(p, q) and H(p).
 
     `transition[prev]` is the exact next-token law of the builtin language, so the

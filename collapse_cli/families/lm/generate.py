@@ -7,7 +7,7 @@ does not depend on how many processes share the chunks, nor in which order they 
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -39,8 +39,8 @@ def chunk_seed(seed: int, chunk: int) -> int:
 
 @torch.inference_mode()
 def generate(model: torch.nn.Module, prompts: np.ndarray, cfg: GenerateConfig, seed: int, device: torch.device,
-             on_batch: Optional[Callable[[int, int], None]] = None,
-             chunks: Optional[Iterable[int]] = None) -> np.ndarray:
+             on_batch: Callable[[int, int], None] | None = None,
+             chunks: Iterable[int] | None = None) -> np.ndarray:
     """Continue prompts; return the new tokens only, shape [n_prompts, new_tokens].
 
     chunks: None decodes every chunk; otherwise only the rows of the chunks listed, concatenated

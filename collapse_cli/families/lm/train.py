@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ def compiles(cfg: TrainConfig, device: torch.device) -> bool:
 
 
 def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: int, device: torch.device,
-          generation: int, on_step: Optional[Callable[[int, int], None]] = None) -> TrainStats:
+          generation: int, on_step: Callable[[int, int], None] | None = None) -> TrainStats:
     """Train `model` in place for cfg.epochs over `blocks` ([n, block_size] token ids)."""
     data = torch.from_numpy(blocks).to(device)  # the whole set lives on the device
     n_blocks = len(data)
