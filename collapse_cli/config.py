@@ -126,6 +126,8 @@ class RunConfig:
     seed: int = 0
     regime: str = "replace"
     device: str = "auto"
+    # Processes of one run (README "Scaling out"): one per GPU, or gloo processes on the CPU.
+    nproc: int = 1
     # none | last | all: which generations keep their model weights on disk.
     checkpoints: str = "none"
     dry_run: bool = False
@@ -221,6 +223,21 @@ def _cuda_visible() -> bool:
     return torch.cuda.is_available()
 
 
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_nproc(nproc: int, device: str, n_gpus: int) -> None:
+    """nproc=N runs N processes: on CUDA (device=cuda, or auto with a GPU) one per visible GPU."""
+    _check(nproc >= 1, f"nproc={nproc} must be at least 1 (1: one process; N: one run across N processes)")
+    on_cuda = device == "cuda" or (device == "auto" and n_gpus > 0)
+    _check(nproc == 1 or not on_cuda or nproc <= n_gpus,
+           f"nproc={nproc} needs {nproc} GPUs but {n_gpus} CUDA device(s) are visible; "
+           f"lower nproc, or set device=cpu for {nproc} CPU processes")
+
+
 def _validate_run(cfg: RunConfig) -> None:
     _check(0.0 <= cfg.mix <= 1.0, f"mix={cfg.mix} must be in [0, 1] (the real fraction of each later generation)")
     _check(cfg.generations >= 1, f"generations={cfg.generations} must be at least 1 (recursive generations after generation 0)")
@@ -231,6 +248,7 @@ def _validate_run(cfg: RunConfig) -> None:
            f"regime={cfg.regime} keeps real data in its pool, which mix=0 empties: set mix=1 "
            f"(all real data kept, as Gerstgrasser et al.) or a fraction such as mix=0.5")
     _check(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: use auto, cpu or cuda")
+    check_nproc(cfg.nproc, cfg.device, _cuda_count())
     _check(cfg.device != "cuda" or _cuda_visible(), "device=cuda but no CUDA device is visible; use device=auto or device=cpu")
     _check(cfg.checkpoints in ("none", "last", "all"), f"checkpoints={cfg.checkpoints!r}: use none, last or all")
     _check(cfg.metrics.level in ("fast", "full"), f"metrics.level={cfg.metrics.level!r}: use metrics=fast or metrics=full")

@@ -22,7 +22,7 @@ import torch
 from collapse_cli.config import RunConfig, check_lengths
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import compose as composition
-from collapse_cli.experiment import tracking
+from collapse_cli.experiment import distributed, tracking
 from collapse_cli.experiment.progress import Feedback
 from collapse_cli.experiment.rundir import RunDir, gen_name
 from collapse_cli.experiment.seeds import compose_seed, stage_seed
@@ -46,7 +46,7 @@ def pick_device(choice: str) -> torch.device:
     """auto: CUDA when visible. (config.validate has already refused device=cuda without one.)"""
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda")
+    return torch.device("cuda", distributed.local_rank())  # under nproc=N, rank r's own GPU
 
 
 @dataclass
@@ -203,6 +203,8 @@ def _save_corpus(run_dir: RunDir, g: int, synthetic: np.ndarray, texts: list[str
 
 def _save_model(model: torch.nn.Module, folder: Path) -> None:
     """save_pretrained into a temporary folder, then rename: never a half-written checkpoint."""
+    if not distributed.is_main():  # every rank holds the same weights; rank 0 writes them
+        return
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -211,6 +213,8 @@ def _save_model(model: torch.nn.Module, folder: Path) -> None:
 
 
 def _keep_checkpoint(g: int, model: torch.nn.Module, run_dir: RunDir, cfg: RunConfig) -> None:
+    if not distributed.is_main():
+        return
     needs_previous = cfg.train.init == "previous"
     if cfg.checkpoints == "all" or cfg.checkpoints == "last" or needs_previous:
         _save_model(model, run_dir.gen(g) / "model")
@@ -275,6 +279,8 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
             run_dir.set_status("running", generations_done=g + 1, generations_total=total)
             log.info(feedback.generation_line(metrics))
             trackers.log_generation(metrics)
+        if not distributed.is_main():  # the other ranks' part ends with the last collective
+            return None
         summary = profile.summarize(run_dir, setup.reference, cfg)
         run_dir.write_json("summary.json", summary)
         # The generation-0 copy only serves scoring and resumes; `checkpoints=all` keeps it as gen_000/model.

@@ -23,6 +23,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from collapse_cli.experiment import distributed
+
 STATUS = "status.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -30,7 +32,13 @@ DONE = "DONE"
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary sibling, flush it to disk, then rename over the target."""
+    """Write to a temporary sibling, flush it to disk, then rename over the target.
+
+    In a run of several processes (nproc=N) only rank 0 writes; the other ranks compute the
+    same things and write nothing.
+    """
+    if not distributed.is_main():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as handle:
@@ -137,10 +145,12 @@ class RunDir:
     def discard_unfinished(self, generation: int) -> None:
         """Remove a generation folder that was started but never marked done."""
         folder = self.gen(generation)
-        if folder.exists() and not (folder / DONE).exists():
+        if distributed.is_main() and folder.exists() and not (folder / DONE).exists():
             shutil.rmtree(folder)
 
     def disk_usage(self, generation: int) -> int:
+        if not distributed.is_main():  # rank 0 may be renaming files there; only its figures are written
+            return 0
         return sum(p.stat().st_size for p in self.gen(generation).rglob("*") if p.is_file())
 
 

@@ -12,6 +12,7 @@ import torch
 
 from collapse_cli.config import TrainConfig
 from collapse_cli.errors import CollapseError
+from collapse_cli.experiment import distributed
 
 # How often the GPU path looks at the loss: each look is a host sync.
 CHECK_EVERY = 50
@@ -61,7 +62,11 @@ def compiles(cfg: TrainConfig, device: torch.device) -> bool:
 
 def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: int, device: torch.device,
           generation: int, on_step: Callable[[int, int], None] | None = None) -> TrainStats:
-    """Train `model` in place for cfg.epochs over `blocks` ([n, block_size] token ids)."""
+    """Train `model` in place for cfg.epochs over `blocks` ([n, block_size] token ids).
+
+    cfg.batch_size is the global batch: under `nproc=N` every rank takes its share of each batch
+    of the same permutation (DDP), so steps, schedule and updates are those of one process.
+    """
     data = torch.from_numpy(blocks).to(device)  # the whole set lives on the device
     n_blocks = len(data)
     steps_per_epoch = math.ceil(n_blocks / cfg.batch_size)
@@ -71,16 +76,18 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, total_steps, warmup_steps))
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    # The compiled module shares the model's parameters: training it trains `model`.
-    forward = torch.compile(model, dynamic=False) if compiles(cfg, device) else model
+    # DDP and the compiled module share the model's parameters: training them trains `model`.
+    forward = distributed.wrap(model, device)
+    forward = torch.compile(forward, dynamic=False) if compiles(cfg, device) else forward
     start, step, losses = time.perf_counter(), 0, []
     window, window_steps = torch.zeros((), device=device), 0
     for _ in range(cfg.epochs):
         order = torch.randperm(n_blocks, generator=generator).to(device)
         for first in range(0, n_blocks, cfg.batch_size):
-            batch = data[order[first:first + cfg.batch_size]]
+            rows, weight = distributed.shard_batch(order[first:first + cfg.batch_size])
+            batch = data[rows]
             with autocast(device):
-                loss = forward(input_ids=batch, labels=batch).loss
+                loss = forward(input_ids=batch, labels=batch).loss * weight
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -90,7 +97,8 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
             window += loss.detach()
             step, window_steps = step + 1, window_steps + 1
             if device.type == "cpu" or step % CHECK_EVERY == 0 or step == total_steps:
-                losses.append(_checked_mean(window / window_steps, step, generation))
+                # Averaged over ranks, weighted losses make the global batch's loss; every rank checks the same value.
+                losses.append(_checked_mean(distributed.mean_over_ranks(window) / window_steps, step, generation))
                 window.zero_()
                 window_steps = 0
             if on_step is not None:
