@@ -16,6 +16,7 @@ default nproc=1) every helper here is the identity, and the code reads like sing
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -194,7 +195,7 @@ def _watch(workers: list, pipes: list) -> list:
             worker_rank = next(r for r, p in waiting.items() if p is pipe)
             del waiting[worker_rank]
             try:
-                outcome, payload = pipe.recv()
+                outcome, payload = pickle.loads(pipe.recv_bytes())
             except EOFError:  # died without a word: killed (OOM killer, signal) or os._exit
                 workers[worker_rank].join(1.0)
                 code = workers[worker_rank].exitcode
@@ -239,7 +240,8 @@ def _worker(worker_rank: int, nproc: int, port: int, device_choice: str, target:
     except BaseException as err:  # noqa: BLE001: every failure goes to the parent, the traceback with it
         outcome = ("crashed", (f"{type(err).__name__}: {err}", traceback.format_exc()))
     # Report before leaving the group: the other ranks see this one go only after the parent knows why.
-    report.send(outcome)
+    # Plain pickle: a Connection's own pickler would pass tensors as shared memory of a process about to exit.
+    report.send_bytes(pickle.dumps(outcome))
     report.close()
     teardown()
 
