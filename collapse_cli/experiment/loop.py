@@ -143,8 +143,9 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     reference_model = model if g == 0 else state.reference_model
     texts = setup.tokenizer.batch_decode(synthetic, skip_special_tokens=False)
     with feedback.task(f"gen {g} evaluate", total=1) as on_eval:
-        metrics, seq_ppl = profile.measure(g, model, reference_model, synthetic, texts, setup.reference, cfg, device,
-                                           setup.tokenizer.batch_decode, on_eval)
+        metrics, seq_ppl, setup.reference = profile.measure(g, model, reference_model, synthetic, texts,
+                                                            setup.reference, cfg, device, setup.tokenizer.batch_decode,
+                                                            on_eval)
     curated = curate(synthetic, cfg.curate, seq_ppl, texts, stage_seed(cfg.seed, g, "curate"))
     evaluated = time.perf_counter()
 
