@@ -10,45 +10,27 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY, run_collapse, start_collapse
 
 from collapse_cli.cli import main as cli_main
 from collapse_cli.errors import CollapseError
 from collapse_cli.report import compare, plots
-
-# About a second per job: 62 blocks of 32 tokens, a 16-wide one-layer model, one epoch.
-TINY = ["generations=1", "dataset.train_tokens=2000", "dataset.valid_tokens=500", "dataset.test_tokens=1000",
-        "dataset.vocab_words=200", "train.epochs=1", "train.block_size=32", "model.hidden_size=16",
-        "model.ffn_dim=32", "model.num_layers=1", "model.num_heads=2", "metrics.bootstrap=20"]
-
-
-# The installed console script, as a user runs it; the module when the script is not on PATH.
-COLLAPSE = [shutil.which("collapse")] if shutil.which("collapse") else [sys.executable, "-m", "collapse_cli.cli"]
-
-
-def collapse_run(args: list[str]) -> subprocess.Popen:
-    # One torch thread per process: two processes on two shared cores, no oversubscription.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([*COLLAPSE, "run", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     sweep, single = root / "sweep", root / "single"
-    jobs = [collapse_run(["-m", "mix=0,1", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}"]),
-            collapse_run(["seed=3", *TINY, f"hydra.run.dir={single}"])]
+    jobs = [start_collapse(["run", "-m", "mix=0,1", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}"], cwd=root),
+            start_collapse(["run", "seed=3", *TINY, f"hydra.run.dir={single}"], cwd=root)]
     for job in jobs:
-        output, _ = job.communicate(timeout=300)
-        assert job.returncode == 0, output[-3000:]
+        _, errors = job.communicate(timeout=300)
+        assert job.returncode == 0, errors[-3000:]
     return {"sweep": sweep, "single": single}
 
 
@@ -200,7 +182,7 @@ def test_path_without_runs_exits_nonzero_with_one_line(tmp_path, which):
     if which == "empty":
         (target / "notes").mkdir(parents=True)
         (target / "notes" / "readme.txt").write_text("not a run")
-    result = subprocess.run([*COLLAPSE, "compare", str(target)], capture_output=True, text=True, timeout=60)
+    result = run_collapse(["compare", str(target)], cwd=tmp_path, timeout=60)
     assert result.returncode == 2
     assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
     assert str(target) in result.stderr and result.stderr.startswith("collapse: error:")
@@ -244,7 +226,7 @@ def test_show_describes_one_run(made, tmp_path, capsys):
     out_dir = tmp_path / "show"
     assert cli_main(["show", str(made["single"]), "--out", str(out_dir)]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    for words in ("tiny OPT-architecture decoder", "hidden 16", "builtin Zipf-Markov language of 200 words",
+    for words in ("tiny OPT-architecture decoder", "hidden 32", "builtin Zipf-Markov language of 300 words",
                   "fully synthetic after generation 0", "replace", "1 after generation 0", "seed 3",
                   "sample: sampling at temperature 1.0", "finished", "early warning"):
         assert words in out, words

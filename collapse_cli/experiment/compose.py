@@ -51,11 +51,12 @@ def _concat(parts: list[TrainingSet]) -> TrainingSet:
 
 
 def n_real_blocks(mix: float, n_train: int) -> int:
+    """The real share of a later generation's N blocks (every regime rounds it the same way)."""
     return int(round(mix * n_train))
 
 
 def fresh_pool_needed(n_train: int, mix: float, generations: int) -> int:
-    return n_train + generations * int(round(mix * n_train))
+    return n_train + generations * n_real_blocks(mix, n_train)
 
 
 def check_pool(regime: str, n_pool: int, n_train: int, mix: float, generations: int) -> None:
@@ -64,7 +65,7 @@ def check_pool(regime: str, n_pool: int, n_train: int, mix: float, generations: 
     needed = fresh_pool_needed(n_train, mix, generations)
     if needed > n_pool:
         raise CollapseError(
-            f"regime=fresh needs {n_train} blocks for generation 0 + {generations} x {int(round(mix * n_train))} "
+            f"regime=fresh needs {n_train} blocks for generation 0 + {generations} x {n_real_blocks(mix, n_train)} "
             f"unseen real blocks = {needed}, but the real pool has {n_pool}: lower dataset.max_train_blocks, "
             f"mix or generations, or give more real text")
 

@@ -32,6 +32,7 @@ from collapse_cli.families.lm.generate import generate, prompts_for
 from collapse_cli.families.lm.models import (
     build_base_model,
     load_tokenizer,
+    loop_generation_config,
     max_positions,
     n_parameters,
 )
@@ -243,9 +244,7 @@ def restore(setup: Setup, run_dir: RunDir) -> tuple[LoopState, int]:
 def _load_model(loader, folder: Path, device: torch.device) -> torch.nn.Module:
     if not folder.is_dir():
         raise CollapseError(f"{folder}: the checkpoint the resume needs is missing; start the run again")
-    model = loader.from_pretrained(folder, dtype=torch.float32).to(device).eval()
-    model.generation_config.eos_token_id = None
-    return model
+    return loop_generation_config(loader.from_pretrained(folder, dtype=torch.float32).to(device).eval())
 
 
 def check_disk(run_dir: RunDir, cfg: RunConfig, generation: int) -> None:

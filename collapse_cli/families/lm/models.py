@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -94,9 +95,15 @@ def build_base_model(cfg: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = OPTForCausalLM(config)
-    # The loop decides sequence lengths itself; EOS is an ordinary token of the stream.
+    return loop_generation_config(model, tokenizer.pad_token_id)
+
+
+def loop_generation_config(model: torch.nn.Module, pad_token_id: Optional[int] = None) -> torch.nn.Module:
+    """Built, loaded or reloaded: the loop decides sequence lengths itself, so EOS is an ordinary
+    token of the stream and never stops decoding. A pad id, when given, is the tokenizer's."""
     model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if pad_token_id is not None:
+        model.generation_config.pad_token_id = pad_token_id
     return model
 
 
