@@ -9,11 +9,12 @@ import secrets
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Optional
-
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING, Callable, Optional
 
 from collapse_cli.errors import CollapseError
+
+if TYPE_CHECKING:  # omegaconf, hydra, torch: imported by the commands that use them, so `--help` starts fast
+    from omegaconf import DictConfig
 
 USAGE = """usage: collapse <command> [args]
 
@@ -55,6 +56,8 @@ def error_line(message: str) -> int:
 
 
 def _register() -> None:
+    from omegaconf import OmegaConf
+
     from collapse_cli.config import register_schema
 
     register_schema()
@@ -134,6 +137,7 @@ def run_task(failures: list[str]) -> Callable[[DictConfig], None]:
     def task(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
+        from omegaconf import OmegaConf
 
         from collapse_cli.config import to_run_config
         from collapse_cli.experiment.rundir import atomic_write_bytes
@@ -222,6 +226,7 @@ def _remove_dry_run_folder(path: Path) -> None:
 def run_command(args: list[str]) -> int:
     import hydra
 
+    _quiet_transformers()
     _register()
     overrides, multirun, info_only = split_args(args)
     if not info_only:
@@ -245,6 +250,8 @@ def run_command(args: list[str]) -> int:
 
 
 def resume_command(args: list[str]) -> int:
+    from omegaconf import OmegaConf
+
     from collapse_cli.config import to_run_config
     from collapse_cli.experiment.rundir import RunDir
 
@@ -273,18 +280,27 @@ def resume_command(args: list[str]) -> int:
         atomic_write_bytes(saved, OmegaConf.to_yaml(config).encode())
         atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())
     run_config.resume = True
+    _quiet_transformers()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(), logging.FileHandler(path / "collapse.log")])
     return execute_guarded(run_config, path)
 
 
 def _quiet_libraries() -> None:
-    """Our own bars and log lines replace the libraries' download and save bars."""
+    """Our own bars and log lines replace the libraries' download and save bars.
+
+    Environment only: importing transformers (or torch) here would cost every command,
+    `--help` and `compare` included, a second of start-up; the commands that train import it.
+    """
     import os
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _quiet_transformers() -> None:
+    """For the commands that load models: transformers' own bars off (it is imported by then anyway)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -308,6 +324,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             return compare.main(rest) if command == "compare" else compare.show_main(rest)
     except CollapseError as err:
         return error_line(str(err))
+    except KeyboardInterrupt:
+        # A run in progress handles Ctrl-C itself (execute_guarded: status `interrupted`, a resume hint);
+        # one that reaches here came while loading libraries or composing the config: nothing has run.
+        print(f"collapse: interrupted (Ctrl-C) before `{command}` started any work", file=sys.stderr)
+        return 130
     return error_line(f"unknown command {command!r}; commands: run, resume, compare, show (see `collapse --help`)")
 
 
