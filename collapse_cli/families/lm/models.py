@@ -23,7 +23,8 @@ def is_pretrained(cfg: ModelConfig) -> bool:
     return bool(cfg.path) or cfg.name != "tiny"
 
 
-def _from_pretrained(loader, cfg: ModelConfig, what: str, **kwargs):
+def _from_pretrained(loader, cfg: ModelConfig, what: str, key: str = "model.path", **kwargs):
+    """`key` names the setting that gave cfg.path (model.tokenizer for a separate tokenizer folder)."""
     # config.validate has already refused a model.path / model.tokenizer folder that does not exist.
     source = _source(cfg)
     if not cfg.path:
@@ -33,7 +34,8 @@ def _from_pretrained(loader, cfg: ModelConfig, what: str, **kwargs):
         return loader(str(Path(source).expanduser()) if cfg.path else source, **kwargs)
     except (OSError, ValueError) as err:
         if cfg.path:
-            raise CollapseError(f"model.path={cfg.path}: cannot load a {what} from it ({str(err).splitlines()[0][:160]})") from None
+            reason = str(err).splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise CollapseError(f"{key}={cfg.path}: cannot load a {what} from it ({reason})") from None
         raise CollapseError(f"model.name={cfg.name}: cannot fetch the {what} from the hub (offline?); {HUB_FIX}") from None
 
 
@@ -63,7 +65,8 @@ def load_tokenizer(cfg: ModelConfig, corpus: Corpus):
 
     if is_pretrained(cfg) or cfg.tokenizer:
         tokenizer_cfg = ModelConfig(name=cfg.name, path=cfg.tokenizer or cfg.path)
-        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, tokenizer_cfg, "tokenizer")
+        key = "model.tokenizer" if cfg.tokenizer else "model.path"
+        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, tokenizer_cfg, "tokenizer", key)
     elif corpus.language is not None:
         tokenizer = builtin_tokenizer(corpus.language)
     else:
