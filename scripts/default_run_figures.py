@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from collapse_cli.report.compare import natural_key
+from collapse_cli.report.runs import natural_key
 
 KEYS = ("ppl_test", "tail_coverage", "kl_truth")
 

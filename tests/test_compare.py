@@ -19,7 +19,8 @@ from conftest import TINY, run_collapse, start_collapse
 
 from collapse_cli.cli import main as cli_main
 from collapse_cli.errors import CollapseError
-from collapse_cli.report import compare, plots
+from collapse_cli.report import plots, stats
+from collapse_cli.report import runs as report_runs
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,8 @@ def jsonl(path: Path) -> list[dict]:
 # --- discovery and grouping ---------------------------------------------------
 
 def test_sweep_groups_by_seed(made):
-    runs = compare.load_runs(compare.discover([str(made["sweep"])]))
-    groups, shared = compare.group_runs(runs)
+    runs = report_runs.load_runs(report_runs.discover([str(made["sweep"])]))
+    groups, shared = report_runs.group_runs(runs)
     assert [g.label for g in groups] == ["mix=0", "mix=1"]
     assert [[r.seed for r in g.runs] for g in groups] == [[0, 1], [0, 1]]
     assert "train.epochs=1" in shared and not any(o.startswith(("seed", "hydra")) for o in shared)
@@ -69,27 +70,27 @@ def test_quoted_glob_and_run_folder_both_found(made, capsys):
 
 
 def test_overrides_normalised_and_seed_hydra_left_out():
-    assert compare.normal_override("mix=0") == compare.normal_override("+mix=0.0")
-    assert compare.normal_override("mix=0.5") != compare.normal_override("mix=0.05")
-    assert not compare.is_label_override("seed=2")
-    assert not compare.is_label_override("hydra.sweep.dir=x")
-    assert compare.is_label_override("dataset.seed=2")
+    assert report_runs.normal_override("mix=0") == report_runs.normal_override("+mix=0.0")
+    assert report_runs.normal_override("mix=0.5") != report_runs.normal_override("mix=0.05")
+    assert not report_runs.is_label_override("seed=2")
+    assert not report_runs.is_label_override("hydra.sweep.dir=x")
+    assert report_runs.is_label_override("dataset.seed=2")
 
 
 # --- statistics -----------------------------------------------------------------
 
 def test_t_critical_matches_scipy():
-    from scipy import stats  # a test dependency (pyproject [test])
+    from scipy import stats as scipy_stats  # a test dependency (pyproject [test])
     for df in (1, 2, 5, 29, 30, 31, 50, 200):
-        assert compare.t_critical(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-3)
+        assert stats.t_critical(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=2e-3)
 
 
 def test_group_stats_are_mean_std_and_t_interval(made):
-    runs = compare.load_runs(compare.discover([str(made["sweep"])]))
-    group = compare.group_runs(runs)[0][0]
+    runs = report_runs.load_runs(report_runs.discover([str(made["sweep"])]))
+    group = report_runs.group_runs(runs)[0][0]
     values = [row["ppl_test"] for run in group.runs for row in jsonl(run.path / "metrics.jsonl")
               if row["generation"] == 1]
-    stat = {s.generation: s for s in compare.aggregate(group.runs, "ppl_test")}[1]
+    stat = {s.generation: s for s in stats.aggregate(group.runs, "ppl_test")}[1]
     assert stat.n == 2
     assert stat.mean == pytest.approx(np.mean(values))
     assert stat.std == pytest.approx(np.std(values, ddof=1))
@@ -153,6 +154,33 @@ def test_report_is_self_contained(sweep_out, made):
     assert verdict in page
 
 
+def test_report_embeds_the_pngs_a_run_wrote_into_figures(made, tmp_path, capsys):
+    import base64
+
+    from matplotlib.figure import Figure
+
+    run = tmp_path / "with_figures"
+    shutil.copytree(made["single"], run)
+    figure = Figure(figsize=(2, 2))
+    figure.add_subplot().scatter([0, 1, 2], [2, 0, 1])
+    scatter = plots.png_bytes(figure, "scatter", "a family's figure")
+    (run / "figures").mkdir()
+    (run / "figures" / "gmm_scatter.png").write_bytes(scatter)
+    (run / "figures" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert cli_main(["compare", str(run), "--out", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    embedded = f"src='data:image/png;base64,{base64.b64encode(scatter).decode('ascii')}'"
+    assert page.count(embedded) == 1
+    # In its own section after the metric curves, captioned with the run and the file it came from.
+    assert page.index("metrics by generation</h2>") < page.index("figures the runs wrote") < page.index(embedded)
+    assert "with_figures: gmm_scatter" in page and str(run / "figures" / "gmm_scatter.png") in page
+    assert "broken.png: not a PNG image" in page
+    # show writes the same report for one run.
+    assert cli_main(["show", str(run), "--out", str(tmp_path / "show")]) == 0
+    assert embedded in (tmp_path / "show" / "report.html").read_text()
+
+
 # --- terminal -------------------------------------------------------------------
 
 def test_final_table_shows_ci_change_and_seeds(made, capsys):
@@ -169,9 +197,9 @@ def test_by_generation_lists_every_generation(made, capsys):
 
 
 def test_unknown_metric_is_a_clear_error(made):
-    runs = compare.load_runs(compare.discover([str(made["single"])]))
+    runs = report_runs.load_runs(report_runs.discover([str(made["single"])]))
     with pytest.raises(CollapseError, match="--metrics: no run has 'nope'"):
-        compare.choose_metrics("nope", runs)
+        stats.choose_metrics("nope", runs)
 
 
 # --- errors and robustness ----------------------------------------------------
