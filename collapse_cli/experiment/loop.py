@@ -22,6 +22,7 @@ import torch
 from collapse_cli.config import RunConfig, check_lengths
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import compose as composition
+from collapse_cli.experiment import tracking
 from collapse_cli.experiment.progress import Feedback
 from collapse_cli.experiment.rundir import RunDir, gen_name
 from collapse_cli.experiment.seeds import compose_seed, stage_seed
@@ -265,16 +266,19 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
     state, first = restore(setup, run_dir) if cfg.resume else (LoopState(), 0)
     total = cfg.generations + 1
     run_dir.set_status("running", generations_done=first, generations_total=total)
-    for g in range(first, total):
-        check_disk(run_dir, cfg, g)
-        metrics = run_generation(g, setup, state, run_dir, feedback)
-        run_dir.finish_generation(g, metrics)
-        run_dir.set_status("running", generations_done=g + 1, generations_total=total)
-        log.info(feedback.generation_line(metrics))
-    summary = profile.summarize(run_dir, setup.reference, cfg)
-    run_dir.write_json("summary.json", summary)
-    # The generation-0 copy only serves scoring and resumes; `checkpoints=all` keeps it as gen_000/model.
-    shutil.rmtree(run_dir.path / "reference", ignore_errors=True)
-    run_dir.set_status("finished", generations_done=total, generations_total=total)
+    with tracking.start(cfg, run_dir.path, first) as trackers:  # closes the tracker runs however this ends
+        for g in range(first, total):
+            check_disk(run_dir, cfg, g)
+            metrics = run_generation(g, setup, state, run_dir, feedback)
+            run_dir.finish_generation(g, metrics)
+            run_dir.set_status("running", generations_done=g + 1, generations_total=total)
+            log.info(feedback.generation_line(metrics))
+            trackers.log_generation(metrics)
+        summary = profile.summarize(run_dir, setup.reference, cfg)
+        run_dir.write_json("summary.json", summary)
+        # The generation-0 copy only serves scoring and resumes; `checkpoints=all` keeps it as gen_000/model.
+        shutil.rmtree(run_dir.path / "reference", ignore_errors=True)
+        run_dir.set_status("finished", generations_done=total, generations_total=total)
+        trackers.finish(summary)
     feedback.show_summary(run_dir, summary)
     return summary
