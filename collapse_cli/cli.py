@@ -246,7 +246,8 @@ def hydra_message(err: Exception) -> str:
 
 
 def run_task(cfg: DictConfig) -> None:
-    """The Hydra task. Under submitit it runs in the launcher's job process, and again there when the job is requeued."""
+    """The Hydra task. Under submitit it runs in the launcher's job process, and again there when the job
+    is requeued."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf

@@ -17,7 +17,7 @@ HEAVY = ("torch", "transformers", "hydra", "matplotlib")
 
 def test_help_and_compare_help_import_no_heavy_library():
     # Behaviour, not timing: the commands that do not train must not pay for torch/transformers at start-up.
-    code = """
+    code = f"""
 import sys
 from collapse_cli.cli import main
 assert main(["--help"]) == 0
@@ -26,8 +26,8 @@ for command in ("compare", "show"):
         main([command, "--help"])
     except SystemExit as done:
         assert done.code == 0, done.code
-print(sorted(name for name in %r if name in sys.modules))
-""" % (HEAVY,)
+print(sorted(name for name in {HEAVY!r} if name in sys.modules))
+"""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert result.returncode == 0, result.stderr[-3000:]

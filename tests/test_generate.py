@@ -46,7 +46,8 @@ def test_greedy_loop_equals_transformers_generate(model, prompts):
     cfg = GenerateConfig(do_sample=False, new_tokens=10, batch_size=5)
     ours = generate(model, prompts, cfg, seed=0, device=CPU)
     with torch.inference_mode():
-        theirs = model.generate(input_ids=torch.from_numpy(prompts), attention_mask=torch.ones(prompts.shape, dtype=torch.long),
+        theirs = model.generate(input_ids=torch.from_numpy(prompts),
+                                attention_mask=torch.ones(prompts.shape, dtype=torch.long),
                                 **generation_kwargs(cfg))[:, prompts.shape[1]:].numpy()
     assert ours.shape == (12, 10)
     assert np.array_equal(ours, theirs)
@@ -56,7 +57,8 @@ def test_repetition_penalty_matches_transformers(model, prompts):
     cfg = GenerateConfig(do_sample=False, new_tokens=10, repetition_penalty=1.5)
     ours = generate(model, prompts, cfg, seed=0, device=CPU)
     with torch.inference_mode():
-        theirs = model.generate(input_ids=torch.from_numpy(prompts), attention_mask=torch.ones(prompts.shape, dtype=torch.long),
+        theirs = model.generate(input_ids=torch.from_numpy(prompts),
+                                attention_mask=torch.ones(prompts.shape, dtype=torch.long),
                                 **generation_kwargs(cfg))[:, prompts.shape[1]:].numpy()
     assert np.array_equal(ours, theirs)
 

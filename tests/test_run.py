@@ -174,7 +174,8 @@ def test_unconditional_prompts_previous_init_and_last_checkpoint(tmp_path):
 
     real = np.arange(12).reshape(3, 4)
     assert prompts_for(real, GenerateConfig(prompt="bos"), bos_id=7).tolist() == [[7], [7], [7]]
-    assert prompts_for(real, GenerateConfig(prompt="real", prompt_tokens=2), bos_id=7).tolist() == [[0, 1], [4, 5], [8, 9]]
+    real_prompts = prompts_for(real, GenerateConfig(prompt="real", prompt_tokens=2), bos_id=7)
+    assert real_prompts.tolist() == [[0, 1], [4, 5], [8, 9]]
 
     run = tiny_run(tmp_path / "run", "generate.prompt=bos", "train.init=previous", "checkpoints=last")
     assert (run / "gen_001" / "model").is_dir()  # the last generation's weights stay

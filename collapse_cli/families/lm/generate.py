@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import numpy as np
 import torch
@@ -109,7 +110,8 @@ def generate(model: torch.nn.Module, prompts: np.ndarray, cfg: GenerateConfig, s
             if cfg.num_beams == 1:
                 new_tokens = decode_batch(model, batch, cfg, generator)
             else:
-                new_tokens = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **kwargs)[:, batch.shape[1]:]
+                new_tokens = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch),
+                                            **kwargs)[:, batch.shape[1]:]
         out[first:first + len(batch)] = new_tokens.cpu().numpy()
         if on_batch is not None:
             on_batch(min(first + batch_size, len(prompts)), len(prompts))

@@ -36,7 +36,8 @@ def _from_pretrained(loader, cfg: ModelConfig, what: str, key: str = "model.path
         if cfg.path:
             reason = str(err).splitlines()[0][:160] if str(err).strip() else type(err).__name__
             raise CollapseError(f"{key}={cfg.path}: cannot load a {what} from it ({reason})") from None
-        raise CollapseError(f"model.name={cfg.name}: cannot fetch the {what} from the hub (offline?); {HUB_FIX}") from None
+        raise CollapseError(f"model.name={cfg.name}: cannot fetch the {what} from the hub (offline?); "
+                            f"{HUB_FIX}") from None
 
 
 def _train_bpe(docs: list[str], vocab_size: int):
@@ -73,7 +74,8 @@ def load_tokenizer(cfg: ModelConfig, corpus: Corpus):
         tokenizer = _train_bpe(corpus.train, cfg.bpe_vocab_size)
     ensure_eos(tokenizer)
     if tokenizer.eos_token_id is None:
-        raise CollapseError(f"model: the tokenizer of {_source(cfg)} has no end-of-text token; give one with an eos_token")
+        raise CollapseError(f"model: the tokenizer of {_source(cfg)} has no end-of-text token; "
+                            f"give one with an eos_token")
     if tokenizer.pad_token_id is None:
         # Prompts have equal lengths, so padding never reaches the model; generate() still wants an id.
         tokenizer.pad_token = tokenizer.eos_token

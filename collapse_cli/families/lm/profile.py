@@ -7,9 +7,10 @@ runs once per run over the saved corpora and metrics. Formulas live in metrics.p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
