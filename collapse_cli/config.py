@@ -80,6 +80,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     # base: every generation starts again from the base model; previous: continue.
     init: str = "base"
+    # torch.compile the training forward/backward. null: on for CUDA (it pays from a few hundred
+    # steps on), off on the CPU (compiling costs more than the default run's training).
+    compile: Optional[bool] = None
 
 
 @dataclass

@@ -29,6 +29,7 @@ from collapse_cli.experiment.seeds import compose_seed, stage_seed
 from collapse_cli.families.lm import profile
 from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import Blocks, Corpus, load_corpus, make_blocks
+from collapse_cli.families.lm.decode import describe as describe_decoder
 from collapse_cli.families.lm.generate import generate, prompts_for
 from collapse_cli.families.lm.models import (
     build_base_model,
@@ -259,7 +260,7 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
     """Run (or resume) the whole loop in `path`; returns the summary, or None for a dry run."""
     setup = prepare(cfg)
     feedback.show_plan(cfg, setup.device, n_parameters(setup.base_model), plan(setup),
-                       composition.describe_mix(cfg.regime, cfg.mix))
+                       composition.describe_mix(cfg.regime, cfg.mix), describe_decoder(setup.base_model, cfg.generate))
     if cfg.dry_run:
         return None
     run_dir = RunDir(path)
