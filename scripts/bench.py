@@ -58,7 +58,8 @@ def workload(name: str, tokenizer_dir: Path) -> dict:
     if name == "default-generation":
         return {"arch": TINY, "n_train": 1000, "n_test": 250, "epochs": 3, "lr": 3e-3, "batch": 32,
                     "gen": GenerateConfig(prompt_tokens=16, new_tokens=64, batch_size=256)}
-    return {"arch": OPT125M, "n_train": 37_500, "n_test": 4_400, "epochs": 5, "lr": 2e-5, "batch": 128, "tokenizer": tokenizer_dir,
+    return {"arch": OPT125M, "n_train": 37_500, "n_test": 4_400, "epochs": 5, "lr": 2e-5, "batch": 128,
+            "tokenizer": tokenizer_dir,
                 "gen": GenerateConfig(preset="shumailov", do_sample=False, num_beams=5, repetition_penalty=3.0,
                                    prompt_tokens=64, new_tokens=64, batch_size=640)}
 
