@@ -18,6 +18,8 @@ from collapse_cli.experiment.tracking import LoggerConfig, validate_logger
 from collapse_cli.families.lm.curate import CurateConfig, validate_curate
 
 REGIMES = ("replace", "accumulate", "accumulate_subsample", "fresh")
+# A ceiling that catches a typo (generations=100000000) before the plan alone fills the memory.
+MAX_GENERATIONS = 1000
 
 
 @dataclass
@@ -145,6 +147,7 @@ def _validate_model(m: ModelConfig) -> None:
     _check(m.name != "", "model.name is empty: use model=tiny, model=opt125m, model=gpt2 or model.path=/folder")
     for key in ("path", "tokenizer"):
         folder = getattr(m, key)
+        _check(folder != "", f"model.{key} is empty: give a folder, or leave it unset (null)")
         _check(folder is None or Path(folder).expanduser().is_dir(),
                f"model.{key}={folder}: no such folder; give a folder written by save_pretrained")
     for key in ("hidden_size", "num_layers", "num_heads", "ffn_dim", "max_positions", "bpe_vocab_size"):
@@ -154,7 +157,13 @@ def _validate_model(m: ModelConfig) -> None:
     _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
 
 
+def _check_seed(key: str, seed: int) -> None:
+    """Seeds feed numpy's SeedSequence and torch.manual_seed: non-negative, and 32 bits is plenty."""
+    _check(0 <= seed < 2**32, f"{key}={seed} must be an integer from 0 to {2**32 - 1}")
+
+
 def _validate_dataset(d: DatasetConfig) -> None:
+    _check_seed("dataset.seed", d.seed)
     for key in ("vocab_words", "successors", "train_tokens", "valid_tokens", "test_tokens"):
         _check(getattr(d, key) > 0, f"dataset.{key}={getattr(d, key)} must be positive")
     for key in ("max_train_blocks", "max_test_blocks"):
@@ -198,7 +207,8 @@ def _validate_generate(g: GenerateConfig, block_size: int) -> None:
     _check(g.prompt in ("real", "bos"), f"generate.prompt={g.prompt!r}: use real or bos")
     _check(g.prompt_tokens >= 1, f"generate.prompt_tokens={g.prompt_tokens} must be at least 1")
     _check(g.prompt == "bos" or g.prompt_tokens <= block_size,
-           f"generate.prompt_tokens={g.prompt_tokens} exceeds train.block_size={block_size}: prompts are real block prefixes")
+           f"generate.prompt_tokens={g.prompt_tokens} exceeds train.block_size={block_size}: "
+           f"prompts are real block prefixes")
     _check(g.new_tokens >= 2, f"generate.new_tokens={g.new_tokens} must be at least 2")
     _check(g.batch_size >= 1, f"generate.batch_size={g.batch_size} must be at least 1")
 
@@ -240,7 +250,10 @@ def check_nproc(nproc: int, device: str, n_gpus: int) -> None:
 
 def _validate_run(cfg: RunConfig) -> None:
     _check(0.0 <= cfg.mix <= 1.0, f"mix={cfg.mix} must be in [0, 1] (the real fraction of each later generation)")
-    _check(cfg.generations >= 1, f"generations={cfg.generations} must be at least 1 (recursive generations after generation 0)")
+    _check(cfg.generations >= 1,
+           f"generations={cfg.generations} must be at least 1 (recursive generations after generation 0)")
+    _check(cfg.generations <= MAX_GENERATIONS, f"generations={cfg.generations} is above {MAX_GENERATIONS}; run fewer")
+    _check_seed("seed", cfg.seed)
     _check(cfg.regime in REGIMES, f"regime={cfg.regime!r}: use one of {', '.join(REGIMES)}")
     _check(not (cfg.regime == "fresh" and cfg.mix == 0.0),
            "regime=fresh draws each generation's real share from unseen data, so it needs mix > 0: set mix=0.1, say")
@@ -249,11 +262,18 @@ def _validate_run(cfg: RunConfig) -> None:
            f"(all real data kept, as Gerstgrasser et al.) or a fraction such as mix=0.5")
     _check(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: use auto, cpu or cuda")
     check_nproc(cfg.nproc, cfg.device, _cuda_count())
-    _check(cfg.device != "cuda" or _cuda_visible(), "device=cuda but no CUDA device is visible; use device=auto or device=cpu")
+    _check(cfg.device != "cuda" or _cuda_visible(),
+           "device=cuda but no CUDA device is visible; use device=auto or device=cpu")
     _check(cfg.checkpoints in ("none", "last", "all"), f"checkpoints={cfg.checkpoints!r}: use none, last or all")
-    _check(cfg.metrics.level in ("fast", "full"), f"metrics.level={cfg.metrics.level!r}: use metrics=fast or metrics=full")
-    _check(cfg.metrics.eval_batch_size is None or cfg.metrics.eval_batch_size >= 1, f"metrics.eval_batch_size={cfg.metrics.eval_batch_size} must be at least 1")
-    _check(0.0 < cfg.metrics.sliding_stride <= 1.0, f"metrics.sliding_stride={cfg.metrics.sliding_stride} must be in (0, 1]")
+    _check(cfg.metrics.level in ("fast", "full"),
+           f"metrics.level={cfg.metrics.level!r}: use metrics=fast or metrics=full")
+    _check(cfg.metrics.eval_batch_size is None or cfg.metrics.eval_batch_size >= 1,
+           f"metrics.eval_batch_size={cfg.metrics.eval_batch_size} must be at least 1")
+    _check(cfg.metrics.bootstrap >= 2, f"metrics.bootstrap={cfg.metrics.bootstrap} must be at least 2 (resamples)")
+    _check(cfg.metrics.self_bleu_sample >= 2,
+           f"metrics.self_bleu_sample={cfg.metrics.self_bleu_sample} must be at least 2 (sequences)")
+    _check(0.0 < cfg.metrics.sliding_stride <= 1.0,
+           f"metrics.sliding_stride={cfg.metrics.sliding_stride} must be in (0, 1]")
     _check(cfg.min_free_disk_mb >= 0, f"min_free_disk_mb={cfg.min_free_disk_mb} must be >= 0")
 
 

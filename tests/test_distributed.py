@@ -17,7 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, finished_runs, read_metrics, read_status, run_collapse, run_in_process, stable, start_collapse
+from conftest import (
+    TINY,
+    finished_runs,
+    read_metrics,
+    read_status,
+    run_collapse,
+    run_in_process,
+    stable,
+    start_collapse,
+)
 from test_errors import one_error_line
 from test_resume import signal_when
 from transformers import OPTConfig, OPTForCausalLM
@@ -91,7 +100,8 @@ def test_two_gloo_ranks_give_the_corpus_and_scores_of_one_process():
         assert result["loss_last"] == pytest.approx(alone["loss_last"], rel=1e-5)
     for name in alone["weights"]:  # the ranks end with identical weights
         assert torch.equal(ranks[0]["weights"][name], ranks[1]["weights"][name])
-    # Global batch of 5: rank 0 rows 0, 2, 4 (weight 3*2/5), rank 1 rows 1, 3 (2*2/5); a batch of 1: rank 0 takes it (1*2/1), rank 1 runs it with weight 0.
+    # Global batch of 5: rank 0 rows 0, 2, 4 (weight 3*2/5), rank 1 rows 1, 3 (2*2/5).
+    # A batch of 1: rank 0 takes it (weight 1*2/1), rank 1 runs that row with weight 0.
     (rows0, weight0), (one0, w_one0) = ranks[0]["shards"]
     (rows1, weight1), (one1, w_one1) = ranks[1]["shards"]
     assert rows0.tolist() == [0, 2, 4] and weight0 == pytest.approx(1.2)
@@ -113,7 +123,7 @@ def _fail_on_rank_1(pid_folder: str, how: str) -> None:
 
 
 @pytest.mark.parametrize("how,needle", [("raise", "rank 1 of 2 failed: ValueError: boom on rank 1"),
-                                        ("sigkill", "rank 1 of 2 died (killed by signal 9)")])
+                                        ("sigkill", "rank 1 of 2 died (killed by signal 9) without a report")])
 def test_a_failing_rank_ends_every_rank(tmp_path: Path, how: str, needle: str):
     started = time.monotonic()
     with pytest.raises(WorkerFailed) as failure:

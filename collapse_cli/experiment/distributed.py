@@ -21,10 +21,11 @@ import signal
 import socket
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from multiprocessing import connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from collapse_cli.errors import CollapseError
 
@@ -200,7 +201,7 @@ def _watch(workers: list, pipes: list) -> list:
                 workers[worker_rank].join(1.0)
                 code = workers[worker_rank].exitcode
                 how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                raise WorkerFailed(f"rank {worker_rank} of {len(workers)} died ({how}) without reporting an error")
+                raise WorkerFailed(f"rank {worker_rank} of {len(workers)} died ({how}) without a report") from None
             if outcome == "interrupted":
                 raise KeyboardInterrupt()
             if outcome == "refused":  # bad input or a diverged loss: the same line one process would give
@@ -237,7 +238,7 @@ def _worker(worker_rank: int, nproc: int, port: int, device_choice: str, target:
         outcome = ("refused", str(err))
     except KeyboardInterrupt:
         outcome = ("interrupted", "")
-    except BaseException as err:  # noqa: BLE001: every failure goes to the parent, the traceback with it
+    except BaseException as err:  # every failure goes to the parent, the traceback with it
         outcome = ("crashed", (f"{type(err).__name__}: {err}", traceback.format_exc()))
     # Report before leaving the group: the other ranks see this one go only after the parent knows why.
     # Plain pickle: a Connection's own pickler would pass tensors as shared memory of a process about to exit.

@@ -34,6 +34,7 @@ from collapse_cli.families.lm.generate import generate, prompts_for
 from collapse_cli.families.lm.models import (
     build_base_model,
     load_tokenizer,
+    loop_generation_config,
     max_positions,
     n_parameters,
 )
@@ -145,8 +146,9 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     reference_model = model if g == 0 else state.reference_model
     texts = setup.tokenizer.batch_decode(synthetic, skip_special_tokens=False)
     with feedback.task(f"gen {g} evaluate", total=1) as on_eval:
-        metrics, seq_ppl = profile.measure(g, model, reference_model, synthetic, texts, setup.reference, cfg, device,
-                                           setup.tokenizer.batch_decode, on_eval)
+        metrics, seq_ppl, setup.reference = profile.measure(g, model, reference_model, synthetic, texts,
+                                                            setup.reference, cfg, device, setup.tokenizer.batch_decode,
+                                                            on_eval)
     curated = curate(synthetic, cfg.curate, seq_ppl, texts, stage_seed(cfg.seed, g, "curate"))
     evaluated = time.perf_counter()
 
@@ -248,9 +250,7 @@ def restore(setup: Setup, run_dir: RunDir) -> tuple[LoopState, int]:
 def _load_model(loader, folder: Path, device: torch.device) -> torch.nn.Module:
     if not folder.is_dir():
         raise CollapseError(f"{folder}: the checkpoint the resume needs is missing; start the run again")
-    model = loader.from_pretrained(folder, dtype=torch.float32).to(device).eval()
-    model.generation_config.eos_token_id = None
-    return model
+    return loop_generation_config(loader.from_pretrained(folder, dtype=torch.float32).to(device).eval())
 
 
 def check_disk(run_dir: RunDir, cfg: RunConfig, generation: int) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -16,25 +16,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from collapse_cli.console import fmt, make_console
+
 # The columns of the end-of-run table, in order; missing keys are skipped.
 TABLE_KEYS = ("generation", "ppl_test", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth",
               "distinct2_tok", "train_loss_last", "wall_time_s")
 
 
-def fmt(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 class Feedback:
     def __init__(self, console: Console | None = None):
-        self.console = console or Console()
-        if not self.console.is_terminal:
-            # Logs and CI: wide enough that tables keep their full column names.
-            self.console.width = max(self.console.width, 160)
+        self.console = console or make_console()
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Callable[[int, int], None]]:
@@ -63,14 +54,14 @@ class Feedback:
         for column in columns:
             table.add_column(column, justify="right")
         for row in rows:
-            table.add_row(*(fmt(row[c]) for c in columns))
+            table.add_row(*(fmt(row[c], blank="—") for c in columns))
         self.console.print(table)
 
     def generation_line(self, metrics: dict) -> str:
         parts = [f"gen {metrics['generation']}:"]
         for key in TABLE_KEYS[1:]:
             if key in metrics:
-                parts.append(f"{key}={fmt(metrics[key])}")
+                parts.append(f"{key}={fmt(metrics[key], blank='—')}")
         return " ".join(parts)
 
     def show_summary(self, run_dir, summary: dict) -> None:
@@ -82,7 +73,7 @@ class Feedback:
         for key in keys:
             table.add_column(key, justify="right")
         for row in rows:
-            table.add_row(*(fmt(row.get(k)) for k in keys))
+            table.add_row(*(fmt(row.get(k), blank="—") for k in keys))
         self.console.print(table)
         verdict = summary.get("early_warning", {}).get("text")
         if verdict:
