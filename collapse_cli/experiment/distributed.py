@@ -173,15 +173,15 @@ def spawn(target: Callable[..., Any], nproc: int, args: Sequence = (), device_ch
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
     port = free_port()
     pipes, workers = [], []
-    for worker_rank in range(nproc):
-        reader, writer = context.Pipe(duplex=False)
-        worker = context.Process(target=_worker, name=f"collapse-rank{worker_rank}",
-                                 args=(worker_rank, nproc, port, device_choice, target, tuple(args), writer))
-        worker.start()
-        writer.close()  # the worker holds the write end; EOF here means it is gone
-        pipes.append(reader)
-        workers.append(worker)
     try:
+        for worker_rank in range(nproc):
+            reader, writer = context.Pipe(duplex=False)
+            worker = context.Process(target=_worker, name=f"collapse-rank{worker_rank}",
+                                     args=(worker_rank, nproc, port, device_choice, target, tuple(args), writer))
+            worker.start()
+            writer.close()  # the worker holds the write end; EOF here means it is gone
+            pipes.append(reader)
+            workers.append(worker)
         return _watch(workers, pipes)
     finally:
         _stop(workers)
@@ -200,6 +200,8 @@ def _watch(workers: list, pipes: list) -> list:
             except EOFError:  # died without a word: killed (OOM killer, signal) or os._exit
                 workers[worker_rank].join(1.0)
                 code = workers[worker_rank].exitcode
+                if code in (-signal.SIGTERM, 128 + signal.SIGTERM, -signal.SIGINT):
+                    raise KeyboardInterrupt() from None  # stopped from outside (a scheduler, `kill`): resumable
                 how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                 raise WorkerFailed(f"rank {worker_rank} of {len(workers)} died ({how}) without a report") from None
             if outcome == "interrupted":
@@ -244,7 +246,10 @@ def _worker(worker_rank: int, nproc: int, port: int, device_choice: str, target:
     # Plain pickle: a Connection's own pickler would pass tensors as shared memory of a process about to exit.
     report.send_bytes(pickle.dumps(outcome))
     report.close()
-    teardown()
+    try:
+        teardown()
+    except Exception:  # the outcome is reported; a peer already gone can make leaving fail
+        pass
 
 
 def launch(run_config, path: Path) -> None:
