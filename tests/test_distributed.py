@@ -209,3 +209,15 @@ def test_sigterm_interrupts_a_two_process_run_and_resume_continues_it(tmp_path: 
     assert run_in_process(["resume", str(run)]) == 0
     assert read_status(run)["state"] == "finished"
     assert_close_metrics(run, runs[2], rtol=0)
+
+
+def test_an_error_in_the_workers_fails_the_run_with_one_line(tmp_path: Path):
+    # Every rank finds it once the run started (TINY: 62 blocks; fresh needs 75): the line one process gives.
+    result = run_collapse(["run", "nproc=2", "device=cpu", *TINY, "regime=fresh", "mix=0.5",
+                           "dataset.max_train_blocks=50"], cwd=tmp_path, timeout=180)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "regime=fresh" in line and "dataset.max_train_blocks" in line
+    (run,) = (tmp_path / "outputs" / "runs").iterdir()
+    status = read_status(run)
+    assert status["state"] == "failed" and status["reason"] == line.removeprefix("collapse: error: ")
