@@ -35,6 +35,7 @@ from collapse_cli.families.lm.models import (
     load_tokenizer,
     max_positions,
     n_parameters,
+    makes_own_tokenizer,
 )
 from collapse_cli.families.lm.train import TrainStats, Validate, train
 from collapse_cli.measure.metrics import perplexity
@@ -75,7 +76,9 @@ def prepare(cfg: RunConfig) -> Setup:
     n_train = _train_size(cfg, n_pool)
     composition.check_pool(cfg.regime, n_pool, n_train, cfg.mix, cfg.generations)
     prompts = prompts_for(blocks.train[:n_train], cfg.generate, tokenizer.bos_token_id or tokenizer.eos_token_id)
-    reference = profile.Reference.build(blocks.train[:n_train], blocks.test, len(tokenizer), corpus.language)
+    # The builtin language's true law is over its own word ids; another tokenizer cuts the text differently.
+    truth = corpus.language if makes_own_tokenizer(cfg.model) else None
+    reference = profile.Reference.build(blocks.train[:n_train], blocks.test, len(tokenizer), truth)
     return Setup(cfg, device, corpus, tokenizer, blocks, base_model, n_train, prompts, reference)
 
 

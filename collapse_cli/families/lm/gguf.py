@@ -97,9 +97,10 @@ def _write_folder(source: Path, out: Path) -> None:
     try:
         gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise CollapseError(f"model.gguf_file={source}: transformers cannot load it as a causal LM "
-                            f"({str(err).splitlines()[0][:160]})") from None
+    except Exception as err:  # a truncated or foreign file fails in the reader with struct, value, key errors...
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:160]
+        raise CollapseError(f"model.gguf_file={source}: transformers cannot load it as a causal LM ({reason}); "
+                            f"give a complete llama-family .gguf file") from None
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

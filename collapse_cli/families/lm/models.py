@@ -24,6 +24,12 @@ def is_pretrained(cfg: ModelConfig) -> bool:
     return bool(cfg.path) or cfg.name != "tiny"
 
 
+def makes_own_tokenizer(cfg: ModelConfig) -> bool:
+    """`tiny` without model.tokenizer makes its own: the builtin language's words, or BPE trained on the text.
+    Only then are token ids the builtin language's word ids, which its true law is written in."""
+    return not is_pretrained(cfg) and not cfg.tokenizer
+
+
 def _local(cfg: ModelConfig) -> ModelConfig:
     """`smollm2` is its converted GGUF folder (converted on first use); a given model.path wins."""
     if cfg.name == "smollm2" and not cfg.path:
@@ -70,7 +76,7 @@ def load_tokenizer(cfg: ModelConfig, corpus: Corpus):
     from transformers import AutoTokenizer
 
     cfg = _local(cfg)
-    if is_pretrained(cfg) or cfg.tokenizer:
+    if not makes_own_tokenizer(cfg):
         tokenizer_cfg = ModelConfig(name=cfg.name, path=cfg.tokenizer or cfg.path)
         tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, tokenizer_cfg, "tokenizer")
     elif corpus.language is not None:
