@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, is_finite_number, read_metrics, tiny_run
 from test_config import composed
 
-from conftest import TINY, is_finite_number, read_metrics, tiny_run
 from collapse_cli.cli import conf_dir
 from collapse_cli.config import TrainConfig
 from collapse_cli.families.lm.train import lr_at, train
@@ -70,13 +70,14 @@ def same_weights(a: dict, b: dict) -> bool:
     return all(torch.equal(a[name], b[name]) for name in a)
 
 
-def test_best_valid_restores_the_best_epochs_weights():
-    """Validation losses 3, 1, 2: the model ends with exactly the weights it had after epoch 2."""
+@pytest.mark.parametrize("scripted", [[3.0, 1.0, 2.0], [math.nan, 1.0, 2.0]], ids=["best-middle", "nan-first"])
+def test_best_valid_restores_the_best_epochs_weights(scripted: list[float]):
+    """Validation losses 3 (or nan), 1, 2: the model ends with exactly the weights it had after epoch 2."""
     model, seen = tiny_model(), []
 
     def validate(m: torch.nn.Module) -> float:
         seen.append(snapshot(m))
-        return [3.0, 1.0, 2.0][len(seen) - 1]
+        return scripted[len(seen) - 1]
 
     cfg = TrainConfig(epochs=3, lr=1e-2, batch_size=8, select="best_valid", schedule="cosine", min_lr=1e-4)
     stats = train(model, blocks(0), cfg, seed=0, device=torch.device("cpu"), generation=0, validate=validate)

@@ -16,10 +16,10 @@ import torch
 
 pytest.importorskip("gguf")
 
-from conftest import is_finite_number, read_metrics, run_in_process  # noqa: E402
+from conftest import is_finite_number, read_metrics, run_in_process
 
-from collapse_cli.errors import CollapseError  # noqa: E402
-from collapse_cli.families.lm.gguf import INSTALL, converted_folder  # noqa: E402
+from collapse_cli.errors import CollapseError
+from collapse_cli.families.lm.gguf import INSTALL, converted_folder
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MERGES = ["Ġ t", "h e", "Ġt he", "Ġ a", "i n", "e r", "Ġ s"]
@@ -180,3 +180,11 @@ def test_tiny_llama_runs_end_to_end_through_the_gguf_path(tiny_gguf: Path, tmp_p
         assert "ce_truth" not in row and "kl_truth" not in row
     saved = json.loads((run_dir / "gen_001" / "model" / "config.json").read_text())
     assert saved["model_type"] == "llama" and saved["num_hidden_layers"] == 2
+
+
+def test_incomplete_cache_folder_is_named_not_overwritten(tiny_gguf: Path, tmp_path: Path):
+    folder = converted_folder(str(tiny_gguf), str(tmp_path))
+    (folder / "config.json").unlink()  # someone's half-copied folder under the converted name
+    with pytest.raises(CollapseError, match="exists but holds no converted model; delete it"):
+        converted_folder(str(tiny_gguf), str(tmp_path))
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name] and (folder / "model.safetensors").is_file()

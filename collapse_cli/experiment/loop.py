@@ -33,9 +33,9 @@ from collapse_cli.families.lm.generate import generate, prompts_for
 from collapse_cli.families.lm.models import (
     build_base_model,
     load_tokenizer,
+    makes_own_tokenizer,
     max_positions,
     n_parameters,
-    makes_own_tokenizer,
 )
 from collapse_cli.families.lm.train import TrainStats, Validate, train
 from collapse_cli.measure.metrics import perplexity

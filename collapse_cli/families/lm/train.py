@@ -117,8 +117,8 @@ class _Selection:
         self.best_state: Optional[dict[str, torch.Tensor]] = None
 
     def end_of_epoch(self, model: torch.nn.Module, epoch: int, valid_loss: float) -> None:
-        # NaN never compares lower, so a diverged epoch is never kept over a finite one.
-        if self.best_loss is not None and not valid_loss < self.best_loss:
+        # NaN never compares lower: a diverged epoch is kept only until any finite one comes.
+        if not (self.best_loss is None or math.isnan(self.best_loss) or valid_loss < self.best_loss):
             return
         self.best_loss, self.best_epoch = valid_loss, epoch
         # The last epoch's weights are the model itself: no copy needed.
