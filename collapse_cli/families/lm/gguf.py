@@ -8,6 +8,7 @@ are copied into a plain model of the same config and saved, with the GGUF's toke
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -48,6 +49,13 @@ def cache_root(cache_dir: Optional[str]) -> Path:
 
 def _fingerprint(file: Path) -> str:
     """A content hash: a changed GGUF at the same path gets a new folder, never a stale one."""
+    stat = file.stat()
+    return _content_hash(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _content_hash(file: str, size: int, mtime_ns: int) -> str:
+    """Hashed once per process per file version (the tokenizer and the model both ask)."""
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
