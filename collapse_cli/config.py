@@ -14,6 +14,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from collapse_cli.errors import CollapseError
+from collapse_cli.experiment.tracking import LoggerConfig, validate_logger
 from collapse_cli.families.lm.curate import CurateConfig, validate_curate
 
 REGIMES = ("replace", "accumulate", "accumulate_subsample", "fresh")
@@ -81,6 +82,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     # base: every generation starts again from the base model; previous: continue.
     init: str = "base"
+    # torch.compile the training forward/backward. null: on for CUDA (it pays from a few hundred
+    # steps on), off on the CPU (compiling costs more than the default run's training).
+    compile: Optional[bool] = None
     # linear | cosine: the decay after warm-up, from train.lr down to train.min_lr.
     schedule: str = "linear"
     min_lr: float = 0.0
@@ -125,6 +129,8 @@ class RunConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     curate: CurateConfig = field(default_factory=CurateConfig)
+    # Experiment trackers (conf/logger): each non-null section is one on.
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     mix: float = 0.0
     generations: int = 5
     seed: int = 0
@@ -258,6 +264,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _validate_train(cfg.train)
     _validate_generate(cfg.generate, cfg.train.block_size)
     validate_curate(cfg.curate)
+    validate_logger(cfg.logger)
     if cfg.model.name == "tiny" and cfg.model.path is None:
         # `tiny` is built from this config, so its length limit is known before anything loads.
         check_lengths(cfg, cfg.model.max_positions)

@@ -22,12 +22,14 @@ import torch
 from collapse_cli.config import RunConfig, check_lengths
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import compose as composition
+from collapse_cli.experiment import tracking
 from collapse_cli.experiment.progress import Feedback
 from collapse_cli.experiment.rundir import RunDir, gen_name
 from collapse_cli.experiment.seeds import compose_seed, stage_seed
 from collapse_cli.families.lm import profile
 from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import Blocks, Corpus, load_corpus, make_blocks
+from collapse_cli.families.lm.decode import describe as describe_decoder
 from collapse_cli.families.lm.evaluate import token_nll
 from collapse_cli.families.lm.generate import generate, prompts_for
 from collapse_cli.families.lm.models import (
@@ -280,7 +282,7 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
     """Run (or resume) the whole loop in `path`; returns the summary, or None for a dry run."""
     setup = prepare(cfg)
     feedback.show_plan(cfg, setup.device, n_parameters(setup.base_model), plan(setup),
-                       composition.describe_mix(cfg.regime, cfg.mix))
+                       composition.describe_mix(cfg.regime, cfg.mix), describe_decoder(setup.base_model, cfg.generate))
     if cfg.train.select == "best_valid" and len(setup.blocks.valid) == 0:
         log.warning("train.select=best_valid: the dataset has no validation split (set dataset.valid=PATH), "
                     "so each generation keeps its last epoch and ppl_valid is not measured")
@@ -290,16 +292,19 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
     state, first = restore(setup, run_dir) if cfg.resume else (LoopState(), 0)
     total = cfg.generations + 1
     run_dir.set_status("running", generations_done=first, generations_total=total)
-    for g in range(first, total):
-        check_disk(run_dir, cfg, g)
-        metrics = run_generation(g, setup, state, run_dir, feedback)
-        run_dir.finish_generation(g, metrics)
-        run_dir.set_status("running", generations_done=g + 1, generations_total=total)
-        log.info(feedback.generation_line(metrics))
-    summary = profile.summarize(run_dir, setup.reference, cfg)
-    run_dir.write_json("summary.json", summary)
-    # The generation-0 copy only serves scoring and resumes; `checkpoints=all` keeps it as gen_000/model.
-    shutil.rmtree(run_dir.path / "reference", ignore_errors=True)
-    run_dir.set_status("finished", generations_done=total, generations_total=total)
+    with tracking.start(cfg, run_dir.path, first) as trackers:  # closes the tracker runs however this ends
+        for g in range(first, total):
+            check_disk(run_dir, cfg, g)
+            metrics = run_generation(g, setup, state, run_dir, feedback)
+            run_dir.finish_generation(g, metrics)
+            run_dir.set_status("running", generations_done=g + 1, generations_total=total)
+            log.info(feedback.generation_line(metrics))
+            trackers.log_generation(metrics)
+        summary = profile.summarize(run_dir, setup.reference, cfg)
+        run_dir.write_json("summary.json", summary)
+        # The generation-0 copy only serves scoring and resumes; `checkpoints=all` keeps it as gen_000/model.
+        shutil.rmtree(run_dir.path / "reference", ignore_errors=True)
+        run_dir.set_status("finished", generations_done=total, generations_total=total)
+        trackers.finish(summary)
     feedback.show_summary(run_dir, summary)
     return summary

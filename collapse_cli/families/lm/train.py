@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -29,13 +29,23 @@ class TrainStats:
     loss_last: float
     seconds: float
     # Validation NLL of the kept model and the epoch (1-based) it comes from; None without a validation split.
-    valid_loss: Optional[float] = None
-    kept_epoch: Optional[int] = None
+    valid_loss: float | None = None
+    kept_epoch: int | None = None
 
 
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; a no-op context on the CPU."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def inference_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The weights generation and scoring run on: a bf16 copy on CUDA (2x autocast's beam search
+    speed, half the memory traffic), the fp32 model itself on the CPU. Training keeps fp32 masters."""
+    if device.type != "cuda":
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(torch.bfloat16).eval()
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, schedule: str = "linear", floor: float = 0.0) -> float:
@@ -55,9 +65,13 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
                              betas=(0.9, 0.98), fused=device.type == "cuda")
 
 
+def compiles(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.compile if cfg.compile is not None else device.type == "cuda"
+
+
 def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: int, device: torch.device,
-          generation: int, on_step: Optional[Callable[[int, int], None]] = None,
-          validate: Optional[Validate] = None) -> TrainStats:
+          generation: int, on_step: Callable[[int, int], None] | None = None,
+          validate: Validate | None = None) -> TrainStats:
     """Train `model` in place for cfg.epochs over `blocks` ([n, block_size] token ids).
 
     With `validate`, the model is scored after the last epoch, and after every epoch when
@@ -74,6 +88,8 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
         optimizer, lambda step: lr_at(step, total_steps, warmup_steps, cfg.schedule, floor))
     generator = torch.Generator().manual_seed(seed)
     model.train()
+    # The compiled module shares the model's parameters: training it trains `model`.
+    forward = torch.compile(model, dynamic=False) if compiles(cfg, device) else model
     start, step, losses = time.perf_counter(), 0, []
     window, window_steps = torch.zeros((), device=device), 0
     selection = _Selection(cfg.select == "best_valid", cfg.epochs)
@@ -82,7 +98,7 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
         for first in range(0, n_blocks, cfg.batch_size):
             batch = data[order[first:first + cfg.batch_size]]
             with autocast(device):
-                loss = model(input_ids=batch, labels=batch).loss
+                loss = forward(input_ids=batch, labels=batch).loss
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -112,9 +128,9 @@ class _Selection:
 
     def __init__(self, every_epoch: bool, epochs: int):
         self.every_epoch, self.epochs = every_epoch, epochs
-        self.best_loss: Optional[float] = None
-        self.best_epoch: Optional[int] = None
-        self.best_state: Optional[dict[str, torch.Tensor]] = None
+        self.best_loss: float | None = None
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
 
     def end_of_epoch(self, model: torch.nn.Module, epoch: int, valid_loss: float) -> None:
         # NaN never compares lower: a diverged epoch is kept only until any finite one comes.
