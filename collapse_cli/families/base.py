@@ -79,7 +79,9 @@ class Family(ABC):
     samples_file: ClassVar[str] = "samples.npy"  # the file save_samples writes in each gen folder
     # Headline metrics, best first: the first is shown in summaries; `summarize` may use them all.
     headline: ClassVar[tuple[str, ...]] = ("nll_test", "tail_coverage")
-    # Metric names every generation line and end-of-run table shows (missing ones are skipped).
+    # Keys first in every metrics line, in this order; the rest follow alphabetically.
+    leading_keys: ClassVar[tuple[str, ...]] = ("generation", "nll_test", "tail_coverage")
+    # Metrics each generation's log line and the end-of-run table show after `generation` (missing: skipped).
     table_keys: ClassVar[tuple[str, ...]] = ("nll_test", "tail_coverage")
     # Curate presets this family accepts besides `none` (LM: all; others: none).
     curates: ClassVar[bool] = False
@@ -132,6 +134,10 @@ class Family(ABC):
 
     def extent(self, n_rows: int) -> dict[str, int]:
         """Extra size facts of n rows for the plan, manifest and metrics, e.g. {"tokens": n * block_size}."""
+        return {}
+
+    def reference_files(self) -> dict[str, np.ndarray]:
+        """Arrays the loop saves in the run folder once generation 0 is measured (LM: the real test perplexities)."""
         return {}
 
     def n_parameters(self, model: Any) -> int:
