@@ -140,3 +140,20 @@ def test_diverging_run_names_generation_and_step_and_can_resume(tmp_path: Path, 
     assert read_status(run)["state"] == "finished"
     assert [row["generation"] for row in read_metrics(run)] == [0, 1]
     assert "lr: 0.003" in (run / ".hydra" / "config.yaml").read_text()
+
+
+# Typed choices (StrEnums in config.py): OmegaConf refuses them while composing, before any run folder.
+CHOICES = [("regime=foo", "replace, accumulate, accumulate_subsample, fresh"), ("device=gpu", "auto, cpu, cuda"),
+           ("checkpoints=some", "none, last, all"), ("train.init=x", "base, previous"),
+           ("generate.prompt=x", "real, bos"), ("metrics.level=x", "fast, full"),
+           ("curate.on_shortfall=x", "error, resample"), ("model.family=x", "lm, gmm, vae")]
+
+
+@pytest.mark.parametrize("override,choices", CHOICES, ids=[c[0] for c in CHOICES])
+def test_bad_choice_names_the_key_and_the_choices(tmp_path: Path, capsys, monkeypatch, override: str, choices: str):
+    monkeypatch.chdir(tmp_path)
+    assert run_in_process(["run", override]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and line.startswith("collapse: error: "), line
+    assert override.split("=")[0] in line and choices in line, line
+    assert not (tmp_path / "outputs").exists()

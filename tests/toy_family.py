@@ -65,9 +65,10 @@ class ToyFamily(Family):
     def fit(self, model: dict, train: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
         if generation == self.cfg.model.interrupt_at:
             raise KeyboardInterrupt
+        started_from = model["mean"]  # train.init=previous: the last generation's mean, base: 0
         model.update(mean=float(train.mean()), std=float(train.std()))
         on_step(1, 1)
-        return {"train_rows_seen": int(len(train))}
+        return {"train_rows_seen": int(len(train)), "started_from_mean": started_from}
 
     def sample(self, model: dict, n: int, seed: int, on_batch: Progress) -> np.ndarray:
         return np.random.default_rng(seed).normal(model["mean"], model["std"], size=(n, 1))
@@ -76,7 +77,7 @@ class ToyFamily(Family):
         z = (self.test - model["mean"]) / model["std"]
         nll = float(np.mean(0.5 * z**2 + np.log(model["std"]) + 0.5 * np.log(2 * np.pi)))
         tail = float(np.mean(np.abs(samples) > self.tail_radius) / 0.1)
-        return {"nll_test": nll, "tail_coverage": tail, "std": model["std"]}, np.abs(samples[:, 0])
+        return {"nll_test": nll, "tail_coverage": tail, "mean": model["mean"], "std": model["std"]}, np.abs(samples[:, 0])
 
     def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
         np.save(folder / self.samples_file, samples)
