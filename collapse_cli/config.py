@@ -409,11 +409,15 @@ def validate_lm(cfg: RunConfig) -> None:
         check_lengths(cfg, cfg.model.max_positions)
 
 
+def _check_dataset(family: Any, dataset_name: Any) -> None:
+    _check(dataset_name in family.datasets,
+           f"model.family={family.name} reads dataset={' or dataset='.join(family.datasets)}, not "
+           f"dataset={dataset_name}; pick one of those (or a model of another family)")
+
+
 def _validate_family(cfg: RunConfig, family: Any) -> None:
     """Combinations the chosen family cannot run, then the family's own range checks."""
-    _check(cfg.dataset.name in family.datasets,
-           f"model.family={family.name} reads dataset={' or dataset='.join(family.datasets)}, not "
-           f"dataset={cfg.dataset.name}; pick one of those (or a model of another family)")
+    _check_dataset(family, cfg.dataset.name)
     _check(family.curates or not cfg.curate.active(),
            f"curate filters text sequences, and model.family={family.name} writes none; use curate=none")
     family.validate(cfg)
@@ -458,6 +462,8 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
     """Turn Hydra's composed DictConfig into the validated dataclass."""
     values = OmegaConf.to_container(cfg, resolve=False)
     family = get_family(family_name(values.get("model") or {}))
+    # Before the key check: another family's dataset has keys this family's schema lacks.
+    _check_dataset(family, (values.get("dataset") or {}).get("name"))
     expected = RunConfig(model=family.model_schema(), dataset=family.dataset_schema())
     unknown = _unknown_key(values, expected)
     _check(unknown is None, f"{unknown}: no such key (check its spelling; `collapse run --cfg job` lists every key)")
