@@ -39,8 +39,11 @@ from collapse_cli.experiment.rundir import (
     read_metrics,
 )
 
-DEFAULT_METRICS = ("ppl_test", "tail_coverage", "seq_ppl_q50", "kl_truth")
-SHOW_METRICS = ("ppl_test", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth", "train_loss_last")
+# Headline metrics of every family, those a run lacks skipped: the LM's, then the GMM's and VAE's (docs/metrics.md).
+FAMILY_METRICS = ("nll_test", "component_std", "l2_to_gen0", "latent_spread", "class_share_max")
+DEFAULT_METRICS = ("ppl_test", "tail_coverage", "seq_ppl_q50", "kl_truth", *FAMILY_METRICS)
+SHOW_METRICS = ("ppl_test", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth", *FAMILY_METRICS,
+                "train_loss_last")
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 # Config keys that say how a run was started, not what it computed: never a reason to split a group.
 NOT_EXPERIMENT_KEYS = {"seed", "resume", "dry_run", "device", "min_free_disk_mb"}
@@ -768,7 +771,16 @@ def config_words(config: dict) -> list[tuple[str, str]]:
     if not config:
         return [("config", "no config.yaml in the run folder")]
     train, generations = config.get("train") or {}, config.get("generations")
-    return [("model", model_words(config.get("model") or {})),
+    model = config.get("model") or {}
+    if model.get("family", "lm") != "lm":  # decoding and token blocks are the LM's; other families list their keys
+        def keys(node: dict) -> str:
+            return ", ".join(f"{k} {v}" for k, v in node.items() if k not in ("family", "name"))
+        return [("model", f"{model.get('family')}: {keys(model)}"),
+                ("dataset", f"{(config.get('dataset') or {}).get('name')}: {keys(config.get('dataset') or {})}"),
+                ("mix", mix_words(config.get("mix"))),
+                ("regime", f"{config.get('regime')}: {REGIME_WORDS.get(config.get('regime'), '')}".rstrip(": ")),
+                ("generations", f"{generations} after generation 0"), ("seed", str(config.get("seed")))]
+    return [("model", model_words(model)),
             ("dataset", dataset_words(config.get("dataset") or {})),
             ("mix", mix_words(config.get("mix"))),
             ("regime", f"{config.get('regime')}: {REGIME_WORDS.get(config.get('regime'), '')}".rstrip(": ")),
