@@ -62,7 +62,6 @@ class Shortfall(StrEnum):
     resample = "resample"
 
 
-REGIMES = tuple(Regime)
 
 
 @dataclass

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-
 from omegaconf import OmegaConf
 
 from collapse_cli.cli import _register, conf_dir

@@ -13,13 +13,13 @@ import pytest
 from conftest import read_metrics, read_status, stable
 from omegaconf import OmegaConf
 from rich.console import Console
+from toy_family import ToyDatasetConfig, ToyFamily, ToyModelConfig
 
 from collapse_cli.config import RunConfig, TrainConfig, to_run_config, validate
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment.loop import execute
 from collapse_cli.experiment.progress import Feedback
 from collapse_cli.families import base
-from toy_family import ToyDatasetConfig, ToyFamily, ToyModelConfig
 
 N = 50
 

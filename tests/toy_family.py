@@ -77,7 +77,8 @@ class ToyFamily(Family):
         z = (self.test - model["mean"]) / model["std"]
         nll = float(np.mean(0.5 * z**2 + np.log(model["std"]) + 0.5 * np.log(2 * np.pi)))
         tail = float(np.mean(np.abs(samples) > self.tail_radius) / 0.1)
-        return {"nll_test": nll, "tail_coverage": tail, "mean": model["mean"], "std": model["std"]}, np.abs(samples[:, 0])
+        metrics = {"nll_test": nll, "tail_coverage": tail, "mean": model["mean"], "std": model["std"]}
+        return metrics, np.abs(samples[:, 0])
 
     def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
         np.save(folder / self.samples_file, samples)
