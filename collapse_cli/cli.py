@@ -5,11 +5,12 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import re
 import secrets
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -95,8 +96,8 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*choices)] or [[]]
 
 
-def preflight(overrides: list[str], multirun: bool) -> None:
-    """Compose and validate every job before Hydra starts any, so bad input costs nothing."""
+def preflight(overrides: list[str], multirun: bool) -> list:
+    """Compose and validate every job before Hydra starts any, so bad input costs nothing; returns their RunConfigs."""
     from hydra import compose, initialize_config_dir
 
     from collapse_cli.config import to_run_config
@@ -104,8 +105,51 @@ def preflight(overrides: list[str], multirun: bool) -> None:
     job_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     jobs = expand_sweeps(job_overrides) if multirun else [job_overrides]
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        for job in jobs:
-            to_run_config(compose(config_name="config", overrides=job))
+        return [to_run_config(compose(config_name="config", overrides=job)) for job in jobs]
+
+
+def resolve_sweep_dir(overrides: list[str]) -> tuple[Path, bool]:
+    """(the sweep folder, is its subdir the job number?), resolved once, here, before Hydra starts.
+
+    Passing the resolved folder back to Hydra as `hydra.sweep.dir=...` keeps it one folder in
+    every launcher process (the `run_id` resolver lives in this process only, hydra#861) and
+    for a requeued job; and this process knows where to read each job's status afterwards.
+    """
+    from hydra import compose, initialize_config_dir
+
+    hydra_overrides = [o for o in overrides if o.lstrip("+~").startswith("hydra")]
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        cfg = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True)
+    by_job_number = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${hydra.job.num}"
+    return Path(str(cfg.hydra.sweep.dir)), by_job_number
+
+
+def quoted(value: str) -> str:
+    """A value as a Hydra override: bare when the grammar allows it, else single-quoted."""
+    if re.fullmatch(r"[\w./-]+", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sweep_problems(sweep_dir: Path, runs: list, by_job_number: bool) -> list[str]:
+    """Every job of a finished sweep whose run folder does not say `finished`, read from the folders.
+
+    Launchers that run jobs in other processes (submitit, joblib) never return their failures to
+    this process, so the folders are the one record every launcher leaves.
+    """
+    from collapse_cli.experiment.rundir import RunDir
+
+    if by_job_number:
+        folders = [sweep_dir / str(num) for num, run in enumerate(runs) if not run.dry_run]
+    else:  # a custom hydra.sweep.subdir: every folder that Hydra started a job in
+        folders = sorted(p.parent for p in sweep_dir.rglob(".hydra") if (p.parent / "config.yaml").exists())
+    problems = []
+    for folder in folders:
+        status = RunDir(folder).status()
+        if status["state"] != "finished":
+            reason = status.get("reason") or "no status: the job never started; see the launcher's logs"
+            problems.append(f"{folder} ({status['state']}: {reason})")
+    return problems
 
 
 def hydra_message(err: Exception) -> str:
@@ -130,28 +174,55 @@ def hydra_message(err: Exception) -> str:
     return text
 
 
-def run_task(failures: list[str]) -> Callable[[DictConfig], None]:
-    def task(cfg: DictConfig) -> None:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+def run_task(cfg: DictConfig) -> None:
+    """The Hydra task. Under submitit it runs in the launcher's job process, and again there when the job is requeued."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-        from collapse_cli.config import to_run_config
-        from collapse_cli.experiment.rundir import atomic_write_bytes
+    from collapse_cli.config import to_run_config
+    from collapse_cli.experiment import gpu_slots
+    from collapse_cli.experiment.rundir import atomic_write_bytes
 
-        hydra_cfg = HydraConfig.get()
-        path = Path(hydra_cfg.runtime.output_dir)
-        multirun = hydra_cfg.mode == RunMode.MULTIRUN
-        run_config = to_run_config(cfg)
-        if not run_config.dry_run:
-            atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
-        code = execute_guarded(run_config, path)
-        if run_config.dry_run:
-            _remove_dry_run_folder(path)
-        if code:
-            failures.append(str(path))
+    _register()  # resolvers registered in the parent do not reach launcher processes (hydra#861)
+    hydra_cfg = HydraConfig.get()
+    path = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_config = to_run_config(cfg)
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    if not run_config.dry_run:
+        earlier = earlier_run(path, resolved)
+        if earlier == "finished":
+            logging.getLogger("collapse").info(f"{path} already holds this run, finished; nothing to do")
+            return
+        run_config.resume = earlier == "unfinished"
+        atomic_write_bytes(path / "config.yaml", resolved.encode())
+    with gpu_slots.claim_one(path, run_config.device):
+        try:
+            code = execute_guarded(run_config, path)
+        except Exception:
             if not multirun:
-                raise SystemExit(code)
-    return task
+                raise
+            # One job's crash must not end the sweep: its status says failed, the sweep's end names it.
+            logging.getLogger("collapse").exception(f"{path}: the run crashed")
+            code = 1
+    if run_config.dry_run:
+        _remove_dry_run_folder(path)
+    if code and not multirun:
+        raise SystemExit(code)
+
+
+def earlier_run(path: Path, config_yaml: str) -> Optional[str]:
+    """"finished" or "unfinished" when `path` already holds a run of exactly this config, else None.
+
+    A requeued job (preemption, timeout) and a relaunched sweep start the same job again in the
+    same folder: an unfinished run there continues from its last finished generation.
+    """
+    from collapse_cli.experiment.rundir import RunDir
+
+    saved = path / "config.yaml"
+    if not (path / "status.json").is_file() or not saved.is_file() or saved.read_text() != config_yaml:
+        return None
+    return "finished" if RunDir(path).status().get("state") == "finished" else "unfinished"
 
 
 def execute_guarded(run_config, path: Path) -> int:
@@ -185,6 +256,12 @@ def execute_guarded(run_config, path: Path) -> int:
         message = str(err).replace("RUN_DIR", str(path))
         mark("failed", message)
         return error_line(message)
+    except SystemExit as err:
+        # submitit's preemption/timeout handler (SIGUSR2) checkpoints and requeues the job by exiting
+        # from inside the loop; the requeued job finds this folder and continues it.
+        mark("interrupted", f"preempted or timed out (exit {err.code}); the launcher requeues the job, "
+                            f"which continues here; or `collapse resume {path}`")
+        raise
     except KeyboardInterrupt as err:
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted by the user (Ctrl-C)"
         mark("interrupted", f"{how}; `collapse resume {path}` continues it")
@@ -222,25 +299,34 @@ def _remove_dry_run_folder(path: Path) -> None:
 def run_command(args: list[str]) -> int:
     import hydra
 
+    from collapse_cli.experiment import gpu_slots
+
     _register()
     overrides, multirun, info_only = split_args(args)
+    runs, sweep_dir = [], None
     if not info_only:
         try:
-            preflight(overrides, multirun)
+            runs = preflight(overrides, multirun)
+            if multirun:
+                sweep_dir, by_job_number = resolve_sweep_dir(overrides)
         except CollapseError as err:
             return error_line(str(err))
         except Exception as err:  # Hydra/OmegaConf composition errors
             return error_line(hydra_message(err))
-    failures: list[str] = []
-    main = hydra.main(version_base=None, config_path=conf_dir(), config_name="config")(run_task(failures))
+    if sweep_dir is not None:
+        args = [a for a in args if not a.startswith("hydra.sweep.dir=")] + [f"hydra.sweep.dir={quoted(str(sweep_dir))}"]
+        gpu_slots.publish_box_gpus()
+    main = hydra.main(version_base=None, config_path=conf_dir(), config_name="config")(run_task)
     saved_argv = sys.argv
     sys.argv = ["collapse run", *args]
     try:
         main()
     finally:
         sys.argv = saved_argv
-    if failures:
-        return error_line(f"{len(failures)} run(s) failed: {', '.join(failures)}") if multirun else 2
+    if sweep_dir is not None:
+        problems = sweep_problems(sweep_dir, runs, by_job_number)
+        if problems:
+            return error_line(f"{len(problems)} of {len(runs)} run(s) did not finish: " + "; ".join(problems))
     return 0
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from collapse_cli.errors import CollapseError
+from collapse_cli.experiment.tracking import LoggerConfig, validate_logger
 from collapse_cli.families.base import family_name, get_family
 
 # Choices are StrEnums: OmegaConf refuses any other value while composing, and a member
@@ -128,6 +129,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     # base: every generation starts again from the base model; previous: continue.
     init: Init = Init.base
+    # torch.compile the training forward/backward. null: on for CUDA (it pays from a few hundred
+    # steps on), off on the CPU (compiling costs more than the default run's training).
+    compile: Optional[bool] = None
 
 
 @dataclass
@@ -198,6 +202,8 @@ class RunConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     curate: CurateConfig = field(default_factory=CurateConfig)
+    # Experiment trackers (conf/logger): each non-null section is one on.
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     mix: float = 0.0
     generations: int = 5
     seed: int = 0
@@ -427,6 +433,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _validate_run(cfg)
     _validate_train(cfg.train)
     validate_curate(cfg.curate)
+    validate_logger(cfg.logger)
     _validate_family(cfg, get_family(family_name(cfg.model)))
     return cfg
 

@@ -17,6 +17,7 @@ Each stage runs on `--fraction` of its items and is projected linearly to the wh
     python scripts/bench.py --device cpu --out bench_cpu.json
     python scripts/bench.py --device cuda --fraction 0.1 --out bench_h100.json
     python scripts/bench.py --device cpu --scaling      # time against 1k/4k/16k blocks
+    python scripts/bench.py --device cuda --decode-only --batch-sizes 64,256,1024   # decoding alone
 """
 
 from __future__ import annotations
@@ -25,39 +26,48 @@ import argparse
 import json
 import resource
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from collapse_cli.config import GenerateConfig, TrainConfig
+from collapse_cli.config import (
+    DatasetConfig,
+    GenerateConfig,
+    MetricsConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 from collapse_cli.families.lm.builtin import build_language, make_tokenizer
 from collapse_cli.families.lm.data import group_blocks, tokenize_stream
 from collapse_cli.families.lm.evaluate import token_nll
 from collapse_cli.families.lm.generate import generate
-from collapse_cli.families.lm.models import ensure_eos
+from collapse_cli.families.lm.models import build_base_model, ensure_eos
+from collapse_cli.families.lm.profile import eval_batch_size
 from collapse_cli.families.lm.train import lr_at, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-OPT125M = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,
-               max_position_embeddings=2048, word_embed_proj_dim=768, vocab_size=50272)
-TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, ffn_dim=512,
-            max_position_embeddings=256, word_embed_proj_dim=128)
+# The model configs the tool builds (models.build_base_model): OPT-125m's shape, and `tiny` as shipped.
+OPT125M = ModelConfig(hidden_size=768, num_layers=12, num_heads=12, ffn_dim=3072, max_positions=2048)
+TINY = ModelConfig()
 
 
 def workload(name: str, tokenizer_dir: Path) -> dict:
     if name == "default-generation":
-        return dict(arch=TINY, n_train=1000, n_test=250, epochs=3, lr=3e-3, batch=32,
-                    gen=GenerateConfig(prompt_tokens=16, new_tokens=64, batch_size=256))
-    return dict(arch=OPT125M, n_train=37_500, n_test=4_400, epochs=5, lr=2e-5, batch=128, tokenizer=tokenizer_dir,
-                gen=GenerateConfig(preset="shumailov", do_sample=False, num_beams=5, repetition_penalty=3.0,
-                                   prompt_tokens=64, new_tokens=64, batch_size=640))
+        return {"arch": TINY, "n_train": 1000, "n_test": 250, "epochs": 3, "lr": 3e-3, "batch": 32,
+                    "gen": GenerateConfig(prompt_tokens=16, new_tokens=64, batch_size=256)}
+    return {"arch": OPT125M, "n_train": 37_500, "n_test": 4_400, "epochs": 5, "lr": 2e-5, "batch": 128, "tokenizer": tokenizer_dir,
+                "gen": GenerateConfig(preset="shumailov", do_sample=False, num_beams=5, repetition_penalty=3.0,
+                                   prompt_tokens=64, new_tokens=64, batch_size=640)}
 
 
 def load_data(spec: dict):
     """Tokenizer and [n, 64] train/test blocks; real text repeated to the workload's size."""
-    if "tokenizer" not in spec:  # the builtin language
-        language = build_language(3000, 1.1, 8, 0.6, seed=0)
+    if "tokenizer" not in spec:  # the builtin language, as dataset=builtin builds it
+        d = DatasetConfig()
+        language = build_language(d.vocab_words, d.zipf_exponent, d.successors, d.successor_weight, seed=d.seed)
         tokenizer = make_tokenizer(language)
         rng = np.random.default_rng(1)
         docs = language.sample_docs(64 * (spec["n_train"] + spec["n_test"]) + 64 * 40, rng)
@@ -76,17 +86,8 @@ def load_data(spec: dict):
 
 
 def build_model(spec: dict, tokenizer, seed: int, device: torch.device):
-    from transformers import OPTConfig, OPTForCausalLM
-
-    arch = dict(spec["arch"])
-    arch["vocab_size"] = arch.get("vocab_size", len(tokenizer))
-    config = OPTConfig(**arch, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, dropout=0.0)
-    torch.manual_seed(seed)
-    model = OPTForCausalLM(config).to(device)
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
+    """The tool's own model builder, so both paths start from the same weights the tool would."""
+    return build_base_model(spec["arch"], tokenizer, seed).to(device)
 
 
 def sync(device: torch.device) -> None:
@@ -166,11 +167,11 @@ def run_tool(spec, tokenizer, train_blocks, test_blocks, device, fraction) -> di
     prompts = np.ascontiguousarray(train_blocks[:n_train, : spec["gen"].prompt_tokens])
     synthetic, t_gen = timed(lambda: generate(model, prompts, spec["gen"], 0, device), device)
     n_test = max(1, int(len(test_blocks) * fraction))
-    eval_batch = 256 if device.type == "cuda" else 32  # metrics.eval_batch_size's defaults
+    eval_batch = eval_batch_size(RunConfig(metrics=MetricsConfig()), device)
     test_nll, t_eval = timed(lambda: token_nll(model, test_blocks[:n_test], eval_batch, device), device)
     _, t_score = timed(lambda: token_nll(model, synthetic, eval_batch, device), device)
-    return dict(train_s=t_train, generate_s=t_gen, eval_s=t_eval + t_score, n_train=n_train, n_test=n_test,
-                ppl_test=float(np.exp(test_nll.mean())))
+    return {"train_s": t_train, "generate_s": t_gen, "eval_s": t_eval + t_score, "n_train": n_train, "n_test": n_test,
+                "ppl_test": float(np.exp(test_nll.mean()))}
 
 
 def run_reference(spec, tokenizer, train_blocks, test_blocks, device, fraction) -> dict:
@@ -184,8 +185,8 @@ def run_reference(spec, tokenizer, train_blocks, test_blocks, device, fraction) 
     test_texts = tokenizer.batch_decode(test_blocks[:n_test])
     ppl_test, t_eval = timed(lambda: naive_eval(model, test_texts, tokenizer, device), device)
     _, t_score = timed(lambda: naive_eval(model, synthetic, tokenizer, device), device)
-    return dict(train_s=t_train, generate_s=t_gen, eval_s=t_eval + t_score, n_train=n_train, n_test=n_test,
-                ppl_test=ppl_test)
+    return {"train_s": t_train, "generate_s": t_gen, "eval_s": t_eval + t_score, "n_train": n_train, "n_test": n_test,
+                "ppl_test": ppl_test}
 
 
 def project(result: dict, spec: dict) -> dict:
@@ -210,6 +211,10 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path, default=SHARED / "gpt2-tokenizer")
     parser.add_argument("--scaling", action="store_true", help="tool only: time against 1k, 4k, 16k training blocks")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="tool only: tokens/s of beam search and of sampling at each of --batch-sizes")
+    parser.add_argument("--batch-sizes", default="64,256,1024", help="prompts per decoding chunk, comma-separated")
+    parser.add_argument("--chunks", type=int, default=2, help="--decode-only: timed chunks per batch size")
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -219,7 +224,9 @@ def main() -> None:
     report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
               "torch": torch.__version__, "workload": name,
               "fraction": fraction}
-    if args.scaling:
+    if args.decode_only:
+        report["decode"] = decode_only(spec, device, [int(b) for b in args.batch_sizes.split(",")], args.chunks)
+    elif args.scaling:
         report["scaling"] = scaling(spec, device)
     else:
         tokenizer, train_blocks, test_blocks = load_data(spec)
@@ -241,6 +248,30 @@ def main() -> None:
             report["speedup"]["cycle"] = report["reference"]["projected_cycle_s"] / report["tool"]["projected_cycle_s"]
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
+
+
+def decode_only(spec: dict, device: torch.device, batch_sizes: list[int], chunks: int) -> list[dict]:
+    """Decoding alone, through generate(), on the workload's untrained model: tokens/s by batch size.
+
+    One untimed chunk first (kernel warm-up); then `chunks` full chunks in one generate() call,
+    as the loop makes it (on CUDA that call includes the bf16 copy and the CUDA graph capture).
+    """
+    tokenizer, blocks, _ = load_data(dict(spec, n_train=max(batch_sizes) * chunks, n_test=1))
+    model = build_model(spec, tokenizer, 0, device).eval()
+    beam = spec["gen"] if spec["gen"].num_beams > 1 else replace(spec["gen"], do_sample=False, num_beams=5,
+                                                                  repetition_penalty=3.0)
+    sampling = replace(spec["gen"], do_sample=True, num_beams=1, repetition_penalty=1.0)
+    rows = []
+    for batch in batch_sizes:
+        for mode, gen in (("beam", beam), ("sample", sampling)):
+            gen = replace(gen, batch_size=batch * gen.num_beams)
+            prompts = np.ascontiguousarray(blocks[: batch * chunks, : gen.prompt_tokens])
+            generate(model, prompts[:batch], gen, 0, device)
+            _, seconds = timed(lambda prompts=prompts, gen=gen: generate(model, prompts, gen, 0, device), device)
+            rows.append({"mode": mode, "batch_prompts": batch, "rows": batch * gen.num_beams, "seconds": seconds,
+                         "tok_s": len(prompts) * gen.new_tokens / seconds})
+            print(rows[-1], flush=True)
+    return rows
 
 
 def scaling(spec: dict, device: torch.device) -> list[dict]:

@@ -12,7 +12,6 @@ from collapse_cli.cli import _register, conf_dir
 from collapse_cli.config import CurateConfig, RunConfig, to_run_config
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import get_family
-from collapse_cli.families.lm.generate import generation_kwargs
 
 GROUPS = ("model", "dataset", "generate", "metrics", "curate")
 
@@ -109,40 +108,15 @@ def test_added_keys_are_refused():
         composed(["+train.learning_rate=1e-4"])
 
 
-def preset(name: str) -> dict:
-    return generation_kwargs(composed([f"generate={name}"]).generate)
+def preset(name: str):
+    """A composed decoding preset; what each one decodes is tested in test_generate.py."""
+    return composed([f"generate={name}"]).generate
 
 
 def test_shumailov_preset_is_beam_search_with_repetition_penalty():
-    cfg = composed(["generate=shumailov"]).generate
-    kwargs = generation_kwargs(cfg)
-    assert kwargs["num_beams"] == 5 and kwargs["do_sample"] is False
-    assert kwargs["repetition_penalty"] > 1
-    assert cfg.prompt_tokens == 64 and kwargs["max_new_tokens"] == 64
-    assert "temperature" not in kwargs and "top_k" not in kwargs and "top_p" not in kwargs
-
-
-def test_greedy_preset():
-    kwargs = preset("greedy")
-    assert kwargs["do_sample"] is False and kwargs["num_beams"] == 1 and kwargs["repetition_penalty"] == 1.0
-    assert "top_p" not in kwargs
-
-
-def test_top_p_preset():
-    kwargs = preset("top_p")
-    assert kwargs["do_sample"] is True and kwargs["top_p"] == 0.9 and kwargs["top_k"] == 0
-    assert kwargs["temperature"] == 1.0
-
-
-def test_top_k_preset():
-    kwargs = preset("top_k")
-    assert kwargs["do_sample"] is True and kwargs["top_k"] == 50 and kwargs["top_p"] == 1.0
-
-
-def test_sample_preset_is_untruncated_ancestral_sampling():
-    kwargs = preset("sample")
-    assert kwargs["do_sample"] is True and kwargs["num_beams"] == 1
-    assert (kwargs["temperature"], kwargs["top_k"], kwargs["top_p"]) == (1.0, 0, 1.0)
+    cfg = preset("shumailov")
+    assert cfg.num_beams == 5 and cfg.do_sample is False and cfg.repetition_penalty == 3.0
+    assert cfg.prompt_tokens == 64 and cfg.new_tokens == 64
 
 
 def test_choices_are_typed_and_compare_as_words():
@@ -165,3 +139,10 @@ def test_cfg_job_prints_every_key_of_the_lm_model(tmp_path: Path):
                          capture_output=True, text=True, check=True, cwd=Path(conf_dir()).parent).stdout
     model = OmegaConf.create(out).model
     assert model.name == "gpt2" and model.family == "lm" and "hidden_size" in model and "bpe_vocab_size" in model
+
+
+def test_sampling_presets():
+    values = {name: (p.do_sample, p.num_beams, p.temperature, p.top_k, p.top_p, p.repetition_penalty)
+              for name in ("greedy", "sample", "top_k", "top_p") for p in [preset(name)]}
+    assert values == {"greedy": (False, 1, 1.0, 0, 1.0, 1.0), "sample": (True, 1, 1.0, 0, 1.0, 1.0),
+                      "top_k": (True, 1, 1.0, 50, 1.0, 1.0), "top_p": (True, 1, 1.0, 0, 0.9, 1.0)}

@@ -1,19 +1,18 @@
-"""Decoding: our KV-cached loop against transformers' generate(), and the sampler's law."""
+"""Decoding: greedy and sampling against transformers' generate(), the sampler's law, and what each preset decodes."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import OPTConfig, OPTForCausalLM
 
 from collapse_cli.config import GenerateConfig
-from collapse_cli.families.lm.generate import (
-    generate,
-    generation_kwargs,
-    pick_next,
-    sample_categorical,
-)
+from collapse_cli.families.lm.decode import pick_next, sample_categorical
+from collapse_cli.families.lm.generate import generate
 
 CPU = torch.device("cpu")
 
@@ -47,7 +46,7 @@ def test_greedy_loop_equals_transformers_generate(model, prompts):
     ours = generate(model, prompts, cfg, seed=0, device=CPU)
     with torch.inference_mode():
         theirs = model.generate(input_ids=torch.from_numpy(prompts), attention_mask=torch.ones(prompts.shape, dtype=torch.long),
-                                **generation_kwargs(cfg))[:, prompts.shape[1]:].numpy()
+                                max_new_tokens=10, do_sample=False)[:, prompts.shape[1]:].numpy()
     assert ours.shape == (12, 10)
     assert np.array_equal(ours, theirs)
 
@@ -57,7 +56,7 @@ def test_repetition_penalty_matches_transformers(model, prompts):
     ours = generate(model, prompts, cfg, seed=0, device=CPU)
     with torch.inference_mode():
         theirs = model.generate(input_ids=torch.from_numpy(prompts), attention_mask=torch.ones(prompts.shape, dtype=torch.long),
-                                **generation_kwargs(cfg))[:, prompts.shape[1]:].numpy()
+                                max_new_tokens=10, do_sample=False, repetition_penalty=1.5)[:, prompts.shape[1]:].numpy()
     assert np.array_equal(ours, theirs)
 
 
@@ -92,3 +91,57 @@ def test_top_k_and_temperature():
     cold = pick_next(logits, GenerateConfig(do_sample=True, temperature=0.25), generator).numpy()
     # p^(1/T) with T = 0.25: 0.4^4 / (0.4^4 + 0.3^4 + 0.2^4 + 0.1^4) = 0.0256 / 0.0354 = 0.723
     assert abs(np.mean(cold == 0) - 0.723) < 0.015
+
+
+# --- what each preset decodes (conf/generate/*.yaml) ---------------------------------------------
+CONF = Path(__file__).resolve().parents[1] / "conf" / "generate"
+
+
+def preset(name: str, new_tokens: int = 12) -> GenerateConfig:
+    values = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
+    return GenerateConfig(**{**values, "new_tokens": new_tokens, "prompt_tokens": 5})
+
+
+def next_token_logits(model, prompts: np.ndarray, continuation: np.ndarray) -> torch.Tensor:
+    """Teacher-forced: the logits each new token was chosen from, [n, new_tokens, V]."""
+    ids = torch.from_numpy(np.concatenate([prompts, continuation], axis=1))
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits
+    return logits[:, prompts.shape[1] - 1:-1]
+
+
+def ranks(logits: torch.Tensor, tokens: np.ndarray) -> np.ndarray:
+    """0 for the most likely token, 1 for the next, ..."""
+    chosen = logits.gather(-1, torch.from_numpy(tokens)[..., None])
+    return (logits > chosen).sum(-1).numpy()
+
+
+def test_greedy_preset_takes_the_argmax_every_step(model, prompts):
+    tokens = generate(model, prompts, preset("greedy"), seed=0, device=CPU)
+    assert (ranks(next_token_logits(model, prompts, tokens), tokens) == 0).all()
+
+
+def test_top_k_preset_never_leaves_the_top_50(model, prompts):
+    tokens = generate(model, prompts, preset("top_k", new_tokens=40), seed=1, device=CPU)
+    token_ranks = ranks(next_token_logits(model, prompts, tokens), tokens)
+    assert token_ranks.max() < 50
+    assert (token_ranks > 0).mean() > 0.5  # it samples: not greedy
+
+
+def test_top_p_preset_stays_in_the_nucleus(model, prompts):
+    tokens = generate(model, prompts, preset("top_p", new_tokens=40), seed=2, device=CPU)
+    probs = next_token_logits(model, prompts, tokens).softmax(-1)
+    chosen = probs.gather(-1, torch.from_numpy(tokens)[..., None])
+    # Mass of the tokens strictly more likely than the one drawn: below 0.9, or it was outside the nucleus.
+    mass_before = (probs * (probs > chosen)).sum(-1)
+    assert (mass_before < 0.9).all()
+    assert (mass_before > 0).float().mean() > 0.5
+
+
+def test_sample_preset_is_untruncated(model, prompts):
+    tokens = generate(model, prompts, preset("sample", new_tokens=40), seed=3, device=CPU)
+    logits = next_token_logits(model, prompts, tokens)
+    mass_before = (logits.softmax(-1) * (logits > logits.gather(-1, torch.from_numpy(tokens)[..., None]))).sum(-1)
+    # Ancestral sampling reaches the tail that top_p=0.9 cuts.
+    assert (mass_before >= 0.9).any()
+

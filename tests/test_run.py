@@ -85,11 +85,12 @@ def test_multirun_makes_one_folder_per_value(tmp_path: Path):
 
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path: Path, capsys, tiny_finished: Path):
     run = tmp_path / "dry"
-    assert run_in_process(["run", *TINY, "mix=0.25", "dry_run=true", f"hydra.run.dir={run}"]) == 0
+    assert run_in_process(["run", *TINY, "mix=0.25", "dry_run=true", "device=cpu", f"hydra.run.dir={run}"]) == 0
     out = capsys.readouterr().out
     n_real = json.loads((tiny_finished / "gen_000" / "composition.json").read_text())["blocks"]
     assert "on cpu" in out
     assert "M parameters" in out
+    assert "decoder: own static-cache decoder (opt)" in out
     assert "each generation trains on 25% real / 75% synthetic data" in out
     # The plan table: generation 1 trains on N blocks (N*64 tokens), round(N/4) of them real.
     plan_rows = [line.split() for line in out.splitlines() if line.count("│") >= 5]

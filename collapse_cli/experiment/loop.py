@@ -24,6 +24,7 @@ import numpy as np
 from collapse_cli.config import RunConfig
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import compose as composition
+from collapse_cli.experiment import tracking
 from collapse_cli.experiment.progress import Feedback
 from collapse_cli.experiment.rundir import RunDir, gen_name, read_metrics
 from collapse_cli.experiment.seeds import compose_seed, stage_seed
@@ -256,7 +257,7 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
     setup = prepare(cfg)
     family = setup.family
     feedback.show_plan(cfg, setup.device, family.describe(), family.n_parameters(setup.base_model), plan(setup),
-                       composition.describe_mix(cfg.regime, cfg.mix))
+                       composition.describe_mix(cfg.regime, cfg.mix), family.describe_sampling(setup.base_model))
     if cfg.dry_run:
         return None
     run_dir = RunDir(path)
@@ -264,17 +265,20 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
     total = cfg.generations + 1
     run_dir.set_status("running", generations_done=first, generations_total=total)
     status_written = time.monotonic()
-    for g in range(first, total):
-        check_disk(run_dir, cfg, g)
-        metrics = run_generation(g, setup, state, run_dir, feedback)
-        run_dir.finish_generation(g, metrics)
-        if time.monotonic() - status_written >= STATUS_EVERY_S:
-            run_dir.set_status("running", generations_done=g + 1, generations_total=total)
-            status_written = time.monotonic()
-        log.info(feedback.generation_line(metrics, family.table_keys))
-    summary = finish(setup, run_dir)
-    # The generation-0 copy only serves scoring and resumes; `checkpoints=all` keeps it as gen_000/model.
-    shutil.rmtree(run_dir.path / "reference", ignore_errors=True)
-    run_dir.set_status("finished", generations_done=total, generations_total=total)
+    with tracking.start(cfg, run_dir.path, first) as trackers:  # closes the tracker runs however this ends
+        for g in range(first, total):
+            check_disk(run_dir, cfg, g)
+            metrics = run_generation(g, setup, state, run_dir, feedback)
+            run_dir.finish_generation(g, metrics)
+            if time.monotonic() - status_written >= STATUS_EVERY_S:
+                run_dir.set_status("running", generations_done=g + 1, generations_total=total)
+                status_written = time.monotonic()
+            log.info(feedback.generation_line(metrics, family.table_keys))
+            trackers.log_generation(metrics)
+        summary = finish(setup, run_dir)
+        # The generation-0 copy only serves scoring and resumes; `checkpoints=all` keeps it as gen_000/model.
+        shutil.rmtree(run_dir.path / "reference", ignore_errors=True)
+        run_dir.set_status("finished", generations_done=total, generations_total=total)
+        trackers.finish(summary)
     feedback.show_summary(run_dir, summary, family.table_keys)
     return summary

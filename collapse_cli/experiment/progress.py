@@ -50,11 +50,14 @@ class Feedback:
 
             yield update
 
-    def show_plan(self, cfg, device, model: str, n_params: int, rows: list[dict], mix_words: str) -> None:
+    def show_plan(self, cfg, device, model: str, n_params: int, rows: list[dict], mix_words: str,
+                  decoder: str = "") -> None:
         self.console.print(f"[bold]collapse run[/]: model {model} ({n_params / 1e6:.2f}M parameters) "
                            f"on {device.type}{' (bf16)' if device.type == 'cuda' else ''}, dataset {cfg.dataset.name}, "
                            f"regime {cfg.regime}, seed {cfg.seed}")
         self.console.print(f"{cfg.generations} recursive generations after generation 0; {mix_words}")
+        if decoder:
+            self.console.print(f"decoder: {decoder}")
         table = Table(title="plan: training set of each generation")
         columns = list(rows[0])
         for column in columns:

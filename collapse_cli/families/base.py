@@ -148,6 +148,10 @@ class Family(ABC):
         """The model's name in the plan line."""
         return self.name
 
+    def describe_sampling(self, model: Any) -> str:
+        """How `sample` draws, for the plan (LM: the decoder and its settings); empty: nothing to say."""
+        return ""
+
     # --- files ------------------------------------------------------------------------------
     @abstractmethod
     def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:

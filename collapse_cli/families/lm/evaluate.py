@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from collapse_cli.families.lm.train import autocast
+from collapse_cli.families.lm.train import autocast, inference_model
 
 OnBatch = Optional[Callable[[int, int], None]]
 
@@ -43,7 +44,7 @@ def token_nll(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, devic
 
 @torch.inference_mode()
 def score_blocks(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, device: torch.device,
-                 transition: Optional[np.ndarray] = None, on_batch: OnBatch = None) -> tuple[np.ndarray, float, float]:
+                 transition: np.ndarray | None = None, on_batch: OnBatch = None) -> tuple[np.ndarray, float, float]:
     """Per-token NLL as `token_nll`, plus, when the true law is known, H(p, q) and H(p).
 
     `transition[prev]` is the exact next-token law of the builtin language, so the
@@ -51,7 +52,7 @@ def score_blocks(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, de
     (nats/token, averaged over positions); both are nan without a transition. One
     forward pass serves both, since they score the same test blocks.
     """
-    model.eval()
+    model = inference_model(model, device).eval()  # bf16 weights on CUDA
     nll = np.empty((len(blocks), blocks.shape[1] - 1), dtype=np.float32)
     truth = None
     if transition is not None:
@@ -96,7 +97,7 @@ def sliding_windows(stream_length: int, window: int, stride: int) -> list[tuple[
 def sliding_nll(model: torch.nn.Module, stream: np.ndarray, window: int, stride: int, batch_size: int,
                 device: torch.device) -> tuple[float, int]:
     """Sum of NLL (nats) and count of tokens scored by a strided sliding window over one stream."""
-    model.eval()
+    model = inference_model(model, device).eval()
     total, count = 0.0, 0
     spans = sliding_windows(len(stream), window, stride)
     full = [s for s in spans if s[1] - s[0] == window]

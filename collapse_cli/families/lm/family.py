@@ -21,6 +21,7 @@ from collapse_cli.families.base import Curated, Family, Progress, RealData
 from collapse_cli.families.lm import profile
 from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import load_corpus, make_blocks
+from collapse_cli.families.lm.decode import describe as describe_decoder
 from collapse_cli.families.lm.generate import generate, prompts_for
 from collapse_cli.families.lm.models import build_base_model, load_tokenizer, max_positions, n_parameters
 from collapse_cli.families.lm.train import train
@@ -114,6 +115,9 @@ class LMFamily(Family):
 
     def describe(self) -> str:
         return self.cfg.model.path or self.cfg.model.name
+
+    def describe_sampling(self, model: torch.nn.Module) -> str:
+        return describe_decoder(model, self.cfg.generate)
 
     def reference_files(self) -> dict[str, np.ndarray]:
         return {"reference_test_seq_ppl.npy": self.reference.test_seq_ppl.astype(np.float32)}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -31,6 +31,16 @@ def autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def inference_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The weights generation and scoring run on: a bf16 copy on CUDA (2x autocast's beam search
+    speed, half the memory traffic), the fp32 model itself on the CPU. Training keeps fp32 masters."""
+    if device.type != "cuda":
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(torch.bfloat16).eval()
+
+
 def lr_at(step: int, total_steps: int, warmup_steps: int) -> float:
     """Linear warm-up, then linear decay to zero: the multiplier of the peak learning rate."""
     if step < warmup_steps:
@@ -45,8 +55,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
                              betas=(0.9, 0.98), fused=device.type == "cuda")
 
 
+def compiles(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.compile if cfg.compile is not None else device.type == "cuda"
+
+
 def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: int, device: torch.device,
-          generation: int, on_step: Optional[Callable[[int, int], None]] = None) -> TrainStats:
+          generation: int, on_step: Callable[[int, int], None] | None = None) -> TrainStats:
     """Train `model` in place for cfg.epochs over `blocks` ([n, block_size] token ids)."""
     data = torch.from_numpy(blocks).to(device)  # the whole set lives on the device
     n_blocks = len(data)
@@ -57,6 +71,8 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, total_steps, warmup_steps))
     generator = torch.Generator().manual_seed(seed)
     model.train()
+    # The compiled module shares the model's parameters: training it trains `model`.
+    forward = torch.compile(model, dynamic=False) if compiles(cfg, device) else model
     start, step, losses = time.perf_counter(), 0, []
     window, window_steps = torch.zeros((), device=device), 0
     for _ in range(cfg.epochs):
@@ -64,7 +80,7 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
         for first in range(0, n_blocks, cfg.batch_size):
             batch = data[order[first:first + cfg.batch_size]]
             with autocast(device):
-                loss = model(input_ids=batch, labels=batch).loss
+                loss = forward(input_ids=batch, labels=batch).loss
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -1,0 +1,186 @@
+"""The own decoder against transformers' generate(): tiny OPT, GPT-2 and Llama built from configs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+)
+
+from collapse_cli.config import GenerateConfig
+from collapse_cli.families.lm.decode import describe, has_own_decoder
+from collapse_cli.families.lm.generate import generate, n_chunks
+
+CPU = torch.device("cpu")
+VOCAB = 96
+SHUMAILOV = {"do_sample": False, "num_beams": 5, "repetition_penalty": 3.0}
+
+
+def build(kind: str, attention: str = "sdpa", seed: int = 0) -> torch.nn.Module:
+    common = {"vocab_size": VOCAB, "bos_token_id": 1, "eos_token_id": 1, "pad_token_id": 0}
+    configs = {
+        "opt": lambda: OPTForCausalLM(OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64,
+                                                max_position_embeddings=64, word_embed_proj_dim=32, **common)),
+        "gpt2": lambda: GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64, **common)),
+        "llama": lambda: LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                      num_attention_heads=4, num_key_value_heads=2,
+                                                      max_position_embeddings=64, **common)),
+        "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                             num_attention_heads=2, max_position_embeddings=64, **common)),
+    }
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = configs[kind]()
+    model.config._attn_implementation = attention
+    model.generation_config.eos_token_id = None  # as models.py: no EOS stop
+    return model.eval()
+
+
+def prompts(n: int = 24, length: int = 6, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(2, VOCAB, size=(n, length))
+
+
+def reference(model, prompt_ids: np.ndarray, new_tokens: int, **kwargs) -> np.ndarray:
+    with torch.inference_mode():
+        out = model.generate(input_ids=torch.from_numpy(prompt_ids), attention_mask=torch.ones(prompt_ids.shape, dtype=torch.long),
+                             max_new_tokens=new_tokens, length_penalty=1.0, early_stopping=False, **kwargs)
+    return out[:, prompt_ids.shape[1]:].numpy()
+
+
+def beam_score(model, prompt: np.ndarray, continuation: np.ndarray, penalty: float) -> float:
+    """Beam search's accumulated score of one continuation: penalized log-probabilities, teacher-forced."""
+    ids = torch.from_numpy(np.concatenate([prompt, continuation]))[None]
+    with torch.inference_mode():
+        log_probs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    total = 0.0
+    for step, token in enumerate(continuation):
+        position = len(prompt) + step - 1
+        value = float(log_probs[position, token])
+        total += value * penalty if token in ids[0, : position + 1] else value
+    return total
+
+
+def assert_same_or_tied(model, prompt_ids, ours, theirs, penalty):
+    """Every row equal; a row may differ only where both continuations score the same within 1e-5
+    (a near-tie that a different summation order can flip)."""
+    for row in np.flatnonzero((ours != theirs).any(axis=1)):
+        ours_score = beam_score(model, prompt_ids[row], ours[row], penalty)
+        theirs_score = beam_score(model, prompt_ids[row], theirs[row], penalty)
+        assert abs(ours_score - theirs_score) < 1e-5, (row, ours_score, theirs_score)
+
+
+@pytest.mark.parametrize("kind", ["opt", "gpt2", "llama"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_beam_search_equals_transformers_generate(kind, seed):
+    model = build(kind, seed=seed)
+    prompt_ids = prompts(seed=seed)
+    # batch_size 40: chunks of 8 prompts, so the last chunk and the chunk loop are exercised.
+    ours = generate(model, prompt_ids, GenerateConfig(**SHUMAILOV, new_tokens=16, batch_size=40), seed=0, device=CPU)
+    theirs = reference(model, prompt_ids, 16, num_beams=5, repetition_penalty=3.0, num_return_sequences=1)
+    assert ours.shape == (24, 16)
+    assert_same_or_tied(model, prompt_ids, ours, theirs, 3.0)
+
+
+@pytest.mark.parametrize("kind", ["opt", "gpt2", "llama"])
+def test_greedy_equals_transformers_generate(kind):
+    model, prompt_ids = build(kind), prompts()
+    ours = generate(model, prompt_ids, GenerateConfig(do_sample=False, new_tokens=16, batch_size=10), seed=0, device=CPU)
+    assert np.array_equal(ours, reference(model, prompt_ids, 16, do_sample=False))
+
+
+def test_eager_attention_gets_an_additive_mask():
+    model, prompt_ids = build("llama", attention="eager"), prompts(n=10)
+    ours = generate(model, prompt_ids, GenerateConfig(**SHUMAILOV, new_tokens=12, batch_size=25), seed=0, device=CPU)
+    theirs = reference(model, prompt_ids, 12, num_beams=5, repetition_penalty=3.0, num_return_sequences=1)
+    assert_same_or_tied(model, prompt_ids, ours, theirs, 3.0)
+
+
+def test_beam_score_helper_agrees_with_generate():
+    # The near-tie check is only as good as its score: it must equal generate()'s own sequence score
+    # (length_penalty 1: the sum divided by the number of new tokens).
+    model, prompt_ids = build("opt"), prompts(n=3)
+    with torch.inference_mode():
+        out = model.generate(input_ids=torch.from_numpy(prompt_ids), max_new_tokens=10, num_beams=5,
+                             repetition_penalty=3.0, length_penalty=1.0, early_stopping=False,
+                             return_dict_in_generate=True, output_scores=True)
+    for row in range(3):
+        score = beam_score(model, prompt_ids[row], out.sequences[row, 6:].numpy(), 3.0)
+        assert abs(score / 10 - float(out.sequences_scores[row])) < 1e-5
+
+
+def test_other_architectures_fall_back_to_generate():
+    model, prompt_ids = build("gpt_neox"), prompts(n=6)
+    assert not has_own_decoder(model) and has_own_decoder(build("llama"))
+    beams = GenerateConfig(**SHUMAILOV, new_tokens=8, batch_size=15)
+    assert "generate()" in describe(model, beams) and "gpt_neox" in describe(model, beams)
+    assert describe(build("opt"), beams) == "own static-cache decoder (opt)"
+    ours = generate(model, prompt_ids, beams, seed=0, device=CPU)
+    assert np.array_equal(ours, reference(model, prompt_ids, 8, num_beams=5, repetition_penalty=3.0))
+    greedy = generate(model, prompt_ids, GenerateConfig(do_sample=False, new_tokens=8), seed=0, device=CPU)
+    assert np.array_equal(greedy, reference(model, prompt_ids, 8, do_sample=False))
+
+
+@pytest.mark.parametrize("cfg", [GenerateConfig(do_sample=True, new_tokens=8, batch_size=5),
+                                 GenerateConfig(**SHUMAILOV, new_tokens=8, batch_size=10)], ids=["sample", "beam"])
+def test_chunks_reassemble_the_corpus(cfg):
+    """The contract with a sharded run: any split of the chunks, put back in order, is the whole corpus."""
+    model, prompt_ids = build("opt"), prompts(n=23)
+    whole = generate(model, prompt_ids, cfg, seed=7, device=CPU)
+    count = n_chunks(len(prompt_ids), cfg)
+    assert count >= 5
+    rank0 = generate(model, prompt_ids, cfg, seed=7, device=CPU, chunks=range(0, count, 2))
+    rank1 = generate(model, prompt_ids, cfg, seed=7, device=CPU, chunks=range(1, count, 2))
+    size = -(-len(prompt_ids) // count)
+    rebuilt = np.empty_like(whole)
+    for piece, ranks in ((rank0, range(0, count, 2)), (rank1, range(1, count, 2))):
+        offset = 0
+        for k in ranks:
+            rows = len(prompt_ids[k * size:(k + 1) * size])
+            rebuilt[k * size:k * size + rows] = piece[offset:offset + rows]
+            offset += rows
+        assert offset == len(piece)
+    assert np.array_equal(rebuilt, whole)
+    reversed_order = generate(model, prompt_ids, cfg, seed=7, device=CPU, chunks=reversed(range(count)))
+    assert np.array_equal(reversed_order[: len(prompt_ids) - (count - 1) * size], whole[(count - 1) * size:])
+
+
+def test_chunks_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="out of range"):
+        generate(build("opt"), prompts(n=4), GenerateConfig(new_tokens=4, batch_size=2), seed=0, device=CPU, chunks=[2])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["opt", "gpt2", "llama"])
+def test_bf16_decoder_on_cuda_matches_generate(kind):
+    """bf16 weights, CUDA graph replay: the same tokens as generate() on the same bf16 model,
+    except where two beams' scores are within bf16 noise of each other."""
+    cuda = torch.device("cuda")
+    model, prompt_ids = build(kind), prompts(n=40)
+    cfg = GenerateConfig(**SHUMAILOV, new_tokens=16, batch_size=50)  # chunks of 10: the last one is padded
+    ours = generate(model.to(cuda), prompt_ids, cfg, seed=0, device=cuda)
+    bf16 = model.to(torch.bfloat16)
+    with torch.inference_mode():
+        theirs = bf16.generate(input_ids=torch.from_numpy(prompt_ids).to(cuda), max_new_tokens=16, num_beams=5,
+                               repetition_penalty=3.0, length_penalty=1.0, early_stopping=False)[:, 6:].cpu().numpy()
+    model = model.float().cpu()
+    for row in np.flatnonzero((ours != theirs).any(axis=1)):
+        # Scored by the fp32 model: a differing beam is one of about equal quality, never a worse one.
+        ours_score = beam_score(model, prompt_ids[row], ours[row], 3.0)
+        theirs_score = beam_score(model, prompt_ids[row], theirs[row], 3.0)
+        assert ours_score >= theirs_score - 0.01 * abs(theirs_score), (row, ours_score, theirs_score)
+    greedy = GenerateConfig(do_sample=False, new_tokens=16, batch_size=16)
+    ours = generate(model.to(cuda), prompt_ids, greedy, seed=0, device=cuda)
+    with torch.inference_mode():
+        theirs = model.to(torch.bfloat16).generate(input_ids=torch.from_numpy(prompt_ids).to(cuda), max_new_tokens=16,
+                                                   do_sample=False)[:, 6:].cpu().numpy()
+    assert (ours == theirs).all(axis=1).mean() >= 0.9  # argmax flips where two logits tie within bf16 rounding
