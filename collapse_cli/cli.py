@@ -10,11 +10,12 @@ import secrets
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
-
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING, Optional
 
 from collapse_cli.errors import CollapseError
+
+if TYPE_CHECKING:  # omegaconf, hydra, torch: imported by the commands that use them, so `--help` starts fast
+    from omegaconf import DictConfig
 
 USAGE = """usage: collapse <command> [args]
 
@@ -39,6 +40,8 @@ FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "-
                     "--config-dir", "-cd", "--experimental-rerun"}
 # Flags after which Hydra prints and exits: nothing is composed, so nothing is checked.
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
+FLAGS_WITHOUT_VALUE = {"-m", "--multirun", "-r", "--run", "--resolve", *INFO_FLAGS}
+INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}  # --info's optional value
 
 
 def conf_dir() -> str:
@@ -56,6 +59,8 @@ def error_line(message: str) -> int:
 
 
 def _register() -> None:
+    from omegaconf import OmegaConf
+
     from collapse_cli.config import register_schema
 
     register_schema()
@@ -81,6 +86,59 @@ def split_args(args: list[str]) -> tuple[list[str], bool, bool]:
     return overrides, multirun, info_only
 
 
+def hydra_argv(args: list[str]) -> list[str]:
+    """Hydra's flags first, then the overrides, for Hydra's argparse, which takes overrides in one run
+    only (`collapse run mix=0.1 -m seed=0,1` would leave `seed=0,1` unrecognized). Unknown flags and
+    flags missing their value are one-line errors here, not Hydra's usage text."""
+    flags, overrides, rest = [], [], list(args)
+    while rest:
+        arg = rest.pop(0)
+        name = arg.split("=", 1)[0]
+        if not arg.startswith("-"):
+            overrides.append(arg)
+        elif name in FLAGS_WITH_VALUE and "=" not in arg:
+            if not rest or rest[0].startswith("-"):
+                raise CollapseError(f"collapse run {arg}: the flag needs a value (see `collapse run --help`)")
+            flags += [arg, rest.pop(0)]
+        elif name in ("--info", "-i") and rest and rest[0] in INFO_CHOICES:
+            flags += [arg, rest.pop(0)]
+        elif name in FLAGS_WITH_VALUE or name in FLAGS_WITHOUT_VALUE:
+            flags.append(arg)
+        else:
+            raise CollapseError(f"collapse run: unknown flag {arg}; overrides are key=value, and "
+                                f"`collapse run --help` lists Hydra's flags")
+    return flags + overrides
+
+
+def is_hydra_override(override: str) -> bool:
+    return override.lstrip("+~").startswith("hydra")
+
+
+def check_output_folder(key: str, value: str) -> None:
+    """The folder Hydra will create, checked before it tries (os.makedirs would raise a traceback)."""
+    import os
+    import tempfile
+
+    if not value.strip():
+        raise CollapseError(f"{key} is empty: give a folder, e.g. {key}=outputs/my_run ({key}=. for this one)")
+    literal = value.split("${", 1)[0]  # ${now:...}, ${run_id:}: only the part before them is known yet
+    folder = Path(literal or ".").expanduser().absolute()
+    if literal != value and not literal.endswith("/"):
+        folder = folder.parent  # the interpolation completes the last name
+    try:
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+    except OSError as err:  # an ancestor that cannot be searched
+        raise CollapseError(f"{key}={value}: cannot look into {err.filename} ({err.strerror}); "
+                            f"choose another {key}") from None
+    if not existing.is_dir():
+        raise CollapseError(f"{key}={value}: {existing} is a file, not a folder; choose another {key}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".collapse-check-", dir=existing))  # can folders be made there?
+    except OSError as err:
+        raise CollapseError(f"{key}={value}: cannot create a folder in {existing} ({err.strerror}); "
+                            f"choose a writable {key}") from None
+
+
 def expand_sweeps(overrides: list[str]) -> list[list[str]]:
     """Every job of a basic-sweeper multirun, as plain override lists."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -97,15 +155,22 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
 
 
 def preflight(overrides: list[str], multirun: bool) -> list:
-    """Compose and validate every job before Hydra starts any, so bad input costs nothing; returns their RunConfigs."""
+    """Compose and validate every job, and check the output folder, before Hydra starts any job,
+    so bad input costs nothing; returns the jobs' RunConfigs."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     from collapse_cli.config import to_run_config
 
-    job_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    job_overrides = [o for o in overrides if not is_hydra_override(o)]
     jobs = expand_sweeps(job_overrides) if multirun else [job_overrides]
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        return [to_run_config(compose(config_name="config", overrides=job)) for job in jobs]
+        runs = [to_run_config(compose(config_name="config", overrides=job)) for job in jobs]
+        hydra_overrides = [o for o in overrides if is_hydra_override(o)]
+        hydra_cfg = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True).hydra
+    where = "sweep" if multirun else "run"
+    check_output_folder(f"hydra.{where}.dir", str(OmegaConf.to_container(hydra_cfg[where], resolve=False)["dir"]))
+    return runs
 
 
 def resolve_sweep_dir(overrides: list[str]) -> tuple[Path, bool]:
@@ -116,8 +181,9 @@ def resolve_sweep_dir(overrides: list[str]) -> tuple[Path, bool]:
     for a requeued job; and this process knows where to read each job's status afterwards.
     """
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
-    hydra_overrides = [o for o in overrides if o.lstrip("+~").startswith("hydra")]
+    hydra_overrides = [o for o in overrides if is_hydra_override(o)]
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):
         cfg = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True)
     by_job_number = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${hydra.job.num}"
@@ -158,7 +224,12 @@ def hydra_message(err: Exception) -> str:
     text = full.splitlines()[0] if full else type(err).__name__
     # The cause says why: "Key 'foo' not in 'RunConfig'", "Value 'abc' ... could not be converted to Float".
     cause = str(err.__cause__).strip().splitlines()[0] if err.__cause__ and str(err.__cause__).strip() else ""
-    if "Could not find" in full and "Available options" in full:
+    if type(err).__name__ == "OverrideParseException":
+        # The grammar's own words ("LexerNoViableAltException", "extraneous input ')'") come after the fix.
+        why = [line for line in full.splitlines() if line.strip() and "^" not in line and "hydra.cc" not in line][-1]
+        text = (f"{getattr(err, 'override', '')}: Hydra cannot parse this override ({why.strip()}); quote a value "
+                f"with spaces or non-ASCII characters, as key='my value'")
+    elif "Could not find" in full and "Available options" in full:
         # "Available options in 'model':\n\tgpt2\n\topt125m ..." up to the search path.
         listing = full.split("Available options", 1)[1].split(":", 1)[1].split("Config search path")[0]
         text = f"{text.rstrip('.')}: use one of {', '.join(listing.split())}"
@@ -175,9 +246,11 @@ def hydra_message(err: Exception) -> str:
 
 
 def run_task(cfg: DictConfig) -> None:
-    """The Hydra task. Under submitit it runs in the launcher's job process, and again there when the job is requeued."""
+    """The Hydra task. Under submitit it runs in the launcher's job process, and again there when the job
+    is requeued."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from omegaconf import OmegaConf
 
     from collapse_cli.config import to_run_config
     from collapse_cli.experiment import gpu_slots
@@ -301,24 +374,26 @@ def run_command(args: list[str]) -> int:
 
     from collapse_cli.experiment import gpu_slots
 
+    _quiet_transformers()
     _register()
     overrides, multirun, info_only = split_args(args)
     runs, sweep_dir = [], None
-    if not info_only:
-        try:
+    try:
+        argv = hydra_argv(args)
+        if not info_only:
             runs = preflight(overrides, multirun)
             if multirun:
                 sweep_dir, by_job_number = resolve_sweep_dir(overrides)
-        except CollapseError as err:
-            return error_line(str(err))
-        except Exception as err:  # Hydra/OmegaConf composition errors
-            return error_line(hydra_message(err))
+    except CollapseError as err:
+        return error_line(str(err))
+    except Exception as err:  # Hydra/OmegaConf composition errors
+        return error_line(hydra_message(err))
     if sweep_dir is not None:
-        args = [a for a in args if not a.startswith("hydra.sweep.dir=")] + [f"hydra.sweep.dir={quoted(str(sweep_dir))}"]
+        argv = [a for a in argv if not a.startswith("hydra.sweep.dir=")] + [f"hydra.sweep.dir={quoted(str(sweep_dir))}"]
         gpu_slots.publish_box_gpus()
     main = hydra.main(version_base=None, config_path=conf_dir(), config_name="config")(run_task)
     saved_argv = sys.argv
-    sys.argv = ["collapse run", *args]
+    sys.argv = ["collapse run", *argv]
     try:
         main()
     finally:
@@ -331,6 +406,8 @@ def run_command(args: list[str]) -> int:
 
 
 def resume_command(args: list[str]) -> int:
+    from omegaconf import OmegaConf
+
     from collapse_cli.config import to_run_config
     from collapse_cli.experiment.rundir import RunDir
 
@@ -345,8 +422,15 @@ def resume_command(args: list[str]) -> int:
         return 0
     _register()
     try:
+        recorded = OmegaConf.load(saved)
+    except Exception as err:  # YAML syntax, unreadable file
+        recorded = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    if isinstance(recorded, str) or not OmegaConf.is_dict(recorded):
+        why = recorded if isinstance(recorded, str) else "not a mapping of keys"
+        return error_line(f"{saved}: not a run configuration ({why}); the file was edited: restore it or start anew")
+    try:
         # Overrides fix what stopped the run (a diverging train.lr, say); later generations use them.
-        config = OmegaConf.merge(OmegaConf.load(saved), OmegaConf.from_dotlist(overrides))
+        config = OmegaConf.merge(recorded, OmegaConf.from_dotlist(overrides))
         run_config = to_run_config(config)
     except CollapseError as err:
         return error_line(str(err))
@@ -359,18 +443,27 @@ def resume_command(args: list[str]) -> int:
         atomic_write_bytes(saved, OmegaConf.to_yaml(config).encode())
         atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())
     run_config.resume = True
+    _quiet_transformers()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(), logging.FileHandler(path / "collapse.log")])
     return execute_guarded(run_config, path)
 
 
 def _quiet_libraries() -> None:
-    """Our own bars and log lines replace the libraries' download and save bars."""
+    """Our own bars and log lines replace the libraries' download and save bars.
+
+    Environment only: importing transformers (or torch) here would cost every command,
+    `--help` and `compare` included, a second of start-up; the commands that train import it.
+    """
     import os
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _quiet_transformers() -> None:
+    """For the commands that load models: transformers' own bars off (it is imported by then anyway)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -394,6 +487,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             return compare.main(rest) if command == "compare" else compare.show_main(rest)
     except CollapseError as err:
         return error_line(str(err))
+    except KeyboardInterrupt:
+        # A run in progress handles Ctrl-C itself (execute_guarded: status `interrupted`, a resume hint);
+        # one that reaches here came while loading libraries or composing the config: nothing has run.
+        print(f"collapse: interrupted (Ctrl-C) before `{command}` started any work", file=sys.stderr)
+        return 130
     return error_line(f"unknown command {command!r}; commands: run, resume, compare, show (see `collapse --help`)")
 
 

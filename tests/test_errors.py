@@ -4,7 +4,6 @@ and no run folder that looks finished (none at all when the preflight catches th
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,32 @@ PREFLIGHT, RUNTIME = "preflight", "runtime"  # RUNTIME: caught once the run star
 OTHER_FAMILIES = {"model=gmm", "model=vae", "dataset=gaussian", "dataset=digits"}  # TINY's keys do not fit them
 
 
+def composed_config(*overrides: str) -> str:
+    """The config a `collapse run` with these overrides would record, without validating it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from collapse_cli.cli import _register, conf_dir
+
+    _register()
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        return OmegaConf.to_yaml(compose(config_name="config", overrides=list(overrides)))
+
+
+def write_run_folder(folder: Path, config: str, files: dict[str, str]) -> None:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(config)
+    for name, content in files.items():
+        (folder / name).write_text(content)
+
+
 def write_inputs(folder: Path) -> None:
+    (folder / "adir").mkdir()
+    # Run folders as an older version, an editor or a crash might leave them.
+    write_run_folder(folder / "negative_seed_run", composed_config("seed=-1"), {"status.json": '{"state": "failed"}'})
+    write_run_folder(folder / "garbled_run", "{{ not: yaml", {})
+    write_run_folder(folder / "bad_status_run", "seed: 0\n", {"status.json": "{oops", "metrics.jsonl": ""})
+    write_run_folder(folder / "list_metrics_run", "seed: 0\n", {"metrics.jsonl": "[1, 2]\n"})
     (folder / "small.txt").write_text("hello world\n\nfoo bar\n")
     (folder / "empty.txt").write_text("")
     (folder / "binary.txt").write_bytes(b"some text\x00\x01\x02 more")
@@ -83,6 +107,47 @@ CASES = [
      ["curate", "model.family=gmm", "curate=none"], PREFLIGHT),
     ("unknown-subcommand", ["frobnicate"], ["frobnicate"], PREFLIGHT),
     ("resume-a-non-run-folder", ["resume", "{tmp}"], ["not a run folder"], PREFLIGHT),
+    # Seeds feed numpy's SeedSequence (non-negative) and torch.manual_seed: checked at the door, resume included.
+    ("negative-seed", ["run", "seed=-1"], ["seed=-1", "from 0"], PREFLIGHT),
+    ("negative-seed-in-a-sweep", ["run", "-m", "seed=0,-1"], ["seed=-1"], PREFLIGHT),
+    ("huge-seed", ["run", "seed=4294967296"], ["seed=4294967296"], PREFLIGHT),
+    ("negative-dataset-seed", ["run", "dataset.seed=-1"], ["dataset.seed=-1"], PREFLIGHT),
+    ("resume-a-run-with-a-negative-seed", ["resume", "{tmp}/negative_seed_run"], ["seed=-1"], PREFLIGHT),
+    # The run and sweep folders are checked before Hydra tries to make them.
+    ("run-dir-under-proc", ["run", "hydra.run.dir=/proc/x/y"], ["hydra.run.dir=/proc/x/y", "cannot create"],
+     PREFLIGHT),
+    ("run-dir-is-a-file", ["run", "hydra.run.dir={tmp}/small.txt"], ["hydra.run.dir=", "is a file"], PREFLIGHT),
+    ("run-dir-below-a-file", ["run", "hydra.run.dir={tmp}/small.txt/run"], ["small.txt is a file"], PREFLIGHT),
+    ("empty-run-dir", ["run", "hydra.run.dir="], ["hydra.run.dir is empty"], PREFLIGHT),
+    ("sweep-dir-is-a-file", ["run", "-m", "seed=0,1", "hydra.sweep.dir={tmp}/small.txt"],
+     ["hydra.sweep.dir=", "is a file"], PREFLIGHT),
+    ("run-dir-with-unicode-unquoted", ["run", "hydra.run.dir={tmp}/ü"], ["hydra.run.dir=", "quote"], PREFLIGHT),
+    # Numbers out of range, wrong types, empty strings, unicode.
+    ("huge-generations", ["run", "generations=100000000000"], ["generations=100000000000"], PREFLIGHT),
+    ("zero-bootstrap", ["run", "metrics.bootstrap=0"], ["metrics.bootstrap=0"], PREFLIGHT),
+    ("negative-self-bleu-sample", ["run", "metrics.self_bleu_sample=-1"], ["metrics.self_bleu_sample=-1"],
+     PREFLIGHT),
+    ("nan-learning-rate", ["run", "train.lr=nan"], ["train.lr=nan"], PREFLIGHT),
+    ("bool-for-a-float", ["run", "mix=true"], ["mix=true", "Float"], PREFLIGHT),
+    ("empty-model-path", ["run", "model.path="], ["model.path", "empty"], PREFLIGHT),
+    ("empty-regime", ["run", "regime="], ["regime=", "Invalid value ''", "replace, accumulate"], PREFLIGHT),
+    ("unicode-value-unquoted", ["run", "regime=ünï"], ["regime=ünï", "quote"], PREFLIGHT),
+    ("unbalanced-override", ["run", "mix=0.1)"], ["mix=0.1)"], PREFLIGHT),
+    # Paths of the wrong kind.
+    ("folder-as-text-file", ["run", *text("adir")], ["dataset.train=", "adir", "no such file"], PREFLIGHT),
+    ("file-as-model-folder", ["run", "model.path={tmp}/small.txt"], ["model.path=", "no such folder"], PREFLIGHT),
+    ("folder-without-a-tokenizer", ["run", "model.tokenizer={tmp}/adir"], ["model.tokenizer=", "adir"], RUNTIME),
+    # Flags Hydra does not know, or without their value.
+    ("unknown-flag", ["run", "--bogus-flag"], ["--bogus-flag"], PREFLIGHT),
+    ("flag-without-value", ["run", "--cfg"], ["--cfg", "value"], PREFLIGHT),
+    # compare, show and resume on things that are not (sound) run folders.
+    ("compare-a-file", ["compare", "{tmp}/small.txt"], ["small.txt", "no run folders"], PREFLIGHT),
+    ("compare-a-garbled-status", ["compare", "{tmp}/bad_status_run"], ["status.json", "not valid JSON"], PREFLIGHT),
+    ("compare-wrong-shaped-metrics", ["compare", "{tmp}/list_metrics_run"], ["metrics.jsonl", "line 1"], PREFLIGHT),
+    ("show-nonsense", ["show", "nonsense"], ["nonsense", "no such file"], PREFLIGHT),
+    ("show-without-a-folder", ["show"], ["RUN_DIR"], PREFLIGHT),
+    ("resume-a-garbled-config", ["resume", "{tmp}/garbled_run"], [".hydra/config.yaml", "not a run configuration"],
+     PREFLIGHT),
 ]
 
 
@@ -100,19 +165,16 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, args: list[str], ne
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
     if args[0] == "run" and not set(args) & OTHER_FAMILIES:  # TINY's keys are the LM's
         args = ["run", *TINY, *args[1:]]
-    started = time.monotonic()
-    # No CUDA, whatever the machine: device=cuda must fail the same way everywhere.
+    # No CUDA, whatever the machine: device=cuda must fail the same way everywhere. (Offline hub attempts
+    # must fail fast rather than retry for minutes: the timeout turns a hang into a failure.)
     result = run_collapse(args, cwd=tmp_path, timeout=120, env={"CUDA_VISIBLE_DEVICES": ""})
-    elapsed = time.monotonic() - started
     assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
     line = one_error_line(result)
     for needle in needles:
         assert needle in line, (needle, line)
-    # Offline hub attempts fail in seconds, not after a minute of retries.
-    assert elapsed < 30, elapsed
 
     outputs = tmp_path / "outputs"
-    assert finished_runs(tmp_path) == []
+    assert not outputs.exists() or finished_runs(outputs) == []
     if stage == PREFLIGHT:
         assert not outputs.exists(), list(outputs.rglob("*"))
     else:
@@ -153,7 +215,8 @@ def test_diverging_run_names_generation_and_step_and_can_resume(tmp_path: Path, 
 CHOICES = [("regime=foo", "replace, accumulate, accumulate_subsample, fresh"), ("device=gpu", "auto, cpu, cuda"),
            ("checkpoints=some", "none, last, all"), ("train.init=x", "base, previous"),
            ("generate.prompt=x", "real, bos"), ("metrics.level=x", "fast, full"),
-           ("curate.on_shortfall=x", "error, resample"), ("model.family=x", "lm, gmm, vae")]
+           ("curate.on_shortfall=x", "error, resample"), ("model.family=x", "lm, gmm, vae"),
+           ("train.schedule=x", "linear, cosine"), ("train.select=x", "last, best_valid")]
 
 
 @pytest.mark.parametrize("override,choices", CHOICES, ids=[c[0] for c in CHOICES])

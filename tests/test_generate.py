@@ -13,6 +13,7 @@ from transformers import OPTConfig, OPTForCausalLM
 from collapse_cli.config import GenerateConfig
 from collapse_cli.families.lm.decode import pick_next, sample_categorical
 from collapse_cli.families.lm.generate import generate
+from collapse_cli.families.lm.models import loop_generation_config
 
 CPU = torch.device("cpu")
 
@@ -23,9 +24,7 @@ def model():
                        max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=0, bos_token_id=1,
                        eos_token_id=1)
     torch.manual_seed(0)
-    built = OPTForCausalLM(config).eval()
-    built.generation_config.eos_token_id = None
-    return built
+    return loop_generation_config(OPTForCausalLM(config).eval())
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,8 @@ def test_greedy_loop_equals_transformers_generate(model, prompts):
     cfg = GenerateConfig(do_sample=False, new_tokens=10, batch_size=5)
     ours = generate(model, prompts, cfg, seed=0, device=CPU)
     with torch.inference_mode():
-        theirs = model.generate(input_ids=torch.from_numpy(prompts), attention_mask=torch.ones(prompts.shape, dtype=torch.long),
+        theirs = model.generate(input_ids=torch.from_numpy(prompts),
+                                attention_mask=torch.ones(prompts.shape, dtype=torch.long),
                                 max_new_tokens=10, do_sample=False)[:, prompts.shape[1]:].numpy()
     assert ours.shape == (12, 10)
     assert np.array_equal(ours, theirs)
@@ -55,8 +55,10 @@ def test_repetition_penalty_matches_transformers(model, prompts):
     cfg = GenerateConfig(do_sample=False, new_tokens=10, repetition_penalty=1.5)
     ours = generate(model, prompts, cfg, seed=0, device=CPU)
     with torch.inference_mode():
-        theirs = model.generate(input_ids=torch.from_numpy(prompts), attention_mask=torch.ones(prompts.shape, dtype=torch.long),
-                                max_new_tokens=10, do_sample=False, repetition_penalty=1.5)[:, prompts.shape[1]:].numpy()
+        theirs = model.generate(input_ids=torch.from_numpy(prompts),
+                                attention_mask=torch.ones(prompts.shape, dtype=torch.long),
+                                max_new_tokens=10, do_sample=False,
+                                repetition_penalty=1.5)[:, prompts.shape[1]:].numpy()
     assert np.array_equal(ours, theirs)
 
 

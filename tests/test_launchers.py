@@ -85,7 +85,8 @@ def test_preempted_job_is_requeued_and_continues_its_run(tmp_path: Path, signum:
     assert run_in_process(["run", *WORK, f"hydra.run.dir={uninterrupted}"]) == 0
 
     sweep = tmp_path / "sweep"
-    proc = start_collapse(["run", "-m", "hydra/launcher=submitit_local", *WORK, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    proc = start_collapse(["run", "-m", "hydra/launcher=submitit_local", *WORK, f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path)
     run = sweep / "0"
     wait_for(run / "gen_001" / "composition.json", proc)
     gen0_done = (run / "gen_000" / "DONE").stat().st_mtime_ns

@@ -6,7 +6,6 @@ Each hand computation is written next to its assertion.
 from __future__ import annotations
 
 import math
-import time
 import zlib
 from collections import Counter
 
@@ -341,12 +340,11 @@ def test_self_bleu_matches_naive_reference():
     assert M.self_bleu(seqs, 100, seed=0) == pytest.approx(expected)
 
 
-def test_self_bleu_sampling_is_seeded_and_fast():
+def test_self_bleu_sampling_is_seeded():
+    # (Its speed at this size is timed by scripts/bench_metrics.py, not here.)
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 500, size=64) for _ in range(1000)]
-    start = time.perf_counter()
     first = M.self_bleu(seqs, 200, seed=7)
-    assert time.perf_counter() - start < 1.0
     assert M.self_bleu(seqs, 200, seed=7) == first
     assert M.self_bleu(seqs, 200, seed=8) != first
 

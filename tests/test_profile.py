@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import is_finite_number, read_metrics, tiny_run
+
+from collapse_cli.config import RunConfig
+from collapse_cli.experiment.seeds import stage_seed
+from collapse_cli.families.lm import profile
+from collapse_cli.families.lm.builtin import BuiltinLanguage
+from collapse_cli.measure import metrics as M
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 # Keys that are the count of something a tiny run may legitimately lack (no tail types of a bucket).
@@ -50,7 +60,6 @@ def test_full_profile_keys_present_and_finite(full_run: Path):
         assert not missing, missing
         not_finite = [k for k, v in row.items() if not is_finite_number(v) and not MAY_BE_UNDEFINED.match(k)]
         assert not not_finite, not_finite
-    assert rows[0]["kl_truth"] == pytest.approx(rows[0]["ce_truth"] - rows[0]["entropy_truth"])
     assert all(row["kl_truth"] > 0 for row in rows)
 
 
@@ -61,3 +70,74 @@ def test_summary_has_extinction_and_verdict(full_run: Path):
     assert set(summary["extinction"]) == {"1", "2-5", "6-20", "21-100", ">100"}
     assert {"first_tail_gen", "first_ppl_gen", "gap", "text"} <= set(summary["early_warning"])
     assert (full_run / "extinction_tok.npy").is_file()
+
+
+# A two-token language known by hand: after token 0, 0 or 1 with 1/2 each; after token 1, 0 with 0.9.
+TWO_TOKEN = BuiltinLanguage(vocab=["a", "b"], transition=np.array([[0.5, 0.5], [0.9, 0.1]]))
+CPU = torch.device("cpu")
+
+
+def uniform_model(vocab_size: int) -> torch.nn.Module:
+    """A real (tiny) OPT decoder whose output layer is zero: every next-token law is uniform."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    config = OPTConfig(vocab_size=vocab_size, hidden_size=8, num_hidden_layers=1, ffn_dim=16, num_attention_heads=2,
+                       max_position_embeddings=32, word_embed_proj_dim=8)
+    model = OPTForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # tied to the input embeddings: those become zero too, harmlessly
+    return model.eval()
+
+
+def test_kl_truth_against_hand_computed_value():
+    # One block "a b a a": positions predict after a, b, a. The model is uniform over the 2 tokens, so
+    #   KL = mean over positions of (ln 2 - H(row)) = (0 + (ln 2 - h(0.9)) + 0) / 3,
+    #   h(0.9) = -(0.9 ln 0.9 + 0.1 ln 0.1) = 0.325083; KL = (0.693147 - 0.325083) / 3 = 0.122688.
+    blocks = np.array([[0, 1, 0, 0]])
+    ref = profile.Reference.build(blocks, blocks, 2, TWO_TOKEN)
+    out, _ = profile.model_metrics(uniform_model(2), ref, RunConfig(), CPU, seed=0)
+    assert out["kl_truth"] == pytest.approx(0.122688, abs=1e-5)
+    assert out["ce_truth"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def measured(generation: int, ref: profile.Reference, cfg: RunConfig, synthetic: np.ndarray):
+    model = uniform_model(2)
+    texts = [" ".join("ab"[t] for t in row) for row in synthetic]
+    decode = lambda blocks: [" ".join("ab"[t] for t in row) for row in blocks]  # noqa: E731
+    return profile.measure(generation, model, model, synthetic, texts, ref, cfg, CPU, decode, lambda done, total: None)
+
+
+def test_metrics_seed_differs_across_runs_and_generations():
+    seeds = {(run_seed, g): profile.metrics_seed(run_seed, g) for run_seed in range(4) for g in range(8)}
+    # seed + generation would make (0, 1) and (1, 0) draw the same subsample.
+    assert profile.metrics_seed(0, 1) != profile.metrics_seed(1, 0)
+    assert len(set(seeds.values())) == len(seeds)
+    assert profile.metrics_seed(3, 5) == stage_seed(3, 5, "metrics")
+
+
+def test_measure_draws_its_subsamples_from_the_metrics_seed():
+    rng = np.random.default_rng(0)
+    real, synthetic = rng.integers(0, 2, size=(40, 8)), rng.integers(0, 2, size=(30, 8))
+    cfg = RunConfig()
+    cfg.metrics.level, cfg.metrics.self_bleu_sample, cfg.seed = "full", 5, 1
+    ref = profile.Reference.build(real, real[:10], 2, TWO_TOKEN)
+    for generation in (0, 2):
+        out, _, _ = measured(generation, ref, cfg, synthetic)
+        expected = M.self_bleu(list(synthetic), 5, profile.metrics_seed(cfg.seed, generation))
+        old_formula = M.self_bleu(list(synthetic), 5, cfg.seed + generation)
+        assert expected != old_formula  # the data tell the two seeds apart
+        assert out["self_bleu4_tok"] == expected
+
+
+def test_measure_leaves_the_reference_as_it_was():
+    rng = np.random.default_rng(1)
+    real = rng.integers(0, 2, size=(20, 8))
+    cfg = RunConfig()
+    cfg.metrics.level = "full"
+    ref = profile.Reference.build(real, real[:6], 2, TWO_TOKEN)
+    before = replace(ref)
+    _, _, completed = measured(0, ref, cfg, real[:5])
+    assert ref.test_seq_ppl is None and ref.real_words is None and ref == before
+    # What later generations reuse comes back instead: generation 0's test perplexities (uniform model: 2).
+    assert completed.test_seq_ppl.shape == (6,) and np.allclose(completed.test_seq_ppl, 2.0)
+    assert completed.real_words[0] == ["ab"[t] for t in real[0]]

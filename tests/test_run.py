@@ -175,7 +175,8 @@ def test_unconditional_prompts_previous_init_and_last_checkpoint(tmp_path):
 
     real = np.arange(12).reshape(3, 4)
     assert prompts_for(real, GenerateConfig(prompt="bos"), bos_id=7).tolist() == [[7], [7], [7]]
-    assert prompts_for(real, GenerateConfig(prompt="real", prompt_tokens=2), bos_id=7).tolist() == [[0, 1], [4, 5], [8, 9]]
+    real_prompts = prompts_for(real, GenerateConfig(prompt="real", prompt_tokens=2), bos_id=7)
+    assert real_prompts.tolist() == [[0, 1], [4, 5], [8, 9]]
 
     run = tiny_run(tmp_path / "run", "generate.prompt=bos", "train.init=previous", "checkpoints=last")
     assert (run / "gen_001" / "model").is_dir()  # the last generation's weights stay
@@ -183,3 +184,31 @@ def test_unconditional_prompts_previous_init_and_last_checkpoint(tmp_path):
     assert not (run / "reference").exists()  # the generation-0 copy is only kept while needed
     ids = RunDir(run).load_ids("gen_001/synthetic_ids.npz")
     assert ids.shape[1] == 64
+
+
+def test_previous_init_trains_each_generation_on_from_the_last_ones_weights(tmp_path):
+    """Generation 2, retrained here from generation 1's saved weights, matches the run's generation 2;
+    from generation 0's weights the same training ends elsewhere, so the check can tell them apart."""
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM
+
+    from collapse_cli.config import to_run_config
+    from collapse_cli.experiment.seeds import stage_seed
+    from collapse_cli.families.lm.train import train
+
+    run = tiny_run(tmp_path / "run", "train.init=previous", "checkpoints=all", "generations=2")
+    cfg = to_run_config(OmegaConf.load(run / ".hydra" / "config.yaml"))
+    origin = np.load(run / "gen_002" / "train_origin.npy")
+    assert (origin[:, 0] == 1).all()  # mix=0, replace: generation 1's corpus only
+    blocks = RunDir(run).load_ids("gen_001/synthetic_ids.npz")[origin[:, 1]].astype(np.int64)
+
+    def retrained_from(generation: int) -> dict:
+        model = AutoModelForCausalLM.from_pretrained(run / f"gen_{generation:03d}" / "model", dtype=torch.float32)
+        train(model, blocks, cfg.train, stage_seed(cfg.seed, 2, "train"), torch.device("cpu"), 2)
+        return model.state_dict()
+
+    saved = AutoModelForCausalLM.from_pretrained(run / "gen_002" / "model", dtype=torch.float32).state_dict()
+    same = lambda weights: all(torch.allclose(weights[k], saved[k], atol=1e-6) for k in saved)  # noqa: E731
+    assert same(retrained_from(1))
+    assert not same(retrained_from(0))

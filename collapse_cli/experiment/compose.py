@@ -54,11 +54,12 @@ def _concat(parts: list[TrainingSet]) -> TrainingSet:
 
 
 def n_real_blocks(mix: float, n_train: int) -> int:
+    """The real share of a later generation's N blocks (every regime rounds it the same way)."""
     return int(round(mix * n_train))
 
 
 def fresh_pool_needed(n_train: int, mix: float, generations: int) -> int:
-    return n_train + generations * int(round(mix * n_train))
+    return n_train + generations * n_real_blocks(mix, n_train)
 
 
 def check_pool(regime: str, n_pool: int, n_train: int, mix: float, generations: int) -> None:
@@ -67,7 +68,7 @@ def check_pool(regime: str, n_pool: int, n_train: int, mix: float, generations: 
     needed = fresh_pool_needed(n_train, mix, generations)
     if needed > n_pool:
         raise CollapseError(
-            f"regime=fresh needs {n_train} blocks for generation 0 + {generations} x {int(round(mix * n_train))} "
+            f"regime=fresh needs {n_train} blocks for generation 0 + {generations} x {n_real_blocks(mix, n_train)} "
             f"unseen real blocks = {needed}, but the real pool has {n_pool}: lower dataset.max_train_blocks, "
             f"mix or generations, or give more real text")
 
@@ -109,11 +110,15 @@ def compose(generation: int, regime: str, mix: float, n_train: int, corpus_sizes
 
 
 def describe_mix(regime: str, mix: float) -> str:
+    """What a later generation trains on, in words: the plan printed by `collapse run`, and `collapse show`.
+    Empty for a regime this module does not know (an edited config.yaml)."""
     real_pct, synth_pct = round(100 * mix), round(100 * (1 - mix))
     if regime in ("replace", "fresh"):
         fresh = " (fresh, never-seen real blocks each generation)" if regime == "fresh" else ""
         return f"each generation trains on {real_pct}% real{fresh} / {synth_pct}% synthetic data"
     if regime == "accumulate":
         return f"each generation trains on {real_pct}% of the real data plus every synthetic corpus so far (growing)"
-    return (f"each generation trains on N blocks drawn from {real_pct}% of the real data plus every "
-            f"synthetic corpus so far (fixed size)")
+    if regime == "accumulate_subsample":
+        return (f"each generation trains on N blocks drawn from {real_pct}% of the real data plus every "
+                f"synthetic corpus so far (fixed size)")
+    return ""

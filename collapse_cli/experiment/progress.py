@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import numpy as np
 from rich.console import Console
@@ -17,24 +17,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from collapse_cli.console import fmt, make_console
+
 # The end-of-run table shows at most this many generations (evenly spread, first and last kept).
 TABLE_ROWS = 25
 
 
-def fmt(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 class Feedback:
     def __init__(self, console: Console | None = None):
-        self.console = console or Console()
-        if not self.console.is_terminal:
-            # Logs and CI: wide enough that tables keep their full column names.
-            self.console.width = max(self.console.width, 160)
+        self.console = console or make_console()
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Callable[[int, int], None]]:
@@ -63,7 +54,7 @@ class Feedback:
         for column in columns:
             table.add_column(column, justify="right")
         for row in _spread(rows):
-            table.add_row(*(fmt(row[c]) for c in columns))
+            table.add_row(*(fmt(row[c], blank="—") for c in columns))
         self.console.print(table)
 
     def generation_line(self, metrics: dict, keys: tuple[str, ...]) -> str:
@@ -71,7 +62,7 @@ class Feedback:
         parts = [f"gen {metrics['generation']}:"]
         for key in (*keys, "wall_time_s"):
             if key in metrics:
-                parts.append(f"{key}={fmt(metrics[key])}")
+                parts.append(f"{key}={fmt(metrics[key], blank='—')}")
         return " ".join(parts)
 
     def show_summary(self, run_dir, summary: dict, keys: tuple[str, ...]) -> None:
@@ -83,7 +74,7 @@ class Feedback:
         for key in keys:
             table.add_column(key, justify="right")
         for row in _spread(rows):
-            table.add_row(*(fmt(row.get(k)) for k in keys))
+            table.add_row(*(fmt(row.get(k), blank="—") for k in keys))
         self.console.print(table)
         verdict = summary.get("early_warning", {}).get("text")
         if verdict:

@@ -388,12 +388,14 @@ class Session:
     def _plots(self) -> list[Path]:
         """`collapse compare`'s figures for this run, written to a temporary folder the trackers copy from."""
         try:
-            from collapse_cli.report import compare
+            from collapse_cli.report.export import write_plots
+            from collapse_cli.report.runs import group_runs, load_runs
+            from collapse_cli.report.stats import choose_metrics
 
-            runs = compare.load_runs([self.run_dir.path])
-            groups, _ = compare.group_runs(runs)
+            runs = load_runs([self.run_dir.path])
+            groups, _ = group_runs(runs)
             self._plot_dir = tempfile.TemporaryDirectory(prefix="collapse-plots-")
-            images = compare.write_plots(Path(self._plot_dir.name), groups, compare.choose_metrics(None, runs), "")
+            images = write_plots(Path(self._plot_dir.name), groups, choose_metrics(None, runs), "")
             return [Path(self._plot_dir.name) / image.file for image in images]
         except Exception as err:
             log.warning(f"collapse: warning: logger.plots: making the plots failed ({type(err).__name__}: {err}); "

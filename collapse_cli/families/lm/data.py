@@ -7,10 +7,11 @@ into non-overlapping blocks of `block_size` tokens, dropping the remainder.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -85,7 +86,8 @@ def read_text_file(key: str, path: str, separator: str) -> list[str]:
 
 def _load_local(cfg: DatasetConfig) -> Corpus:
     if cfg.test is None:
-        raise CollapseError(f"dataset={cfg.name} with local files needs dataset.test=PATH too (dataset.train={cfg.train})")
+        raise CollapseError(f"dataset={cfg.name} with local files needs dataset.test=PATH too "
+                            f"(dataset.train={cfg.train})")
     train = read_text_file("dataset.train", cfg.train, cfg.doc_separator)
     test = read_text_file("dataset.test", cfg.test, cfg.doc_separator)
     valid = read_text_file("dataset.valid", cfg.valid, cfg.doc_separator) if cfg.valid else []

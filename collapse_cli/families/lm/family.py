@@ -7,6 +7,7 @@ is measured by the collapse profile (profile.py) and curated (curate.py).
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -23,8 +24,19 @@ from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import load_corpus, make_blocks
 from collapse_cli.families.lm.decode import describe as describe_decoder
 from collapse_cli.families.lm.generate import generate, prompts_for
-from collapse_cli.families.lm.models import build_base_model, load_tokenizer, max_positions, n_parameters
-from collapse_cli.families.lm.train import train
+from collapse_cli.families.lm.evaluate import token_nll
+from collapse_cli.families.lm.models import (
+    build_base_model,
+    load_tokenizer,
+    loop_generation_config,
+    makes_own_tokenizer,
+    max_positions,
+    n_parameters,
+)
+from collapse_cli.families.lm.train import Validate, train
+from collapse_cli.measure.metrics import perplexity
+
+log = logging.getLogger("collapse")
 
 
 class LMFamily(Family):
@@ -76,13 +88,29 @@ class LMFamily(Family):
     def prepare(self, real: RealData, n_train: int) -> None:
         bos = self.tokenizer.bos_token_id or self.tokenizer.eos_token_id
         self.prompts = prompts_for(real.train[:n_train], self.cfg.generate, bos)
-        self.reference = profile.Reference.build(real.train[:n_train], real.test, len(self.tokenizer),
-                                                 self.corpus.language)
+        # The builtin language's true law is over its own word ids; another tokenizer cuts the text differently.
+        truth = self.corpus.language if makes_own_tokenizer(self.cfg.model) else None
+        self.reference = profile.Reference.build(real.train[:n_train], real.test, len(self.tokenizer), truth)
+        self.valid = real.valid
+        if self.cfg.train.select == "best_valid" and len(real.valid) == 0:
+            log.warning("train.select=best_valid: the dataset has no validation split (set dataset.valid=PATH), "
+                        "so each generation keeps its last epoch and ppl_valid is not measured")
+
+    def _validator(self) -> Optional[Validate]:
+        """Mean token NLL on the real validation blocks; None when the dataset has no validation split."""
+        if len(self.valid) == 0:
+            return None
+        batch = profile.eval_batch_size(self.cfg, self.device)
+        return lambda model: float(token_nll(model, self.valid, batch, self.device).mean(dtype=np.float64))
 
     def fit(self, model: torch.nn.Module, rows: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
         model.to(self.device)  # in place: the loop hands over a CPU copy of the base or previous model
-        stats = train(model, rows, self.cfg.train, seed, self.device, generation, on_step)
-        return {"train_tokens_seen": stats.tokens, "train_loss_last": stats.loss_last}
+        stats = train(model, rows, self.cfg.train, seed, self.device, generation, on_step, self._validator())
+        out = {"train_tokens_seen": stats.tokens, "train_loss_last": stats.loss_last}
+        if stats.valid_loss is not None:
+            # valid_loss is already a per-token mean: one "token" of that NLL.
+            out.update(ppl_valid=perplexity(stats.valid_loss, 1), kept_epoch=stats.kept_epoch)
+        return out
 
     def sample(self, model: torch.nn.Module, n: int, seed: int, on_batch: Progress) -> np.ndarray:
         # One sequence per prompt, and there is one prompt per real training block: n is N.
@@ -97,9 +125,9 @@ class LMFamily(Family):
 
     def measure(self, generation: int, model: torch.nn.Module, reference_model: torch.nn.Module,
                 samples: np.ndarray, seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
-        metrics, seq_ppl = profile.measure(generation, model, reference_model, samples, self._texts(samples),
-                                           self.reference, self.cfg, self.device, self.tokenizer.batch_decode,
-                                           on_progress)
+        metrics, seq_ppl, self.reference = profile.measure(generation, model, reference_model, samples,
+                                                           self._texts(samples), self.reference, self.cfg, self.device,
+                                                           self.tokenizer.batch_decode, on_progress)
         metrics["generated_tokens"] = int(samples.size)
         return metrics, seq_ppl
 
@@ -138,9 +166,8 @@ class LMFamily(Family):
     def load_model(self, folder: Path) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(self.device).eval()
-        model.generation_config.eos_token_id = None
-        return model
+        return loop_generation_config(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+                                      .to(self.device).eval())
 
     def summarize(self, run_dir: Any, rows: list[dict]) -> dict:
         return profile.summarize(run_dir, self.reference, self.cfg)

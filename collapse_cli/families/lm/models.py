@@ -1,8 +1,10 @@
-"""Tokenizers and base models: built from a config (`tiny`) or loaded (hub id or folder)."""
+"""Tokenizers and base models: built from a config (`tiny`) or loaded (hub id, folder, or `smollm2`'s GGUF)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -10,6 +12,7 @@ from collapse_cli.config import ModelConfig
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.lm.builtin import make_tokenizer as builtin_tokenizer
 from collapse_cli.families.lm.data import Corpus, hub_reachable
+from collapse_cli.families.lm.gguf import converted_folder
 
 HUB_FIX = "download it on a machine with network (save_pretrained) and pass model.path=/that/folder, or use model=tiny"
 
@@ -22,7 +25,21 @@ def is_pretrained(cfg: ModelConfig) -> bool:
     return bool(cfg.path) or cfg.name != "tiny"
 
 
-def _from_pretrained(loader, cfg: ModelConfig, what: str, **kwargs):
+def makes_own_tokenizer(cfg: ModelConfig) -> bool:
+    """`tiny` without model.tokenizer makes its own: the builtin language's words, or BPE trained on the text.
+    Only then are token ids the builtin language's word ids, which its true law is written in."""
+    return not is_pretrained(cfg) and not cfg.tokenizer
+
+
+def _local(cfg: ModelConfig) -> ModelConfig:
+    """`smollm2` is its converted GGUF folder (converted on first use); a given model.path wins."""
+    if cfg.name == "smollm2" and not cfg.path:
+        return replace(cfg, path=str(converted_folder(cfg.gguf_file, cfg.cache_dir)))
+    return cfg
+
+
+def _from_pretrained(loader, cfg: ModelConfig, what: str, key: str = "model.path", **kwargs):
+    """`key` names the setting that gave cfg.path (model.tokenizer for a separate tokenizer folder)."""
     # config.validate has already refused a model.path / model.tokenizer folder that does not exist.
     source = _source(cfg)
     if not cfg.path:
@@ -32,8 +49,10 @@ def _from_pretrained(loader, cfg: ModelConfig, what: str, **kwargs):
         return loader(str(Path(source).expanduser()) if cfg.path else source, **kwargs)
     except (OSError, ValueError) as err:
         if cfg.path:
-            raise CollapseError(f"model.path={cfg.path}: cannot load a {what} from it ({str(err).splitlines()[0][:160]})") from None
-        raise CollapseError(f"model.name={cfg.name}: cannot fetch the {what} from the hub (offline?); {HUB_FIX}") from None
+            reason = str(err).splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise CollapseError(f"{key}={cfg.path}: cannot load a {what} from it ({reason})") from None
+        raise CollapseError(f"model.name={cfg.name}: cannot fetch the {what} from the hub (offline?); "
+                            f"{HUB_FIX}") from None
 
 
 def _train_bpe(docs: list[str], vocab_size: int):
@@ -60,16 +79,19 @@ def ensure_eos(tokenizer) -> None:
 def load_tokenizer(cfg: ModelConfig, corpus: Corpus):
     from transformers import AutoTokenizer
 
-    if is_pretrained(cfg) or cfg.tokenizer:
+    cfg = _local(cfg)
+    if not makes_own_tokenizer(cfg):
         tokenizer_cfg = ModelConfig(name=cfg.name, path=cfg.tokenizer or cfg.path)
-        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, tokenizer_cfg, "tokenizer")
+        key = "model.tokenizer" if cfg.tokenizer else "model.path"
+        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, tokenizer_cfg, "tokenizer", key)
     elif corpus.language is not None:
         tokenizer = builtin_tokenizer(corpus.language)
     else:
         tokenizer = _train_bpe(corpus.train, cfg.bpe_vocab_size)
     ensure_eos(tokenizer)
     if tokenizer.eos_token_id is None:
-        raise CollapseError(f"model: the tokenizer of {_source(cfg)} has no end-of-text token; give one with an eos_token")
+        raise CollapseError(f"model: the tokenizer of {_source(cfg)} has no end-of-text token; "
+                            f"give one with an eos_token")
     if tokenizer.pad_token_id is None:
         # Prompts have equal lengths, so padding never reaches the model; generate() still wants an id.
         tokenizer.pad_token = tokenizer.eos_token
@@ -80,6 +102,7 @@ def build_base_model(cfg: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
     """The generation-0 starting point, on the CPU in float32."""
     from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
 
+    cfg = _local(cfg)
     if is_pretrained(cfg):
         model = _from_pretrained(AutoModelForCausalLM.from_pretrained, cfg, "model", dtype=torch.float32)
     else:
@@ -94,9 +117,15 @@ def build_base_model(cfg: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = OPTForCausalLM(config)
-    # The loop decides sequence lengths itself; EOS is an ordinary token of the stream.
+    return loop_generation_config(model, tokenizer.pad_token_id)
+
+
+def loop_generation_config(model: torch.nn.Module, pad_token_id: Optional[int] = None) -> torch.nn.Module:
+    """Built, loaded or reloaded: the loop decides sequence lengths itself, so EOS is an ordinary
+    token of the stream and never stops decoding. A pad id, when given, is the tokenizer's."""
     model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if pad_token_id is not None:
+        model.generation_config.pad_token_id = pad_token_id
     return model
 
 

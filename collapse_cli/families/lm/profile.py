@@ -7,15 +7,17 @@ runs once per run over the saved corpora and metrics. Formulas live in metrics.p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 from collapse_cli.config import RunConfig
 from collapse_cli.experiment.rundir import RunDir, gen_name, read_metrics
+from collapse_cli.experiment.seeds import stage_seed
 from collapse_cli.families.lm.builtin import BuiltinLanguage
 from collapse_cli.families.lm.evaluate import score_blocks, sliding_nll, token_nll
 from collapse_cli.measure import metrics as M
@@ -36,9 +38,13 @@ def _nonzero(dense_counts: np.ndarray) -> dict[int, int]:
     return {int(i): int(dense_counts[i]) for i in np.flatnonzero(dense_counts)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Reference:
-    """The real data every generation is compared with, computed once per run."""
+    """The real data every generation is compared with, computed once per run.
+
+    Frozen: `measure` returns a completed copy (generation 0's test perplexities, the real
+    words) instead of filling in the one it was given, so the caller decides what to keep.
+    """
 
     real_train: np.ndarray  # the N blocks generation 0 trains on
     test: np.ndarray
@@ -50,7 +56,7 @@ class Reference:
 
     @classmethod
     def build(cls, real_train: np.ndarray, test: np.ndarray, vocab_size: int,
-              language: Optional[BuiltinLanguage]) -> "Reference":
+              language: Optional[BuiltinLanguage]) -> Reference:
         dense_counts = np.bincount(real_train.ravel(), minlength=vocab_size)
         return cls(real_train=real_train, test=test, train_counts=_nonzero(dense_counts),
                    token_decile=M.frequency_deciles(dense_counts), language=language)
@@ -73,7 +79,8 @@ def eval_batch_size(cfg: RunConfig, device: torch.device) -> int:
     return 256 if device.type == "cuda" else 32
 
 
-def model_metrics(model: torch.nn.Module, ref: Reference, cfg: RunConfig, device: torch.device) -> tuple[dict, np.ndarray]:
+def model_metrics(model: torch.nn.Module, ref: Reference, cfg: RunConfig, device: torch.device,
+                  seed: int) -> tuple[dict, np.ndarray]:
     """Metrics of the generation's model on real test text; also returns its per-token NLL."""
     batch, block = eval_batch_size(cfg, device), ref.test.shape[1]
     transition = ref.language.transition if ref.language is not None else None
@@ -81,7 +88,7 @@ def model_metrics(model: torch.nn.Module, ref: Reference, cfg: RunConfig, device
     stride = max(1, int(block * cfg.metrics.sliding_stride))
     sliding_sum, sliding_count = sliding_nll(model, ref.test.reshape(-1), block, stride, batch, device)
     out = {"ppl_test": M.perplexity(float(test_nll.sum(dtype=np.float64)), test_nll.size),
-           "ppl_test_se": _mean_ppl_se(test_nll, cfg.seed, cfg.metrics.bootstrap),
+           "ppl_test_se": _mean_ppl_se(test_nll, seed, cfg.metrics.bootstrap),
            "ppl_test_sliding": M.perplexity(sliding_sum, sliding_count)}
     if transition is not None:
         out.update(ce_truth=ce, entropy_truth=entropy, kl_truth=ce - entropy)
@@ -100,39 +107,47 @@ def tail_metrics(seq_ppl: np.ndarray, real_seq_ppl: np.ndarray) -> dict:
     return out
 
 
-def corpus_metrics(synthetic: np.ndarray, texts: list[str], ref: Reference, tokenizer_decode: Callable,
-                   cfg: RunConfig, seed: int) -> dict:
+def corpus_metrics(synthetic: np.ndarray, texts: list[str], ref: Reference, cfg: RunConfig, seed: int) -> dict:
     synth_counts = _counts(synthetic, max(ref.token_decile.shape[0], int(synthetic.max()) + 1))
     tail_types = [t for t, c in ref.train_counts.items() if c <= 5]
     coverage = M.tail_coverage(ref.train_counts, synth_counts)
     out = {"tail_coverage": coverage, "tail_coverage_se": _binomial_se(coverage, len(tail_types))}
     if cfg.metrics.level == "full":
         out.update(M.corpus_profile(list(ref.real_train), list(synthetic), unit="tok"))
-        if ref.real_words is None:
-            ref.real_words = [text.split() for text in tokenizer_decode(ref.real_train)]
         out.update(M.corpus_profile(ref.real_words, [text.split() for text in texts], unit="word"))
         out["self_bleu4_tok"] = M.self_bleu(list(synthetic), cfg.metrics.self_bleu_sample, seed)
         out["compression_ratio"] = M.compression_ratio("\n".join(texts))
     return out
 
 
+def metrics_seed(seed: int, generation: int) -> int:
+    """The seed of a generation's metric subsamples (bootstrap, self-BLEU): independent across runs and generations.
+
+    (Not seed + generation: run 0's generation 1 would then draw run 1's generation-0 subsample.)
+    """
+    return stage_seed(seed, generation, "metrics")
+
+
 def measure(generation: int, model: torch.nn.Module, reference_model: torch.nn.Module, synthetic: np.ndarray,
             texts: list[str], ref: Reference, cfg: RunConfig, device: torch.device, tokenizer_decode: Callable,
-            on_progress: Callable[[int, int], None]) -> tuple[dict, np.ndarray]:
-    """Every metric of one generation; also the per-sequence perplexities under generation 0."""
-    batch = eval_batch_size(cfg, device)
-    out, test_nll = model_metrics(model, ref, cfg, device)
+            on_progress: Callable[[int, int], None]) -> tuple[dict, np.ndarray, Reference]:
+    """Every metric of one generation, the per-sequence perplexities under generation 0, and `ref`
+    completed with what later generations reuse (`ref` itself is left as it was)."""
+    batch, seed = eval_batch_size(cfg, device), metrics_seed(cfg.seed, generation)
+    out, test_nll = model_metrics(model, ref, cfg, device, seed)
     on_progress(1, 3)
     if ref.test_seq_ppl is None:
         # Generation 0 is the reference model; on a resume, score the real test text again.
         ref_test_nll = test_nll if generation == 0 else token_nll(reference_model, ref.test, batch, device)
-        ref.test_seq_ppl = np.exp(ref_test_nll.mean(axis=1))
+        ref = replace(ref, test_seq_ppl=np.exp(ref_test_nll.mean(axis=1)))
+    if cfg.metrics.level == "full" and ref.real_words is None:
+        ref = replace(ref, real_words=[text.split() for text in tokenizer_decode(ref.real_train)])
     seq_ppl = np.exp(token_nll(reference_model, synthetic, batch, device).mean(axis=1))
     out.update(tail_metrics(seq_ppl, ref.test_seq_ppl))
     on_progress(2, 3)
-    out.update(corpus_metrics(synthetic, texts, ref, tokenizer_decode, cfg, cfg.seed + generation))
+    out.update(corpus_metrics(synthetic, texts, ref, cfg, seed))
     on_progress(3, 3)
-    return out, seq_ppl
+    return out, seq_ppl, ref
 
 
 def ordered(metrics: dict) -> dict:

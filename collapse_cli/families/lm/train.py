@@ -17,6 +17,10 @@ from collapse_cli.errors import CollapseError
 CHECK_EVERY = 50
 
 
+# Mean validation NLL per token (nats) of a model: the end-of-epoch hook the loop passes in.
+Validate = Callable[[torch.nn.Module], float]
+
+
 @dataclass
 class TrainStats:
     steps: int
@@ -24,6 +28,9 @@ class TrainStats:
     loss_first: float
     loss_last: float
     seconds: float
+    # Validation NLL of the kept model and the epoch (1-based) it comes from; None without a validation split.
+    valid_loss: float | None = None
+    kept_epoch: int | None = None
 
 
 def autocast(device: torch.device):
@@ -41,12 +48,15 @@ def inference_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Mo
     return copy.deepcopy(model).to(torch.bfloat16).eval()
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Linear warm-up, then linear decay to zero: the multiplier of the peak learning rate."""
+def lr_at(step: int, total_steps: int, warmup_steps: int, schedule: str = "linear", floor: float = 0.0) -> float:
+    """The multiplier of the peak learning rate at `step`: linear warm-up, then a linear or cosine
+    decay from 1 to `floor` (min_lr / lr) over the remaining steps."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     remaining = max(1, total_steps - warmup_steps)
-    return max(0.0, (total_steps - step) / remaining)
+    progress = min(1.0, (step - warmup_steps) / remaining)
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return floor + (1.0 - floor) * shape
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -60,22 +70,30 @@ def compiles(cfg: TrainConfig, device: torch.device) -> bool:
 
 
 def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: int, device: torch.device,
-          generation: int, on_step: Callable[[int, int], None] | None = None) -> TrainStats:
-    """Train `model` in place for cfg.epochs over `blocks` ([n, block_size] token ids)."""
+          generation: int, on_step: Callable[[int, int], None] | None = None,
+          validate: Validate | None = None) -> TrainStats:
+    """Train `model` in place for cfg.epochs over `blocks` ([n, block_size] token ids).
+
+    With `validate`, the model is scored after the last epoch, and after every epoch when
+    cfg.select is best_valid: then the epoch with the lowest validation loss is the one kept.
+    """
     data = torch.from_numpy(blocks).to(device)  # the whole set lives on the device
     n_blocks = len(data)
     steps_per_epoch = math.ceil(n_blocks / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = max(1, int(cfg.warmup_ratio * total_steps))
     optimizer = make_optimizer(model, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, total_steps, warmup_steps))
+    floor = cfg.min_lr / cfg.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_at(step, total_steps, warmup_steps, cfg.schedule, floor))
     generator = torch.Generator().manual_seed(seed)
     model.train()
     # The compiled module shares the model's parameters: training it trains `model`.
     forward = torch.compile(model, dynamic=False) if compiles(cfg, device) else model
     start, step, losses = time.perf_counter(), 0, []
     window, window_steps = torch.zeros((), device=device), 0
-    for _ in range(cfg.epochs):
+    selection = _Selection(cfg.select == "best_valid", cfg.epochs)
+    for epoch in range(1, cfg.epochs + 1):
         order = torch.randperm(n_blocks, generator=generator).to(device)
         for first in range(0, n_blocks, cfg.batch_size):
             batch = data[order[first:first + cfg.batch_size]]
@@ -95,9 +113,37 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
                 window_steps = 0
             if on_step is not None:
                 on_step(step, total_steps)
+        if validate is not None and (selection.every_epoch or epoch == cfg.epochs):
+            selection.end_of_epoch(model, epoch, validate(model))
+            model.train()
     model.eval()
+    selection.restore(model)
     return TrainStats(steps=step, tokens=n_blocks * blocks.shape[1] * cfg.epochs,
-                      loss_first=losses[0], loss_last=losses[-1], seconds=time.perf_counter() - start)
+                      loss_first=losses[0], loss_last=losses[-1], seconds=time.perf_counter() - start,
+                      valid_loss=selection.best_loss, kept_epoch=selection.best_epoch)
+
+
+class _Selection:
+    """The epoch to keep: the last one, or (best_valid) the one with the lowest validation loss."""
+
+    def __init__(self, every_epoch: bool, epochs: int):
+        self.every_epoch, self.epochs = every_epoch, epochs
+        self.best_loss: float | None = None
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def end_of_epoch(self, model: torch.nn.Module, epoch: int, valid_loss: float) -> None:
+        # NaN never compares lower: a diverged epoch is kept only until any finite one comes.
+        if not (self.best_loss is None or math.isnan(self.best_loss) or valid_loss < self.best_loss):
+            return
+        self.best_loss, self.best_epoch = valid_loss, epoch
+        # The last epoch's weights are the model itself: no copy needed.
+        self.best_state = None if epoch == self.epochs else {
+            name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
 
 
 def _checked_mean(mean_loss: torch.Tensor, step: int, generation: int) -> float:

@@ -1,0 +1,184 @@
+"""Files of `collapse compare --out` and `collapse show --out`: tidy CSVs, PNG plots, one self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from collapse_cli.console import fmt
+from collapse_cli.errors import CollapseError
+from collapse_cli.experiment.rundir import gen_name
+from collapse_cli.report.runs import Group, natural_key
+from collapse_cli.report.stats import aggregate, number
+from collapse_cli.report.tables import TextTable, verdict_text
+
+
+def write_metrics_csv(path: Path, groups: Sequence[Group]) -> None:
+    """Tidy: one row per run x generation x metric, values exactly as in metrics.jsonl (null: blank)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["run", "group", "seed", "generation", "metric", "value"])
+        for group in groups:
+            for run in group.runs:
+                for generation, row in zip(run.generations(), run.rows):
+                    for metric, value in row.items():
+                        if metric != "generation" and (value is None or number(value) is not None):
+                            # repr(float) round-trips exactly; ints stay ints.
+                            writer.writerow([run.name, group.label, fmt(run.seed), generation, metric,
+                                             "" if value is None else value])
+
+
+def write_runs_csv(path: Path, groups: Sequence[Group]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["run", "group", "seed", "state", "generations_done", "generations_total", "overrides",
+                         "path", "verdict"])
+        for group in groups:
+            for run in group.runs:
+                writer.writerow([run.name, group.label, fmt(run.seed), run.state, len(run.rows),
+                                 run.status.get("generations_total", ""), " ".join(run.overrides or []),
+                                 str(run.path), verdict_text(run)])
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("=", "")).strip("_")[:60] or "group"
+
+
+def metric_series(groups: Sequence[Group], metric: str):
+    from collapse_cli.report.plots import Series
+
+    series = []
+    for group in groups:
+        stats = aggregate(group.runs, metric)
+        if stats:
+            series.append(Series(group.label, [s.generation for s in stats], [s.mean for s in stats],
+                                 [s.low for s in stats], [s.high for s in stats], len(group.runs)))
+    return series
+
+
+def seq_ppl_by_generation(group: Group) -> dict[int, np.ndarray]:
+    """Each finished generation's per-sequence perplexities, pooled over the group's seeds."""
+    pooled: dict[int, list[np.ndarray]] = {}
+    for run in group.runs:
+        for generation in run.generations():
+            file = run.path / gen_name(generation) / "seq_ppl.npy"
+            if file.is_file():
+                pooled.setdefault(generation, []).append(np.load(file))
+    return {g: np.concatenate(arrays) for g, arrays in sorted(pooled.items())}
+
+
+def real_seq_ppl(group: Group) -> Optional[np.ndarray]:
+    """The real test blocks' perplexities under each run's generation-0 model, pooled over seeds."""
+    files = (run.path / "reference_test_seq_ppl.npy" for run in group.runs)
+    arrays = [np.load(file) for file in files if file.is_file()]
+    return np.concatenate(arrays) if arrays else None
+
+
+@dataclass
+class Image:
+    kind: str  # "metric" | "run_figure" | "seq_ppl_hist"
+    title: str
+    file: str  # written to --out (metric, seq_ppl_hist), or the run's own file (run_figure)
+    png: bytes
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run_figures(groups: Sequence[Group]) -> tuple[list[Image], list[str]]:
+    """The PNGs each run wrote into RUN/figures/ (a family's scatter plots, sample grids), and a
+    warning for every file there that is not a PNG image."""
+    images, notes = [], []
+    for group in groups:
+        for run in group.runs:
+            for file in sorted((run.path / "figures").glob("*.png"), key=natural_key):
+                try:
+                    png = file.read_bytes()
+                except OSError as err:
+                    raise CollapseError(f"{file}: cannot read it ({err.strerror}); fix or remove it") from err
+                if png.startswith(PNG_SIGNATURE):
+                    images.append(Image("run_figure", f"{run.name}: {file.stem}", str(file), png))
+                else:
+                    notes.append(f"{file}: not a PNG image; left out of the report")
+    return images, notes
+
+
+def write_plots(out: Path, groups: Sequence[Group], metrics: Sequence[str], note: str) -> list[Image]:
+    from collapse_cli.report import plots
+
+    images = []
+    for metric in metrics:
+        series = metric_series(groups, metric)
+        if series:
+            file = f"metric_{slug(metric)}.png"
+            png = plots.write_png(plots.metric_figure(metric, series, note), out / file, "metric", metric)
+            images.append(Image("metric", plots.metric_text(metric)[0], file, png))
+    for index, group in enumerate(groups, start=1):
+        figure = plots.histogram_figure(group.label, seq_ppl_by_generation(group), len(group.runs), real_seq_ppl(group))
+        if figure is not None:
+            file = f"seq_ppl_hist_{index}_{slug(group.label)}.png"
+            images.append(Image("seq_ppl_hist", f"per-sequence perplexity — {group.label}", file,
+                                plots.write_png(figure, out / file, "seq_ppl_hist", group.label)))
+    return images
+
+
+REPORT_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}.warn{color:#a35200}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}code{background:#f3f3f3;padding:0 .2em}"""
+
+
+def report_html(title: str, intro: Sequence[str], tables: Sequence[TextTable], notes: Sequence[str],
+                images: Sequence[Image]) -> str:
+    """One self-contained page: the PNGs are embedded as base64 data URLs."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{REPORT_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts += [f"<p>{html.escape(line)}</p>" for line in filter(None, intro)]
+    parts.append(f"<p>made {time.strftime('%Y-%m-%d %H:%M:%S')}; the numbers behind every table and plot "
+                 "are in metrics.csv next to this file</p>")
+    if notes:
+        parts.append("<h3>warnings</h3><ul>" + "".join(f"<li class='warn'>{html.escape(n)}</li>" for n in notes)
+                     + "</ul>")
+    parts += [table.to_html() for table in tables]
+    for kind, heading in IMAGE_SECTIONS:
+        section = [image for image in images if image.kind == kind]
+        parts += [f"<h2>{html.escape(heading)}</h2>"] if section else []
+        parts += [image_html(image) for image in section]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+IMAGE_SECTIONS = (("metric", "metrics by generation"),
+                  ("run_figure", "figures the runs wrote (RUN/figures/*.png)"),
+                  ("seq_ppl_hist", "per-sequence perplexity of synthetic data under the generation-0 model "
+                                   "(Shumailov et al. 2024, Fig. 1 style)"))
+
+
+def image_html(image: Image) -> str:
+    data = base64.b64encode(image.png).decode("ascii")
+    return (f"<figure><img alt='{html.escape(image.title)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(image.title)} ({html.escape(image.file)})</figcaption></figure>")
+
+
+def write_outputs(out: Path, title: str, intro: Sequence[str], tables: Sequence[TextTable], notes: Sequence[str],
+                  groups: Sequence[Group], metrics: Sequence[str], note: str) -> list[Path]:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CollapseError(f"--out {out}: cannot create the folder ({err.strerror}); choose a writable path") from err
+    write_metrics_csv(out / "metrics.csv", groups)
+    write_runs_csv(out / "runs.csv", groups)
+    images = write_plots(out, groups, metrics, note)
+    figures, figure_notes = run_figures(groups)
+    report = report_html(title, intro, tables, [*notes, *figure_notes], [*images, *figures])
+    (out / "report.html").write_text(report, encoding="utf-8")
+    return [out / "metrics.csv", out / "runs.csv", *(out / i.file for i in images), out / "report.html"]

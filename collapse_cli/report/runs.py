@@ -1,0 +1,274 @@
+"""Run folders read back: discovery, loading, and grouping runs that differ only in seed.
+
+Nothing is dropped silently: unfinished runs keep their state and their finished
+generations; a file that is there but unreadable is an error naming it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from collapse_cli.errors import CollapseError
+from collapse_cli.experiment.rundir import METRICS, STATUS, SUMMARY, read_metrics
+
+OVERRIDES = Path(".hydra") / "overrides.yaml"
+# Config keys that say how a run was started, not what it computed: never a reason to split a group.
+NOT_EXPERIMENT_KEYS = {"seed", "resume", "dry_run", "device", "min_free_disk_mb"}
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str  # unique among the runs compared: the path below their common ancestor
+    overrides: Optional[list[str]]  # Hydra overrides minus seed and hydra.*; None: no overrides.yaml
+    seed: Optional[int]
+    status: dict
+    summary: Optional[dict]
+    rows: list[dict]  # metrics.jsonl, one dict per finished generation
+    config: dict
+
+    @property
+    def state(self) -> str:
+        return str(self.status.get("state", "unknown"))
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "finished" and self.summary is not None
+
+    def generations(self) -> list[int]:
+        return [int(row.get("generation", index)) for index, row in enumerate(self.rows)]
+
+    def short_state(self) -> str:
+        if self.finished:
+            return "finished"
+        return {"unknown": "no status.json", "finished": "no summary.json"}.get(self.state, self.state)
+
+    def status_text(self) -> str:
+        if self.finished:
+            return "finished"
+        total = self.status.get("generations_total")
+        progress = f"{len(self.rows)}/{total}" if total else str(len(self.rows))
+        reason = self.status.get("reason")
+        return f"{self.short_state()} ({progress} generations done{': ' + reason if reason else ''})"
+
+
+@dataclass
+class Group:
+    label: str
+    runs: list[Run] = field(default_factory=list)
+
+    def status_text(self) -> str:
+        states = Counter(run.short_state() for run in self.runs)
+        return ", ".join(f"{count} {state}" for state, count in states.items())
+
+    def final_generation(self) -> Optional[int]:
+        generations = [g for run in self.runs for g in run.generations()]
+        return max(generations) if generations else None
+
+
+
+def natural_key(path: Path) -> list:
+    """Sweep job 10 after job 9, not after job 1."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / STATUS).is_file() or (path / METRICS).is_file() or (path / OVERRIDES).is_file()
+
+
+def find_run_folders(root: Path) -> list[Path]:
+    """Run folders at or below root; a run's own subfolders and hidden folders are not searched."""
+    if root.is_file() and root.name in (STATUS, METRICS, SUMMARY):
+        root = root.parent
+    if is_run_folder(root):
+        return [root]
+    if not root.is_dir():
+        return []
+    try:
+        children = sorted(root.iterdir(), key=natural_key)
+    except OSError:  # unreadable: nothing we could compare in it anyway
+        return []
+    found: list[Path] = []
+    for child in children:
+        if child.is_dir() and not child.is_symlink() and not child.name.startswith("."):
+            found.extend(find_run_folders(child))
+    return found
+
+
+def expand_argument(argument: str) -> list[Path]:
+    """The argument itself if it exists, else its glob matches (quoted globs reach us unexpanded)."""
+    path = Path(argument).expanduser()
+    if path.exists():
+        return [path]
+    if any(char in argument for char in "*?["):
+        return [Path(match) for match in sorted(glob.glob(os.path.expanduser(argument), recursive=True),
+                                                  key=natural_key)]
+    return []
+
+
+def discover(arguments: Sequence[str]) -> list[Path]:
+    """Every run folder the arguments name, each once; an argument naming none is an error."""
+    folders: dict[Path, None] = {}
+    for argument in arguments:
+        matches = expand_argument(argument)
+        if not matches:
+            raise CollapseError(f"{argument}: no such file or folder, and no glob match; give run or sweep folders")
+        found = [folder for match in matches for folder in find_run_folders(match)]
+        if not found:
+            raise CollapseError(f"{argument}: no run folders in it (none has status.json, metrics.jsonl or "
+                                f".hydra/overrides.yaml); give folders made by `collapse run`")
+        folders.update((folder.resolve(), None) for folder in found)
+    return list(folders)
+
+
+def read_yaml(path: Path):
+    if not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise CollapseError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix or remove that run") from err
+
+
+def read_json_file(path: Path) -> Optional[dict]:
+    """A JSON object (status.json, summary.json); None when the file is absent."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CollapseError(f"{path}: not valid JSON ({err}); fix or remove that run") from err
+    if not isinstance(value, dict):
+        raise CollapseError(f"{path}: holds a JSON {type(value).__name__}, not an object; fix or remove that run")
+    return value
+
+
+def checked_rows(path: Path) -> list[dict]:
+    """metrics.jsonl: one JSON object per line, each with an integer generation (if it names one)."""
+    try:
+        rows = read_metrics(path)
+    except ValueError as err:  # json.JSONDecodeError
+        raise CollapseError(f"{path / METRICS}: not valid JSON lines ({err}); fix or remove that run") from err
+    for number, row in enumerate(rows, start=1):
+        generation = row.get("generation", 0) if isinstance(row, dict) else None
+        if not isinstance(generation, int) or isinstance(generation, bool):
+            raise CollapseError(f"{path / METRICS}: line {number} is not a metrics object with an integer "
+                                f"generation; fix or remove that run")
+    return rows
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def is_label_override(override: str) -> bool:
+    """Seeds are what a group averages over; hydra.* only says where and how to write."""
+    key = override_key(override)
+    return not (key == "seed" or key == "hydra" or key.startswith(("hydra.", "hydra/")))
+
+
+def load_run(path: Path, name: str) -> Run:
+    rows = checked_rows(path)
+    overrides = read_yaml(path / OVERRIDES)
+    overrides = None if overrides is None else [str(o) for o in (overrides if isinstance(overrides, list) else [])]
+    config = read_yaml(path / "config.yaml") or read_yaml(path / ".hydra" / "config.yaml")
+    config = config if isinstance(config, dict) else {}
+    labelled = None if overrides is None else [o for o in overrides if is_label_override(o)]
+    return Run(path=path, name=name, overrides=labelled, seed=run_seed(config, overrides or []),
+               status=read_json_file(path / STATUS) or {"state": "unknown"}, summary=read_json_file(path / SUMMARY),
+               rows=rows, config=config)
+
+
+def run_seed(config: dict, overrides: Sequence[str]) -> Optional[int]:
+    """The resolved seed from config.yaml; else the seed override; None when neither says."""
+    seed = config.get("seed")
+    if seed is None:
+        seed = next((o.split("=", 1)[1] for o in overrides if override_key(o) == "seed"), None)
+    try:
+        return None if seed is None else int(seed)
+    except (TypeError, ValueError):
+        return None
+
+
+def run_names(paths: Sequence[Path]) -> list[str]:
+    """Short unique names: the path below the common ancestor's parent ("sweep/3")."""
+    if len(paths) == 1:
+        return [paths[0].name]
+    common = Path(os.path.commonpath([str(p) for p in paths]))
+    return [str(p.relative_to(common.parent)) for p in paths]
+
+
+def load_runs(folders: Sequence[Path]) -> list[Run]:
+    return [load_run(folder, name) for folder, name in zip(folders, run_names(folders))]
+
+
+def normal_override(override: str) -> str:
+    """mix=0, mix=0.0 and +mix=0 are the same setting."""
+    key, _, value = override.partition("=")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+        value = repr(float(parsed))
+    return f"{key.lstrip('+')}={value}"
+
+
+def group_key(run: Run) -> tuple:
+    if run.overrides is None:  # nothing to match it on: a group of its own
+        return ("folder", str(run.path))
+    return tuple(sorted(normal_override(o) for o in run.overrides))
+
+
+def shared_overrides(runs_by_key: dict[tuple, list[Run]]) -> list[str]:
+    """Overrides every group has (in the first run's words); labels leave them out."""
+    keyed = [members[0] for key, members in runs_by_key.items() if key[:1] != ("folder",)]
+    if len(runs_by_key) < 2 or not keyed:
+        return []
+    common = set.intersection(*(set(map(normal_override, run.overrides)) for run in keyed))
+    return [o for o in keyed[0].overrides if normal_override(o) in common]
+
+
+def group_label(run: Run, shared: Sequence[str]) -> str:
+    if run.overrides is None:
+        return f"{run.name} (no overrides.yaml)"
+    shared_set = set(map(normal_override, shared))
+    return " ".join(o for o in run.overrides if normal_override(o) not in shared_set) or "default"
+
+
+def group_runs(runs: Sequence[Run]) -> tuple[list[Group], list[str]]:
+    """Groups of runs that differ only in seed, in discovery order; also the overrides all share."""
+    runs_by_key: dict[tuple, list[Run]] = {}
+    for run in runs:
+        runs_by_key.setdefault(group_key(run), []).append(run)
+    shared = shared_overrides(runs_by_key)
+    groups = [Group(group_label(members[0], shared), sorted(members, key=lambda r: (r.seed is None, r.seed or 0)))
+              for members in runs_by_key.values()]
+    return groups, shared
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_mismatches(group: Group) -> list[str]:
+    """Config keys (seed aside) on which runs of one group disagree: same overrides, other defaults."""
+    configs = [flatten(run.config) for run in group.runs if run.config]
+    keys = sorted({k for c in configs for k in c} - NOT_EXPERIMENT_KEYS)
+    return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
