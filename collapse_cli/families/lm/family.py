@@ -23,8 +23,8 @@ from collapse_cli.families.lm import profile
 from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import load_corpus, make_blocks
 from collapse_cli.families.lm.decode import describe as describe_decoder
-from collapse_cli.families.lm.generate import generate, prompts_for
 from collapse_cli.families.lm.evaluate import token_nll
+from collapse_cli.families.lm.generate import generate, prompts_for
 from collapse_cli.families.lm.models import (
     build_base_model,
     load_tokenizer,
