@@ -7,23 +7,83 @@ OmegaConf (unknown keys, wrong types) before `validate` checks value ranges.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+import numpy as np
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment.tracking import LoggerConfig, validate_logger
-from collapse_cli.families.lm.curate import CurateConfig, validate_curate
+from collapse_cli.families.base import family_name, get_family
 
-REGIMES = ("replace", "accumulate", "accumulate_subsample", "fresh")
-# A ceiling that catches a typo (generations=100000000) before the plan alone fills the memory.
-MAX_GENERATIONS = 1000
+# Choices are StrEnums: OmegaConf refuses any other value while composing, and a member
+# compares equal to its string ("fresh" == Regime.fresh), so code and JSON see plain words.
+
+
+class Regime(StrEnum):
+    replace = "replace"
+    accumulate = "accumulate"
+    accumulate_subsample = "accumulate_subsample"
+    fresh = "fresh"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Checkpoints(StrEnum):
+    none = "none"
+    last = "last"
+    all = "all"
+
+
+class Init(StrEnum):
+    base = "base"
+    previous = "previous"
+
+
+class Schedule(StrEnum):
+    linear = "linear"
+    cosine = "cosine"
+
+
+class Select(StrEnum):
+    last = "last"
+    best_valid = "best_valid"
+
+
+class Prompt(StrEnum):
+    real = "real"
+    bos = "bos"
+
+
+class Level(StrEnum):
+    fast = "fast"
+    full = "full"
+
+
+class Shortfall(StrEnum):
+    error = "error"
+    resample = "resample"
+
+
+# A ceiling that catches a typo (generations=100000000) before the plan alone fills the memory;
+# small families run thousands of generations (the GMM paper setting: 2,000).
+MAX_GENERATIONS = 100_000
 
 
 @dataclass
 class ModelConfig:
+    """The causal-LM family's `model` group (families/lm)."""
+
+    # Which family of generative model: lm | gmm | vae (families/base.py FAMILY_MODULES).
+    family: str = "lm"
     # "tiny" builds an OPT decoder from its config; anything else is a hub id.
     name: str = "tiny"
     # A local folder (save_pretrained layout) that replaces the hub download.
@@ -48,6 +108,8 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
+    """The causal-LM family's `dataset` group: text, tokenized into blocks."""
+
     name: str = "builtin"
     # `text`: local files; `wikitext2`/`tinystories`: optional local overrides.
     train: Optional[str] = None
@@ -83,16 +145,16 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     # base: every generation starts again from the base model; previous: continue.
-    init: str = "base"
+    init: Init = Init.base
     # torch.compile the training forward/backward. null: on for CUDA (it pays from a few hundred
     # steps on), off on the CPU (compiling costs more than the default run's training).
     compile: Optional[bool] = None
     # linear | cosine: the decay after warm-up, from train.lr down to train.min_lr.
-    schedule: str = "linear"
+    schedule: Schedule = Schedule.linear
     min_lr: float = 0.0
     # last: keep the last epoch's model; best_valid: the epoch with the lowest validation loss
     # (the validation split is scored after every epoch; without one the last epoch is kept).
-    select: str = "last"
+    select: Select = Select.last
 
 
 @dataclass
@@ -106,7 +168,7 @@ class GenerateConfig:
     repetition_penalty: float = 1.0
     # real: each real training block's first `prompt_tokens` tokens prompt one
     # sequence; bos: unconditional sequences that start from the BOS token.
-    prompt: str = "real"
+    prompt: Prompt = Prompt.real
     prompt_tokens: int = 16
     new_tokens: int = 64
     batch_size: int = 256
@@ -114,7 +176,7 @@ class GenerateConfig:
 
 @dataclass
 class MetricsConfig:
-    level: str = "fast"
+    level: Level = Level.fast
     # null: 32 blocks on the CPU (cache-sized logits), 256 on CUDA.
     eval_batch_size: Optional[int] = None
     # Stride of the sliding-window perplexity, as a fraction of the block size.
@@ -123,10 +185,42 @@ class MetricsConfig:
     bootstrap: int = 200
 
 
+# Not frozen: OmegaConf makes frozen dataclasses read-only, and Hydra merges onto this node.
+@dataclass
+class CurateConfig:
+    """The `curate` group: filters between a generation's samples and later training sets (families/lm/curate.py).
+
+    Defaults switch every filter off.
+    """
+
+    exact_dedup: bool = False
+    near_dedup_n: int = 0  # n-gram length for near dedup; 0 = off
+    near_dedup_threshold: float = 0.8  # drop if >= this share of n-grams seen
+    repetition_n: int = 0  # n-gram length for the repetition filter; 0 = off
+    repetition_max: float = 0.5  # drop if repeated n-gram share > this
+    ppl_drop_low: float = 0.0  # fraction of lowest-perplexity rows to drop
+    ppl_drop_high: float = 0.0  # fraction of highest-perplexity rows to drop
+    # None, or {_target_: <callable class>, mode: filter|weight,
+    #           threshold: float, **constructor kwargs}
+    detector: Optional[Any] = None
+    min_keep_fraction: float = 0.5
+    on_shortfall: Shortfall = Shortfall.error
+
+    def active(self) -> bool:
+        """Whether any filter is on (a run that curates needs a family that can)."""
+        return (self.exact_dedup or self.near_dedup_n > 0 or self.repetition_n > 0 or self.ppl_drop_low > 0
+                or self.ppl_drop_high > 0 or self.detector is not None)
+
+
+DETECTOR_MODES = ("filter", "weight")
+
+
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # Typed by the family's schemas (model.family picks it) in to_run_config; the
+    # LM's options also carry their schema into composition (conf/model/tiny.yaml's defaults).
+    model: Any = field(default_factory=ModelConfig)
+    dataset: Any = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -136,12 +230,12 @@ class RunConfig:
     mix: float = 0.0
     generations: int = 5
     seed: int = 0
-    regime: str = "replace"
-    device: str = "auto"
+    regime: Regime = Regime.replace
+    device: Device = Device.auto
     # Processes of one run (README "Scaling out"): one per GPU, or gloo processes on the CPU.
     nproc: int = 1
     # none | last | all: which generations keep their model weights on disk.
-    checkpoints: str = "none"
+    checkpoints: Checkpoints = Checkpoints.none
     dry_run: bool = False
     resume: bool = False
     # Minimum free disk, in MiB, checked before each generation.
@@ -202,6 +296,90 @@ def _validate_dataset(d: DatasetConfig) -> None:
                f"dataset.{key}={path}: the file is empty; give a text file with at least one document")
 
 
+# --- curate: values the type system cannot range-check (the filters live in families/lm/curate.py) ---
+
+
+def _fail_range(key: str, value: Any, allowed: str, fix: str) -> None:
+    raise CollapseError(f"curate.{key}={value!r} must be {allowed}; {fix}")
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool
+    )
+
+
+def _validate_ngram_filters(cfg: CurateConfig) -> None:
+    if not isinstance(cfg.exact_dedup, bool):
+        _fail_range("exact_dedup", cfg.exact_dedup, "true or false", "set curate.exact_dedup=true")
+    for key in ("near_dedup_n", "repetition_n"):
+        value = getattr(cfg, key)
+        if not is_int(value) or value < 0:
+            _fail_range(key, value, "an integer >= 0 (0 = off)", f"set e.g. curate.{key}=8")
+    # threshold 0 would call every row after the first a duplicate.
+    t = cfg.near_dedup_threshold
+    if not _is_number(t) or not 0.0 < t <= 1.0:
+        _fail_range("near_dedup_threshold", t, "in (0, 1]", "set e.g. curate.near_dedup_threshold=0.8")
+    m = cfg.repetition_max
+    if not _is_number(m) or not 0.0 <= m <= 1.0:
+        _fail_range("repetition_max", m, "in [0, 1]", "set e.g. curate.repetition_max=0.5")
+
+
+def _validate_ppl_and_shortfall(cfg: CurateConfig) -> None:
+    for key in ("ppl_drop_low", "ppl_drop_high"):
+        value = getattr(cfg, key)
+        if not _is_number(value) or not 0.0 <= value < 1.0:
+            _fail_range(key, value, "in [0, 1) (a fraction of sequences)", f"set e.g. curate.{key}=0.05")
+    if cfg.ppl_drop_low + cfg.ppl_drop_high >= 1.0:
+        raise CollapseError(
+            f"curate.ppl_drop_low + curate.ppl_drop_high = "
+            f"{cfg.ppl_drop_low + cfg.ppl_drop_high:g} must be < 1 (nothing would survive); "
+            "lower one of them"
+        )
+    f = cfg.min_keep_fraction
+    if not _is_number(f) or not 0.0 <= f <= 1.0:
+        _fail_range("min_keep_fraction", f, "in [0, 1]", "set e.g. curate.min_keep_fraction=0.5")
+    if cfg.on_shortfall not in tuple(Shortfall):
+        _fail_range("on_shortfall", cfg.on_shortfall, "one of error|resample", "set curate.on_shortfall=error")
+
+
+def validate_detector(detector: Any) -> None:
+    if detector is None:
+        return
+    if not isinstance(detector, Mapping) or not isinstance(detector.get("_target_"), str):
+        raise CollapseError(
+            f"curate.detector={detector!r} must be null or a block with a `_target_` "
+            "naming a scorer class; see conf/curate/detector.yaml"
+        )
+    mode = detector.get("mode", "filter")
+    if mode not in DETECTOR_MODES:
+        _fail_range("detector.mode", mode, "one of filter|weight", "set curate.detector.mode=weight")
+    t = detector.get("threshold", 0.5)
+    if not _is_number(t) or not 0.0 <= t <= 1.0:
+        _fail_range(
+            "detector.threshold", t, "in [0, 1] (scores are in [0, 1])",
+            "set e.g. curate.detector.threshold=0.5",
+        )
+
+
+def validate_curate(cfg: CurateConfig) -> None:
+    """Raise CollapseError (one line, naming the key and the fix) on a bad value."""
+    _validate_ngram_filters(cfg)
+    _validate_ppl_and_shortfall(cfg)
+    validate_detector(plain(cfg.detector))
+
+
+def plain(value: Any) -> Any:
+    """DictConfig -> plain dict/list; anything else unchanged."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 def _validate_train(t: TrainConfig) -> None:
     _check(t.epochs >= 1, f"train.epochs={t.epochs} must be at least 1")
     _check(t.lr > 0, f"train.lr={t.lr} must be positive")
@@ -210,10 +388,7 @@ def _validate_train(t: TrainConfig) -> None:
     _check(0.0 <= t.warmup_ratio < 1.0, f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)")
     _check(t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} must be >= 0")
     _check(t.grad_clip >= 0, f"train.grad_clip={t.grad_clip} must be >= 0 (0 disables clipping)")
-    _check(t.init in ("base", "previous"), f"train.init={t.init!r}: use base or previous")
-    _check(t.schedule in ("linear", "cosine"), f"train.schedule={t.schedule!r}: use linear or cosine")
     _check(0.0 <= t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be in [0, train.lr={t.lr}]")
-    _check(t.select in ("last", "best_valid"), f"train.select={t.select!r}: use last or best_valid")
 
 
 def _validate_generate(g: GenerateConfig, block_size: int) -> None:
@@ -222,7 +397,6 @@ def _validate_generate(g: GenerateConfig, block_size: int) -> None:
     _check(0.0 < g.top_p <= 1.0, f"generate.top_p={g.top_p} must be in (0, 1]")
     _check(g.num_beams >= 1, f"generate.num_beams={g.num_beams} must be at least 1")
     _check(g.repetition_penalty > 0, f"generate.repetition_penalty={g.repetition_penalty} must be positive")
-    _check(g.prompt in ("real", "bos"), f"generate.prompt={g.prompt!r}: use real or bos")
     _check(g.prompt_tokens >= 1, f"generate.prompt_tokens={g.prompt_tokens} must be at least 1")
     _check(g.prompt == "bos" or g.prompt_tokens <= block_size,
            f"generate.prompt_tokens={g.prompt_tokens} exceeds train.block_size={block_size}: "
@@ -272,19 +446,14 @@ def _validate_run(cfg: RunConfig) -> None:
            f"generations={cfg.generations} must be at least 1 (recursive generations after generation 0)")
     _check(cfg.generations <= MAX_GENERATIONS, f"generations={cfg.generations} is above {MAX_GENERATIONS}; run fewer")
     _check_seed("seed", cfg.seed)
-    _check(cfg.regime in REGIMES, f"regime={cfg.regime!r}: use one of {', '.join(REGIMES)}")
     _check(not (cfg.regime == "fresh" and cfg.mix == 0.0),
            "regime=fresh draws each generation's real share from unseen data, so it needs mix > 0: set mix=0.1, say")
     _check(not (cfg.regime.startswith("accumulate") and cfg.mix == 0.0),
            f"regime={cfg.regime} keeps real data in its pool, which mix=0 empties: set mix=1 "
            f"(all real data kept, as Gerstgrasser et al.) or a fraction such as mix=0.5")
-    _check(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: use auto, cpu or cuda")
     check_nproc(cfg.nproc, cfg.device, _cuda_count())
     _check(cfg.device != "cuda" or _cuda_visible(),
            "device=cuda but no CUDA device is visible; use device=auto or device=cpu")
-    _check(cfg.checkpoints in ("none", "last", "all"), f"checkpoints={cfg.checkpoints!r}: use none, last or all")
-    _check(cfg.metrics.level in ("fast", "full"),
-           f"metrics.level={cfg.metrics.level!r}: use metrics=fast or metrics=full")
     _check(cfg.metrics.eval_batch_size is None or cfg.metrics.eval_batch_size >= 1,
            f"metrics.eval_batch_size={cfg.metrics.eval_batch_size} must be at least 1")
     _check(cfg.metrics.bootstrap >= 2, f"metrics.bootstrap={cfg.metrics.bootstrap} must be at least 2 (resamples)")
@@ -295,18 +464,41 @@ def _validate_run(cfg: RunConfig) -> None:
     _check(cfg.min_free_disk_mb >= 0, f"min_free_disk_mb={cfg.min_free_disk_mb} must be >= 0")
 
 
-def validate(cfg: RunConfig) -> RunConfig:
-    """Range checks that the type system cannot express; raises CollapseError."""
-    _validate_run(cfg)
+def validate_lm(cfg: RunConfig) -> None:
+    """The causal-LM family's checks (families/lm/family.py calls them)."""
     _validate_model(cfg.model)
     _validate_dataset(cfg.dataset)
-    _validate_train(cfg.train)
     _validate_generate(cfg.generate, cfg.train.block_size)
-    validate_curate(cfg.curate)
-    validate_logger(cfg.logger)
     if cfg.model.name == "tiny" and cfg.model.path is None:
         # `tiny` is built from this config, so its length limit is known before anything loads.
         check_lengths(cfg, cfg.model.max_positions)
+
+
+def _check_dataset(family: Any, dataset_name: Any) -> None:
+    _check(dataset_name in family.datasets,
+           f"model.family={family.name} reads dataset={' or dataset='.join(family.datasets)}, not "
+           f"dataset={dataset_name}; pick one of those (or a model of another family)")
+
+
+def _validate_family(cfg: RunConfig, family: Any) -> None:
+    """Combinations the chosen family cannot run, then the family's own range checks."""
+    _check_dataset(family, cfg.dataset.name)
+    _check(family.curates or not cfg.curate.active(),
+           f"curate filters text sequences, and model.family={family.name} writes none; use curate=none")
+    family.validate(cfg)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Range checks that the type system cannot express; raises CollapseError."""
+    _validate_run(cfg)
+    _validate_train(cfg.train)
+    validate_curate(cfg.curate)
+    validate_logger(cfg.logger)
+    _validate_family(cfg, get_family(family_name(cfg.model)))
+    # The LM shards training, sampling and scoring across ranks; another family would run N copies of one run.
+    _check(cfg.nproc == 1 or family_name(cfg.model) == "lm",
+           f"nproc={cfg.nproc}: only the language-model family runs across processes; "
+           f"use nproc=1 with model.family={family_name(cfg.model)}")
     return cfg
 
 
@@ -324,12 +516,28 @@ def _unknown_key(values: dict, schema: Any, prefix: str = "") -> Optional[str]:
     return None
 
 
+def schema(family: Any = None) -> DictConfig:
+    """The typed root node: `model` and `dataset` typed by `family`'s schemas, or left open (family None).
+
+    Hydra composes onto the open form, so any family's options fit; each LM option names its
+    schema in its defaults (lm_model, lm_dataset), and to_run_config types every family's.
+    """
+    node = OmegaConf.structured(RunConfig)
+    node.model = OmegaConf.structured(family.model_schema) if family else {}
+    node.dataset = OmegaConf.structured(family.dataset_schema) if family else {}
+    return node
+
+
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Turn Hydra's composed DictConfig into the validated dataclass."""
-    unknown = _unknown_key(OmegaConf.to_container(cfg, resolve=False), RunConfig())
+    values = OmegaConf.to_container(cfg, resolve=False)
+    family = get_family(family_name(values.get("model") or {}))
+    # Before the key check: another family's dataset has keys this family's schema lacks.
+    _check_dataset(family, (values.get("dataset") or {}).get("name"))
+    expected = RunConfig(model=family.model_schema(), dataset=family.dataset_schema())
+    unknown = _unknown_key(values, expected)
     _check(unknown is None, f"{unknown}: no such key (check its spelling; `collapse run --cfg job` lists every key)")
-    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
-    run_config = OmegaConf.to_object(merged)
+    run_config = OmegaConf.to_object(OmegaConf.merge(schema(family), cfg))
     assert isinstance(run_config, RunConfig)
     return validate(run_config)
 
@@ -337,4 +545,8 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
 def register_schema() -> None:
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="schema", node=RunConfig)
+    store = ConfigStore.instance()
+    store.store(name="schema", node=schema())
+    # The LM's group options extend these, so composing types their keys and `--cfg job` shows them all.
+    store.store(group="model", name="lm_model", node=ModelConfig)
+    store.store(group="dataset", name="lm_dataset", node=DatasetConfig)

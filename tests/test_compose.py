@@ -111,9 +111,22 @@ def test_blocks_are_read_from_their_origin():
     real_pool = np.repeat(np.arange(N)[:, None], block, axis=1)  # real row i holds i
     corpora = {k: np.repeat(1000 * (k + 1) + np.arange(N)[:, None], block, axis=1) for k in range(2)}
     ts = compose(2, "accumulate", 0.5, N, sizes(2), SEED)
-    blocks = ts.blocks(real_pool, corpora)
+    blocks = ts.rows(real_pool, corpora)
     expected = np.where(ts.origin == REAL, ts.index, 1000 * (ts.origin.astype(np.int64) + 1) + ts.index)
     assert np.array_equal(blocks[:, 0], expected) and (blocks == blocks[:, :1]).all()
+    assert blocks.dtype == real_pool.dtype
+
+
+def test_rows_keep_any_row_shape_and_dtype():
+    # Families other than the LM: float points [n, 2] (GMM), images [n, 8, 8] (VAE).
+    real_pool = np.arange(N * 16, dtype=np.float32).reshape(N, 8, 2) / 7
+    samples = {k: real_pool[::-1] + 1000 * (k + 1) for k in range(2)}
+    ts = compose(2, "replace", 0.5, N, sizes(2), SEED)
+    rows = ts.rows(real_pool, samples)
+    assert rows.shape == (N, 8, 2) and rows.dtype == np.float32
+    for row, origin, index in zip(rows, ts.origin, ts.index):
+        source = real_pool if origin == REAL else samples[int(origin)]
+        assert np.array_equal(row, source[index])
 
 
 def test_same_seed_same_set_other_seed_other_set():
@@ -137,17 +150,16 @@ def test_check_pool_names_the_sizes():
                                                     (9, 2, 0.3), (50, 4, 0.35)])
 def test_fresh_default_size_always_fits_the_pool(n_pool: int, generations: int, mix: float):
     cfg = RunConfig(regime="fresh", mix=mix, generations=generations)
-    n = _train_size(cfg, n_pool)
+    n = _train_size(cfg, None, n_pool)
     check_pool("fresh", n_pool, n, mix, generations)
     assert fresh_pool_needed(n + 1, mix, generations) > n_pool or n + 1 > n_pool  # and N is not needlessly small
 
 
 def test_fresh_pool_extends_past_the_cap_on_n():
     cfg = RunConfig(regime="fresh", mix=0.5, generations=2)
-    cfg.dataset.max_train_blocks = 20
-    assert _pool_cap(cfg) == 40 and _train_size(cfg, 40) == 20
+    assert _pool_cap(cfg, 20) == 40 and _train_size(cfg, 20, 40) == 20
     cfg.regime = "replace"
-    assert _pool_cap(cfg) == 20
+    assert _pool_cap(cfg, 20) == 20
 
 
 def test_describe_mix():

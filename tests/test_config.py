@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from collapse_cli.cli import _register, conf_dir
-from collapse_cli.config import RunConfig, to_run_config
+from collapse_cli.config import CurateConfig, RunConfig, to_run_config
 from collapse_cli.errors import CollapseError
-from collapse_cli.families.lm.curate import CurateConfig
+from collapse_cli.families.base import get_family
 
 GROUPS = ("model", "dataset", "generate", "metrics", "curate")
 
@@ -42,15 +43,33 @@ def test_every_group_has_options():
     assert ("generate", "shumailov") in ALL_OPTIONS and ("model", "opt125m") in ALL_OPTIONS
 
 
+def option_value(group: str, option: str, key: str, default: str) -> str:
+    return OmegaConf.load(Path(conf_dir()) / group / f"{option}.yaml").get(key, default)
+
+
+def partner(group: str, option: str) -> list[str]:
+    """The overrides that make a model or dataset option runnable: its family's first counterpart."""
+    if group == "model":
+        family = get_family(option_value("model", option, "family", "lm"))
+        return [] if family.name == "lm" else [f"dataset={family.datasets[0]}"]
+    if group == "dataset":
+        name = option_value("dataset", option, "name", option)
+        for model in options("model"):
+            family = get_family(option_value("model", model, "family", "lm"))
+            if name in family.datasets:
+                return [] if family.name == "lm" else [f"model={model}"]
+    return []
+
+
 @pytest.mark.parametrize("group,option", ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
 def test_every_shipped_option_composes(group: str, option: str, text_files: list[str]):
     extra = text_files if (group, option) == ("dataset", "text") else []
-    cfg = composed([f"{group}={option}", *extra])
+    cfg = composed([f"{group}={option}", *extra, *partner(group, option)])
     assert isinstance(cfg, RunConfig)
     node = getattr(cfg, group)
     expected = {
         # tiny is built from its config; every other option names a hub model.
-        "model": lambda: (node.name == "tiny") == (option == "tiny"),
+        "model": lambda: (getattr(node, "name", None) == "tiny") == (option == "tiny"),
         "dataset": lambda: node.name == option,
         "generate": lambda: node.preset == option,
         "metrics": lambda: node.level == option,
@@ -58,8 +77,9 @@ def test_every_shipped_option_composes(group: str, option: str, text_files: list
     }[group]
     assert expected(), (group, option, node)
     # Interpolations resolved into typed values: lr follows the model, new_tokens the block size.
-    assert cfg.train.lr == cfg.model.lr
+    assert cfg.train.lr == getattr(cfg.model, "lr", 1e-3)
     assert cfg.generate.new_tokens == cfg.train.block_size
+    assert isinstance(cfg.model, get_family(cfg.model.family).model_schema)
 
 
 def test_model_options_name_the_right_models():
@@ -97,6 +117,28 @@ def test_shumailov_preset_is_beam_search_with_repetition_penalty():
     cfg = preset("shumailov")
     assert cfg.num_beams == 5 and cfg.do_sample is False and cfg.repetition_penalty == 3.0
     assert cfg.prompt_tokens == 64 and cfg.new_tokens == 64
+
+
+def test_choices_are_typed_and_compare_as_words():
+    cfg = composed(["regime=fresh", "mix=0.1", "checkpoints=last", "train.init=previous", "generate.prompt=bos",
+                    "metrics=full", "curate.on_shortfall=resample"])
+    assert (cfg.regime, cfg.checkpoints, cfg.train.init) == ("fresh", "last", "previous")
+    assert (cfg.generate.prompt, cfg.metrics.level, cfg.curate.on_shortfall) == ("bos", "full", "resample")
+    assert f"{cfg.regime}" == "fresh"  # StrEnum: f-strings and JSON see the word, not Regime.fresh
+    with pytest.raises(Exception) as err:
+        composed(["regime=sometimes"])
+    assert "expected one of [replace, accumulate" in str(err.value.__cause__)  # refused by OmegaConf itself
+
+
+def test_cfg_job_prints_every_key_of_the_lm_model(tmp_path: Path):
+    # gpt2.yaml names three keys; its schema default (lm_model) fills in the rest when composing.
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "collapse_cli.cli", "run", "model=gpt2", "--cfg", "job"],
+                         capture_output=True, text=True, check=True, cwd=Path(conf_dir()).parent).stdout
+    model = OmegaConf.create(out).model
+    assert model.name == "gpt2" and model.family == "lm" and "hidden_size" in model and "bpe_vocab_size" in model
 
 
 def test_sampling_presets():

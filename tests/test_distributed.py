@@ -149,10 +149,11 @@ def test_nproc_checks():
             check_nproc(nproc, device, n_gpus)
 
 
-@pytest.mark.parametrize("args,needle", [(["nproc=0"], "nproc=0 must be at least 1"),
-                                         (["nproc=2", "device=cuda"], "nproc=2 needs 2 GPUs but 0 CUDA")])
+@pytest.mark.parametrize("args,needle", [([*TINY, "nproc=0"], "nproc=0 must be at least 1"),
+                                         ([*TINY, "nproc=2", "device=cuda"], "nproc=2 needs 2 GPUs but 0 CUDA"),
+                                         (["model=gmm", "dataset=gaussian", "nproc=2"], "use nproc=1 with model.family=gmm")])
 def test_bad_nproc_is_one_line(tmp_path: Path, args: list[str], needle: str):
-    result = run_collapse(["run", *TINY, *args], cwd=tmp_path, timeout=120, env={"CUDA_VISIBLE_DEVICES": ""})
+    result = run_collapse(["run", *args], cwd=tmp_path, timeout=120, env={"CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2
     assert needle in one_error_line(result)
     assert not (tmp_path / "outputs").exists()

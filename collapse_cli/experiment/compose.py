@@ -1,4 +1,6 @@
-"""Which blocks each generation trains on, and where every one of them came from.
+"""Which rows each generation trains on, and where every one of them came from.
+
+A row is one sample of the family: a token block (LM), a point (GMM), an image (VAE).
 
 N is the size of the real training set that generation 0 trains on. For g >= 1:
     replace               round(mix*N) real + the rest synthetic from g-1       (Shumailov et al. 2024)
@@ -6,7 +8,7 @@ N is the size of the real training set that generation 0 trains on. For g >= 1:
     accumulate_subsample  N drawn uniformly from that accumulated pool          (Kazdan et al. 2024)
     fresh                 round(mix*N) real blocks no earlier generation saw
                           + the rest synthetic from g-1                         (Alemohammad et al. 2024)
-Origins: REAL (-1) for real blocks, k >= 0 for synthetic text from generation k.
+Origins: REAL (-1) for real rows, k >= 0 for synthetic rows from generation k.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ REAL = -1
 
 @dataclass
 class TrainingSet:
-    origin: np.ndarray  # int16 [n]: REAL or the generation that wrote the block
+    origin: np.ndarray  # int16 [n]: REAL or the generation that wrote the row
     index: np.ndarray  # int32 [n]: row in the real pool or in that generation's corpus
 
     def __len__(self) -> int:
@@ -32,13 +34,14 @@ class TrainingSet:
         labels, counts = np.unique(self.origin, return_counts=True)
         return {("real" if label == REAL else f"gen_{label}"): int(n) for label, n in zip(labels, counts)}
 
-    def blocks(self, real_pool: np.ndarray, corpora: dict[int, np.ndarray]) -> np.ndarray:
-        out = np.empty((len(self), real_pool.shape[1]), dtype=np.int64)
+    def rows(self, real_pool: np.ndarray, samples: dict[int, np.ndarray]) -> np.ndarray:
+        """The training rows themselves, in order, with the real pool's dtype and row shape."""
+        out = np.empty((len(self), *real_pool.shape[1:]), dtype=real_pool.dtype)
         is_real = self.origin == REAL
         out[is_real] = real_pool[self.index[is_real]]
         for generation in np.unique(self.origin[~is_real]):
             rows = self.origin == generation
-            out[rows] = corpora[int(generation)][self.index[rows]]
+            out[rows] = samples[int(generation)][self.index[rows]]
         return out
 
 
@@ -81,9 +84,9 @@ def compose(generation: int, regime: str, mix: float, n_train: int, corpus_sizes
             seed: int) -> TrainingSet:
     """The training set of `generation`, as (origin, index) pairs.
 
-    `corpus_sizes[k]` is the number of usable synthetic blocks generation k wrote
+    `corpus_sizes[k]` is the number of usable synthetic rows generation k wrote
     (after curation). The real pool's first n_train rows are generation 0's set;
-    the fresh regime reads its unseen blocks from the rows after them.
+    the fresh regime reads its unseen rows from the rows after them.
     """
     if generation == 0:
         return _part(REAL, np.arange(n_train))

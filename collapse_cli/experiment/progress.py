@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -18,9 +19,8 @@ from rich.table import Table
 
 from collapse_cli.console import fmt, make_console
 
-# The columns of the end-of-run table, in order; missing keys are skipped.
-TABLE_KEYS = ("generation", "ppl_test", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth",
-              "distinct2_tok", "train_loss_last", "wall_time_s")
+# The end-of-run table shows at most this many generations (evenly spread, first and last kept).
+TABLE_ROWS = 25
 
 
 class Feedback:
@@ -41,8 +41,8 @@ class Feedback:
 
             yield update
 
-    def show_plan(self, cfg, device, n_params: int, rows: list[dict], mix_words: str, decoder: str = "") -> None:
-        model = cfg.model.path or cfg.model.name
+    def show_plan(self, cfg, device, model: str, n_params: int, rows: list[dict], mix_words: str,
+                  decoder: str = "") -> None:
         self.console.print(f"[bold]collapse run[/]: model {model} ({n_params / 1e6:.2f}M parameters) "
                            f"on {device.type}{' (bf16)' if device.type == 'cuda' else ''}, dataset {cfg.dataset.name}, "
                            f"regime {cfg.regime}, seed {cfg.seed}")
@@ -53,28 +53,37 @@ class Feedback:
         columns = list(rows[0])
         for column in columns:
             table.add_column(column, justify="right")
-        for row in rows:
+        for row in _spread(rows):
             table.add_row(*(fmt(row[c], blank="—") for c in columns))
         self.console.print(table)
 
-    def generation_line(self, metrics: dict) -> str:
+    def generation_line(self, metrics: dict, keys: tuple[str, ...]) -> str:
+        """One log line per generation: `keys` (the family's table_keys) and the wall time."""
         parts = [f"gen {metrics['generation']}:"]
-        for key in TABLE_KEYS[1:]:
+        for key in (*keys, "wall_time_s"):
             if key in metrics:
                 parts.append(f"{key}={fmt(metrics[key], blank='—')}")
         return " ".join(parts)
 
-    def show_summary(self, run_dir, summary: dict) -> None:
+    def show_summary(self, run_dir, summary: dict, keys: tuple[str, ...]) -> None:
         from collapse_cli.experiment.rundir import read_metrics
 
         rows = read_metrics(run_dir.path)
         table = Table(title=f"metrics by generation — {run_dir.path}")
-        keys = [k for k in TABLE_KEYS if any(k in row for row in rows)]
+        keys = [k for k in ("generation", *keys, "wall_time_s") if any(k in row for row in rows)]
         for key in keys:
             table.add_column(key, justify="right")
-        for row in rows:
+        for row in _spread(rows):
             table.add_row(*(fmt(row.get(k), blank="—") for k in keys))
         self.console.print(table)
         verdict = summary.get("early_warning", {}).get("text")
         if verdict:
             self.console.print(f"[bold]early warning[/]: {verdict}")
+
+
+def _spread(rows: list[dict]) -> list[dict]:
+    """At most TABLE_ROWS rows, evenly spread: a 2,000-generation run gets a readable table."""
+    if len(rows) <= TABLE_ROWS:
+        return rows
+    picks = np.unique(np.linspace(0, len(rows) - 1, TABLE_ROWS).round().astype(int))
+    return [rows[i] for i in picks]

@@ -16,7 +16,7 @@ from collapse_cli.console import make_console
 from collapse_cli.errors import CollapseError
 from collapse_cli.report.export import write_outputs
 from collapse_cli.report.runs import Group, discover, group_runs, load_runs
-from collapse_cli.report.stats import choose_metrics
+from collapse_cli.report.stats import FAMILY_METRICS, choose_metrics
 from collapse_cli.report.tables import (
     TextTable,
     config_words,
@@ -29,7 +29,8 @@ from collapse_cli.report.tables import (
     warnings,
 )
 
-SHOW_METRICS = ("ppl_test", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth", "train_loss_last")
+SHOW_METRICS = ("ppl_test", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth", *FAMILY_METRICS,
+                "train_loss_last")
 
 
 class Parser(argparse.ArgumentParser):

@@ -186,7 +186,16 @@ def config_words(config: dict) -> list[tuple[str, str]]:
     if not config:
         return [("config", "no config.yaml in the run folder")]
     train, generations = config.get("train") or {}, config.get("generations")
-    return [("model", model_words(config.get("model") or {})),
+    model = config.get("model") or {}
+    if model.get("family", "lm") != "lm":  # decoding and token blocks are the LM's; other families list their keys
+        def keys(node: dict) -> str:
+            return ", ".join(f"{k} {v}" for k, v in node.items() if k not in ("family", "name"))
+        return [("model", f"{model.get('family')}: {keys(model)}"),
+                ("dataset", f"{(config.get('dataset') or {}).get('name')}: {keys(config.get('dataset') or {})}"),
+                ("mix", mix_words(config.get("mix"))),
+                ("regime", regime_words(config.get("regime"), config.get("mix"))),
+                ("generations", f"{generations} after generation 0"), ("seed", str(config.get("seed")))]
+    return [("model", model_words(model)),
             ("dataset", dataset_words(config.get("dataset") or {})),
             ("mix", mix_words(config.get("mix"))),
             ("regime", regime_words(config.get("regime"), config.get("mix"))),

@@ -41,10 +41,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from collapse_cli.config import DETECTOR_MODES, CurateConfig, is_int, plain, validate_curate, validate_detector
 from collapse_cli.errors import CollapseError
 
-SHORTFALL_POLICIES = ("error", "resample")
-DETECTOR_MODES = ("filter", "weight")
+__all__ = ["CurateConfig", "validate_curate", "DETECTOR_MODES", "curate"]  # the config lives in config.py
+
 # Keys of the `curate.detector` block that configure curate itself; every
 # other key (besides _target_) is passed to the scorer's constructor.
 DETECTOR_OWN_KEYS = ("mode", "threshold")
@@ -57,25 +58,6 @@ Scorer = Callable[[np.ndarray, Optional[list]], np.ndarray]
 # --------------------------------------------------------------------------
 
 
-# Not frozen: OmegaConf makes frozen dataclasses read-only, and Hydra merges onto this node.
-@dataclass
-class CurateConfig:
-    """The `curate` node of a run config. Defaults switch every filter off."""
-
-    exact_dedup: bool = False
-    near_dedup_n: int = 0  # n-gram length for near dedup; 0 = off
-    near_dedup_threshold: float = 0.8  # drop if >= this share of n-grams seen
-    repetition_n: int = 0  # n-gram length for the repetition filter; 0 = off
-    repetition_max: float = 0.5  # drop if repeated n-gram share > this
-    ppl_drop_low: float = 0.0  # fraction of lowest-perplexity rows to drop
-    ppl_drop_high: float = 0.0  # fraction of highest-perplexity rows to drop
-    # None, or {_target_: <callable class>, mode: filter|weight,
-    #           threshold: float, **constructor kwargs}
-    detector: Optional[Any] = None
-    min_keep_fraction: float = 0.5
-    on_shortfall: str = "error"  # error | resample
-
-
 @dataclass(frozen=True)
 class CurateResult:
     """Rows to train on (indices into synth, repeats allowed) and the report."""
@@ -84,99 +66,12 @@ class CurateResult:
     report: dict
 
 
-def _fail_range(key: str, value: Any, allowed: str, fix: str) -> None:
-    raise CollapseError(f"curate.{key}={value!r} must be {allowed}; {fix}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, bool
-    )
-
-
-def _validate_ngram_filters(cfg: CurateConfig) -> None:
-    if not isinstance(cfg.exact_dedup, bool):
-        _fail_range("exact_dedup", cfg.exact_dedup, "true or false", "set curate.exact_dedup=true")
-    for key in ("near_dedup_n", "repetition_n"):
-        value = getattr(cfg, key)
-        if not _is_int(value) or value < 0:
-            _fail_range(key, value, "an integer >= 0 (0 = off)", f"set e.g. curate.{key}=8")
-    # threshold 0 would call every row after the first a duplicate.
-    t = cfg.near_dedup_threshold
-    if not _is_number(t) or not 0.0 < t <= 1.0:
-        _fail_range("near_dedup_threshold", t, "in (0, 1]", "set e.g. curate.near_dedup_threshold=0.8")
-    m = cfg.repetition_max
-    if not _is_number(m) or not 0.0 <= m <= 1.0:
-        _fail_range("repetition_max", m, "in [0, 1]", "set e.g. curate.repetition_max=0.5")
-
-
-def _validate_ppl_and_shortfall(cfg: CurateConfig) -> None:
-    for key in ("ppl_drop_low", "ppl_drop_high"):
-        value = getattr(cfg, key)
-        if not _is_number(value) or not 0.0 <= value < 1.0:
-            _fail_range(key, value, "in [0, 1) (a fraction of sequences)", f"set e.g. curate.{key}=0.05")
-    if cfg.ppl_drop_low + cfg.ppl_drop_high >= 1.0:
-        raise CollapseError(
-            f"curate.ppl_drop_low + curate.ppl_drop_high = "
-            f"{cfg.ppl_drop_low + cfg.ppl_drop_high:g} must be < 1 (nothing would survive); "
-            "lower one of them"
-        )
-    f = cfg.min_keep_fraction
-    if not _is_number(f) or not 0.0 <= f <= 1.0:
-        _fail_range("min_keep_fraction", f, "in [0, 1]", "set e.g. curate.min_keep_fraction=0.5")
-    if cfg.on_shortfall not in SHORTFALL_POLICIES:
-        _fail_range(
-            "on_shortfall", cfg.on_shortfall, "one of error|resample", "set curate.on_shortfall=error"
-        )
-
-
-def _validate_detector(detector: Any) -> None:
-    if detector is None:
-        return
-    if not isinstance(detector, Mapping) or not isinstance(detector.get("_target_"), str):
-        raise CollapseError(
-            f"curate.detector={detector!r} must be null or a block with a `_target_` "
-            "naming a scorer class; see conf/curate/detector.yaml"
-        )
-    mode = detector.get("mode", "filter")
-    if mode not in DETECTOR_MODES:
-        _fail_range("detector.mode", mode, "one of filter|weight", "set curate.detector.mode=weight")
-    t = detector.get("threshold", 0.5)
-    if not _is_number(t) or not 0.0 <= t <= 1.0:
-        _fail_range(
-            "detector.threshold", t, "in [0, 1] (scores are in [0, 1])",
-            "set e.g. curate.detector.threshold=0.5",
-        )
-
-
-def validate_curate(cfg: CurateConfig) -> None:
-    """Raise CollapseError (one line, naming the key and the fix) on a bad value."""
-    _validate_ngram_filters(cfg)
-    _validate_ppl_and_shortfall(cfg)
-    _validate_detector(_plain(cfg.detector))
-
-
-def _plain(value: Any) -> Any:
-    """DictConfig -> plain dict/list; anything else unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # omegaconf is a dependency; stay usable without it
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def as_curate_config(cfg: Any) -> CurateConfig:
     """Accept a CurateConfig, a dict, or an OmegaConf node; return a validated CurateConfig."""
     if cfg is None:
         cfg = CurateConfig()
     if not isinstance(cfg, CurateConfig):
-        raw = asdict(cfg) if is_dataclass(cfg) else _plain(cfg)
+        raw = asdict(cfg) if is_dataclass(cfg) else plain(cfg)
         if not isinstance(raw, Mapping):
             raise CollapseError(f"curate config must be a mapping, got {type(cfg).__name__}")
         known = {f.name for f in fields(CurateConfig)}
@@ -186,7 +81,7 @@ def as_curate_config(cfg: Any) -> CurateConfig:
                 f"curate.{unknown[0]} is not a curate option; valid keys: {', '.join(sorted(known))}"
             )
         cfg = CurateConfig(**raw)
-    cfg = CurateConfig(**{**asdict(cfg), "detector": _plain(cfg.detector)})
+    cfg = CurateConfig(**{**asdict(cfg), "detector": plain(cfg.detector)})
     validate_curate(cfg)
     return cfg
 
@@ -335,7 +230,7 @@ class RepetitionScorer:
     """
 
     def __init__(self, n: int = 4):
-        if not _is_int(n) or n < 1:
+        if not is_int(n) or n < 1:
             raise ValueError(f"RepetitionScorer n must be an integer >= 1, got {n!r}")
         self.n = int(n)
 
@@ -355,8 +250,8 @@ def build_detector(detector_cfg: Mapping) -> Detector:
     """Instantiate `curate.detector` with Hydra; mode/threshold stay with curate."""
     from hydra.utils import instantiate
 
-    detector_cfg = dict(_plain(detector_cfg))
-    _validate_detector(detector_cfg)
+    detector_cfg = dict(plain(detector_cfg))
+    validate_detector(detector_cfg)
     target = detector_cfg["_target_"]
     scorer_cfg = {k: v for k, v in detector_cfg.items() if k not in DETECTOR_OWN_KEYS}
     try:

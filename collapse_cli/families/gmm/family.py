@@ -1,0 +1,191 @@
+"""The Gaussian mixture as a family: float32 points [n, dim] in, float32 points out (core.py does the work).
+
+Defaults are the paper's: 1,000 points from one 2-D standard normal, 2 full-covariance components,
+scikit-learn's tolerance. What a generation writes stays small: samples.npy (n x dim float32) and
+metrics; the per-sample scores (NLL under the true density) are recomputable from it and not saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from collapse_cli.errors import CollapseError
+from collapse_cli.experiment.rundir import RunDir, gen_name
+from collapse_cli.families.base import Family, Progress, RealData
+from collapse_cli.families.gmm import core
+
+MIXTURE_FILE = "mixture.npz"
+
+
+@dataclass
+class GMMModelConfig:
+    """`model=gmm`: the fitted mixture and its EM settings."""
+
+    family: str = "gmm"
+    name: str = "gmm"
+    n_components: int = 2
+    tol: float = 1e-3  # scikit-learn's default, as in the paper
+    max_iter: int = 100
+    n_init: int = 1
+    reg_covar: float = 1e-6
+    lr: float = 1.0  # unused by EM; conf/config.yaml sets train.lr: ${model.lr}, checked positive
+    figure_generations: int = 6  # generations drawn in figures/gmm_scatter.png, log-spaced from 0 to the last
+
+
+@dataclass
+class GaussianDatasetConfig:
+    """`dataset=gaussian`: points drawn from a known true mixture (null means/covariances: one standard normal)."""
+
+    name: str = "gaussian"
+    dim: int = 2
+    n_train: int = 1000  # N: real points generation 0 fits, and points every generation samples
+    n_test: int = 1000  # held-out real points for nll_test and the tail threshold
+    weights: list[float] = field(default_factory=lambda: [1.0])
+    means: Optional[list[list[float]]] = None
+    covariances: Optional[list[list[list[float]]]] = None
+    seed: int = 0  # the real data depends on this seed only, so a seed sweep shares it
+
+
+@dataclass
+class GMMModel:
+    """Mutable holder (the loop deep-copies the base model and fits it in place); None until fitted."""
+
+    mixture: Optional[core.Mixture] = None
+
+
+def true_mixture(d: GaussianDatasetConfig) -> core.Mixture:
+    """The dataset's true distribution; CollapseError naming the key when it is not a valid mixture."""
+    k = len(d.weights)
+    means = d.means if d.means is not None else [[0.0] * d.dim] * k
+    covariances = d.covariances if d.covariances is not None else [np.eye(d.dim).tolist()] * k
+    try:
+        truth = core.make_mixture(d.weights, means, covariances)
+    except ValueError as error:
+        raise CollapseError(f"dataset.weights/means/covariances: {error}; fix them in conf/dataset/gaussian.yaml "
+                            f"or on the command line") from None
+    if truth.dim != d.dim:
+        raise CollapseError(f"dataset.dim={d.dim} but dataset.means have dimension {truth.dim}: make them agree")
+    return truth
+
+
+def _data_seed(seed: int, part: int) -> int:
+    return int(np.random.SeedSequence([seed, part]).generate_state(1)[0])
+
+
+class GMMFamily(Family):
+    name = "gmm"
+    model_schema = GMMModelConfig
+    dataset_schema = GaussianDatasetConfig
+    datasets = ("gaussian",)
+    unit = "points"
+    samples_file = "samples.npy"
+    headline = ("nll_test", "tail_coverage")
+    leading_keys = ("generation", "nll_test", "tail_coverage", "component_std", "l2_to_gen0")
+    table_keys = ("nll_test", "tail_coverage", "component_std", "l2_to_gen0")
+
+    def __init__(self, cfg: Any, device: Any):
+        super().__init__(cfg, device)
+        self.truth = true_mixture(cfg.dataset)
+        self.test: Optional[np.ndarray] = None
+        self.threshold = float("nan")
+
+    @classmethod
+    def validate(cls, cfg: Any) -> None:
+        m, d = cfg.model, cfg.dataset
+        for key in ("n_components", "max_iter", "n_init", "figure_generations"):
+            if getattr(m, key) < 1:
+                raise CollapseError(f"model.{key}={getattr(m, key)} must be at least 1")
+        for key in ("tol", "reg_covar"):
+            if not getattr(m, key) > 0:
+                raise CollapseError(f"model.{key}={getattr(m, key)} must be positive")
+        for key in ("dim", "n_test"):
+            if getattr(d, key) < 1:
+                raise CollapseError(f"dataset.{key}={getattr(d, key)} must be at least 1")
+        if d.n_train < m.n_components:
+            raise CollapseError(f"dataset.n_train={d.n_train} must be at least model.n_components={m.n_components}")
+        true_mixture(d)
+
+    def real_data(self, pool_cap: Optional[int]) -> RealData:
+        d = self.cfg.dataset
+        n_pool = pool_cap or d.n_train
+        return RealData(train=core.sample(self.truth, n_pool, _data_seed(d.seed, 0)),
+                        test=core.sample(self.truth, d.n_test, _data_seed(d.seed, 1)))
+
+    def train_cap(self) -> Optional[int]:
+        return self.cfg.dataset.n_train
+
+    def prepare(self, real: RealData, n_train: int) -> None:
+        self.test = real.test
+        self.threshold = core.rare_threshold(self.truth, real.test)
+
+    def build_base_model(self, seed: int) -> GMMModel:
+        return GMMModel()
+
+    def fit(self, model: GMMModel, train: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
+        m = self.cfg.model
+        model.mixture, stats = core.fit(train, m.n_components, seed, m.tol, m.max_iter, m.n_init, m.reg_covar)
+        on_step(1, 1)
+        return stats
+
+    def sample(self, model: GMMModel, n: int, seed: int, on_batch: Progress) -> np.ndarray:
+        samples = core.sample(model.mixture, n, seed)
+        on_batch(n, n)
+        return samples
+
+    def measure(self, generation: int, model: GMMModel, reference_model: GMMModel, samples: np.ndarray, seed: int,
+                on_progress: Progress) -> tuple[dict, np.ndarray]:
+        fitted = model.mixture
+        metrics = {
+            "nll_test": float(core.nll(fitted, self.test).mean()),
+            "tail_coverage": core.tail_coverage(self.truth, self.threshold, samples),
+            "tail_mass_ratio": core.tail_mass_ratio(self.truth, self.threshold, samples),
+            "component_std": core.component_std(fitted),
+            "l2_to_gen0": core.l2_distance(reference_model.mixture, fitted),
+            "l2_to_truth": core.l2_distance(self.truth, fitted),
+            "sample_std": float(np.sqrt(np.trace(np.atleast_2d(np.cov(samples.T))) / samples.shape[1])),
+        }
+        on_progress(1, 1)
+        return metrics, core.nll(self.truth, samples)
+
+    def n_parameters(self, model: GMMModel) -> int:
+        k, d = self.cfg.model.n_components, self.cfg.dataset.dim
+        return k * (d + d * (d + 1) // 2) + k - 1
+
+    def describe(self) -> str:
+        return f"gmm ({self.cfg.model.n_components} full-covariance components, dim {self.cfg.dataset.dim})"
+
+    def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
+        RunDir(folder).save_array(self.samples_file, samples.astype(core.SAMPLE_DTYPE))
+
+    def load_samples(self, folder: Path) -> np.ndarray:
+        return np.load(folder / self.samples_file)
+
+    def save_model(self, model: GMMModel, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        core.save_mixture(model.mixture, folder / MIXTURE_FILE)
+
+    def load_model(self, folder: Path) -> GMMModel:
+        return GMMModel(core.load_mixture(folder / MIXTURE_FILE))
+
+    def summarize(self, run_dir: Any, rows: list[dict]) -> dict:
+        out = super().summarize(run_dir, rows)
+        for key in ("component_std", "l2_to_gen0"):
+            if rows and key in rows[0]:
+                out[f"{key}_first"], out[f"{key}_last"] = rows[0][key], rows[-1][key]
+        return out
+
+    def figures(self, run_dir: Path, rows: list[dict]) -> list[Path]:
+        """figures/gmm_scatter.png (chosen generations over the true contours), figures/gmm_std_l2.png."""
+        if not rows:
+            return []
+        chosen = core.chosen_generations(int(rows[-1]["generation"]), self.cfg.model.figure_generations)
+        samples = {g: self.load_samples(Path(run_dir) / gen_name(g)) for g in chosen}
+        scatter = core.scatter_figure(self.truth, samples, Path(run_dir) / "figures" / "gmm_scatter.png")
+        return [scatter, core.curves_figure(rows, Path(run_dir) / "figures" / "gmm_std_l2.png")]
+
+
+FAMILY = GMMFamily

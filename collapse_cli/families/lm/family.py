@@ -1,0 +1,176 @@
+"""The causal language model as a family: token blocks in, token blocks out.
+
+Rows are int64 [n, block_size] token ids. Real data is text tokenized into blocks
+(data.py); each generation trains (train.py), writes one block per prompt (generate.py),
+is measured by the collapse profile (profile.py) and curated (curate.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from collapse_cli.config import DatasetConfig, ModelConfig, RunConfig, check_lengths, validate_lm
+from collapse_cli.experiment.rundir import RunDir
+from collapse_cli.families.base import Curated, Family, Progress, RealData
+from collapse_cli.families.lm import profile
+from collapse_cli.families.lm.curate import curate
+from collapse_cli.families.lm.data import load_corpus, make_blocks
+from collapse_cli.families.lm.decode import describe as describe_decoder
+from collapse_cli.families.lm.evaluate import token_nll
+from collapse_cli.families.lm.generate import generate, prompts_for
+from collapse_cli.families.lm.models import (
+    build_base_model,
+    load_tokenizer,
+    loop_generation_config,
+    makes_own_tokenizer,
+    max_positions,
+    n_parameters,
+)
+from collapse_cli.families.lm.train import Validate, train
+from collapse_cli.measure.metrics import perplexity
+
+log = logging.getLogger("collapse")
+
+
+class LMFamily(Family):
+    name = "lm"
+    model_schema = ModelConfig
+    dataset_schema = DatasetConfig
+    datasets = ("builtin", "text", "wikitext2", "tinystories")
+    unit = "blocks"
+    samples_file = "synthetic_ids.npz"
+    headline = ("ppl_test", "tail_coverage")
+    leading_keys = profile.LEADING_KEYS
+    table_keys = ("ppl_test", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth", "distinct2_tok",
+                  "train_loss_last")
+    curates = True
+
+    def __init__(self, cfg: RunConfig, device: torch.device):
+        super().__init__(cfg, device)
+        self.corpus = None
+        self.tokenizer = None
+        self.prompts: Optional[np.ndarray] = None
+        self.reference: Optional[profile.Reference] = None
+        self._decoded: tuple[Optional[np.ndarray], list[str]] = (None, [])
+
+    @classmethod
+    def validate(cls, cfg: RunConfig) -> None:
+        validate_lm(cfg)
+
+    def _load_text(self) -> None:
+        """The corpus and its tokenizer, once: the base model's vocabulary and the blocks both need them."""
+        if self.tokenizer is None:
+            self.corpus = load_corpus(self.cfg.dataset)
+            self.tokenizer = load_tokenizer(self.cfg.model, self.corpus)
+
+    def build_base_model(self, seed: int) -> torch.nn.Module:
+        self._load_text()
+        model = build_base_model(self.cfg.model, self.tokenizer, seed)
+        check_lengths(self.cfg, max_positions(model))
+        return model
+
+    def train_cap(self) -> Optional[int]:
+        return self.cfg.dataset.max_train_blocks
+
+    def real_data(self, pool_cap: Optional[int]) -> RealData:
+        self._load_text()
+        dataset = replace(self.cfg.dataset, max_train_blocks=pool_cap)
+        blocks = make_blocks(self.corpus, self.tokenizer, self.cfg.train.block_size, dataset)
+        return RealData(train=blocks.train, test=blocks.test, valid=blocks.valid)
+
+    def prepare(self, real: RealData, n_train: int) -> None:
+        bos = self.tokenizer.bos_token_id or self.tokenizer.eos_token_id
+        self.prompts = prompts_for(real.train[:n_train], self.cfg.generate, bos)
+        # The builtin language's true law is over its own word ids; another tokenizer cuts the text differently.
+        truth = self.corpus.language if makes_own_tokenizer(self.cfg.model) else None
+        self.reference = profile.Reference.build(real.train[:n_train], real.test, len(self.tokenizer), truth)
+        self.valid = real.valid
+        if self.cfg.train.select == "best_valid" and len(real.valid) == 0:
+            log.warning("train.select=best_valid: the dataset has no validation split (set dataset.valid=PATH), "
+                        "so each generation keeps its last epoch and ppl_valid is not measured")
+
+    def _validator(self) -> Optional[Validate]:
+        """Mean token NLL on the real validation blocks; None when the dataset has no validation split."""
+        if len(self.valid) == 0:
+            return None
+        batch = profile.eval_batch_size(self.cfg, self.device)
+        return lambda model: float(token_nll(model, self.valid, batch, self.device).mean(dtype=np.float64))
+
+    def fit(self, model: torch.nn.Module, rows: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
+        model.to(self.device)  # in place: the loop hands over a CPU copy of the base or previous model
+        stats = train(model, rows, self.cfg.train, seed, self.device, generation, on_step, self._validator())
+        out = {"train_tokens_seen": stats.tokens, "train_loss_last": stats.loss_last}
+        if stats.valid_loss is not None:
+            # valid_loss is already a per-token mean: one "token" of that NLL.
+            out.update(ppl_valid=perplexity(stats.valid_loss, 1), kept_epoch=stats.kept_epoch)
+        return out
+
+    def sample(self, model: torch.nn.Module, n: int, seed: int, on_batch: Progress) -> np.ndarray:
+        # One sequence per prompt, and there is one prompt per real training block: n is N.
+        assert n == len(self.prompts), (n, len(self.prompts))
+        return generate(model, self.prompts, self.cfg.generate, seed, self.device, on_batch)
+
+    def _texts(self, samples: np.ndarray) -> list[str]:
+        """The decoded samples; measure, curate and save_samples share one decoding."""
+        if self._decoded[0] is not samples:
+            self._decoded = (samples, self.tokenizer.batch_decode(samples, skip_special_tokens=False))
+        return self._decoded[1]
+
+    def measure(self, generation: int, model: torch.nn.Module, reference_model: torch.nn.Module,
+                samples: np.ndarray, seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
+        metrics, seq_ppl, self.reference = profile.measure(generation, model, reference_model, samples,
+                                                           self._texts(samples), self.reference, self.cfg, self.device,
+                                                           self.tokenizer.batch_decode, on_progress)
+        metrics["generated_tokens"] = int(samples.size)
+        return metrics, seq_ppl
+
+    def curate(self, samples: np.ndarray, scores: np.ndarray, seed: int) -> Curated:
+        result = curate(samples, self.cfg.curate, scores, self._texts(samples), seed)
+        return Curated(result.indices, result.report)
+
+    def extent(self, n_rows: int) -> dict[str, int]:
+        return {"tokens": n_rows * self.cfg.train.block_size}
+
+    def n_parameters(self, model: torch.nn.Module) -> int:
+        return n_parameters(model)
+
+    def describe(self) -> str:
+        return self.cfg.model.path or self.cfg.model.name
+
+    def describe_sampling(self, model: torch.nn.Module) -> str:
+        return describe_decoder(model, self.cfg.generate)
+
+    def reference_files(self) -> dict[str, np.ndarray]:
+        return {"reference_test_seq_ppl.npy": self.reference.test_seq_ppl.astype(np.float32)}
+
+    def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
+        files = RunDir(folder)
+        files.save_ids(self.samples_file, samples)
+        files.save_texts_gz("synthetic.txt.gz", self._texts(samples))
+        files.save_array("seq_ppl.npy", scores.astype(np.float32))
+
+    def load_samples(self, folder: Path) -> np.ndarray:
+        return RunDir(folder).load_ids(self.samples_file)
+
+    def save_model(self, model: torch.nn.Module, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        model.save_pretrained(folder)
+
+    def load_model(self, folder: Path) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return loop_generation_config(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+                                      .to(self.device).eval())
+
+    def summarize(self, run_dir: Any, rows: list[dict]) -> dict:
+        return profile.summarize(run_dir, self.reference, self.cfg)
+
+
+FAMILY = LMFamily

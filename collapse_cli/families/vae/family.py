@@ -1,0 +1,186 @@
+"""The VAE as a family: 8x8 digit images [n, 64] float32 in [0, 1] in, decoded images out (core.py).
+
+sklearn's digits stand in for the paper's MNIST (no network here). Each generation trains a fresh
+VAE on its mix, decodes N images from the prior, and is measured against the real test digits and
+the generation-0 model (latent spread, rare digits). Runs on the CPU: the model is tiny.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from collapse_cli.errors import CollapseError
+from collapse_cli.experiment.rundir import RunDir, gen_name
+from collapse_cli.families.base import Family, Progress, RealData
+from collapse_cli.families.vae import core
+
+MODEL_FILE = "vae.pt"
+SCORES_FILE = "scores.npy"
+
+
+class Likelihood(StrEnum):
+    gaussian = "gaussian"
+    bernoulli = "bernoulli"
+
+
+@dataclass
+class VAEModelConfig:
+    """`model=vae`: an MLP VAE and how each generation trains it."""
+
+    family: str = "vae"
+    name: str = "vae"
+    latent: int = 20  # as in the paper
+    hidden: int = 256
+    likelihood: Likelihood = Likelihood.gaussian
+    pixel_std: float = 0.2  # the Gaussian likelihood's per-pixel std (ignored by bernoulli)
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 2e-3  # conf/config.yaml's train.lr interpolates it; the VAE reads train.lr
+    nll_samples: int = 64  # K of the importance-weighted nll_test bound
+
+
+@dataclass
+class DigitsDatasetConfig:
+    """`dataset=digits`: scikit-learn's 1,797 8x8 digits (a stand-in for MNIST), split once by `seed`."""
+
+    name: str = "digits"
+    test_fraction: float = 0.2
+    max_train: Optional[int] = None  # cap on N (null: the whole train split, 1,438 images)
+    seed: int = 0
+
+
+class VAEFamily(Family):
+    name = "vae"
+    model_schema = VAEModelConfig
+    dataset_schema = DigitsDatasetConfig
+    datasets = ("digits",)
+    unit = "images"
+    samples_file = "samples.npy"
+    headline = ("nll_test", "tail_coverage")
+    leading_keys = ("generation", "nll_test", "tail_coverage", "latent_spread", "class_share_max")
+    table_keys = ("nll_test", "tail_coverage", "latent_spread", "class_share_max", "class_entropy",
+                  "train_loss_last")
+
+    def __init__(self, cfg: Any, device: Any):
+        super().__init__(cfg, device)
+        self.digits: Optional[core.Digits] = None
+        self.classifier = None
+        self._rare: tuple[Optional[int], Optional[core.RareDigits]] = (None, None)
+
+    @classmethod
+    def validate(cls, cfg: Any) -> None:
+        m, d = cfg.model, cfg.dataset
+        for key in ("latent", "hidden", "epochs", "batch_size", "nll_samples"):
+            if getattr(m, key) < 1:
+                raise CollapseError(f"model.{key}={getattr(m, key)} must be at least 1")
+        if not m.pixel_std > 0:
+            raise CollapseError(f"model.pixel_std={m.pixel_std} must be positive")
+        if not 0.0 < d.test_fraction < 1.0:
+            raise CollapseError(f"dataset.test_fraction={d.test_fraction} must be in (0, 1)")
+        if d.max_train is not None and d.max_train < 1:
+            raise CollapseError(f"dataset.max_train={d.max_train} must be positive or null")
+
+    def _pixel_std(self) -> Optional[float]:
+        return self.cfg.model.pixel_std if self.cfg.model.likelihood == Likelihood.gaussian else None
+
+    def real_data(self, pool_cap: Optional[int]) -> RealData:
+        self.digits = core.load_digits_split(self.cfg.dataset.test_fraction, self.cfg.dataset.seed)
+        train = self.digits.train if pool_cap is None else self.digits.train[:pool_cap]
+        return RealData(train=train, test=self.digits.test, info={"train_labels": self.digits.train_labels})
+
+    def train_cap(self) -> Optional[int]:
+        return self.cfg.dataset.max_train
+
+    def prepare(self, real: RealData, n_train: int) -> None:
+        # The classifier sees every real training digit, whatever N: it is a measuring instrument.
+        self.classifier = core.train_classifier(self.digits.train, self.digits.train_labels, self.cfg.dataset.seed)
+
+    def build_base_model(self, seed: int) -> core.VAE:
+        m = self.cfg.model
+        return core.build_vae(m.latent, m.hidden, self._pixel_std(), seed)
+
+    def fit(self, model: core.VAE, train: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
+        m = self.cfg.model
+        return core.train_vae(model, train, m.epochs, m.batch_size, self.cfg.train.lr, seed, on_step)
+
+    def sample(self, model: core.VAE, n: int, seed: int, on_batch: Progress) -> np.ndarray:
+        images = core.sample_images(model, n, seed)
+        on_batch(n, n)
+        return images
+
+    def _rare_digits(self, reference: core.VAE) -> core.RareDigits:
+        """The reference model's rarest real test digits; seeded by the dataset, so a resume rebuilds the same."""
+        if self._rare[0] != id(reference):
+            nll_gen0 = core.importance_weighted_nll(reference, self.digits.test, self.cfg.model.nll_samples,
+                                                    self.cfg.dataset.seed)
+            self._rare = (id(reference), core.rare_digits(reference, self.digits.test, nll_gen0))
+        return self._rare[1]
+
+    def measure(self, generation: int, model: core.VAE, reference_model: core.VAE, samples: np.ndarray,
+                seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
+        test = self.digits.test
+        shares = core.class_shares(self.classifier.predict(samples))
+        metrics = {
+            "nll_test": float(core.importance_weighted_nll(model, test, self.cfg.model.nll_samples, seed).mean()),
+            "elbo_nll_test": float(core.elbo_nll(model, test, seed).mean()),
+            "tail_coverage": core.tail_coverage(self._rare_digits(reference_model), samples),
+            "latent_spread": core.latent_spread(reference_model, samples),
+            "latent_spread_real": core.latent_spread(reference_model, test),
+            "class_share_max": float(shares.max()),
+            "class_top": int(shares.argmax()),
+            "class_entropy": core.share_entropy(shares),
+        }
+        on_progress(1, 1)
+        # Per-sample scores: each image's -ELBO under the generation-0 model (how typical it looked at the start).
+        return metrics, core.elbo_nll(reference_model, samples, seed)
+
+    def n_parameters(self, model: core.VAE) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    def describe(self) -> str:
+        m = self.cfg.model
+        return f"vae (MLP {m.hidden}, latent {m.latent}, {m.likelihood} likelihood)"
+
+    def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
+        files = RunDir(folder)
+        files.save_array(self.samples_file, samples.astype(np.float32))
+        files.save_array(SCORES_FILE, scores.astype(np.float32))
+
+    def load_samples(self, folder: Path) -> np.ndarray:
+        return np.load(folder / self.samples_file)
+
+    def save_model(self, model: core.VAE, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), folder / MODEL_FILE)
+
+    def load_model(self, folder: Path) -> core.VAE:
+        model = self.build_base_model(0)
+        model.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True))
+        return model.eval()
+
+    def summarize(self, run_dir: Any, rows: list[dict]) -> dict:
+        out = super().summarize(run_dir, rows)
+        for key in ("latent_spread", "class_share_max"):
+            if rows and key in rows[0]:
+                out[f"{key}_first"], out[f"{key}_last"] = rows[0][key], rows[-1][key]
+        return out
+
+    def figures(self, run_dir: Path, rows: list[dict]) -> list[Path]:
+        """figures/vae_real.png and figures/vae_samples_gen_NNN.png: a sample grid per generation."""
+        figures = Path(run_dir) / "figures"
+        paths = [core.grid_figure(self.digits.test, figures / "vae_real.png", "real test digits")]
+        for row in rows:
+            g = int(row["generation"])
+            images = self.load_samples(Path(run_dir) / gen_name(g))
+            title = f"generation {g}: latent spread {row.get('latent_spread', float('nan')):.3f}"
+            paths.append(core.grid_figure(images, figures / f"vae_samples_{gen_name(g)}.png", title))
+        return paths
+
+
+FAMILY = VAEFamily

@@ -1,0 +1,148 @@
+"""The family interface: a toy family (tests/toy_family.py) runs through the real loop, resume
+included, so the loop is family-agnostic; config types each family's keys and refuses bad pairs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import read_metrics, read_status, stable
+from omegaconf import OmegaConf
+from rich.console import Console
+from toy_family import ToyDatasetConfig, ToyFamily, ToyModelConfig
+
+from collapse_cli.config import RunConfig, TrainConfig, to_run_config, validate
+from collapse_cli.errors import CollapseError
+from collapse_cli.experiment.loop import execute
+from collapse_cli.experiment.progress import Feedback
+from collapse_cli.families import base
+
+N = 50
+
+
+@pytest.fixture(autouse=True)
+def toy_registered(monkeypatch):
+    monkeypatch.setitem(base.FAMILY_MODULES, "toy", "toy_family")
+
+
+def toy_config(**run) -> RunConfig:
+    model = ToyModelConfig(interrupt_at=run.pop("interrupt_at", -1))
+    train = TrainConfig(lr=1e-3, init=run.pop("init", "base"))
+    return validate(RunConfig(model=model, dataset=ToyDatasetConfig(n_train=N, pool=4 * N), train=train,
+                              device="cpu", **{"generations": 3, **run}))
+
+
+def run_toy(path: Path, **run) -> dict:
+    return execute(toy_config(**run), path, Feedback(Console(quiet=True)))
+
+
+@pytest.mark.parametrize("regime,mix", [("replace", 0.0), ("replace", 0.2), ("accumulate", 0.5),
+                                        ("accumulate_subsample", 1.0), ("fresh", 0.2)])
+def test_toy_family_runs_through_the_real_loop(tmp_path: Path, regime: str, mix: float):
+    summary = run_toy(tmp_path / "run", regime=regime, mix=mix)
+    rows = read_metrics(tmp_path / "run")
+    assert [row["generation"] for row in rows] == [0, 1, 2, 3]
+    assert list(rows[0])[:3] == ["generation", "nll_test", "tail_coverage"]  # the family's leading keys
+    n_real = round(mix * N)
+    for row in rows[1:]:
+        # Sizes are named by the family's unit ("samples"), and count what the composition drew.
+        expected = n_real + N * row["generation"] if regime == "accumulate" else N
+        assert row["train_samples"] == expected, row
+        if regime != "accumulate_subsample":  # that one draws N from the pool: its real share varies
+            assert row["train_real_samples"] == n_real, row
+        assert row["train_samples"] == row["train_real_samples"] + row["train_synthetic_samples"]
+        assert row["train_rows_seen"] == row["train_samples"]  # fit's stats reach the metrics line
+    # Provenance points at rows of the samples each generation saved, so every training row can be looked up.
+    origin = np.load(tmp_path / "run" / "gen_002" / "train_origin.npy")
+    samples = {g: np.load(tmp_path / "run" / f"gen_{g:03d}" / "samples.npy") for g in range(2)}
+    assert samples[0].shape == (N, 1) and samples[0].dtype == np.float64
+    for g, row in origin[origin[:, 0] >= 0]:
+        assert row < len(samples[g])
+    assert summary["generations"] == 3 and summary["nll_test_first"] == rows[0]["nll_test"]
+    assert read_status(tmp_path / "run")["state"] == "finished"
+    assert not (tmp_path / "run" / "reference").exists()
+
+
+def test_toy_std_follows_the_samples_it_was_fitted_on(tmp_path: Path):
+    # fit really gets the composed rows: at mix=1 every generation refits the same real data.
+    run_toy(tmp_path / "real", mix=1.0)
+    stds = [row["std"] for row in read_metrics(tmp_path / "real")]
+    assert len(set(stds)) == 1
+    run_toy(tmp_path / "synthetic", mix=0.0)
+    stds = [row["std"] for row in read_metrics(tmp_path / "synthetic")]
+    assert len(set(stds)) == 4
+
+
+@pytest.mark.parametrize("init", ["base", "previous"])
+def test_killed_toy_run_resumes_to_the_same_metrics(tmp_path: Path, init: str):
+    run_toy(tmp_path / "whole", mix=0.2, init=init)
+    with pytest.raises(KeyboardInterrupt):
+        run_toy(tmp_path / "killed", mix=0.2, interrupt_at=2, init=init)
+    assert [row["generation"] for row in read_metrics(tmp_path / "killed")] == [0, 1]
+    assert (tmp_path / "killed" / "reference" / "model.json").is_file()  # saved through the family
+    resumed = toy_config(mix=0.2, init=init)
+    resumed.resume = True
+    execute(resumed, tmp_path / "killed", Feedback(Console(quiet=True)))
+    rows = read_metrics(tmp_path / "killed")
+    assert stable(rows) == stable(read_metrics(tmp_path / "whole"))
+    # Generation 2 ran in the resumed process; with init=previous it started from generation 1's saved model.
+    expected = [0.0] * 3 if init == "base" else [row["mean"] for row in rows[:3]]
+    assert [row["started_from_mean"] for row in rows[1:]] == expected
+    for g in range(4):
+        name = f"gen_{g:03d}/samples.npy"
+        assert np.array_equal(np.load(tmp_path / "killed" / name), np.load(tmp_path / "whole" / name))
+
+
+def test_the_loop_imports_no_family():
+    code = ("import sys, collapse_cli.experiment.loop; "
+            "print([m for m in sys.modules if m.startswith('collapse_cli.families.') or m == 'transformers'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert json.loads(out.strip().replace("'", '"')) == ["collapse_cli.families.base"]
+
+
+def test_get_family_imports_on_demand_and_names_the_choices():
+    assert base.get_family("toy") is ToyFamily
+    assert base.get_family("lm").name == "lm"
+    with pytest.raises(CollapseError, match="model.family='nope': use one of lm, gmm, vae"):
+        base.get_family("nope")
+
+
+def composed_toy(**overrides) -> RunConfig:
+    node = OmegaConf.merge({"model": {"family": "toy"}, "dataset": {"name": "normal"}, "train": {"lr": 1e-3}},
+                           OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
+    return to_run_config(node)
+
+
+def test_config_types_the_family_groups_with_its_schemas():
+    cfg = composed_toy(**{"dataset.n_train": 30, "model.interrupt_at": 2})
+    assert isinstance(cfg.model, ToyModelConfig) and isinstance(cfg.dataset, ToyDatasetConfig)
+    assert (cfg.dataset.n_train, cfg.model.interrupt_at) == (30, 2)
+    with pytest.raises(CollapseError, match="model.hidden_size: no such key"):
+        composed_toy(**{"model.hidden_size": 3})  # an LM key on a toy run
+    with pytest.raises(CollapseError, match="dataset.n_train=1 must be at least 2"):
+        composed_toy(**{"dataset.n_train": 1})  # the family's own validate runs
+
+
+@pytest.mark.parametrize("overrides,needles", [
+    ({"dataset.name": "builtin"}, ["model.family=toy reads dataset=normal", "not dataset=builtin"]),
+    ({"curate.exact_dedup": "true"}, ["curate", "model.family=toy", "curate=none"]),
+    ({"curate.ppl_drop_high": 0.05}, ["curate", "curate=none"]),
+])
+def test_bad_combinations_name_the_keys(overrides: dict, needles: list[str]):
+    with pytest.raises(CollapseError) as err:
+        composed_toy(**overrides)
+    message = str(err.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, (needle, message)
+
+
+def test_lm_config_refuses_a_dataset_of_another_family():
+    node = OmegaConf.create({"model": {"family": "lm"}, "dataset": {"name": "normal"}, "train": {"lr": 1e-3}})
+    with pytest.raises(CollapseError, match="model.family=lm reads dataset=builtin or dataset=text"):
+        to_run_config(node)

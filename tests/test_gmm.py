@@ -1,0 +1,159 @@
+"""The Gaussian-mixture core: metrics against hand-computed values, seeded sampling, collapse."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from collapse_cli.families.gmm import core
+
+
+def one_d(mean: float, var: float) -> core.Mixture:
+    return core.Mixture(np.ones(1), np.array([[mean]]), np.array([[[var]]]))
+
+
+def grid_l2(p: core.Mixture, q: core.Mixture, half_width: float, points: int) -> float:
+    """sqrt(integral (p - q)^2) by a Riemann sum on a regular grid (1-D or 2-D)."""
+    axis = np.linspace(-half_width, half_width, points)
+    step = axis[1] - axis[0]
+    if p.dim == 1:
+        grid = axis[:, None]
+    else:
+        xx, yy = np.meshgrid(axis, axis)
+        grid = np.column_stack([xx.ravel(), yy.ravel()])
+    diff = np.exp(core.log_density(p, grid)) - np.exp(core.log_density(q, grid))
+    return math.sqrt((diff ** 2).sum() * step ** p.dim)
+
+
+def test_l2_of_two_1d_gaussians_matches_the_hand_formula():
+    # Equal variances s^2, means 0 and m: integral (p-q)^2 = 2 (1 - exp(-m^2 / 4s^2)) / (2 s sqrt(pi)).
+    s, m = 0.7, 1.3
+    expected = math.sqrt(2 * (1 - math.exp(-m * m / (4 * s * s))) / (2 * s * math.sqrt(math.pi)))
+    assert core.l2_distance(one_d(0, s * s), one_d(m, s * s)) == pytest.approx(expected, rel=1e-12)
+    assert core.l2_distance(one_d(0, 1), one_d(0, 1)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_l2_of_2d_mixtures_matches_numeric_integration():
+    p = core.make_mixture([0.3, 0.7], [[0, 0], [1.5, -0.5]], [[[1, 0.3], [0.3, 0.5]], [[0.4, 0], [0, 0.8]]])
+    q = core.make_mixture([1.0], [[0.2, 0.1]], [[[0.6, -0.1], [-0.1, 0.9]]])
+    assert core.l2_distance(p, q) == pytest.approx(grid_l2(p, q, 8.0, 801), rel=1e-4)
+    assert core.l2_distance(p, q) == pytest.approx(core.l2_distance(q, p), rel=1e-12)
+    # A narrower copy is further from the truth: the paper's L2 grows as the std collapses.
+    narrow = core.Mixture(q.weights, q.means, q.covariances * 0.1)
+    assert core.l2_distance(q, narrow) > core.l2_distance(q, core.Mixture(q.weights, q.means, q.covariances * 0.5))
+
+
+def test_component_std_of_known_covariances():
+    single = core.make_mixture([1.0], [[0, 0]], [[[4, 0], [0, 1]]])
+    assert core.component_std(single) == pytest.approx(math.sqrt(2.5))  # sqrt(mean eigenvalue)
+    rotated = core.make_mixture([1.0], [[0, 0]], [[[2.5, 1.5], [1.5, 2.5]]])  # eigenvalues 4 and 1
+    assert core.component_std(rotated) == pytest.approx(math.sqrt(2.5))
+    two = core.make_mixture([0.25, 0.75], [[0, 0], [5, 5]], [np.eye(2), 9 * np.eye(2)])
+    assert core.component_std(two) == pytest.approx(0.25 * 1 + 0.75 * 3)
+    assert core.component_std(core.standard_normal(3)) == pytest.approx(1.0)
+
+
+def test_nll_of_the_standard_normal_by_hand():
+    truth = core.standard_normal(2)
+    points = np.array([[0.0, 0.0], [1.0, 2.0]])
+    expected = [math.log(2 * math.pi), math.log(2 * math.pi) + 0.5 * 5]
+    np.testing.assert_allclose(core.nll(truth, points), expected, rtol=1e-12)
+    # A two-component mixture: -log(0.5 N(x; 0, 1) + 0.5 N(x; 2, 1)) in 1-D at x = 1.
+    mix = core.make_mixture([0.5, 0.5], [[0.0], [2.0]], [[[1.0]], [[1.0]]])
+    assert core.nll(mix, np.array([[1.0]]))[0] == pytest.approx(0.5 * math.log(2 * math.pi) + 0.5)
+
+
+def test_sample_is_seeded_float32_and_follows_the_mixture():
+    mix = core.make_mixture([0.2, 0.8], [[-3, 0], [2, 1]], [[[1, 0], [0, 1]], [[0.5, 0.2], [0.2, 0.3]]])
+    first, again, other = core.sample(mix, 20000, 7), core.sample(mix, 20000, 7), core.sample(mix, 20000, 8)
+    assert first.dtype == np.float32 and first.shape == (20000, 2)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    left = first[first[:, 0] < -0.5]
+    assert len(left) / len(first) == pytest.approx(0.2, abs=0.01)
+    np.testing.assert_allclose(np.cov(first[first[:, 0] >= -0.5].T), mix.covariances[1], atol=0.03)
+
+
+def test_fit_recovers_separated_components_and_is_seeded():
+    truth = core.make_mixture([0.5, 0.5], [[-4, 0], [4, 0]], [np.eye(2), 0.25 * np.eye(2)])
+    rows = core.sample(truth, 4000, 1)
+    fitted, stats = core.fit(rows, 2, seed=3)
+    order = np.argsort(fitted.means[:, 0])
+    np.testing.assert_allclose(fitted.means[order], truth.means, atol=0.1)
+    np.testing.assert_allclose(fitted.weights[order], truth.weights, atol=0.03)
+    assert stats["fit_converged"] and stats["train_nll"] == pytest.approx(core.nll(fitted, rows).mean(), rel=1e-6)
+    refit, _ = core.fit(rows, 2, seed=3)
+    np.testing.assert_array_equal(refit.means, fitted.means)
+
+
+def test_rare_threshold_is_the_outer_5_percent_by_radius_for_one_gaussian():
+    truth = core.standard_normal(2)
+    threshold = core.rare_threshold(truth, core.sample(truth, 200000, 0))
+    radius_95 = math.sqrt(-2 * math.log(0.05))  # chi-square with 2 dof: P(r > R) = exp(-R^2 / 2)
+    assert threshold == pytest.approx(-math.log(2 * math.pi) - radius_95 ** 2 / 2, abs=0.03)
+
+
+def test_tail_coverage_on_constructed_samples():
+    truth = core.standard_normal(2)
+    threshold = -math.log(2 * math.pi) - 3.0 ** 2 / 2  # the rare region: radius > 3
+    inside, outside = np.array([[0.5, 0.0]]), np.array([[0.0, 3.5]])
+    five_of_100 = np.concatenate([np.repeat(inside, 95, 0), np.repeat(outside, 5, 0)])
+    two_of_100 = np.concatenate([np.repeat(inside, 98, 0), np.repeat(outside, 2, 0)])
+    ten_of_100 = np.concatenate([np.repeat(inside, 90, 0), np.repeat(outside, 10, 0)])
+    assert core.tail_mass_ratio(truth, threshold, five_of_100) == pytest.approx(1.0)
+    assert core.tail_coverage(truth, threshold, two_of_100) == pytest.approx(0.4)
+    assert core.tail_mass_ratio(truth, threshold, ten_of_100) == pytest.approx(2.0)
+    assert core.tail_coverage(truth, threshold, ten_of_100) == 1.0
+    assert core.tail_coverage(truth, threshold, np.repeat(inside, 100, 0)) == 0.0
+    assert math.isnan(core.tail_mass_ratio(truth, threshold, np.zeros((0, 2))))
+
+
+def test_tail_coverage_falls_as_the_samples_narrow():
+    truth = core.standard_normal(2)
+    threshold = core.rare_threshold(truth, core.sample(truth, 1000, 1))
+    same = core.tail_coverage(truth, threshold, core.sample(truth, 20000, 2))
+    narrower = core.tail_coverage(truth, threshold, 0.7 * core.sample(truth, 20000, 2))
+    assert same > 0.8 and narrower < 0.3
+
+
+def test_the_loop_collapses_without_real_data_and_not_with_it():
+    """200 generations of fit + sample at the paper's settings: the std falls at mix=0, not at mix=1."""
+    truth = core.standard_normal(2)
+    real = core.sample(truth, 1000, 0)
+    stds = {}
+    for share_real in (0.0, 1.0):
+        rows = real
+        for generation in range(200):
+            fitted, _ = core.fit(rows, 2, seed=generation)
+            synthetic = core.sample(fitted, 1000, 1000 + generation)
+            rows = real if share_real == 1.0 else synthetic
+        stds[share_real] = core.component_std(fitted)
+    assert stds[0.0] < 0.7 * stds[1.0]
+    assert stds[1.0] > 0.8
+
+
+def test_mixture_files_and_checks(tmp_path):
+    mix = core.make_mixture([0.4, 0.6], [[0, 1], [2, 3]], [np.eye(2), 2 * np.eye(2)])
+    core.save_mixture(mix, tmp_path / "m.npz")
+    back = core.load_mixture(tmp_path / "m.npz")
+    for name, array in mix.as_arrays().items():
+        np.testing.assert_array_equal(getattr(back, name), array)
+    with pytest.raises(ValueError, match="summing to 1"):
+        core.make_mixture([0.5, 0.6], [[0, 0], [1, 1]], [np.eye(2), np.eye(2)])
+    with pytest.raises(ValueError, match="2x2"):
+        core.make_mixture([1.0], [[0, 0]], [np.eye(3)])
+    with pytest.raises(ValueError, match="positive definite"):
+        core.make_mixture([1.0], [[0, 0]], [[[1, 2], [2, 1]]])
+
+
+def test_chosen_generations_and_scatter_figure(tmp_path):
+    assert core.chosen_generations(0) == [0]
+    picks = core.chosen_generations(2000)
+    assert picks[0] == 0 and picks[-1] == 2000 and len(picks) <= 6 and picks == sorted(set(picks))
+    assert core.chosen_generations(3, count=6) == [0, 1, 2, 3]
+    truth = core.standard_normal(2)
+    path = core.scatter_figure(truth, {0: core.sample(truth, 300, 0), 5: 0.3 * core.sample(truth, 300, 1)},
+                               tmp_path / "figures" / "scatter.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000

@@ -1,0 +1,121 @@
+"""The VAE core: digits split, likelihood bounds, latent spread, tails and class shares by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from collapse_cli.families.vae import core
+
+
+@pytest.fixture(scope="module")
+def digits() -> core.Digits:
+    return core.load_digits_split(0.2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(digits) -> core.VAE:
+    """A briefly trained Gaussian-likelihood VAE (a few seconds on a CPU)."""
+    model = core.build_vae(latent=8, hidden=64, pixel_std=0.2, seed=1)
+    core.train_vae(model, digits.train, epochs=8, batch_size=128, lr=3e-3, seed=2)
+    return model
+
+
+def test_digits_split_is_seeded_scaled_and_disjoint(digits):
+    assert digits.train.shape == (1438, 64) and digits.test.shape == (359, 64)
+    assert digits.train.dtype == np.float32 and digits.train.min() == 0.0 and digits.train.max() == 1.0
+    again, other = core.load_digits_split(0.2, seed=0), core.load_digits_split(0.2, seed=1)
+    np.testing.assert_array_equal(again.test, digits.test)
+    assert not np.array_equal(other.test, digits.test)
+    from sklearn.datasets import load_digits
+
+    labels = np.sort(np.concatenate([digits.train_labels, digits.test_labels]))
+    np.testing.assert_array_equal(labels, np.sort(load_digits().target))  # a partition of all 1,797
+    assert set(np.unique(digits.test_labels)) == set(range(10))
+
+
+def test_reconstruction_nll_by_hand():
+    gaussian = core.VAE(latent=2, hidden=8, pixel_std=0.5)
+    x = torch.full((1, 64), 0.25)
+    logits = torch.zeros((1, 64))  # mean 0.5 everywhere
+    per_pixel = (0.25 ** 2) / (2 * 0.25) + math.log(0.5) + 0.5 * math.log(2 * math.pi)
+    assert gaussian.reconstruction_nll(logits, x).item() == pytest.approx(64 * per_pixel, rel=1e-6)
+    bernoulli = core.VAE(latent=2, hidden=8, pixel_std=None)
+    assert bernoulli.reconstruction_nll(logits, x).item() == pytest.approx(64 * math.log(2), rel=1e-6)
+
+
+def test_build_and_sampling_are_seeded_and_leave_global_rng_alone():
+    state = torch.random.get_rng_state()
+    first, again = core.build_vae(4, 16, 0.2, seed=5), core.build_vae(4, 16, 0.2, seed=5)
+    for a, b in zip(first.parameters(), again.parameters()):
+        torch.testing.assert_close(a, b)
+    images = core.sample_images(first, 10, seed=3)
+    np.testing.assert_array_equal(images, core.sample_images(first, 10, seed=3))
+    assert images.dtype == np.float32 and images.shape == (10, 64) and 0 <= images.min() and images.max() <= 1
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_training_lowers_the_bound_and_iw_is_tighter(digits, trained):
+    untrained = core.build_vae(latent=8, hidden=64, pixel_std=0.2, seed=1)
+    assert core.elbo_nll(trained, digits.test, 0).mean() < core.elbo_nll(untrained, digits.test, 0).mean() - 20
+    elbo = np.mean([core.elbo_nll(trained, digits.test, s).mean() for s in range(8)])
+    iw = core.importance_weighted_nll(trained, digits.test, 64, 0).mean()
+    assert iw < elbo  # the K=64 bound is tighter than the averaged K=1 bound
+    np.testing.assert_allclose(core.importance_weighted_nll(trained, digits.test, 64, 0),
+                               core.importance_weighted_nll(trained, digits.test, 64, 0))
+
+
+def test_latent_spread_is_the_rms_std_of_encoder_means(trained, digits):
+    with torch.no_grad():
+        mu, _ = trained.encode(torch.as_tensor(digits.test))
+    expected = math.sqrt(np.mean(np.var(mu.numpy().astype(np.float64), axis=0)))
+    assert core.latent_spread(trained, digits.test) == pytest.approx(expected, rel=1e-5)
+    assert core.latent_spread(trained, np.repeat(digits.test[:1], 50, axis=0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_nearest_distances_by_hand():
+    queries = np.array([[0.0, 0.0], [3.0, 4.0]])
+    points = np.array([[0.0, 1.0], [6.0, 8.0], [3.0, 4.5]])
+    np.testing.assert_allclose(core.nearest_distances(queries, points), [1.0, 0.5])
+
+
+def test_tail_coverage_on_constructed_rare_digits():
+    rare = core.RareDigits(images=np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]]),
+                           radii=np.array([1.0, 1.0, 0.5, 2.0]))
+    samples = np.array([[0.5, 0.0], [10.0, 0.9], [0.0, 9.0], [50.0, 50.0]])
+    # within radius: digit 0 (0.5 <= 1), digit 1 (0.9 <= 1); not digit 2 (1.0 > 0.5) nor digit 3 (far)
+    assert core.tail_coverage(rare, samples) == pytest.approx(0.5)
+    assert core.tail_coverage(rare, rare.images) == 1.0
+    assert core.tail_coverage(rare, np.zeros((0, 2))) == 0.0
+
+
+def test_rare_digits_are_the_highest_nll_and_radii_are_reconstruction_errors(trained, digits):
+    nll = np.arange(len(digits.test), dtype=np.float64)  # the last rows are the "rarest"
+    rare = core.rare_digits(trained, digits.test, nll)
+    n_rare = round(0.05 * len(digits.test))
+    np.testing.assert_array_equal(rare.images, digits.test[::-1][:n_rare])
+    expected = np.linalg.norm(core.reconstruct(trained, rare.images) - rare.images, axis=1)
+    np.testing.assert_allclose(rare.radii, expected, rtol=1e-5)
+    assert len(core.rare_digits(trained, digits.test[:3], nll[:3]).images) == 1  # at least one
+
+
+def test_class_shares_and_entropy_by_hand():
+    shares = core.class_shares(np.array([0, 0, 1, 3]), n_classes=4)
+    np.testing.assert_allclose(shares, [0.5, 0.25, 0.0, 0.25])
+    assert core.share_entropy(shares) == pytest.approx(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
+    assert core.share_entropy(np.full(10, 0.1)) == pytest.approx(math.log(10))
+    assert core.share_entropy(np.array([1.0, 0.0])) == 0.0
+    assert np.isnan(core.class_shares(np.array([], dtype=np.int64))).all()
+
+
+def test_classifier_reads_real_digits(digits):
+    classifier = core.train_classifier(digits.train, digits.train_labels, seed=0)
+    assert classifier.score(digits.test, digits.test_labels) > 0.9
+
+
+def test_grid_figure(tmp_path, digits):
+    path = core.grid_figure(digits.test, tmp_path / "figures" / "grid.png", "real")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
