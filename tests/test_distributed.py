@@ -151,7 +151,8 @@ def test_nproc_checks():
 
 @pytest.mark.parametrize("args,needle", [([*TINY, "nproc=0"], "nproc=0 must be at least 1"),
                                          ([*TINY, "nproc=2", "device=cuda"], "nproc=2 needs 2 GPUs but 0 CUDA"),
-                                         (["model=gmm", "dataset=gaussian", "nproc=2"], "use nproc=1 with model.family=gmm")])
+                                         (["model=gmm", "dataset=gaussian", "nproc=2"],
+                                          "use nproc=1 with model.family=gmm")])
 def test_bad_nproc_is_one_line(tmp_path: Path, args: list[str], needle: str):
     result = run_collapse(["run", *args], cwd=tmp_path, timeout=120, env={"CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2
@@ -192,7 +193,8 @@ def test_a_two_process_run_finishes_one_folder_with_the_metrics_of_one_process(r
     log = (two / "collapse.log").read_text()
     assert log.count("gen 0:") == 1 and log.count("gen 1:") == 1
     assert not [p for p in two.rglob("*") if ".tmp" in p.name]
-    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in runs[1].iterdir())
+    files = {run: sorted(str(p.relative_to(run)) for p in run.rglob("*")) for run in (two, runs[1])}
+    assert files[two] == files[runs[1]]
 
 
 def test_sigterm_interrupts_a_two_process_run_and_resume_continues_it(tmp_path: Path, runs: dict[int, Path]):

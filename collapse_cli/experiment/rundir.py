@@ -149,6 +149,8 @@ class RunDir:
         out; resume rebuilds metrics.jsonl from the done generations, so exactly one line
         per generation is there whatever moment a process was killed at.
         """
+        if not distributed.is_main():  # metrics.jsonl is appended to below, past atomic_write_bytes: rank 0 alone
+            return
         redone = (self.gen(generation) / DONE).exists()
         line = to_json(metrics)
         self.write_json(Path(gen_name(generation)) / "metrics.json", metrics)
