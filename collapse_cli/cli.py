@@ -245,6 +245,13 @@ def hydra_message(err: Exception) -> str:
     return text
 
 
+INTERRUPTED = 130  # the shell's code for a run stopped by SIGINT
+
+
+class SweepInterrupted(BaseException):
+    """Raised out of Hydra's basic launcher (which catches only Exception) to end an in-process sweep."""
+
+
 def run_task(cfg: DictConfig) -> None:
     """The Hydra task. Under submitit it runs in the launcher's job process, and again there when the job
     is requeued."""
@@ -282,6 +289,10 @@ def run_task(cfg: DictConfig) -> None:
         _remove_dry_run_folder(path)
     if code and not multirun:
         raise SystemExit(code)
+    if code == INTERRUPTED and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", "")):
+        # The basic launcher runs the sweep's jobs one after another in this process: Ctrl-C or SIGTERM
+        # stops the sweep, not only the job it hit. (Launchers with a process per job stop each job alone.)
+        raise SweepInterrupted(path)
 
 
 def earlier_run(path: Path, config_yaml: str) -> Optional[str]:
@@ -343,7 +354,7 @@ def execute_guarded(run_config, path: Path) -> int:
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted by the user (Ctrl-C)"
         mark("interrupted", f"{how}; `collapse resume {path}` continues it")
         print(f"collapse: interrupted; resume with: collapse resume {path}", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except Exception as err:
         if not _disk_full(err):
             mark("failed", f"{type(err).__name__}: {err}")
@@ -400,6 +411,11 @@ def run_command(args: list[str]) -> int:
     sys.argv = ["collapse run", *argv]
     try:
         main()
+    except SweepInterrupted as stop:
+        print(f"collapse: the sweep stopped at {stop.args[0]}; run the same command with "
+              f"hydra.sweep.dir={quoted(str(sweep_dir))} to finish it (finished runs are kept, the "
+              f"interrupted one continues)", file=sys.stderr)
+        return INTERRUPTED
     finally:
         sys.argv = saved_argv
     if sweep_dir is not None:
@@ -495,7 +511,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         # A run in progress handles Ctrl-C itself (execute_guarded: status `interrupted`, a resume hint);
         # one that reaches here came while loading libraries or composing the config: nothing has run.
         print(f"collapse: interrupted (Ctrl-C) before `{command}` started any work", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     return error_line(f"unknown command {command!r}; commands: run, resume, compare, show (see `collapse --help`)")
 
 

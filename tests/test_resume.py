@@ -124,3 +124,19 @@ def test_resume_after_a_kill_while_finishing(tmp_path: Path, uninterrupted: Path
 
     assert run_in_process(["resume", str(run)]) == 0
     assert_same_as(run, uninterrupted)
+
+
+def test_ctrl_c_stops_an_in_process_sweep_and_the_same_command_finishes_it(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    args = ["run", "-m", *TINY, "seed=0,1,2", f"hydra.sweep.dir={sweep}"]
+    proc = start_collapse(args, cwd=tmp_path)
+    signal_when(proc, sweep / "0" / "gen_001/composition.json", signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "the sweep stopped" in err
+    # The basic launcher runs jobs one after another: the jobs after the interrupted one never start.
+    assert read_status(sweep / "0")["state"] == "interrupted"
+    assert not (sweep / "1").exists() and not (sweep / "2").exists()
+
+    assert run_in_process(args) == 0
+    assert [read_status(sweep / str(job))["state"] for job in range(3)] == ["finished"] * 3

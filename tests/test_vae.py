@@ -119,3 +119,27 @@ def test_classifier_reads_real_digits(digits):
 def test_grid_figure(tmp_path, digits):
     path = core.grid_figure(digits.test, tmp_path / "figures" / "grid.png", "real")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+
+
+def _vae_config(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from collapse_cli.cli import _register, conf_dir
+    from collapse_cli.config import to_run_config
+
+    _register()
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        return to_run_config(compose(config_name="config", overrides=["model=vae", "dataset=digits", *overrides]))
+
+
+@pytest.mark.parametrize("overrides, epochs, batch_size",
+                         [((), 30, 128), (("train.epochs=2", "train.batch_size=50"), 2, 50)])
+def test_the_vae_trains_with_train_keys_whose_defaults_the_model_names(digits, overrides, epochs, batch_size):
+    from collapse_cli.families.vae.family import VAEFamily
+
+    cfg = _vae_config(*overrides)
+    family = VAEFamily(cfg, torch.device("cpu"))
+    totals = []
+    model = family.build_base_model(seed=0)
+    family.fit(model, digits.train[:100], seed=0, generation=0, on_step=lambda step, total: totals.append(total))
+    assert totals[-1] == epochs * math.ceil(100 / batch_size)

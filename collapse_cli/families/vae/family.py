@@ -39,9 +39,11 @@ class VAEModelConfig:
     hidden: int = 256
     likelihood: Likelihood = Likelihood.gaussian
     pixel_std: float = 0.2  # the Gaussian likelihood's per-pixel std (ignored by bernoulli)
+    # The defaults of train.epochs, train.batch_size and train.lr for this model (conf/config.yaml
+    # interpolates them); the VAE reads train.*, so `train.epochs=5` overrides as for every family.
     epochs: int = 30
     batch_size: int = 128
-    lr: float = 2e-3  # conf/config.yaml's train.lr interpolates it; the VAE reads train.lr
+    lr: float = 2e-3
     nll_samples: int = 64  # K of the importance-weighted nll_test bound
 
 
@@ -76,7 +78,7 @@ class VAEFamily(Family):
     @classmethod
     def validate(cls, cfg: Any) -> None:
         m, d = cfg.model, cfg.dataset
-        for key in ("latent", "hidden", "epochs", "batch_size", "nll_samples"):
+        for key in ("latent", "hidden", "nll_samples"):
             if getattr(m, key) < 1:
                 raise CollapseError(f"model.{key}={getattr(m, key)} must be at least 1")
         if not m.pixel_std > 0:
@@ -106,8 +108,8 @@ class VAEFamily(Family):
         return core.build_vae(m.latent, m.hidden, self._pixel_std(), seed)
 
     def fit(self, model: core.VAE, train: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
-        m = self.cfg.model
-        return core.train_vae(model, train, m.epochs, m.batch_size, self.cfg.train.lr, seed, on_step)
+        t = self.cfg.train
+        return core.train_vae(model, train, t.epochs, t.batch_size, t.lr, seed, on_step)
 
     def sample(self, model: core.VAE, n: int, seed: int, on_batch: Progress) -> np.ndarray:
         images = core.sample_images(model, n, seed)
