@@ -265,3 +265,21 @@ def test_show_describes_one_run(made, tmp_path, capsys):
 def test_show_refuses_a_sweep(made, capsys):
     assert cli_main(["show", str(made["sweep"])]) == 2
     assert "holds 4 runs" in capsys.readouterr().err
+
+
+def test_verdict_table_names_the_likelihood_headline_of_its_runs():
+    from collapse_cli.report.tables import verdict_table
+
+    def run(seed: int, warning) -> report_runs.Run:
+        return report_runs.Run(path=Path(f"r{seed}"), name=f"r{seed}", overrides=[], seed=seed,
+                               status={"state": "finished"}, summary={"early_warning": warning} if warning else {},
+                               rows=[], config={})
+
+    gmm = {"first_tail_gen": 166, "first_ppl_gen": 12, "gap": -154, "headline": "test NLL", "text": "..."}
+    old_lm = {"first_tail_gen": 1, "first_ppl_gen": None, "gap": None, "text": "..."}  # before `headline` existed
+    table = verdict_table([report_runs.Group("gmm", [run(0, gmm), run(1, None)])])
+    assert table.headers[3] == "test NLL"
+    assert table.rows[0][2:4] == ["166", "12"] and table.rows[1][2:4] == ["", ""]
+    assert verdict_table([report_runs.Group("lm", [run(0, old_lm)])]).headers[3] == "test perplexity"
+    assert verdict_table([report_runs.Group("lm", [run(0, old_lm)]),
+                          report_runs.Group("gmm", [run(1, gmm)])]).headers[3] == "likelihood"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
+from conftest import read_metrics, run_in_process
+from omegaconf import OmegaConf
 
+from collapse_cli.config import to_run_config
 from collapse_cli.families.gmm import core
+from collapse_cli.families.gmm.family import GMMFamily
 
 
 def one_d(mean: float, var: float) -> core.Mixture:
@@ -108,6 +113,10 @@ def test_tail_coverage_on_constructed_samples():
     assert core.tail_coverage(truth, threshold, ten_of_100) == 1.0
     assert core.tail_coverage(truth, threshold, np.repeat(inside, 100, 0)) == 0.0
     assert math.isnan(core.tail_mass_ratio(truth, threshold, np.zeros((0, 2))))
+    # Binomial s.e. of the tail share, on the coverage scale: sqrt(0.02 * 0.98 / 100) / 0.05 = 0.28
+    assert core.tail_coverage_se(truth, threshold, two_of_100) == pytest.approx(0.28)
+    assert core.tail_coverage_se(truth, threshold, np.repeat(inside, 100, 0)) == 0.0
+    assert math.isnan(core.tail_coverage_se(truth, threshold, np.zeros((0, 2))))
 
 
 def test_tail_coverage_falls_as_the_samples_narrow():
@@ -157,3 +166,35 @@ def test_chosen_generations_and_scatter_figure(tmp_path):
     path = core.scatter_figure(truth, {0: core.sample(truth, 300, 0), 5: 0.3 * core.sample(truth, 300, 1)},
                                tmp_path / "figures" / "scatter.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_the_gmm_family_summarizes_a_tail_first_verdict_against_test_nll():
+    cfg = to_run_config(OmegaConf.create({"model": {"family": "gmm"}, "dataset": {"name": "gaussian"},
+                                            "train": {"lr": 1e-3}}))
+    # tail_coverage band 2 * sqrt(2) * 0.1 = 0.283: departs at g2 (diff 0.5); nll_test band 0.141: at g3 (0.3).
+    rows = [{"generation": g, "tail_coverage": tail, "tail_coverage_se": 0.1, "nll_test": nll, "nll_test_se": 0.05}
+            for g, (tail, nll) in enumerate([(1.0, 2.84), (0.9, 2.85), (0.5, 2.94), (0.2, 3.14)])]
+    summary = GMMFamily(cfg, None).summarize(None, rows)
+    assert (summary["nll_test_first"], summary["tail_coverage_last"]) == (2.84, 0.2)
+    assert summary["early_warning"] == {
+        "first_tail_gen": 2, "first_ppl_gen": 3, "gap": 1, "headline": "test NLL",
+        "text": "Tail coverage departed at generation 2, 1 generation(s) before test NLL (generation 3)."}
+
+
+def test_a_gmm_run_writes_the_standard_errors_and_an_early_warning(tmp_path):
+    """30 generations fully synthetic: the verdict compares tail coverage with test NLL, its text names it.
+
+    200 points per generation (not 1,000) so the tails thin out within 30 generations, beyond their noise.
+    """
+    run_dir = tmp_path / "run"
+    code = run_in_process(["run", "model=gmm", "dataset=gaussian", "generations=30", "dataset.n_train=200",
+                           f"hydra.run.dir={run_dir}"])
+    assert code == 0
+    rows = read_metrics(run_dir)
+    assert len(rows) == 31
+    for row in rows:
+        assert row["nll_test_se"] > 0 and math.isfinite(row["nll_test_se"])
+        assert row["tail_coverage_se"] >= 0 and math.isfinite(row["tail_coverage_se"])
+    warning = json.loads((run_dir / "summary.json").read_text())["early_warning"]
+    assert isinstance(warning["first_tail_gen"], int) and 1 <= warning["first_tail_gen"] <= 30
+    assert warning["headline"] == "test NLL" and "test NLL" in warning["text"].replace("Test NLL", "test NLL")

@@ -541,3 +541,25 @@ def test_corpus_profile_empty_synth_is_all_nan():
     prof = M.corpus_profile([[1, 2, 3]], [], "tok")
     assert prof["compared_tokens_tok"] == 0.0
     assert all(math.isnan(v) for k, v in prof.items() if k != "compared_tokens_tok")
+
+
+def test_early_warning_verdict_names_the_likelihood_headline():
+    # A GMM run's rows: tail_coverage band 2 * sqrt(0.1^2 + 0.1^2) = 0.283, diff 0.5 at g2 -> 2;
+    # nll_test band 2 * sqrt(2) * 0.05 = 0.141, diffs 0.01, 0.1, 0.3 -> 3; gap 1.
+    got = M.early_warning_verdict([1.0, 0.9, 0.5, 0.2], [0.1] * 4, [2.84, 2.85, 2.94, 3.14], [0.05] * 4,
+                                  headline="test NLL")
+    assert (got["first_tail_gen"], got["first_ppl_gen"], got["gap"], got["headline"]) == (2, 3, 1, "test NLL")
+    assert got["text"] == "Tail coverage departed at generation 2, 1 generation(s) before test NLL (generation 3)."
+    nll_first = M.early_warning_verdict([1, 1, 1], [0.1] * 3, [2.8, 3.5, 3.5], [0.05] * 3, headline="test NLL")
+    assert nll_first["text"] == "Test NLL departed at generation 1; tail coverage never did."
+    assert M.early_warning_verdict([1.0], [0.1], [2.8], [0.05], headline="test NLL")["text"] == (
+        "Neither tail coverage nor test NLL departed from generation 0 beyond noise.")
+
+
+def test_mean_and_binomial_standard_errors_by_hand():
+    # [1, 2, 3, 6]: mean 3, sample variance (4 + 1 + 0 + 9) / 3 = 14/3, se sqrt(14/3) / 2
+    assert M.mean_se([1.0, 2.0, 3.0, 6.0]) == pytest.approx(math.sqrt(14 / 3) / 2)
+    assert math.isnan(M.mean_se([5.0]))
+    assert M.binomial_se(0.2, 100) == pytest.approx(0.04)  # sqrt(0.2 * 0.8 / 100)
+    assert M.binomial_se(1.0, 18) == 0.0
+    assert math.isnan(M.binomial_se(0.5, 0)) and math.isnan(M.binomial_se(float("nan"), 10))

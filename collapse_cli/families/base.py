@@ -39,6 +39,7 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 
 from collapse_cli.errors import CollapseError
+from collapse_cli.measure import metrics as M
 
 Progress = Callable[[int, int], None]
 
@@ -80,6 +81,11 @@ class Family(ABC):
     samples_file: ClassVar[str] = "samples.npy"  # the file save_samples writes in each gen folder
     # Headline metrics, best first: the first is shown in summaries; `summarize` may use them all.
     headline: ClassVar[tuple[str, ...]] = ("nll_test", "tail_coverage")
+    # The likelihood headline the early-warning verdict sets tail_coverage (and tail_coverage_se) against:
+    # its metrics key, the key of its standard error, and its name in the verdict text.
+    likelihood_key: ClassVar[str] = "nll_test"
+    likelihood_se_key: ClassVar[str] = "nll_test_se"
+    likelihood_name: ClassVar[str] = "test NLL"
     # Keys first in every metrics line, in this order; the rest follow alphabetically.
     leading_keys: ClassVar[tuple[str, ...]] = ("generation", "nll_test", "tail_coverage")
     # Metrics each generation's log line and the end-of-run table show after `generation` (missing: skipped).
@@ -172,16 +178,30 @@ class Family(ABC):
 
     # --- end of run -------------------------------------------------------------------------
     def summarize(self, run_dir: Any, rows: list[dict]) -> dict:
-        """Family figures for summary.json from every generation's metrics rows (loop adds generations, time)."""
+        """Family figures for summary.json from every generation's metrics rows (loop adds generations, time).
+
+        Headline firsts and lasts, and the early warning: does tail coverage depart from generation 0
+        (beyond noise) before the likelihood headline does? Subclasses add their own figures to this.
+        """
         out: dict = {}
         for key in self.headline:
             if rows and key in rows[0]:
                 out[f"{key}_first"], out[f"{key}_last"] = rows[0][key], rows[-1][key]
+        if rows:
+            out["early_warning"] = M.early_warning_verdict(
+                metric_series(rows, "tail_coverage"), metric_series(rows, "tail_coverage_se"),
+                metric_series(rows, self.likelihood_key), metric_series(rows, self.likelihood_se_key),
+                headline=self.likelihood_name)
         return out
 
     def figures(self, run_dir: Path, rows: list[dict]) -> list[Path]:
         """Write PNGs into <run_dir>/figures/ (e.g. sample scatters, grids); returns their paths. Optional."""
         return []
+
+
+def metric_series(rows: list[dict], key: str) -> list[float]:
+    """One metric across generations; a missing key or JSON null (a NaN on disk) comes back as NaN."""
+    return [float("nan") if row.get(key) is None else float(row[key]) for row in rows]
 
 
 def family_name(model_cfg: Any) -> str:

@@ -624,6 +624,17 @@ def bootstrap_se(per_item_values: Iterable[float], seed: int, n_boot: int = 200)
     return float(np.std(means, ddof=1))
 
 
+def mean_se(per_item_values: Iterable[float]) -> float:
+    """Standard error of a mean: std (ddof = 1) / sqrt(n); nan with fewer than two items."""
+    values = _floats(per_item_values)
+    return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size >= 2 else float("nan")
+
+
+def binomial_se(share: float, n: int) -> float:
+    """sqrt(p (1 - p) / n): standard error of a share p of n items; nan when n is 0 or p is nan."""
+    return math.sqrt(max(share * (1 - share), 0.0) / n) if n and not math.isnan(share) else float("nan")
+
+
 def first_departure(
     values_by_generation: Sequence[float], noise_by_generation: Sequence[float], z: float = 2.0
 ) -> int | None:
@@ -642,18 +653,20 @@ def first_departure(
     return None
 
 
-def _verdict_text(tail_gen: int | None, ppl_gen: int | None) -> str:
+def _verdict_text(tail_gen: int | None, ppl_gen: int | None, headline: str = "test perplexity") -> str:
+    """One sentence; `headline` names the likelihood metric in lower case ("test perplexity", "test NLL")."""
+    capital = headline[:1].upper() + headline[1:]
     if tail_gen is None and ppl_gen is None:
-        return "Neither tail coverage nor test perplexity departed from generation 0 beyond noise."
+        return f"Neither tail coverage nor {headline} departed from generation 0 beyond noise."
     if ppl_gen is None:
-        return f"Tail coverage departed at generation {tail_gen}; test perplexity never did."
+        return f"Tail coverage departed at generation {tail_gen}; {headline} never did."
     if tail_gen is None:
-        return f"Test perplexity departed at generation {ppl_gen}; tail coverage never did."
+        return f"{capital} departed at generation {ppl_gen}; tail coverage never did."
     if tail_gen == ppl_gen:
-        return f"Tail coverage and test perplexity departed together at generation {tail_gen}."
+        return f"Tail coverage and {headline} departed together at generation {tail_gen}."
     first, second, lead = (
-        ("Tail coverage", "test perplexity", ppl_gen - tail_gen) if tail_gen < ppl_gen
-        else ("Test perplexity", "tail coverage", tail_gen - ppl_gen)
+        ("Tail coverage", headline, ppl_gen - tail_gen) if tail_gen < ppl_gen
+        else (capital, "tail coverage", tail_gen - ppl_gen)
     )
     return (f"{first} departed at generation {min(tail_gen, ppl_gen)}, {lead} generation(s) "
             f"before {second} (generation {max(tail_gen, ppl_gen)}).")
@@ -662,13 +675,18 @@ def _verdict_text(tail_gen: int | None, ppl_gen: int | None) -> str:
 def early_warning_verdict(
     tail_series: Sequence[float], tail_noise: Sequence[float],
     ppl_series: Sequence[float], ppl_noise: Sequence[float], z: float = 2.0,
+    headline: str = "test perplexity",
 ) -> dict:
-    """first_tail_gen, first_ppl_gen, gap (= ppl - tail; None if either is None), text."""
+    """first_tail_gen, first_ppl_gen, gap (= ppl - tail; None if either is None), headline, text.
+
+    ppl_series is the family's likelihood headline (LM: ppl_test; GMM, VAE: nll_test), named
+    `headline` in the text; the key keeps its historical name `first_ppl_gen` for every family.
+    """
     tail_gen = first_departure(tail_series, tail_noise, z)
     ppl_gen = first_departure(ppl_series, ppl_noise, z)
     gap = None if tail_gen is None or ppl_gen is None else ppl_gen - tail_gen
-    return {"first_tail_gen": tail_gen, "first_ppl_gen": ppl_gen, "gap": gap,
-            "text": _verdict_text(tail_gen, ppl_gen)}
+    return {"first_tail_gen": tail_gen, "first_ppl_gen": ppl_gen, "gap": gap, "headline": headline,
+            "text": _verdict_text(tail_gen, ppl_gen, headline)}
 
 
 # --------------------------------------------------------------------------

@@ -101,17 +101,26 @@ def verdict_text(run: Run) -> str:
     return "no verdict: the run has not finished" if not run.finished else "no verdict in summary.json"
 
 
+def verdict_headline(warning: dict) -> str:
+    """The likelihood metric a verdict's first_ppl_gen is about; verdicts from before families were the LM's."""
+    return str(warning.get("headline") or "test perplexity")
+
+
 def verdict_table(groups: Sequence[Group]) -> TextTable:
-    rows = []
+    rows, headlines = [], set()
     for group in groups:
         for run in group.runs:
             warning = early_warning(run)
+            if warning:
+                headlines.add(verdict_headline(warning))
             # In a verdict, a missing generation means the metric never departed.
             never = "never" if warning else ""
             rows.append([group.label, fmt(run.seed), fmt(warning.get("first_tail_gen")) or never,
                          fmt(warning.get("first_ppl_gen")) or never, verdict_text(run)])
+    # Runs of several families in one table: the verdict text of each row names its own headline.
+    headline = headlines.pop() if len(headlines) == 1 else "likelihood" if headlines else "test perplexity"
     return TextTable("early warning: first generation departing from generation 0 beyond noise",
-                     ["group", "seed", "tail coverage", "test perplexity", "verdict"], rows)
+                     ["group", "seed", "tail coverage", headline, "verdict"], rows)
 
 
 def runs_table(groups: Sequence[Group]) -> TextTable:

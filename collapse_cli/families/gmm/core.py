@@ -22,6 +22,8 @@ from typing import Optional
 import numpy as np
 from scipy.special import logsumexp
 
+from collapse_cli.measure.metrics import binomial_se
+
 SAMPLE_DTYPE = np.float32
 TAIL_MASS = 0.05  # the rare region holds the true distribution's outer 5%
 
@@ -180,6 +182,19 @@ def tail_mass_ratio(truth: Mixture, threshold: float, samples: np.ndarray, tail_
 def tail_coverage(truth: Mixture, threshold: float, samples: np.ndarray, tail_mass: float = TAIL_MASS) -> float:
     """min(1, tail_mass_ratio): the share of the true distribution's rare 5% that the samples still fill."""
     return min(1.0, tail_mass_ratio(truth, threshold, samples, tail_mass))
+
+
+
+def tail_coverage_se(truth: Mixture, threshold: float, samples: np.ndarray, tail_mass: float = TAIL_MASS) -> float:
+    """Binomial standard error of the samples' tail share, scaled by 1 / tail_mass like tail_coverage.
+
+    The threshold is fixed for the run, so only the sampling of the generation's points is noise.
+    Where the cap at 1 binds the metric moves less than this: the error is then conservative.
+    """
+    if len(samples) == 0:
+        return float("nan")
+    share = float(np.mean(log_density(truth, samples) < threshold))
+    return binomial_se(share, len(samples)) / tail_mass
 
 
 # --------------------------------------------------------------------------

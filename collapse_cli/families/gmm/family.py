@@ -17,6 +17,7 @@ from collapse_cli.errors import CollapseError
 from collapse_cli.experiment.rundir import RunDir, gen_name
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
+from collapse_cli.measure import metrics as M
 
 MIXTURE_FILE = "mixture.npz"
 
@@ -139,9 +140,12 @@ class GMMFamily(Family):
     def measure(self, generation: int, model: GMMModel, reference_model: GMMModel, samples: np.ndarray, seed: int,
                 on_progress: Progress) -> tuple[dict, np.ndarray]:
         fitted = model.mixture
+        test_nll = core.nll(fitted, self.test)
         metrics = {
-            "nll_test": float(core.nll(fitted, self.test).mean()),
+            "nll_test": float(test_nll.mean()),
+            "nll_test_se": M.mean_se(test_nll),
             "tail_coverage": core.tail_coverage(self.truth, self.threshold, samples),
+            "tail_coverage_se": core.tail_coverage_se(self.truth, self.threshold, samples),
             "tail_mass_ratio": core.tail_mass_ratio(self.truth, self.threshold, samples),
             "component_std": core.component_std(fitted),
             "l2_to_gen0": core.l2_distance(reference_model.mixture, fitted),

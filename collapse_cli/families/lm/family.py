@@ -47,6 +47,7 @@ class LMFamily(Family):
     unit = "blocks"
     samples_file = "synthetic_ids.npz"
     headline = ("ppl_test", "tail_coverage")
+    likelihood_key, likelihood_se_key, likelihood_name = "ppl_test", "ppl_test_se", "test perplexity"
     leading_keys = profile.LEADING_KEYS
     table_keys = ("ppl_test", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth", "distinct2_tok",
                   "train_loss_last")
@@ -170,7 +171,10 @@ class LMFamily(Family):
                                       .to(self.device).eval())
 
     def summarize(self, run_dir: Any, rows: list[dict]) -> dict:
-        return profile.summarize(run_dir, self.reference, self.cfg)
+        summary = super().summarize(run_dir, rows)
+        if self.cfg.metrics.level == "full":
+            summary["extinction"] = profile.extinction_summary(run_dir, self.reference, len(rows))
+        return summary
 
 
 FAMILY = LMFamily

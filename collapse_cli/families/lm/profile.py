@@ -1,7 +1,7 @@
 """The collapse profile: what each generation is measured on, computed from models and corpora.
 
-`measure` runs once per generation and returns the flat metrics line; `summarize`
-runs once per run over the saved corpora and metrics. Formulas live in metrics.py.
+`measure` runs once per generation and returns the flat metrics line; `extinction_summary`
+runs once per run over the saved corpora (the early warning is Family.summarize's). Formulas live in metrics.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from collapse_cli.config import RunConfig
-from collapse_cli.experiment.rundir import RunDir, gen_name, read_metrics
+from collapse_cli.experiment.rundir import RunDir, gen_name
 from collapse_cli.experiment.seeds import stage_seed
 from collapse_cli.families.lm.builtin import BuiltinLanguage
 from collapse_cli.families.lm.evaluate import score_blocks, sliding_nll, token_nll
@@ -68,10 +68,6 @@ def _mean_ppl_se(block_nll: np.ndarray, seed: int, n_boot: int) -> float:
     return float(math.exp(per_block.mean()) * M.bootstrap_se(per_block, seed, n_boot))
 
 
-def _binomial_se(p: float, n: int) -> float:
-    return math.sqrt(max(p * (1 - p), 0.0) / n) if n and not math.isnan(p) else float("nan")
-
-
 def eval_batch_size(cfg: RunConfig, device: torch.device) -> int:
     """Blocks per evaluation forward pass: on the CPU, logits that stay in cache beat bigger batches."""
     if cfg.metrics.eval_batch_size is not None:
@@ -111,7 +107,7 @@ def corpus_metrics(synthetic: np.ndarray, texts: list[str], ref: Reference, cfg:
     synth_counts = _counts(synthetic, max(ref.token_decile.shape[0], int(synthetic.max()) + 1))
     tail_types = [t for t, c in ref.train_counts.items() if c <= 5]
     coverage = M.tail_coverage(ref.train_counts, synth_counts)
-    out = {"tail_coverage": coverage, "tail_coverage_se": _binomial_se(coverage, len(tail_types))}
+    out = {"tail_coverage": coverage, "tail_coverage_se": M.binomial_se(coverage, len(tail_types))}
     if cfg.metrics.level == "full":
         out.update(M.corpus_profile(list(ref.real_train), list(synthetic), unit="tok"))
         out.update(M.corpus_profile(ref.real_words, [text.split() for text in texts], unit="word"))
@@ -153,25 +149,6 @@ def measure(generation: int, model: torch.nn.Module, reference_model: torch.nn.M
 def ordered(metrics: dict) -> dict:
     head = {k: metrics[k] for k in LEADING_KEYS if k in metrics}
     return {**head, **{k: metrics[k] for k in sorted(metrics) if k not in head}}
-
-
-def _series(rows: list[dict], key: str) -> list[float]:
-    """One metric across generations; JSON null (a NaN on disk) comes back as NaN."""
-    return [float("nan") if row.get(key) is None else float(row[key]) for row in rows]
-
-
-def summarize(run_dir: RunDir, ref: Reference, cfg: RunConfig) -> dict:
-    """End-of-run figures: first vs last generation, early warning, extinction (full metrics)."""
-    rows = read_metrics(run_dir.path)
-    first, last = rows[0], rows[-1]
-    verdict = M.early_warning_verdict(_series(rows, "tail_coverage"), _series(rows, "tail_coverage_se"),
-                                      _series(rows, "ppl_test"), _series(rows, "ppl_test_se"))
-    summary = {"generations": len(rows) - 1, "ppl_test_first": first["ppl_test"], "ppl_test_last": last["ppl_test"],
-               "tail_coverage_first": first["tail_coverage"], "tail_coverage_last": last["tail_coverage"],
-               "early_warning": verdict, "wall_time_s": sum(r.get("wall_time_s", 0.0) for r in rows)}
-    if cfg.metrics.level == "full":
-        summary["extinction"] = extinction_summary(run_dir, ref, len(rows))
-    return summary
 
 
 def extinction_summary(run_dir: RunDir, ref: Reference, n_generations: int) -> dict:

@@ -19,6 +19,7 @@ from collapse_cli.errors import CollapseError
 from collapse_cli.experiment.rundir import RunDir, gen_name
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.vae import core
+from collapse_cli.measure import metrics as M
 
 MODEL_FILE = "vae.pt"
 SCORES_FILE = "scores.npy"
@@ -128,10 +129,16 @@ class VAEFamily(Family):
                 seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
         test = self.digits.test
         shares = core.class_shares(self.classifier.predict(samples))
+        test_nll = core.importance_weighted_nll(model, test, self.cfg.model.nll_samples, seed)
+        rare = self._rare_digits(reference_model)
+        tail_coverage = core.tail_coverage(rare, samples)
         metrics = {
-            "nll_test": float(core.importance_weighted_nll(model, test, self.cfg.model.nll_samples, seed).mean()),
+            "nll_test": float(test_nll.mean()),
+            "nll_test_se": M.mean_se(test_nll),
             "elbo_nll_test": float(core.elbo_nll(model, test, seed).mean()),
-            "tail_coverage": core.tail_coverage(self._rare_digits(reference_model), samples),
+            "tail_coverage": tail_coverage,
+            # A share of the few rare digits: its binomial error dominates the sampling noise.
+            "tail_coverage_se": M.binomial_se(tail_coverage, len(rare.images)),
             "latent_spread": core.latent_spread(reference_model, samples),
             "latent_spread_real": core.latent_spread(reference_model, test),
             "class_share_max": float(shares.max()),
