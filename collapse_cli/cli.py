@@ -310,7 +310,8 @@ def earlier_run(path: Path, config_yaml: str) -> Optional[str]:
 
 
 def execute_guarded(run_config, path: Path) -> int:
-    """Run the loop; turn every way it can stop into a status and an exit code."""
+    """Run the loop (in worker processes when nproc > 1); turn every way it can stop into a status and an exit code."""
+    from collapse_cli.experiment import distributed
     from collapse_cli.experiment.loop import execute
     from collapse_cli.experiment.progress import Feedback
     from collapse_cli.experiment.rundir import RunDir
@@ -333,7 +334,10 @@ def execute_guarded(run_config, path: Path) -> int:
 
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        execute(run_config, path, Feedback())
+        if run_config.nproc > 1 and not run_config.dry_run:
+            distributed.launch(run_config, path)
+        else:
+            execute(run_config, path, Feedback())
         return 0
     except CollapseError as err:
         # Messages that tell how to resume name the folder as RUN_DIR; only this level knows it.

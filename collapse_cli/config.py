@@ -232,6 +232,8 @@ class RunConfig:
     seed: int = 0
     regime: Regime = Regime.replace
     device: Device = Device.auto
+    # Processes of one run (README "Scaling out"): one per GPU, or gloo processes on the CPU.
+    nproc: int = 1
     # none | last | all: which generations keep their model weights on disk.
     checkpoints: Checkpoints = Checkpoints.none
     dry_run: bool = False
@@ -423,6 +425,21 @@ def _cuda_visible() -> bool:
     return torch.cuda.is_available()
 
 
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_nproc(nproc: int, device: str, n_gpus: int) -> None:
+    """nproc=N runs N processes: on CUDA (device=cuda, or auto with a GPU) one per visible GPU."""
+    _check(nproc >= 1, f"nproc={nproc} must be at least 1 (1: one process; N: one run across N processes)")
+    on_cuda = device == "cuda" or (device == "auto" and n_gpus > 0)
+    _check(nproc == 1 or not on_cuda or nproc <= n_gpus,
+           f"nproc={nproc} needs {nproc} GPUs but {n_gpus} CUDA device(s) are visible; "
+           f"lower nproc, or set device=cpu for {nproc} CPU processes")
+
+
 def _validate_run(cfg: RunConfig) -> None:
     _check(0.0 <= cfg.mix <= 1.0, f"mix={cfg.mix} must be in [0, 1] (the real fraction of each later generation)")
     _check(cfg.generations >= 1,
@@ -434,6 +451,7 @@ def _validate_run(cfg: RunConfig) -> None:
     _check(not (cfg.regime.startswith("accumulate") and cfg.mix == 0.0),
            f"regime={cfg.regime} keeps real data in its pool, which mix=0 empties: set mix=1 "
            f"(all real data kept, as Gerstgrasser et al.) or a fraction such as mix=0.5")
+    check_nproc(cfg.nproc, cfg.device, _cuda_count())
     _check(cfg.device != "cuda" or _cuda_visible(),
            "device=cuda but no CUDA device is visible; use device=auto or device=cpu")
     _check(cfg.metrics.eval_batch_size is None or cfg.metrics.eval_batch_size >= 1,
@@ -477,6 +495,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     validate_curate(cfg.curate)
     validate_logger(cfg.logger)
     _validate_family(cfg, get_family(family_name(cfg.model)))
+    # The LM shards training, sampling and scoring across ranks; another family would run N copies of one run.
+    _check(cfg.nproc == 1 or family_name(cfg.model) == "lm",
+           f"nproc={cfg.nproc}: only the language-model family runs across processes; "
+           f"use nproc=1 with model.family={family_name(cfg.model)}")
     return cfg
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from collapse_cli.config import RunConfig
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import compose as composition
-from collapse_cli.experiment import tracking
+from collapse_cli.experiment import distributed, tracking
 from collapse_cli.experiment.progress import Feedback
 from collapse_cli.experiment.rundir import RunDir, gen_name, read_metrics
 from collapse_cli.experiment.seeds import compose_seed, stage_seed
@@ -43,7 +43,7 @@ def pick_device(choice: str):
 
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda")
+    return torch.device("cuda", distributed.local_rank())  # under nproc=N, rank r's own GPU
 
 
 @dataclass
@@ -191,6 +191,8 @@ def _manifest(g: int, training_set: composition.TrainingSet, cfg: RunConfig, fam
 
 def _save_model(family: Family, model: Any, folder: Path) -> None:
     """Save into a temporary folder, then rename: never a half-written checkpoint."""
+    if not distributed.is_main():  # every rank holds the same weights; rank 0 writes them
+        return
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -200,6 +202,8 @@ def _save_model(family: Family, model: Any, folder: Path) -> None:
 
 
 def _keep_checkpoint(g: int, model: Any, run_dir: RunDir, cfg: RunConfig, family: Family) -> None:
+    if not distributed.is_main():
+        return
     needs_previous = cfg.train.init == "previous"
     if cfg.checkpoints == "all" or cfg.checkpoints == "last" or needs_previous:
         _save_model(family, model, run_dir.gen(g) / "model")
@@ -275,6 +279,8 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
                 status_written = time.monotonic()
             log.info(feedback.generation_line(metrics, family.table_keys))
             trackers.log_generation(metrics)
+        if not distributed.is_main():  # the other ranks' part ends with the last collective
+            return None
         summary = finish(setup, run_dir)
         # The generation-0 copy only serves scoring and resumes; `checkpoints=all` keeps it as gen_000/model.
         shutil.rmtree(run_dir.path / "reference", ignore_errors=True)

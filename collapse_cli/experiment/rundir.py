@@ -23,6 +23,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from collapse_cli.experiment import distributed
+
 STATUS = "status.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -34,7 +36,11 @@ def atomic_write_bytes(path: Path, payload: bytes, sync: bool = True) -> None:
 
     The rename alone makes a killed process leave the old file or the new one, never half of one;
     the fsync adds durability through a power loss, and costs milliseconds a file on a busy disk.
+    In a run of several processes (nproc=N) only rank 0 writes; the other ranks compute the
+    same things and write nothing.
     """
+    if not distributed.is_main():
+        return
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         handle = open(tmp, "wb")
@@ -143,6 +149,8 @@ class RunDir:
         out; resume rebuilds metrics.jsonl from the done generations, so exactly one line
         per generation is there whatever moment a process was killed at.
         """
+        if not distributed.is_main():  # metrics.jsonl is appended to below, past atomic_write_bytes: rank 0 alone
+            return
         redone = (self.gen(generation) / DONE).exists()
         line = to_json(metrics)
         self.write_json(Path(gen_name(generation)) / "metrics.json", metrics)
@@ -161,10 +169,12 @@ class RunDir:
     def discard_unfinished(self, generation: int) -> None:
         """Remove a generation folder that was started but never marked done."""
         folder = self.gen(generation)
-        if folder.exists() and not (folder / DONE).exists():
+        if distributed.is_main() and folder.exists() and not (folder / DONE).exists():
             shutil.rmtree(folder)
 
     def disk_usage(self, generation: int) -> int:
+        if not distributed.is_main():  # rank 0 may be renaming files there; only its figures are written
+            return 0
         return sum(p.stat().st_size for p in self.gen(generation).rglob("*") if p.is_file())
 
 

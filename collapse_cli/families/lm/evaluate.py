@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from collapse_cli.experiment import distributed
 from collapse_cli.families.lm.train import autocast, inference_model
 
 OnBatch = Optional[Callable[[int, int], None]]
@@ -53,27 +54,30 @@ def score_blocks(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, de
     forward pass serves both, since they score the same test blocks.
     """
     model = inference_model(model, device).eval()  # bf16 weights on CUDA
-    nll = np.empty((len(blocks), blocks.shape[1] - 1), dtype=np.float32)
     truth = None
     if transition is not None:
         true_probs = torch.from_numpy(transition.astype(np.float32)).to(device)
         truth = (true_probs, -(true_probs * torch.log(true_probs.clamp_min(1e-30))).sum(-1))
-    ce_sum = h_sum = 0.0
-    for first, last in _batches(len(blocks), batch_size):
+    batches = list(_batches(len(blocks), batch_size))
+    scored = []  # (nll, ce sum, entropy sum) of each batch of this rank: batches r, r+N, ... under nproc=N
+    for k in distributed.my_items(len(batches)):
+        first, last = batches[k]
         batch = torch.from_numpy(blocks[first:last]).to(device)
         logits = _next_token_logits(model, batch, device)
-        nll[first:last] = _token_losses(logits, batch).cpu().numpy()
+        ce_sum = h_sum = 0.0
         if truth is not None:
             true_probs, row_entropy = truth
             prev = batch[:, :-1]
             log_probs = F.log_softmax(logits[..., : true_probs.shape[1]], dim=-1)
-            ce_sum += float(-(true_probs[prev] * log_probs).sum())
-            h_sum += float(row_entropy[prev].sum())
+            ce_sum, h_sum = float(-(true_probs[prev] * log_probs).sum()), float(row_entropy[prev].sum())
+        scored.append((_token_losses(logits, batch).cpu().numpy(), ce_sum, h_sum))
         if on_batch is not None:
             on_batch(last, len(blocks))
+    scored = distributed.gather_items(scored, len(batches))  # every batch, in order, on every rank
+    nll = np.concatenate([np.empty((0, blocks.shape[1] - 1), dtype=np.float32)] + [b[0] for b in scored])
     if truth is None:
         return nll, float("nan"), float("nan")
-    return nll, ce_sum / nll.size, h_sum / nll.size
+    return nll, sum(b[1] for b in scored) / nll.size, sum(b[2] for b in scored) / nll.size
 
 
 def sliding_windows(stream_length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -98,17 +102,20 @@ def sliding_nll(model: torch.nn.Module, stream: np.ndarray, window: int, stride:
                 device: torch.device) -> tuple[float, int]:
     """Sum of NLL (nats) and count of tokens scored by a strided sliding window over one stream."""
     model = inference_model(model, device).eval()
-    total, count = 0.0, 0
     spans = sliding_windows(len(stream), window, stride)
     full = [s for s in spans if s[1] - s[0] == window]
     ragged = [s for s in spans if s[1] - s[0] != window]
     # Full-length windows batch together; a short tail window (at most one) runs alone.
-    for group in [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[s] for s in ragged]:
-        batch = torch.from_numpy(np.stack([stream[s:e] for s, e, _ in group])).to(device)
+    groups = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[s] for s in ragged]
+    window_sums = []  # per group of this rank (r, r+N, ... under nproc=N): each window's (NLL sum, tokens)
+    for k in distributed.my_items(len(groups)):
+        batch = torch.from_numpy(np.stack([stream[s:e] for s, e, _ in groups[k]])).to(device)
         token_nlls = _token_losses(_next_token_logits(model, batch, device), batch)
-        for row, (start, _, first_scored) in enumerate(group):
-            # Position j of token_nlls predicts stream[start + j + 1].
-            scored = token_nlls[row, first_scored - start - 1:]
-            total += float(scored.sum())
-            count += scored.numel()
+        # Position j of token_nlls predicts stream[start + j + 1].
+        scored = [token_nlls[row, first_scored - start - 1:] for row, (start, _, first_scored) in enumerate(groups[k])]
+        window_sums.append([(float(tokens.sum()), tokens.numel()) for tokens in scored])
+    total, count = 0.0, 0
+    for group_sums in distributed.gather_items(window_sums, len(groups)):  # in window order: one process's sum
+        for nll_sum, n_tokens in group_sums:
+            total, count = total + nll_sum, count + n_tokens
     return total, count

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from collapse_cli.config import GenerateConfig
+from collapse_cli.experiment import distributed
 from collapse_cli.families.lm.decode import ChunkDecoder
 from collapse_cli.families.lm.train import inference_model
 
@@ -43,19 +44,19 @@ def generate(model: torch.nn.Module, prompts: np.ndarray, cfg: GenerateConfig, s
              chunks: Iterable[int] | None = None) -> np.ndarray:
     """Continue prompts; return the new tokens only, shape [n_prompts, new_tokens].
 
-    chunks: None decodes every chunk; otherwise only the rows of the chunks listed, concatenated
-    in that order (rank r of N takes chunks r, r+N, ...; putting the pieces back in chunk order
-    gives the corpus of a single process).
+    chunks: None decodes every chunk (under `nproc=N`, rank r decodes chunks r, r+N, ... and every
+    rank gets them all back in chunk order: the corpus of a single process); otherwise only the
+    rows of the chunks listed, concatenated in that order.
     """
     model.eval()
     size, total_chunks = chunk_prompts(cfg), n_chunks(len(prompts), cfg)
-    order = list(range(total_chunks)) if chunks is None else list(chunks)
+    order = list(distributed.my_items(total_chunks) if chunks is None else chunks)
     bad = [k for k in order if not 0 <= k < total_chunks]
     if bad:
         raise ValueError(f"chunks {bad} out of range: {len(prompts)} prompts make {total_chunks} chunks")
     decode = ChunkDecoder(inference_model(model, device), cfg, size, device)
     total = sum(min(size, len(prompts) - k * size) for k in order)
-    pieces, done = [np.empty((0, cfg.new_tokens), dtype=np.int64)], 0
+    pieces, done = [], 0
     for k in order:
         chunk = torch.from_numpy(prompts[k * size:(k + 1) * size]).to(device)
         generator = torch.Generator(device).manual_seed(chunk_seed(seed, k))
@@ -63,4 +64,6 @@ def generate(model: torch.nn.Module, prompts: np.ndarray, cfg: GenerateConfig, s
         done += len(chunk)
         if on_batch is not None:
             on_batch(done, total)
-    return np.concatenate(pieces)
+    if chunks is None:
+        pieces = distributed.gather_items(pieces, total_chunks)
+    return np.concatenate([np.empty((0, cfg.new_tokens), dtype=np.int64), *pieces])

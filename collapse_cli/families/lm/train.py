@@ -12,6 +12,7 @@ import torch
 
 from collapse_cli.config import TrainConfig
 from collapse_cli.errors import CollapseError
+from collapse_cli.experiment import distributed
 
 # How often the GPU path looks at the loss: each look is a host sync.
 CHECK_EVERY = 50
@@ -76,6 +77,8 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
 
     With `validate`, the model is scored after the last epoch, and after every epoch when
     cfg.select is best_valid: then the epoch with the lowest validation loss is the one kept.
+    cfg.batch_size is the global batch: under `nproc=N` every rank takes its share of each batch
+    of the same permutation (DDP), so steps, schedule and updates are those of one process.
     """
     data = torch.from_numpy(blocks).to(device)  # the whole set lives on the device
     n_blocks = len(data)
@@ -88,17 +91,19 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
         optimizer, lambda step: lr_at(step, total_steps, warmup_steps, cfg.schedule, floor))
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    # The compiled module shares the model's parameters: training it trains `model`.
-    forward = torch.compile(model, dynamic=False) if compiles(cfg, device) else model
+    # DDP and the compiled module share the model's parameters: training them trains `model`.
+    forward = distributed.wrap(model, device)
+    forward = torch.compile(forward, dynamic=False) if compiles(cfg, device) else forward
     start, step, losses = time.perf_counter(), 0, []
     window, window_steps = torch.zeros((), device=device), 0
     selection = _Selection(cfg.select == "best_valid", cfg.epochs)
     for epoch in range(1, cfg.epochs + 1):
         order = torch.randperm(n_blocks, generator=generator).to(device)
         for first in range(0, n_blocks, cfg.batch_size):
-            batch = data[order[first:first + cfg.batch_size]]
+            rows, weight = distributed.shard_batch(order[first:first + cfg.batch_size])
+            batch = data[rows]
             with autocast(device):
-                loss = forward(input_ids=batch, labels=batch).loss
+                loss = forward(input_ids=batch, labels=batch).loss * weight
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -108,7 +113,8 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
             window += loss.detach()
             step, window_steps = step + 1, window_steps + 1
             if device.type == "cpu" or step % CHECK_EVERY == 0 or step == total_steps:
-                losses.append(_checked_mean(window / window_steps, step, generation))
+                # Averaged over ranks, weighted losses make the global batch's loss; every rank checks the same value.
+                losses.append(_checked_mean(distributed.mean_over_ranks(window) / window_steps, step, generation))
                 window.zero_()
                 window_steps = 0
             if on_step is not None:

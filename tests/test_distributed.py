@@ -1,0 +1,226 @@
+"""One run across several processes (`collapse run nproc=N`, issue #13 part 5), on the CPU with gloo and N=2.
+
+Workers are real spawned processes in a real gloo process group: the sharded generation and
+scoring give what one process gives, bit for bit; DDP training gives it up to the order of
+float sums; a whole run leaves one finished folder; failures and signals end every worker.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import (
+    TINY,
+    finished_runs,
+    read_metrics,
+    read_status,
+    run_collapse,
+    run_in_process,
+    stable,
+    start_collapse,
+)
+from test_errors import one_error_line
+from test_resume import signal_when
+from transformers import OPTConfig, OPTForCausalLM
+
+from collapse_cli.config import GenerateConfig, TrainConfig, check_nproc
+from collapse_cli.errors import CollapseError
+from collapse_cli.experiment import distributed
+from collapse_cli.experiment.distributed import WorkerFailed
+from collapse_cli.families.lm.evaluate import score_blocks, sliding_nll
+from collapse_cli.families.lm.generate import generate
+from collapse_cli.families.lm.train import train
+
+CPU = torch.device("cpu")
+VOCAB = 50
+# Relative tolerance of float metrics between nproc=2 and nproc=1: gloo sums the two ranks'
+# gradients in another order than one process does, which moves metrics by ~1e-7 here.
+METRIC_RTOL = 1e-3
+
+
+def tiny_model() -> torch.nn.Module:
+    config = OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, ffn_dim=64,
+                       max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=0, bos_token_id=1,
+                       eos_token_id=1, dropout=0.0, attention_dropout=0.0)  # dropout would draw per-process masks
+    torch.manual_seed(0)
+    model = OPTForCausalLM(config).eval()
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def workload() -> dict:
+    rng = np.random.default_rng(0)
+    transition = rng.dirichlet(np.ones(VOCAB), size=VOCAB)
+    return {
+        # 11 prompts in chunks of 3: chunks 0, 2 on rank 0, chunks 1, 3 (the short one) on rank 1.
+        "prompts": rng.integers(2, VOCAB, size=(11, 5)), "generate": GenerateConfig(new_tokens=8, batch_size=3),
+        "blocks": rng.integers(2, VOCAB, size=(13, 16)), "transition": transition,
+        # 10 blocks in global batches of 3: the last batch has one row, so rank 1 runs a weight-0 row.
+        "train_blocks": rng.integers(2, VOCAB, size=(10, 16)),
+        "train": TrainConfig(epochs=2, lr=1e-3, batch_size=3, block_size=16, warmup_ratio=0.1),
+    }
+
+
+def everything(model: torch.nn.Module, work: dict) -> dict:
+    """What each rank (or the single process) computes: a corpus, scores, a trained model."""
+    corpus = generate(model, work["prompts"], work["generate"], seed=7, device=CPU)
+    nll, ce, entropy = score_blocks(model, work["blocks"], 4, CPU, work["transition"])
+    sliding = sliding_nll(model, work["blocks"].reshape(-1), 16, 8, 4, CPU)
+    trained = copy.deepcopy(model)
+    stats = train(trained, work["train_blocks"], work["train"], seed=3, device=CPU, generation=0)
+    return {"corpus": corpus, "nll": nll, "ce": ce, "entropy": entropy, "sliding": sliding,
+            "weights": {k: v.detach().clone() for k, v in trained.state_dict().items()}, "loss_last": stats.loss_last,
+            "rank": distributed.rank(), "world": distributed.world_size(),
+            "shards": [distributed.shard_batch(torch.arange(n)) for n in (5, 1)]}
+
+
+def test_two_gloo_ranks_give_the_corpus_and_scores_of_one_process():
+    model, work = tiny_model(), workload()
+    alone = everything(model, work)
+    ranks = distributed.spawn(everything, 2, (model, work))
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world"] == 2 for r in ranks)
+    assert alone["corpus"].shape == (11, 8)
+    for result in ranks:  # every rank gets everything back, in order
+        assert np.array_equal(result["corpus"], alone["corpus"])
+        # Same batches as one process, reassembled in order: the same numbers, not merely close ones.
+        assert np.array_equal(result["nll"], alone["nll"])
+        assert (result["ce"], result["entropy"], result["sliding"]) == (alone["ce"], alone["entropy"], alone["sliding"])
+        # DDP: the same steps on the weighted shares of each global batch; only float sums differ. Adam turns
+        # that noise into weight differences of ~2e-6 here; unweighted shares would make them ~7e-3.
+        for name, weight in alone["weights"].items():
+            torch.testing.assert_close(result["weights"][name], weight, rtol=0, atol=1e-4)
+        assert result["loss_last"] == pytest.approx(alone["loss_last"], rel=1e-5)
+    for name in alone["weights"]:  # the ranks end with identical weights
+        assert torch.equal(ranks[0]["weights"][name], ranks[1]["weights"][name])
+    # Global batch of 5: rank 0 rows 0, 2, 4 (weight 3*2/5), rank 1 rows 1, 3 (2*2/5).
+    # A batch of 1: rank 0 takes it (weight 1*2/1), rank 1 runs that row with weight 0.
+    (rows0, weight0), (one0, w_one0) = ranks[0]["shards"]
+    (rows1, weight1), (one1, w_one1) = ranks[1]["shards"]
+    assert rows0.tolist() == [0, 2, 4] and weight0 == pytest.approx(1.2)
+    assert rows1.tolist() == [1, 3] and weight1 == pytest.approx(0.8)
+    assert (one0.tolist(), w_one0) == ([0], 2.0) and (one1.tolist(), w_one1) == ([0], 0.0)
+    rows_alone, weight_alone = alone["shards"][0]
+    assert rows_alone.tolist() == [0, 1, 2, 3, 4] and weight_alone == 1.0
+
+
+def _fail_on_rank_1(pid_folder: str, how: str) -> None:
+    Path(pid_folder, str(os.getpid())).touch()
+    distributed.barrier()  # both ranks have said who they are
+    if distributed.rank() == 1:
+        if how == "raise":
+            raise ValueError("boom on rank 1")
+        os.kill(os.getpid(), signal.SIGKILL)
+    distributed.barrier()  # rank 0 waits here for a rank that never comes
+    time.sleep(600)  # should the barrier return after all, the parent must still stop this rank
+
+
+@pytest.mark.parametrize("how,needle", [("raise", "rank 1 of 2 failed: ValueError: boom on rank 1"),
+                                        ("sigkill", "rank 1 of 2 died (killed by signal 9) without a report")])
+def test_a_failing_rank_ends_every_rank(tmp_path: Path, how: str, needle: str):
+    started = time.monotonic()
+    with pytest.raises(WorkerFailed) as failure:
+        distributed.spawn(_fail_on_rank_1, 2, (str(tmp_path), how))
+    assert needle in str(failure.value)
+    assert time.monotonic() - started < 60  # no rank hangs until the process group's timeout
+    pids = [int(p.name) for p in tmp_path.iterdir()]
+    assert len(pids) == 2
+    for pid in pids:  # both workers are gone (and reaped)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_nproc_checks():
+    check_nproc(1, "auto", 0)
+    check_nproc(4, "cpu", 1)  # CPU processes need no GPU
+    check_nproc(2, "auto", 0)  # auto without a GPU: gloo on the CPU
+    check_nproc(2, "cuda", 2)
+    for nproc, device, n_gpus, needle in [(0, "cpu", 0, "nproc=0 must be at least 1"),
+                                          (2, "cuda", 1, "nproc=2 needs 2 GPUs but 1 CUDA device(s) are visible"),
+                                          (3, "auto", 2, "nproc=3 needs 3 GPUs but 2")]:
+        with pytest.raises(CollapseError, match=re.escape(needle)):
+            check_nproc(nproc, device, n_gpus)
+
+
+@pytest.mark.parametrize("args,needle", [([*TINY, "nproc=0"], "nproc=0 must be at least 1"),
+                                         ([*TINY, "nproc=2", "device=cuda"], "nproc=2 needs 2 GPUs but 0 CUDA"),
+                                         (["model=gmm", "dataset=gaussian", "nproc=2"],
+                                          "use nproc=1 with model.family=gmm")])
+def test_bad_nproc_is_one_line(tmp_path: Path, args: list[str], needle: str):
+    result = run_collapse(["run", *args], cwd=tmp_path, timeout=120, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 2
+    assert needle in one_error_line(result)
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[int, Path]:
+    """The same tiny run with one process (in-process) and with two (`collapse` as a subprocess)."""
+    root = tmp_path_factory.mktemp("nproc")
+    one = root / "one"
+    assert run_in_process(["run", *TINY, "device=cpu", f"hydra.run.dir={one}"]) == 0
+    result = run_collapse(["run", "nproc=2", "device=cpu", *TINY], cwd=root, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (two,) = (root / "outputs" / "runs").iterdir()  # one folder: workers never compose a config
+    return {1: one, 2: two}
+
+
+def assert_close_metrics(run: Path, reference: Path, rtol: float) -> None:
+    rows, expected = stable(read_metrics(run)), stable(read_metrics(reference))
+    assert [row["generation"] for row in rows] == [row["generation"] for row in expected] == [0, 1]
+    for row, want in zip(rows, expected):
+        assert set(row) == set(want)
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert row[key] == pytest.approx(value, rel=rtol), (row["generation"], key)
+            else:
+                assert row[key] == value, (row["generation"], key)
+
+
+def test_a_two_process_run_finishes_one_folder_with_the_metrics_of_one_process(runs: dict[int, Path]):
+    two = runs[2]
+    assert finished_runs(two.parent) == [two]
+    assert_close_metrics(two, runs[1], METRIC_RTOL)
+    assert (two / "summary.json").is_file() and not (two / "reference").exists()
+    # Rank 0 alone writes: each generation's line is logged once, and no other rank left a file behind.
+    log = (two / "collapse.log").read_text()
+    assert log.count("gen 0:") == 1 and log.count("gen 1:") == 1
+    assert not [p for p in two.rglob("*") if ".tmp" in p.name]
+    files = {run: sorted(str(p.relative_to(run)) for p in run.rglob("*")) for run in (two, runs[1])}
+    assert files[two] == files[runs[1]]
+
+
+def test_sigterm_interrupts_a_two_process_run_and_resume_continues_it(tmp_path: Path, runs: dict[int, Path]):
+    run = tmp_path / "run"
+    proc = start_collapse(["run", "nproc=2", "device=cpu", *TINY, f"hydra.run.dir={run}"], cwd=tmp_path)
+    signal_when(proc, run / "gen_001/composition.json", signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    status = read_status(run)
+    assert status["state"] == "interrupted" and "collapse resume" in status["reason"]
+    assert (run / "gen_000/DONE").exists() and not (run / "gen_001/DONE").exists()
+
+    # The saved config says nproc=2, so the resume runs two processes again: it ends where the
+    # uninterrupted two-process run ended (two ranks sum in a fixed order: the same bits).
+    assert run_in_process(["resume", str(run)]) == 0
+    assert read_status(run)["state"] == "finished"
+    assert_close_metrics(run, runs[2], rtol=0)
+
+
+def test_an_error_in_the_workers_fails_the_run_with_one_line(tmp_path: Path):
+    # Every rank finds it once the run started (TINY: 62 blocks; fresh needs 75): the line one process gives.
+    result = run_collapse(["run", "nproc=2", "device=cpu", *TINY, "regime=fresh", "mix=0.5",
+                           "dataset.max_train_blocks=50"], cwd=tmp_path, timeout=180)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "regime=fresh" in line and "dataset.max_train_blocks" in line
+    (run,) = (tmp_path / "outputs" / "runs").iterdir()
+    status = read_status(run)
+    assert status["state"] == "failed" and status["reason"] == line.removeprefix("collapse: error: ")
