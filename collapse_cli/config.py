@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,8 +17,16 @@ import numpy as np
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from collapse_cli.errors import CollapseError
-from collapse_cli.experiment.tracking import LoggerConfig, validate_logger
 from collapse_cli.families.base import family_name, get_family
+
+try:
+    from enum import StrEnum
+except ImportError:  # Python 3.10: the same behaviour, str() and format() give the value
+
+    class StrEnum(str, Enum):
+        def __str__(self) -> str:
+            return str(self.value)
+
 
 # Choices are StrEnums: OmegaConf refuses any other value while composing, and a member
 # compares equal to its string ("fresh" == Regime.fresh), so code and JSON see plain words.
@@ -213,6 +221,59 @@ class CurateConfig:
 
 
 DETECTOR_MODES = ("filter", "weight")
+
+
+# --- experiment trackers (`logger=`; experiment/tracking.py uses them) ---
+
+@dataclass
+class TensorBoardConfig:
+    """No keys: event files always go to <run>/tensorboard, next to the metrics they copy."""
+
+
+@dataclass
+class MlflowConfig:
+    # null: a local file store, mlruns/ beside the run folder (a sweep's runs share <sweep>/mlruns).
+    tracking_uri: Optional[str] = None
+    experiment: str = "collapse"
+    # Bound on each HTTP request to a tracking server (MLFLOW_HTTP_REQUEST_TIMEOUT); retries are off,
+    # so an unreachable server costs the run at most this once.
+    timeout_s: int = 10
+
+
+class WandbMode(StrEnum):
+    offline = "offline"  # files under <run>/wandb; `wandb sync <run>/wandb/offline-run-*` uploads them
+    online = "online"
+
+
+@dataclass
+class WandbConfig:
+    project: str = "collapse"
+    entity: Optional[str] = None
+    mode: WandbMode = WandbMode.offline
+
+
+@dataclass
+class LoggerConfig:
+    """Chosen trackers are the non-null sections; conf/logger/*.yaml fills them (`logger=[tensorboard,mlflow]`)."""
+
+    tensorboard: Optional[TensorBoardConfig] = None
+    mlflow: Optional[MlflowConfig] = None
+    wandb: Optional[WandbConfig] = None
+    # Also log the plots `collapse compare` makes for this run, as images/artifacts.
+    plots: bool = False
+
+
+def validate_logger(cfg: LoggerConfig) -> None:
+    if cfg.mlflow is not None:
+        if cfg.mlflow.tracking_uri is not None and not cfg.mlflow.tracking_uri.strip():
+            raise CollapseError("logger.mlflow.tracking_uri is empty: give a URI (http://host:5000, file:/path) "
+                                "or null for the local store beside the run folder")
+        if not cfg.mlflow.experiment.strip():
+            raise CollapseError("logger.mlflow.experiment is empty: name the MLflow experiment, e.g. collapse")
+        if cfg.mlflow.timeout_s < 1:
+            raise CollapseError(f"logger.mlflow.timeout_s={cfg.mlflow.timeout_s} must be at least 1 (seconds)")
+    if cfg.wandb is not None and not cfg.wandb.project.strip():
+        raise CollapseError("logger.wandb.project is empty: name the W&B project, e.g. collapse")
 
 
 @dataclass
