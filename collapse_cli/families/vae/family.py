@@ -8,13 +8,13 @@ the generation-0 model (latent spread, rare digits). Runs on the CPU: the model 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
+from collapse_cli.config import StrEnum  # enum.StrEnum, with its Python 3.10 fallback
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment.rundir import RunDir, gen_name
 from collapse_cli.families.base import Family, Progress, RealData
