@@ -19,6 +19,7 @@ from collapse_cli.config import RunConfig, TrainConfig, to_run_config, validate
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment.loop import execute
 from collapse_cli.experiment.progress import Feedback
+from collapse_cli.experiment.seeds import stage_seed
 from collapse_cli.families import base
 
 N = 50
@@ -75,6 +76,14 @@ def test_toy_std_follows_the_samples_it_was_fitted_on(tmp_path: Path):
     run_toy(tmp_path / "synthetic", mix=0.0)
     stds = [row["std"] for row in read_metrics(tmp_path / "synthetic")]
     assert len(set(stds)) == 4
+
+
+def test_the_loop_hands_measure_the_metrics_seed_of_the_run_and_generation(tmp_path: Path):
+    # seed + generation would give run 0's generation 1 the subsample of run 1's generation 0.
+    for run_seed in (0, 1):
+        run_toy(tmp_path / str(run_seed), seed=run_seed)
+        seeds = [row["measure_seed"] for row in read_metrics(tmp_path / str(run_seed))]
+        assert seeds == [stage_seed(run_seed, g, "metrics") for g in range(4)]
 
 
 @pytest.mark.parametrize("init", ["base", "previous"])

@@ -101,18 +101,19 @@ def test_kl_truth_against_hand_computed_value():
 
 
 def measured(generation: int, ref: profile.Reference, cfg: RunConfig, synthetic: np.ndarray):
+    """profile.measure as the loop calls it, with the generation's metrics seed."""
     model = uniform_model(2)
     texts = [" ".join("ab"[t] for t in row) for row in synthetic]
     decode = lambda blocks: [" ".join("ab"[t] for t in row) for row in blocks]  # noqa: E731
-    return profile.measure(generation, model, model, synthetic, texts, ref, cfg, CPU, decode, lambda done, total: None)
+    return profile.measure(generation, model, model, synthetic, texts, ref, cfg, CPU, decode,
+                           stage_seed(cfg.seed, generation, "metrics"), lambda done, total: None)
 
 
 def test_metrics_seed_differs_across_runs_and_generations():
-    seeds = {(run_seed, g): profile.metrics_seed(run_seed, g) for run_seed in range(4) for g in range(8)}
+    seeds = {(run_seed, g): stage_seed(run_seed, g, "metrics") for run_seed in range(4) for g in range(8)}
     # seed + generation would make (0, 1) and (1, 0) draw the same subsample.
-    assert profile.metrics_seed(0, 1) != profile.metrics_seed(1, 0)
+    assert stage_seed(0, 1, "metrics") != stage_seed(1, 0, "metrics")
     assert len(set(seeds.values())) == len(seeds)
-    assert profile.metrics_seed(3, 5) == stage_seed(3, 5, "metrics")
 
 
 def test_measure_draws_its_subsamples_from_the_metrics_seed():
@@ -123,7 +124,7 @@ def test_measure_draws_its_subsamples_from_the_metrics_seed():
     ref = profile.Reference.build(real, real[:10], 2, TWO_TOKEN)
     for generation in (0, 2):
         out, _, _ = measured(generation, ref, cfg, synthetic)
-        expected = M.self_bleu(list(synthetic), 5, profile.metrics_seed(cfg.seed, generation))
+        expected = M.self_bleu(list(synthetic), 5, stage_seed(cfg.seed, generation, "metrics"))
         old_formula = M.self_bleu(list(synthetic), 5, cfg.seed + generation)
         assert expected != old_formula  # the data tell the two seeds apart
         assert out["self_bleu4_tok"] == expected

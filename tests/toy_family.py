@@ -77,7 +77,9 @@ class ToyFamily(Family):
         z = (self.test - model["mean"]) / model["std"]
         nll = float(np.mean(0.5 * z**2 + np.log(model["std"]) + 0.5 * np.log(2 * np.pi)))
         tail = float(np.mean(np.abs(samples) > self.tail_radius) / 0.1)
-        metrics = {"nll_test": nll, "tail_coverage": tail, "mean": model["mean"], "std": model["std"]}
+        # The seed the loop handed over, so a test can check which one it derives.
+        metrics = {"nll_test": nll, "tail_coverage": tail, "mean": model["mean"], "std": model["std"],
+                   "measure_seed": seed}
         return metrics, np.abs(samples[:, 0])
 
     def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:

@@ -128,7 +128,7 @@ class LMFamily(Family):
                 samples: np.ndarray, seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
         metrics, seq_ppl, self.reference = profile.measure(generation, model, reference_model, samples,
                                                            self._texts(samples), self.reference, self.cfg, self.device,
-                                                           self.tokenizer.batch_decode, on_progress)
+                                                           self.tokenizer.batch_decode, seed, on_progress)
         metrics["generated_tokens"] = int(samples.size)
         return metrics, seq_ppl
 

@@ -17,7 +17,6 @@ import torch
 
 from collapse_cli.config import RunConfig
 from collapse_cli.experiment.rundir import RunDir, gen_name
-from collapse_cli.experiment.seeds import stage_seed
 from collapse_cli.families.lm.builtin import BuiltinLanguage
 from collapse_cli.families.lm.evaluate import score_blocks, sliding_nll, token_nll
 from collapse_cli.measure import metrics as M
@@ -116,20 +115,14 @@ def corpus_metrics(synthetic: np.ndarray, texts: list[str], ref: Reference, cfg:
     return out
 
 
-def metrics_seed(seed: int, generation: int) -> int:
-    """The seed of a generation's metric subsamples (bootstrap, self-BLEU): independent across runs and generations.
-
-    (Not seed + generation: run 0's generation 1 would then draw run 1's generation-0 subsample.)
-    """
-    return stage_seed(seed, generation, "metrics")
-
-
 def measure(generation: int, model: torch.nn.Module, reference_model: torch.nn.Module, synthetic: np.ndarray,
             texts: list[str], ref: Reference, cfg: RunConfig, device: torch.device, tokenizer_decode: Callable,
-            on_progress: Callable[[int, int], None]) -> tuple[dict, np.ndarray, Reference]:
+            seed: int, on_progress: Callable[[int, int], None]) -> tuple[dict, np.ndarray, Reference]:
     """Every metric of one generation, the per-sequence perplexities under generation 0, and `ref`
-    completed with what later generations reuse (`ref` itself is left as it was)."""
-    batch, seed = eval_batch_size(cfg, device), metrics_seed(cfg.seed, generation)
+    completed with what later generations reuse (`ref` itself is left as it was).
+
+    `seed` draws the metric subsamples (bootstrap, self-BLEU); the loop derives it per run and generation."""
+    batch = eval_batch_size(cfg, device)
     out, test_nll = model_metrics(model, ref, cfg, device, seed)
     on_progress(1, 3)
     if ref.test_seq_ppl is None:
@@ -144,11 +137,6 @@ def measure(generation: int, model: torch.nn.Module, reference_model: torch.nn.M
     out.update(corpus_metrics(synthetic, texts, ref, cfg, seed))
     on_progress(3, 3)
     return out, seq_ppl, ref
-
-
-def ordered(metrics: dict) -> dict:
-    head = {k: metrics[k] for k in LEADING_KEYS if k in metrics}
-    return {**head, **{k: metrics[k] for k in sorted(metrics) if k not in head}}
 
 
 def extinction_summary(run_dir: RunDir, ref: Reference, n_generations: int) -> dict:
