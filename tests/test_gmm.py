@@ -172,10 +172,13 @@ def test_the_gmm_family_summarizes_a_tail_first_verdict_against_test_nll():
     cfg = to_run_config(OmegaConf.create({"model": {"family": "gmm"}, "dataset": {"name": "gaussian"},
                                             "train": {"lr": 1e-3}}))
     # tail_coverage band 2 * sqrt(2) * 0.1 = 0.283: departs at g2 (diff 0.5); nll_test band 0.141: at g3 (0.3).
-    rows = [{"generation": g, "tail_coverage": tail, "tail_coverage_se": 0.1, "nll_test": nll, "nll_test_se": 0.05}
+    rows = [{"generation": g, "tail_coverage": tail, "tail_coverage_se": 0.1, "nll_test": nll, "nll_test_se": 0.05,
+             "component_std": 0.9 - 0.1 * g, "l2_to_gen0": 0.01 * g}
             for g, (tail, nll) in enumerate([(1.0, 2.84), (0.9, 2.85), (0.5, 2.94), (0.2, 3.14)])]
     summary = GMMFamily(cfg, None).summarize(None, rows)
     assert (summary["nll_test_first"], summary["tail_coverage_last"]) == (2.84, 0.2)
+    # The paper's own figures, first and last.
+    assert (summary["component_std_first"], summary["l2_to_gen0_last"]) == (0.9, 0.03)
     assert summary["early_warning"] == {
         "first_tail_gen": 2, "first_ppl_gen": 3, "gap": 1, "headline": "test NLL",
         "text": "Tail coverage departed at generation 2, 1 generation(s) before test NLL (generation 3)."}

@@ -81,6 +81,8 @@ class Family(ABC):
     samples_file: ClassVar[str] = "samples.npy"  # the file save_samples writes in each gen folder
     # Headline metrics, best first: the first is shown in summaries; `summarize` may use them all.
     headline: ClassVar[tuple[str, ...]] = ("nll_test", "tail_coverage")
+    # Further metrics whose first and last values go into summary.json (the paper's own figures, say).
+    summary_keys: ClassVar[tuple[str, ...]] = ()
     # The likelihood headline the early-warning verdict sets tail_coverage (and tail_coverage_se) against:
     # its metrics key, the key of its standard error, and its name in the verdict text.
     likelihood_key: ClassVar[str] = "nll_test"
@@ -184,7 +186,7 @@ class Family(ABC):
         (beyond noise) before the likelihood headline does? Subclasses add their own figures to this.
         """
         out: dict = {}
-        for key in self.headline:
+        for key in (*self.headline, *self.summary_keys):
             if rows and key in rows[0]:
                 out[f"{key}_first"], out[f"{key}_last"] = rows[0][key], rows[-1][key]
         if rows:

@@ -85,6 +85,7 @@ class GMMFamily(Family):
     unit = "points"
     samples_file = "samples.npy"
     headline = ("nll_test", "tail_coverage")
+    summary_keys = ("component_std", "l2_to_gen0")
     leading_keys = ("generation", "nll_test", "tail_coverage", "component_std", "l2_to_gen0")
     table_keys = ("nll_test", "tail_coverage", "component_std", "l2_to_gen0")
 
@@ -174,13 +175,6 @@ class GMMFamily(Family):
 
     def load_model(self, folder: Path) -> GMMModel:
         return GMMModel(core.load_mixture(folder / MIXTURE_FILE))
-
-    def summarize(self, run_dir: Any, rows: list[dict]) -> dict:
-        out = super().summarize(run_dir, rows)
-        for key in ("component_std", "l2_to_gen0"):
-            if rows and key in rows[0]:
-                out[f"{key}_first"], out[f"{key}_last"] = rows[0][key], rows[-1][key]
-        return out
 
     def figures(self, run_dir: Path, rows: list[dict]) -> list[Path]:
         """figures/gmm_scatter.png (chosen generations over the true contours), figures/gmm_std_l2.png."""

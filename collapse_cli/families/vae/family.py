@@ -66,6 +66,7 @@ class VAEFamily(Family):
     unit = "images"
     samples_file = "samples.npy"
     headline = ("nll_test", "tail_coverage")
+    summary_keys = ("latent_spread", "class_share_max")
     leading_keys = ("generation", "nll_test", "tail_coverage", "latent_spread", "class_share_max")
     table_keys = ("nll_test", "tail_coverage", "latent_spread", "class_share_max", "class_entropy",
                   "train_loss_last")
@@ -172,13 +173,6 @@ class VAEFamily(Family):
         model = self.build_base_model(0)
         model.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True))
         return model.eval()
-
-    def summarize(self, run_dir: Any, rows: list[dict]) -> dict:
-        out = super().summarize(run_dir, rows)
-        for key in ("latent_spread", "class_share_max"):
-            if rows and key in rows[0]:
-                out[f"{key}_first"], out[f"{key}_last"] = rows[0][key], rows[-1][key]
-        return out
 
     def figures(self, run_dir: Path, rows: list[dict]) -> list[Path]:
         """figures/vae_real.png and figures/vae_samples_gen_NNN.png: a sample grid per generation."""
