@@ -153,7 +153,7 @@ class RunDir:
             return
         redone = (self.gen(generation) / DONE).exists()
         line = to_json(metrics)
-        self.write_json(Path(gen_name(generation)) / "metrics.json", metrics)
+        self._write(Path(gen_name(generation)) / "metrics.json", (line + "\n").encode())  # write_json's bytes
         self._write(Path(gen_name(generation)) / DONE, b"")
         if redone:  # its old line is in the file: only a rebuild keeps one line per generation
             self.rebuild_metrics()

@@ -59,15 +59,16 @@ class TextTable:
         return f"<h3>{html.escape(self.title)}</h3><table><tr>{head}</tr>{body}</table>"
 
 
-def stats_by_metric(group: Group, metrics: Sequence[str]) -> dict[str, dict[int, Stat]]:
-    return {m: {s.generation: s for s in aggregate(group.runs, m)} for m in metrics}
+def stats_by_metric(runs: Sequence[Run], metrics: Sequence[str]) -> dict[str, dict[int, Stat]]:
+    """Per metric, the statistic over `runs` of each generation."""
+    return {m: {s.generation: s for s in aggregate(runs, m)} for m in metrics}
 
 
 def final_table(groups: Sequence[Group], metrics: Sequence[str]) -> TextTable:
     """Each group at its last generation: mean ± 95% CI over seeds, and the change from generation 0."""
     rows = []
     for group in groups:
-        stats, final = stats_by_metric(group, metrics), group.final_generation()
+        stats, final = stats_by_metric(group.runs, metrics), group.final_generation()
         reached = sum(1 for run in group.runs if final in run.generations())
         seeds = str(reached) if reached == len(group.runs) else f"{reached} of {len(group.runs)}"
         rows.append([group.label, seeds, group.status_text(), fmt(final),
@@ -80,7 +81,7 @@ def generation_tables(groups: Sequence[Group], metrics: Sequence[str]) -> list[T
     """One table per metric: a row per generation, a column per group."""
     tables = []
     for metric in metrics:
-        stats = [{s.generation: s for s in aggregate(group.runs, metric)} for group in groups]
+        stats = [stats_by_metric(group.runs, [metric])[metric] for group in groups]
         generations = sorted({g for by_gen in stats for g in by_gen})
         rows = [[str(g), *(stat_cell(by_gen.get(g), by_gen.get(0)) for by_gen in stats)] for g in generations]
         headers = ["generation", *(f"{group.label} (n={len(group.runs)})" for group in groups)]
@@ -217,6 +218,6 @@ def config_words(config: dict) -> list[tuple[str, str]]:
 
 
 def run_table(run: Run, metrics: Sequence[str]) -> TextTable:
-    stats = {m: {s.generation: s for s in aggregate([run], m)} for m in metrics}
+    stats = stats_by_metric([run], metrics)
     rows = [[str(g), *(stat_cell(stats[m].get(g), stats[m].get(0)) for m in metrics)] for g in run.generations()]
     return TextTable("metrics by generation (change from generation 0)", ["generation", *metrics], rows)
