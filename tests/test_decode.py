@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from collapse_cli.config import GenerateConfig
+from collapse_cli.families.lm import train as train_module
 from collapse_cli.families.lm.decode import describe, has_own_decoder
 from collapse_cli.families.lm.generate import generate, n_chunks
 from collapse_cli.families.lm.models import loop_generation_config
@@ -187,3 +188,13 @@ def test_bf16_decoder_on_cuda_matches_generate(kind):
         theirs = model.to(torch.bfloat16).generate(input_ids=torch.from_numpy(prompt_ids).to(cuda), max_new_tokens=16,
                                                    do_sample=False)[:, 6:].cpu().numpy()
     assert (ours == theirs).all(axis=1).mean() >= 0.9  # argmax flips where two logits tie within bf16 rounding
+
+
+def test_inference_weights_are_a_bf16_copy_for_cuda_made_once():
+    # The bf16 conversion itself runs on any device: no GPU is needed to check it.
+    model, cuda = build("opt", seed=0), torch.device("cuda")
+    copy = train_module.inference_model(model, cuda)
+    assert copy is not model and next(copy.parameters()).dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32  # training keeps its fp32 masters
+    assert train_module.inference_model(copy, cuda) is copy  # already bf16: no second copy
+    assert train_module.inference_model(model, torch.device("cpu")) is model

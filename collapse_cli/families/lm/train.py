@@ -42,8 +42,8 @@ def autocast(device: torch.device):
 def inference_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The weights generation and scoring run on: a bf16 copy on CUDA (2x autocast's beam search
     speed, half the memory traffic), the fp32 model itself on the CPU. Training keeps fp32 masters."""
-    if device.type != "cuda":
-        return model
+    if device.type != "cuda" or next(model.parameters()).dtype == torch.bfloat16:
+        return model  # already what scoring runs on: callers may pass on a copy made upstream
     import copy
 
     return copy.deepcopy(model).to(torch.bfloat16).eval()
