@@ -252,6 +252,44 @@ class SweepInterrupted(BaseException):
     """Raised out of Hydra's basic launcher (which catches only Exception) to end an in-process sweep."""
 
 
+class StartupInterrupt:
+    """Ctrl-C while libraries load and Hydra composes is noted, not raised: Hydra and OmegaConf turn an
+    exception raised inside their composition into an error of their own (a traceback, exit 1). The noted
+    Ctrl-C is raised at the next safe point, after preflight or as the task starts, and handled as usual."""
+
+    def __init__(self) -> None:
+        self.pending, self.previous = False, None
+
+    def __enter__(self) -> StartupInterrupt:
+        self.previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._restore()
+
+    def _note(self, signum, frame) -> None:
+        self.pending = True
+
+    def _restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def check(self) -> None:
+        """Raise a noted Ctrl-C now; keep deferring later ones."""
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def release(self) -> None:
+        """The run proper starts: Ctrl-C raises again (a no-op in a launcher's job process, which never deferred)."""
+        self._restore()
+        self.check()
+
+
+STARTING = StartupInterrupt()
+
+
 def run_task(cfg: DictConfig) -> None:
     """The Hydra task. Under submitit it runs in the launcher's job process, and again there when the job
     is requeued."""
@@ -263,6 +301,7 @@ def run_task(cfg: DictConfig) -> None:
     from collapse_cli.experiment import gpu_slots
     from collapse_cli.experiment.rundir import atomic_write_bytes
 
+    STARTING.release()
     _register()  # resolvers registered in the parent do not reach launcher processes (hydra#861)
     hydra_cfg = HydraConfig.get()
     path = Path(hydra_cfg.runtime.output_dir)
@@ -385,6 +424,11 @@ def _remove_dry_run_folder(path: Path) -> None:
 
 
 def run_command(args: list[str]) -> int:
+    with STARTING:
+        return _run_command(args)
+
+
+def _run_command(args: list[str]) -> int:
     import hydra
 
     from collapse_cli.experiment import gpu_slots
@@ -403,6 +447,7 @@ def run_command(args: list[str]) -> int:
         return error_line(str(err))
     except Exception as err:  # Hydra/OmegaConf composition errors
         return error_line(hydra_message(err))
+    STARTING.check()
     if sweep_dir is not None:
         argv = [a for a in argv if not a.startswith("hydra.sweep.dir=")] + [f"hydra.sweep.dir={quoted(str(sweep_dir))}"]
         gpu_slots.publish_box_gpus()
