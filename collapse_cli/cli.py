@@ -9,6 +9,7 @@ import re
 import secrets
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -69,27 +70,23 @@ def _register() -> None:
         OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
 
 
-def split_args(args: list[str]) -> tuple[list[str], bool, bool]:
-    """(overrides, multirun?, info-only?) from a `collapse run` argument list."""
-    overrides, multirun, info_only, skip_next = [], False, False, False
-    for arg in args:
-        if skip_next:
-            skip_next = False
-        elif arg in ("-m", "--multirun"):
-            multirun = True
-        elif arg in INFO_FLAGS or arg.split("=")[0] in INFO_FLAGS:
-            info_only = True
-        elif arg in FLAGS_WITH_VALUE:
-            skip_next = True
-        elif not arg.startswith("-"):
-            overrides.append(arg)
-    return overrides, multirun, info_only
+@dataclass(frozen=True)
+class RunArgs:
+    """A `collapse run` argument list, parsed once."""
+
+    overrides: list[str]  # key=value, in the order given
+    flags: list[str]  # Hydra's flags, each with its value
+    multirun: bool  # -m/--multirun
+    info_only: bool  # --help, --info, ...: Hydra prints and exits, nothing is composed, so nothing is checked
+
+    def hydra_argv(self) -> list[str]:
+        """Flags first, then the overrides: Hydra's argparse takes overrides in one run only
+        (`collapse run mix=0.1 -m seed=0,1` would leave `seed=0,1` unrecognized)."""
+        return self.flags + self.overrides
 
 
-def hydra_argv(args: list[str]) -> list[str]:
-    """Hydra's flags first, then the overrides, for Hydra's argparse, which takes overrides in one run
-    only (`collapse run mix=0.1 -m seed=0,1` would leave `seed=0,1` unrecognized). Unknown flags and
-    flags missing their value are one-line errors here, not Hydra's usage text."""
+def parse_run_args(args: list[str]) -> RunArgs:
+    """Unknown flags and flags missing their value are one-line errors here, not Hydra's usage text."""
     flags, overrides, rest = [], [], list(args)
     while rest:
         arg = rest.pop(0)
@@ -107,7 +104,9 @@ def hydra_argv(args: list[str]) -> list[str]:
         else:
             raise CollapseError(f"collapse run: unknown flag {arg}; overrides are key=value, and "
                                 f"`collapse run --help` lists Hydra's flags")
-    return flags + overrides
+    # A flag's value never starts with "-", so it is never taken for -m or an info flag.
+    return RunArgs(overrides, flags, multirun="-m" in flags or "--multirun" in flags,
+                   info_only=any(flag.split("=", 1)[0] in INFO_FLAGS for flag in flags))
 
 
 def is_hydra_override(override: str) -> bool:
@@ -154,9 +153,19 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*choices)] or [[]]
 
 
-def preflight(overrides: list[str], multirun: bool) -> list:
+@dataclass(frozen=True)
+class Preflight:
+    """What composing the config before Hydra starts found."""
+
+    runs: list  # every job's RunConfig
+    sweep_dir: Optional[Path] = None  # multirun: the sweep folder, resolved once (see resolve_sweep_dir)
+    by_job_number: bool = True  # is each job's subfolder its job number?
+
+
+def preflight(overrides: list[str], multirun: bool) -> Preflight:
     """Compose and validate every job, and check the output folder, before Hydra starts any job,
-    so bad input costs nothing; returns the jobs' RunConfigs."""
+    so bad input costs nothing; one composition of Hydra's own config serves the folder check
+    and the sweep folder."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -170,24 +179,21 @@ def preflight(overrides: list[str], multirun: bool) -> list:
         hydra_cfg = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True).hydra
     where = "sweep" if multirun else "run"
     check_output_folder(f"hydra.{where}.dir", str(OmegaConf.to_container(hydra_cfg[where], resolve=False)["dir"]))
-    return runs
+    return Preflight(runs, *resolve_sweep_dir(hydra_cfg)) if multirun else Preflight(runs)
 
 
-def resolve_sweep_dir(overrides: list[str]) -> tuple[Path, bool]:
-    """(the sweep folder, is its subdir the job number?), resolved once, here, before Hydra starts.
+def resolve_sweep_dir(hydra_cfg: DictConfig) -> tuple[Path, bool]:
+    """(the sweep folder, is its subdir the job number?) from the composed `hydra` node, resolved once,
+    here, before Hydra starts.
 
     Passing the resolved folder back to Hydra as `hydra.sweep.dir=...` keeps it one folder in
     every launcher process (the `run_id` resolver lives in this process only, hydra#861) and
     for a requeued job; and this process knows where to read each job's status afterwards.
     """
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    hydra_overrides = [o for o in overrides if is_hydra_override(o)]
-    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        cfg = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True)
-    by_job_number = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${hydra.job.num}"
-    return Path(str(cfg.hydra.sweep.dir)), by_job_number
+    by_job_number = OmegaConf.to_container(hydra_cfg.sweep, resolve=False)["subdir"] == "${hydra.job.num}"
+    return Path(str(hydra_cfg.sweep.dir)), by_job_number
 
 
 def quoted(value: str) -> str:
@@ -435,19 +441,18 @@ def _run_command(args: list[str]) -> int:
 
     _quiet_transformers()
     _register()
-    overrides, multirun, info_only = split_args(args)
-    runs, sweep_dir = [], None
+    checked = Preflight(runs=[])
     try:
-        argv = hydra_argv(args)
-        if not info_only:
-            runs = preflight(overrides, multirun)
-            if multirun:
-                sweep_dir, by_job_number = resolve_sweep_dir(overrides)
+        parsed = parse_run_args(args)
+        argv = parsed.hydra_argv()
+        if not parsed.info_only:
+            checked = preflight(parsed.overrides, parsed.multirun)
     except CollapseError as err:
         return error_line(str(err))
     except Exception as err:  # Hydra/OmegaConf composition errors
         return error_line(hydra_message(err))
     STARTING.check()
+    sweep_dir = checked.sweep_dir
     if sweep_dir is not None:
         argv = [a for a in argv if not a.startswith("hydra.sweep.dir=")] + [f"hydra.sweep.dir={quoted(str(sweep_dir))}"]
         gpu_slots.publish_box_gpus()
@@ -464,9 +469,9 @@ def _run_command(args: list[str]) -> int:
     finally:
         sys.argv = saved_argv
     if sweep_dir is not None:
-        problems = sweep_problems(sweep_dir, runs, by_job_number)
+        problems = sweep_problems(sweep_dir, checked.runs, checked.by_job_number)
         if problems:
-            return error_line(f"{len(problems)} of {len(runs)} run(s) did not finish: " + "; ".join(problems))
+            return error_line(f"{len(problems)} of {len(checked.runs)} run(s) did not finish: " + "; ".join(problems))
     return 0
 
 

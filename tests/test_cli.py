@@ -1,8 +1,9 @@
-"""The command line itself: what starting it costs, and Ctrl-C while it starts."""
+"""The command line itself: what starting it costs, Ctrl-C while it starts, its arguments, libraries' noise."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY, collapse_command
+
+from collapse_cli.errors import CollapseError
 
 HEAVY = ("torch", "transformers", "hydra", "matplotlib")
 
@@ -28,8 +31,7 @@ for command in ("compare", "show"):
         assert done.code == 0, done.code
 print(sorted(name for name in {HEAVY!r} if name in sys.modules))
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    result = run_python(code)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-2000:]
 
@@ -49,3 +51,59 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path: Path, delay: f
     assert "Traceback" not in errors, errors[-3000:]
     lines = errors.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("collapse: interrupted"), errors[-3000:]
+
+
+@pytest.mark.parametrize("args,overrides,hydra_argv,multirun,info_only", [
+    # Overrides after a flag still reach Hydra, whose argparse takes them in one run only.
+    (["mix=0.1", "-m", "seed=0,1"], ["mix=0.1", "seed=0,1"], ["-m", "mix=0.1", "seed=0,1"], True, False),
+    (["--multirun", "seed=0"], ["seed=0"], ["--multirun", "seed=0"], True, False),
+    # A flag's value is not an override.
+    (["--cfg", "job", "mix=0"], ["mix=0"], ["--cfg", "job", "mix=0"], False, False),
+    (["-cn=config", "mix=0"], ["mix=0"], ["-cn=config", "mix=0"], False, False),
+    # Hydra prints and exits after these: nothing is composed.
+    (["--help"], [], ["--help"], False, True),
+    (["mix=0", "--info", "config"], ["mix=0"], ["--info", "config", "mix=0"], False, True),
+    (["--info=defaults"], [], ["--info=defaults"], False, True),
+    (["-i", "mix=0"], ["mix=0"], ["-i", "mix=0"], False, True),  # --info's value is optional
+])
+def test_run_arguments_parse_once_into_overrides_and_hydra_argv(args, overrides, hydra_argv, multirun, info_only):
+    from collapse_cli.cli import parse_run_args
+
+    parsed = parse_run_args(args)
+    assert parsed.overrides == overrides and parsed.hydra_argv() == hydra_argv
+    assert (parsed.multirun, parsed.info_only) == (multirun, info_only)
+
+
+@pytest.mark.parametrize("args,needle", [(["--cfg", "-m"], "--cfg: the flag needs a value"),
+                                         (["-m", "--bogus"], "unknown flag --bogus")])
+def test_run_arguments_refuse_unknown_flags_and_missing_values(args, needle):
+    from collapse_cli.cli import parse_run_args
+
+    with pytest.raises(CollapseError, match=needle):
+        parse_run_args(args)
+
+
+def test_preflight_composes_once_for_the_folder_check_and_the_sweep_folder(tmp_path: Path, monkeypatch):
+    from collapse_cli.cli import _register, preflight
+
+    monkeypatch.chdir(tmp_path)
+    _register()
+    single = preflight(["mix=0.5"], multirun=False)
+    assert [run.mix for run in single.runs] == [0.5] and single.sweep_dir is None
+    sweep = preflight(["seed=0,1", "generations=2"], multirun=True)
+    assert [(run.seed, run.generations) for run in sweep.runs] == [(0, 2), (1, 2)]
+    # The default folder: a timestamp and the run_id resolver, resolved here, once, to a plain path.
+    assert re.fullmatch(r"outputs/multirun/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}", str(sweep.sweep_dir))
+    assert sweep.by_job_number
+    custom = preflight(["seed=0,1", f"hydra.sweep.dir={tmp_path}/s", "hydra.sweep.subdir=seed_${seed}"], True)
+    assert custom.sweep_dir == tmp_path / "s" and not custom.by_job_number
+
+
+def environ_without(*keys: str) -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key not in keys}
+
+
+def run_python(code: str, cwd: Path | None = None, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`python -c code` with this checkout importable, in os.environ without the variables in `drop`."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=cwd,
+                          env={**environ_without(*drop), "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
