@@ -439,7 +439,6 @@ def _run_command(args: list[str]) -> int:
 
     from collapse_cli.experiment import gpu_slots
 
-    _quiet_transformers()
     _register()
     checked = Preflight(runs=[])
     try:
@@ -513,7 +512,6 @@ def resume_command(args: list[str]) -> int:
         atomic_write_bytes(saved, OmegaConf.to_yaml(config).encode())
         atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())
     run_config.resume = True
-    _quiet_transformers()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(), logging.FileHandler(path / "collapse.log")])
     return execute_guarded(run_config, path)
@@ -522,21 +520,16 @@ def resume_command(args: list[str]) -> int:
 def _quiet_libraries() -> None:
     """Our own bars and log lines replace the libraries' download and save bars.
 
-    Environment only: importing transformers (or torch) here would cost every command,
-    `--help` and `compare` included, a second of start-up; the commands that train import it.
+    Environment only, which the processes a run starts (nproc ranks, launcher jobs) inherit: importing
+    transformers (or torch) here would cost every command, `--help`, `compare` and GMM/VAE runs included,
+    a second of start-up. The LM family also turns transformers' bars off in each process it is built in
+    (families/lm/models.py quiet_transformers), whatever the environment says.
     """
     import os
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def _quiet_transformers() -> None:
-    """For the commands that load models: transformers' own bars off (it is imported by then anyway)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
 
 
 def main(argv: Optional[list[str]] = None) -> int:

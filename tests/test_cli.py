@@ -107,3 +107,66 @@ def run_python(code: str, cwd: Path | None = None, drop: tuple[str, ...] = ()) -
     """`python -c code` with this checkout importable, in os.environ without the variables in `drop`."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=cwd,
                           env={**environ_without(*drop), "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+
+def test_gmm_vae_runs_and_run_help_import_no_transformers(tmp_path: Path):
+    # transformers is the LM family's: the other families and Hydra's help must not pay its start-up.
+    code = """
+import sys
+from collapse_cli.cli import main
+for args in (["run", "--help"], ["run", "model=gmm", "dataset=gaussian", "dry_run=true"],
+             ["run", "model=vae", "dataset=digits", "dry_run=true"]):
+    try:
+        code = main(args)
+    except SystemExit as done:  # Hydra's --help exits
+        code = done.code
+    print("after", args[1], code, "transformers" in sys.modules)
+"""
+    result = run_python(code, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("after ")]
+    expected = ["after --help 0 False", "after model=gmm 0 False", "after model=vae 0 False"]
+    assert lines == expected, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_lm_run_shows_no_transformers_progress_bars_or_warnings(tmp_path: Path, nproc: int):
+    # transformers draws a "Writing model shards" bar on every save_pretrained, in whichever process saves
+    # (with nproc=2, rank 0: a worker that never ran the command line's main). The environment is the
+    # user's, without the variables the command line sets by default.
+    env = environ_without("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TOKENIZERS_PARALLELISM")
+    run = tmp_path / "run"
+    result = subprocess.run([*collapse_command(), "run", *TINY, f"nproc={nproc}", "device=cpu", "checkpoints=all",
+                             f"hydra.run.dir={run}"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**env, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "gen_001" / "model").is_dir()  # the saves that would draw bars happened
+    assert "it/s" not in result.stderr + result.stdout and "shards" not in result.stderr + result.stdout
+    # stderr holds the workers' log lines (nproc=2) and nothing else: no library warnings either. (Python's
+    # multiprocessing now and then reports a leaked semaphore at exit with nproc=2: not a library's noise.)
+    ours_or_multiprocessing = r"\[\d\d:\d\d:\d\d\] |.*resource_tracker|\s+warnings.warn\('resource_tracker"
+    noise = [line for line in result.stderr.splitlines() if not re.match(ours_or_multiprocessing, line)]
+    assert noise == [], result.stderr[-3000:]
+
+
+def test_building_the_lm_family_turns_transformers_bars_off(tmp_path: Path):
+    # A launcher job or an nproc rank builds the family without passing through the command line's main,
+    # and may not inherit its environment: the family itself must switch the bars off.
+    code = """
+from hydra import compose, initialize_config_dir
+from transformers.utils import logging as hf_logging
+
+from collapse_cli.cli import _register, conf_dir
+from collapse_cli.config import to_run_config
+from collapse_cli.families.base import get_family
+
+_register()
+with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+    run_config = to_run_config(compose(config_name="config"))
+before = hf_logging.is_progress_bar_enabled()
+get_family("lm")(run_config, "cpu")
+print("bars", before, hf_logging.is_progress_bar_enabled())
+"""
+    result = run_python(code, tmp_path, drop=("HF_HUB_DISABLE_PROGRESS_BARS",))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "bars True False", result.stdout[-3000:]
