@@ -154,15 +154,15 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
 
 
 @dataclass(frozen=True)
-class Preflight:
-    """What composing the config before Hydra starts found."""
+class Checked:
+    """What preflight found, composing the config before Hydra starts."""
 
     runs: list  # every job's RunConfig
     sweep_dir: Optional[Path] = None  # multirun: the sweep folder, resolved once (see resolve_sweep_dir)
     by_job_number: bool = True  # is each job's subfolder its job number?
 
 
-def preflight(overrides: list[str], multirun: bool) -> Preflight:
+def preflight(overrides: list[str], multirun: bool) -> Checked:
     """Compose and validate every job, and check the output folder, before Hydra starts any job,
     so bad input costs nothing; one composition of Hydra's own config serves the folder check
     and the sweep folder."""
@@ -179,7 +179,7 @@ def preflight(overrides: list[str], multirun: bool) -> Preflight:
         hydra_cfg = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True).hydra
     where = "sweep" if multirun else "run"
     check_output_folder(f"hydra.{where}.dir", str(OmegaConf.to_container(hydra_cfg[where], resolve=False)["dir"]))
-    return Preflight(runs, *resolve_sweep_dir(hydra_cfg)) if multirun else Preflight(runs)
+    return Checked(runs, *resolve_sweep_dir(hydra_cfg)) if multirun else Checked(runs)
 
 
 def resolve_sweep_dir(hydra_cfg: DictConfig) -> tuple[Path, bool]:
@@ -440,7 +440,7 @@ def _run_command(args: list[str]) -> int:
     from collapse_cli.experiment import gpu_slots
 
     _register()
-    checked = Preflight(runs=[])
+    checked = Checked(runs=[])
     try:
         parsed = parse_run_args(args)
         argv = parsed.hydra_argv()
