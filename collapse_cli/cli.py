@@ -203,7 +203,7 @@ def sweep_problems(sweep_dir: Path, runs: list, by_job_number: bool) -> list[str
     Launchers that run jobs in other processes (submitit, joblib) never return their failures to
     this process, so the folders are the one record every launcher leaves.
     """
-    from collapse_cli.experiment.rundir import RunDir
+    from collapse_cli.rundir import RunDir
 
     if by_job_number:
         folders = [sweep_dir / str(num) for num, run in enumerate(runs) if not run.dry_run]
@@ -299,7 +299,7 @@ def run_task(cfg: DictConfig) -> None:
 
     from collapse_cli.config import to_run_config
     from collapse_cli.experiment import gpu_slots
-    from collapse_cli.experiment.rundir import atomic_write_bytes
+    from collapse_cli.rundir import atomic_write_bytes
 
     STARTING.release()
     _register()  # resolvers registered in the parent do not reach launcher processes (hydra#861)
@@ -340,7 +340,7 @@ def earlier_run(path: Path, config_yaml: str) -> Optional[str]:
     A requeued job (preemption, timeout) and a relaunched sweep start the same job again in the
     same folder: an unfinished run there continues from its last finished generation.
     """
-    from collapse_cli.experiment.rundir import RunDir
+    from collapse_cli.rundir import RunDir
 
     saved = path / "config.yaml"
     if not (path / "status.json").is_file() or not saved.is_file() or saved.read_text() != config_yaml:
@@ -353,7 +353,7 @@ def execute_guarded(run_config, path: Path) -> int:
     from collapse_cli.experiment import distributed
     from collapse_cli.experiment.loop import execute
     from collapse_cli.experiment.progress import Feedback
-    from collapse_cli.experiment.rundir import RunDir
+    from collapse_cli.rundir import RunDir
 
     run_dir = RunDir(path)
 
@@ -474,7 +474,7 @@ def resume_command(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from collapse_cli.config import to_run_config
-    from collapse_cli.experiment.rundir import RunDir
+    from collapse_cli.rundir import RunDir
 
     if not args or any(arg.startswith("-") for arg in args) or any("=" not in arg for arg in args[1:]):
         return error_line("usage: collapse resume RUN_DIR [key=value ...]")
@@ -503,7 +503,7 @@ def resume_command(args: list[str]) -> int:
         return error_line(hydra_message(err))
     if overrides:
         # The folder records the config it now runs with, so a later resume keeps the change.
-        from collapse_cli.experiment.rundir import atomic_write_bytes
+        from collapse_cli.rundir import atomic_write_bytes
 
         atomic_write_bytes(saved, OmegaConf.to_yaml(config).encode())
         atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())

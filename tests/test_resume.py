@@ -19,7 +19,7 @@ from conftest import (
     start_collapse,
 )
 
-from collapse_cli.experiment.rundir import RunDir
+from collapse_cli.rundir import RunDir
 
 # Four generations (0..3), each long enough (~0.4 s on one core) for a kill to land inside a stage.
 WORK = [*TINY, "generations=3", "dataset.train_tokens=16000", "train.epochs=2"]

@@ -19,7 +19,6 @@ import os
 import pickle
 import signal
 import socket
-import sys
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collapse_cli.errors import CollapseError
+from collapse_cli.ranks import active, is_main, rank, world_size  # below rundir.py, which asks is_main
+from collapse_cli.ranks import process_group as _group
 
 if TYPE_CHECKING:
     import torch
@@ -48,36 +49,9 @@ class WorkerFailed(CollapseError):
 
 
 # --- inside a worker ------------------------------------------------------------------------
-def _group():
-    """torch.distributed when this process is in a process group, else None.
-
-    Without torch.distributed imported there is no group: the run folder's readers and writers
-    (collapse compare, show) ask `is_main` without paying for importing torch.
-    """
-    dist = sys.modules.get("torch.distributed")
-    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
-
-
-def active() -> bool:
-    return _group() is not None
-
-
-def rank() -> int:
-    return _group().get_rank() if active() else 0
-
-
-def world_size() -> int:
-    return _group().get_world_size() if active() else 1
-
-
 def local_rank() -> int:
     """The GPU of this process on its machine (one machine: its rank)."""
     return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
-
-
-def is_main() -> bool:
-    """Rank 0, or a single process: the one process that writes the run folder and talks to the user."""
-    return rank() == 0
 
 
 def barrier() -> None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from collapse_cli.config import MlflowConfig, TensorBoardConfig, WandbConfig
 from collapse_cli.experiment import distributed
-from collapse_cli.experiment.rundir import RunDir, read_metrics, to_json
+from collapse_cli.rundir import RunDir, flatten, read_metrics, to_json
 
 if TYPE_CHECKING:
     from collapse_cli.config import RunConfig
@@ -52,17 +52,7 @@ class RunInfo:
 
     def params(self) -> dict[str, str]:
         """The config flattened to dotted keys with string values (MLflow params, TensorBoard hparams)."""
-        return {key: str(value) for key, value in _flatten(self.config).items()}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value.value if isinstance(value, Enum) else value
-    return flat
+        return {key: str(value) for key, value in flatten(self.config).items()}
 
 
 def _plain(value: Any) -> Any:
@@ -118,7 +108,7 @@ def _numbers(values: dict) -> dict[str, float]:
 
 def summary_numbers(summary: dict) -> dict[str, float]:
     """summary.json's numbers, the verdict's generations included, as `summary/<key>`."""
-    return {f"summary/{k}": v for k, v in _numbers(_flatten(summary)).items()}
+    return {f"summary/{k}": v for k, v in _numbers(flatten(summary)).items()}
 
 
 # ---------------------------------------------------------------------------

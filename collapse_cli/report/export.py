@@ -16,10 +16,10 @@ import numpy as np
 
 from collapse_cli.console import fmt
 from collapse_cli.errors import CollapseError
-from collapse_cli.experiment.rundir import gen_name
 from collapse_cli.report.runs import Group, natural_key
 from collapse_cli.report.stats import aggregate, number
 from collapse_cli.report.tables import TextTable, verdict_text
+from collapse_cli.rundir import gen_name
 
 
 def write_metrics_csv(path: Path, groups: Sequence[Group]) -> None:

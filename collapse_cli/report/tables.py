@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+from collapse_cli.config import describe_mix
 from collapse_cli.console import fmt
-from collapse_cli.experiment.compose import describe_mix
 from collapse_cli.report.runs import Group, Run, config_mismatches
 from collapse_cli.report.stats import Stat, aggregate, number
 
@@ -171,7 +171,7 @@ def mix_words(mix) -> str:
 
 
 def regime_words(regime, mix) -> str:
-    """The loop's own description of the regime (compose.describe_mix), when the config is readable."""
+    """The loop's own description of the regime (config.describe_mix), when the config is readable."""
     value = number(mix)
     words = describe_mix(str(regime), value) if value is not None else ""
     return f"{regime}: {words}" if words else str(regime)

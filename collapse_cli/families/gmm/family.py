@@ -14,10 +14,10 @@ from typing import Any, Optional
 import numpy as np
 
 from collapse_cli.errors import CollapseError
-from collapse_cli.experiment.rundir import RunDir, gen_name
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
 from collapse_cli.measure import metrics as M
+from collapse_cli.rundir import RunDir, gen_name
 
 MIXTURE_FILE = "mixture.npz"
 

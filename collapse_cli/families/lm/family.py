@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from collapse_cli.config import DatasetConfig, ModelConfig, RunConfig, check_lengths, validate_lm
-from collapse_cli.experiment.rundir import RunDir
 from collapse_cli.families.base import Curated, Family, Progress, RealData
 from collapse_cli.families.lm import profile
 from collapse_cli.families.lm.curate import curate
@@ -35,6 +34,7 @@ from collapse_cli.families.lm.models import (
 )
 from collapse_cli.families.lm.train import Validate, train
 from collapse_cli.measure.metrics import perplexity
+from collapse_cli.rundir import RunDir
 
 log = logging.getLogger("collapse")
 

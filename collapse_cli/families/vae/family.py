@@ -16,10 +16,10 @@ import torch
 
 from collapse_cli.config import StrEnum  # enum.StrEnum, with its Python 3.10 fallback
 from collapse_cli.errors import CollapseError
-from collapse_cli.experiment.rundir import RunDir, gen_name
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.vae import core
 from collapse_cli.measure import metrics as M
+from collapse_cli.rundir import RunDir, gen_name
 
 MODEL_FILE = "vae.pt"
 SCORES_FILE = "scores.npy"
