@@ -330,12 +330,12 @@ class Session:
         try:
             from collapse_cli.report.export import write_plots
             from collapse_cli.report.runs import group_runs, load_runs
-            from collapse_cli.report.stats import choose_metrics
+            from collapse_cli.report.stats import GroupStats, choose_metrics
 
             runs = load_runs([self.run_dir.path])
             groups, _ = group_runs(runs)
             self._plot_dir = tempfile.TemporaryDirectory(prefix="collapse-plots-")
-            images = write_plots(Path(self._plot_dir.name), groups, choose_metrics(None, runs), "")
+            images = write_plots(Path(self._plot_dir.name), GroupStats.of(groups, choose_metrics(None, runs)), "")
             return [Path(self._plot_dir.name) / image.file for image in images]
         except Exception as err:
             log.warning(f"collapse: warning: logger.plots: making the plots failed ({type(err).__name__}: {err}); "
