@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from collapse_cli.config import MlflowConfig, TensorBoardConfig, WandbConfig
-from collapse_cli.experiment import distributed
+from collapse_cli.ranks import is_main
 from collapse_cli.rundir import RunDir, flatten, read_metrics, to_json
 
 if TYPE_CHECKING:
@@ -364,7 +364,7 @@ def start(cfg: RunConfig, path: Path, first_generation: int) -> Session:
     chosen = [name for name in TRACKERS if getattr(cfg.logger, name) is not None]
     run_dir = RunDir(path)
     session = Session(run_dir, plots=cfg.logger.plots)
-    if not chosen or not distributed.is_main():  # under nproc=N, rank 0 alone logs the run
+    if not chosen or not is_main():  # under nproc=N, rank 0 alone logs the run
         return session
     try:
         session.state = run_dir.read_json(STATE_FILE) if (path / STATE_FILE).is_file() else {}
