@@ -33,6 +33,7 @@ from collapse_cli.families.lm.models import (
     max_positions,
     n_parameters,
 )
+from collapse_cli.families.lm.quiet import no_library_bars
 from collapse_cli.families.lm.train import Validate, inference_model, train
 from collapse_cli.measure.metrics import perplexity
 
@@ -179,13 +180,15 @@ class LMFamily(Family):
 
     def save_model(self, model: torch.nn.Module, folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
-        model.save_pretrained(folder)
+        with no_library_bars():
+            model.save_pretrained(folder)
 
     def load_model(self, folder: Path) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        return loop_generation_config(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-                                      .to(self.device).eval())
+        with no_library_bars():
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        return loop_generation_config(model.to(self.device).eval())
 
     def summarize(self, run_dir: Any, rows: list[dict]) -> dict:
         summary = super().summarize(run_dir, rows)
