@@ -224,3 +224,36 @@ def test_an_error_in_the_workers_fails_the_run_with_one_line(tmp_path: Path):
     (run,) = (tmp_path / "outputs" / "runs").iterdir()
     status = read_status(run)
     assert status["state"] == "failed" and status["reason"] == line.removeprefix("collapse: error: ")
+
+
+def _rendezvous_port(_: int) -> str:
+    return os.environ["MASTER_PORT"]
+
+
+def test_the_rendezvous_port_cannot_be_taken_before_the_workers_meet(monkeypatch):
+    """Another process binding any loopback port the parent lets go of (the free-port race) cannot stop a run.
+
+    The thief acts at the worst moment: the instant the parent closes a bound TCP socket, it binds that
+    port itself. Picking a free port and freeing it for the workers to bind would lose it here.
+    """
+    import socket
+
+    stolen, close = [], socket.socket.close
+
+    def close_and_steal(sock: socket.socket) -> None:
+        port = sock.getsockname()[1] if sock.family == socket.AF_INET and sock.fileno() >= 0 else 0
+        close(sock)
+        if port:
+            thief = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            thief.bind(("127.0.0.1", port))
+            thief.listen()
+            stolen.append(thief)
+
+    monkeypatch.setattr(socket.socket, "close", close_and_steal)
+    try:
+        ports = distributed.spawn(_rendezvous_port, 2, (0,))
+    finally:
+        monkeypatch.undo()
+        for thief in stolen:
+            thief.close()
+    assert ports[0] == ports[1] and int(ports[0]) > 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import socket
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -86,7 +85,10 @@ def barrier() -> None:
 
 
 def init(device_choice: str) -> None:
-    """Join the process group described by MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE: NCCL on CUDA, else gloo."""
+    """Join the process group described by MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE: NCCL on CUDA, else gloo.
+
+    The rendezvous store at MASTER_PORT is the parent's (`host_store`); every rank joins it as a client.
+    """
     import torch
     import torch.distributed as dist
 
@@ -96,7 +98,11 @@ def init(device_choice: str) -> None:
     elif "OMP_NUM_THREADS" not in os.environ:
         # N processes on one CPU: each gets its share of the cores instead of all of them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"])))
-    dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", timeout=TIMEOUT)
+    n_ranks = int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), n_ranks, is_master=False,
+                          timeout=TIMEOUT)
+    dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=int(os.environ["RANK"]),
+                            world_size=n_ranks, timeout=TIMEOUT)
 
 
 def teardown() -> None:
@@ -154,11 +160,15 @@ def gather_items(mine: list, n_items: int) -> list:
 
 
 # --- the parent -----------------------------------------------------------------------------
-def free_port() -> int:
-    """A free loopback port for rank 0's rendezvous store (freed again before the workers bind it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def host_store(nproc: int):
+    """The workers' rendezvous store, served by the parent on a loopback port the kernel picks as it binds.
+
+    The port is held from the moment it exists until the run ends: picking a free port for rank 0 to
+    bind later would leave a moment in which another process can take it (EADDRINUSE in rank 0).
+    """
+    from torch.distributed import TCPStore
+
+    return TCPStore("127.0.0.1", 0, nproc, is_master=True, wait_for_workers=False, timeout=TIMEOUT)
 
 
 def spawn(target: Callable[..., Any], nproc: int, args: Sequence = (), device_choice: str = "cpu") -> list:
@@ -171,7 +181,8 @@ def spawn(target: Callable[..., Any], nproc: int, args: Sequence = (), device_ch
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
-    port = free_port()
+    store = host_store(nproc)  # served until spawn returns, after every worker has left the group
+    port = store.port
     pipes, workers = [], []
     try:
         for worker_rank in range(nproc):
