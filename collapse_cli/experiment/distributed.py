@@ -244,6 +244,7 @@ def _worker(worker_rank: int, nproc: int, port: int, device_choice: str, target:
                       WORLD_SIZE=str(nproc), LOCAL_RANK=str(worker_rank))
     # SIGTERM from the parent (another rank failed, or the run was stopped) ends this rank quietly.
     signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(128 + signum))
+    _exit_with_parent()
     try:
         init(device_choice)
         outcome = ("ok", target(*args))
@@ -261,6 +262,27 @@ def _worker(worker_rank: int, nproc: int, port: int, device_choice: str, target:
         teardown()
     except Exception:  # the outcome is reported; a peer already gone can make leaving fail
         pass
+
+
+def _exit_with_parent() -> None:
+    """End this worker as soon as its parent is gone (SIGKILLed, OOM-killed): nobody would collect its
+    result, and it would hold its GPU and CPUs until the process group's timeout.
+
+    multiprocessing's sentinel of the parent is a pipe whose other end only the parent holds: it
+    becomes readable the moment the parent dies, so a thread waiting on it costs nothing meanwhile.
+    """
+    import multiprocessing
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not started by spawn(): nothing to watch
+        return
+
+    def watch() -> None:
+        connection.wait([parent.sentinel])
+        os._exit(128 + signal.SIGHUP)  # as a shell's SIGHUP to the children of a terminal that closed
+
+    threading.Thread(target=watch, name="collapse-parent-watch", daemon=True).start()
 
 
 def launch(run_config, path: Path) -> None:
