@@ -126,6 +126,45 @@ def test_resume_after_a_kill_while_finishing(tmp_path: Path, uninterrupted: Path
     assert_same_as(run, uninterrupted)
 
 
+# Dropout draws its masks from torch's global RNG, which no generator is passed to: the run seeds it per stage.
+DROPOUT = [*WORK, "model.dropout=0.1"]
+
+
+@pytest.fixture(scope="module")
+def with_dropout(tmp_path_factory) -> Path:
+    import torch
+
+    torch.manual_seed(1)  # whatever state the process is in, the run's masks must not depend on it
+    run = tmp_path_factory.mktemp("dropout") / "run"
+    assert run_in_process(["run", *DROPOUT, f"hydra.run.dir={run}"]) == 0
+    return run
+
+
+def test_dropout_runs_repeat_whatever_the_global_rng_held(tmp_path: Path, with_dropout: Path, uninterrupted: Path):
+    import torch
+
+    torch.manual_seed(2)
+    torch.rand(1000)
+    state = torch.get_rng_state()
+    run = tmp_path / "run"
+    assert run_in_process(["run", *DROPOUT, f"hydra.run.dir={run}"]) == 0
+    assert_same_as(run, with_dropout)
+    assert torch.equal(torch.get_rng_state(), state)  # and the run leaves the process's own stream as it was
+    # The masks are really drawn: without dropout, training (so every later figure) differs.
+    assert stable(read_metrics(with_dropout))[0]["train_loss_last"] != stable(read_metrics(uninterrupted))[0][
+        "train_loss_last"]
+
+
+def test_kill_9_then_resume_with_dropout_matches_an_uninterrupted_run(tmp_path: Path, with_dropout: Path):
+    run = tmp_path / "run"
+    proc = start_collapse(["run", *DROPOUT, f"hydra.run.dir={run}"], cwd=tmp_path)
+    signal_when(proc, run / KILL_POINTS["after-gen0-done"], signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert run_in_process(["resume", str(run)]) == 0  # this process's RNG is not the killed one's
+    assert_same_as(run, with_dropout)
+
+
 def test_ctrl_c_stops_an_in_process_sweep_and_the_same_command_finishes_it(tmp_path: Path):
     sweep = tmp_path / "sweep"
     args = ["run", "-m", *TINY, "seed=0,1,2", f"hydra.sweep.dir={sweep}"]
