@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -19,21 +21,37 @@ from rich.table import Table
 
 from collapse_cli.console import fmt, make_console
 
+log = logging.getLogger("collapse")
+
 # The end-of-run table shows at most this many generations (evenly spread, first and last kept).
 TABLE_ROWS = 25
+# Off a terminal (a batch job's log), a stage reports at most this often instead of drawing a bar.
+LOG_EVERY_S = 60.0
 
 
 class Feedback:
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None, log_every_s: float = LOG_EVERY_S):
         self.console = console or make_console()
+        self.log_every_s = log_every_s
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Callable[[int, int], None]]:
-        """A progress bar; the yielded callback takes (done, total)."""
+        """A progress bar on a terminal, occasional log lines elsewhere; the yielded callback takes (done, total)."""
+        if self.console.quiet:  # the other ranks of an nproc run: rank 0 reports
+            yield lambda done, new_total: None
+        elif self.console.is_terminal:
+            with self._bar(description, total) as update:
+                yield update
+        else:
+            lines = StageLines(description, self.log_every_s)
+            yield lines.update
+            lines.close()
+
+    @contextmanager
+    def _bar(self, description: str, total: int) -> Iterator[Callable[[int, int], None]]:
         columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-        # Bars only on a terminal: in a log file they are noise.
-        with Progress(*columns, console=self.console, transient=True, disable=not self.console.is_terminal) as progress:
+        with Progress(*columns, console=self.console, transient=True) as progress:
             task_id = progress.add_task(description, total=total)
 
             def update(done: int, new_total: int) -> None:
@@ -79,6 +97,39 @@ class Feedback:
         verdict = summary.get("early_warning", {}).get("text")
         if verdict:
             self.console.print(f"[bold]early warning[/]: {verdict}")
+
+
+class StageLines:
+    """A stage's progress as log lines, for batch jobs where a bar is noise and a silent hour is worse:
+    nothing for a stage shorter than `every_s`, else a line every `every_s` and one when it ends."""
+
+    def __init__(self, description: str, every_s: float):
+        self.description, self.every_s = description, every_s
+        self.started = self.last_line = time.monotonic()
+        self.lines = 0
+
+    def update(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last_line < self.every_s:
+            return
+        self.last_line, self.lines = now, self.lines + 1
+        elapsed = now - self.started
+        eta = f", eta {duration(elapsed * (total - done) / done)}" if 0 < done < total else ""
+        log.info(f"{self.description}: {done}/{total}, {duration(elapsed)} elapsed{eta}")
+
+    def close(self) -> None:
+        if self.lines:
+            log.info(f"{self.description}: done in {duration(time.monotonic() - self.started)}")
+
+
+def duration(seconds: float) -> str:
+    """4s, 3m05s, 2h07m: the precision a log reader needs."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _spread(rows: list[dict]) -> list[dict]:
