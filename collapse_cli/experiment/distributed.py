@@ -176,7 +176,8 @@ def spawn(target: Callable[..., Any], nproc: int, args: Sequence = (), device_ch
 
     The first worker to fail ends them all: the others are terminated (killed after GRACE_S),
     and WorkerFailed names the rank and its error. Ctrl-C or SIGTERM in the parent (a
-    KeyboardInterrupt) also stops every worker before it propagates.
+    KeyboardInterrupt) also stops every worker before it propagates; a parent killed outright
+    leaves no worker behind either (each exits when its parent is gone).
     """
     import multiprocessing
 
