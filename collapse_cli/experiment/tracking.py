@@ -49,6 +49,7 @@ class RunInfo:
     group: Optional[str]  # the sweep folder's name, so a tracker can group a sweep's runs
     tags: dict[str, str]  # overrides that vary across the sweep (all overrides for a single run)
     config: dict[str, Any]  # the resolved config, nested, without the tracking sections
+    first_generation: int = 0  # the first generation this process runs: above 0 on a resume
 
     def params(self) -> dict[str, str]:
         """The config flattened to dotted keys with string values (MLflow params, TensorBoard hparams)."""
@@ -92,12 +93,13 @@ def run_tags(path: Path) -> dict[str, str]:
     return {k: v for k, v in job.items() if k in swept_keys} if swept_keys & job.keys() else job
 
 
-def run_info(cfg: RunConfig, path: Path) -> RunInfo:
+def run_info(cfg: RunConfig, path: Path, first_generation: int = 0) -> RunInfo:
     path = path.resolve()
     in_sweep = (path.parent / "multirun.yaml").is_file()
     config = _plain({k: v for k, v in asdict(cfg).items() if k not in NOT_HYPERPARAMETERS})
     return RunInfo(path=path, name=f"{path.parent.name}/{path.name}" if in_sweep else path.name,
-                   group=path.parent.name if in_sweep else None, tags=run_tags(path), config=config)
+                   group=path.parent.name if in_sweep else None, tags=run_tags(path), config=config,
+                   first_generation=first_generation)
 
 
 def _numbers(values: dict) -> dict[str, float]:
@@ -187,6 +189,7 @@ class MlflowTracker:
             self.uri, self.run_id = previous["tracking_uri"], previous["run_id"]
             self.client = self.client_class(tracking_uri=self.uri)
             self.client.update_run(self.run_id, status="RUNNING")
+            self._log_resume_changes(info)
             return previous
         self.uri = default_tracking_uri(self.cfg.tracking_uri, info.path)
         self.client = self.client_class(tracking_uri=self.uri)
@@ -199,6 +202,15 @@ class MlflowTracker:
         for start in range(0, len(params), 100):  # the REST API takes at most 100 params a request
             self.client.log_batch(self.run_id, params=params[start:start + 100])
         return {"tracking_uri": self.uri, "run_id": self.run_id}
+
+    def _log_resume_changes(self, info: RunInfo) -> None:
+        """Values a resume override changed, as tags `resumed.<key>`: MLflow refuses to change a logged param."""
+        from mlflow.entities import RunTag
+
+        logged = self.client.get_run(self.run_id).data
+        changed = resume_changes(logged.params, logged.tags, info.params(), info.first_generation)
+        if changed:
+            self.client.log_batch(self.run_id, tags=[RunTag(key, value) for key, value in changed.items()])
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.cfg.experiment)
@@ -231,6 +243,18 @@ class MlflowTracker:
 
     def close(self, state: str) -> None:
         self.client.set_terminated(self.run_id, status=self.STATUS[state])
+
+
+def resume_changes(params: dict[str, str], tags: dict[str, str], now: dict[str, str], first: int) -> dict[str, str]:
+    """The tags `resumed.<key>: <value> (generation <first> on)` for the params a resume sets to a value that
+    differs from the one in force: the logged param's, or the one an earlier resume's tag noted."""
+    changed = {}
+    for key, value in now.items():
+        noted = tags.get(f"resumed.{key}")
+        in_force = noted.rsplit(" (generation ", 1)[0] if noted is not None else params.get(key, value)
+        if value != in_force:
+            changed[f"resumed.{key}"] = f"{value} (generation {first} on)"
+    return changed
 
 
 def default_tracking_uri(uri: Optional[str], run_path: Path) -> str:
@@ -368,7 +392,7 @@ def start(cfg: RunConfig, path: Path, first_generation: int) -> Session:
         return session
     try:
         session.state = run_dir.read_json(STATE_FILE) if (path / STATE_FILE).is_file() else {}
-        info = run_info(cfg, path)
+        info = run_info(cfg, path, first_generation)
     except Exception as err:  # an edited trackers.json or Hydra record: no tracking, but the run goes on
         log.warning(f"collapse: warning: logger: cannot read this run's tracking records ({type(err).__name__}: "
                     f"{err}); no tracker logs this run, whose folder keeps every result")
