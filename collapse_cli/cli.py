@@ -209,7 +209,7 @@ def sweep_problems(sweep_dir: Path, runs: list, by_job_number: bool) -> list[str
     Launchers that run jobs in other processes (submitit, joblib) never return their failures to
     this process, so the folders are the one record every launcher leaves.
     """
-    from collapse_cli.experiment.rundir import RunDir
+    from collapse_cli.rundir import RunDir
 
     if by_job_number:
         folders = [sweep_dir / str(num) for num, run in enumerate(runs) if not run.dry_run]
@@ -305,7 +305,7 @@ def run_task(cfg: DictConfig) -> None:
 
     from collapse_cli.config import to_run_config
     from collapse_cli.experiment import gpu_slots
-    from collapse_cli.experiment.rundir import atomic_write_bytes
+    from collapse_cli.rundir import atomic_write_bytes
 
     STARTING.release()
     _register()  # resolvers registered in the parent do not reach launcher processes (hydra#861)
@@ -313,14 +313,16 @@ def run_task(cfg: DictConfig) -> None:
     path = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_config = to_run_config(cfg)
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
     if not run_config.dry_run:
-        earlier = earlier_run(path, resolved)
+        earlier, cfg = earlier_run(path, cfg)
         if earlier == "finished":
             logging.getLogger("collapse").info(f"{path} already holds this run, finished; nothing to do")
             return
+        if earlier is None:  # a new run replaces the folder's: the overrides of that run's resumes go with it
+            (path / RESUME_OVERRIDES).unlink(missing_ok=True)
+        run_config = to_run_config(cfg)
         run_config.resume = earlier == "unfinished"
-        atomic_write_bytes(path / "config.yaml", resolved.encode())
+        atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     with gpu_slots.claim_one(path, run_config.device):
         try:
             code = execute_guarded(run_config, path)
@@ -340,18 +342,49 @@ def run_task(cfg: DictConfig) -> None:
         raise SweepInterrupted(path)
 
 
-def earlier_run(path: Path, config_yaml: str) -> Optional[str]:
-    """"finished" or "unfinished" when `path` already holds a run of exactly this config, else None.
+def earlier_run(path: Path, cfg: DictConfig) -> tuple[Optional[str], DictConfig]:
+    """("finished" or "unfinished", its config) when `path` already holds a run of this job, else (None, cfg).
 
-    A requeued job (preemption, timeout) and a relaunched sweep start the same job again in the
-    same folder: an unfinished run there continues from its last finished generation.
+    A requeued job (preemption, timeout) and a relaunched sweep start the same job again in the same
+    folder: an unfinished run there continues from its last finished generation. The job's own
+    overrides come again, so the run's config is the job's changed by the overrides of every
+    `collapse resume` since: it continues with those. Any other difference makes it another run.
     """
-    from collapse_cli.experiment.rundir import RunDir
+    import yaml
+    from omegaconf import OmegaConf
+
+    from collapse_cli.rundir import RunDir
 
     saved = path / "config.yaml"
-    if not (path / "status.json").is_file() or not saved.is_file() or saved.read_text() != config_yaml:
-        return None
-    return "finished" if RunDir(path).status().get("state") == "finished" else "unfinished"
+    if not (path / "status.json").is_file() or not saved.is_file():
+        return None, cfg
+    continued = with_resume_overrides(cfg, path)
+    try:  # compared as data: a resume writes `lr: 1` where the job's typed config writes `lr: 1.0`
+        same = yaml.safe_load(saved.read_text()) == yaml.safe_load(OmegaConf.to_yaml(continued, resolve=True))
+    except yaml.YAMLError:  # an edited config.yaml: not a run this job can continue
+        same = False
+    if not same:
+        return None, cfg
+    return ("finished" if RunDir(path).status().get("state") == "finished" else "unfinished"), continued
+
+
+# The overrides of every `collapse resume` of the run in a folder, in order: Hydra rewrites .hydra/ when
+# a job is requeued or relaunched, so the run's changes to its job's config are kept here.
+RESUME_OVERRIDES = "resume_overrides.yaml"
+
+
+def resume_overrides(path: Path) -> list[str]:
+    from omegaconf import OmegaConf
+
+    record = path / RESUME_OVERRIDES
+    return [str(item) for item in OmegaConf.load(record)] if record.is_file() else []
+
+
+def with_resume_overrides(cfg: DictConfig, path: Path, overrides: Optional[list[str]] = None) -> DictConfig:
+    """`cfg` changed by the overrides of the run's earlier resumes, then by `overrides` (later ones win)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist([*resume_overrides(path), *(overrides or [])]))
 
 
 def execute_guarded(run_config, path: Path) -> int:
@@ -359,7 +392,7 @@ def execute_guarded(run_config, path: Path) -> int:
     from collapse_cli.experiment import distributed
     from collapse_cli.experiment.loop import execute
     from collapse_cli.experiment.progress import Feedback
-    from collapse_cli.experiment.rundir import RunDir
+    from collapse_cli.rundir import RunDir
 
     run_dir = RunDir(path)
 
@@ -478,7 +511,7 @@ def resume_command(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from collapse_cli.config import to_run_config
-    from collapse_cli.experiment.rundir import RunDir
+    from collapse_cli.rundir import RunDir
 
     if not args or any(arg.startswith("-") for arg in args) or any("=" not in arg for arg in args[1:]):
         return error_line("usage: collapse resume RUN_DIR [key=value ...]")
@@ -499,7 +532,7 @@ def resume_command(args: list[str]) -> int:
         return error_line(f"{saved}: not a run configuration ({why}); the file was edited: restore it or start anew")
     try:
         # Overrides fix what stopped the run (a diverging train.lr, say); later generations use them.
-        config = OmegaConf.merge(recorded, OmegaConf.from_dotlist(overrides))
+        config = with_resume_overrides(recorded, path, overrides)
         run_config = to_run_config(config)
     except CollapseError as err:
         return error_line(str(err))
@@ -507,10 +540,14 @@ def resume_command(args: list[str]) -> int:
         return error_line(hydra_message(err))
     if overrides:
         # The folder records the config it now runs with, so a later resume keeps the change.
-        from collapse_cli.experiment.rundir import atomic_write_bytes
+        from collapse_cli.rundir import atomic_write_bytes
 
         atomic_write_bytes(saved, OmegaConf.to_yaml(config).encode())
         atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())
+        # And what changed it, so that a requeued or relaunched job, which composes the job's own config
+        # again, recognises its run (earlier_run) and continues with the change.
+        everything = OmegaConf.create([*resume_overrides(path), *overrides])
+        atomic_write_bytes(path / RESUME_OVERRIDES, OmegaConf.to_yaml(everything).encode())
     run_config.resume = True
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(), logging.FileHandler(path / "collapse.log")])

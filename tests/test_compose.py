@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 from conftest import read_metrics, tiny_run
 
-from collapse_cli.config import RunConfig
+from collapse_cli.config import RunConfig, describe_mix
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment.compose import (
     REAL,
     check_pool,
     compose,
-    describe_mix,
     fresh_pool_needed,
     n_real_blocks,
 )

@@ -11,6 +11,7 @@ import copy
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 import torch
 from conftest import (
     TINY,
+    collapse_command,
     finished_runs,
     read_metrics,
     read_status,
@@ -224,3 +226,91 @@ def test_an_error_in_the_workers_fails_the_run_with_one_line(tmp_path: Path):
     (run,) = (tmp_path / "outputs" / "runs").iterdir()
     status = read_status(run)
     assert status["state"] == "failed" and status["reason"] == line.removeprefix("collapse: error: ")
+
+
+def _rendezvous_port(_: int) -> str:
+    return os.environ["MASTER_PORT"]
+
+
+def test_the_rendezvous_port_cannot_be_taken_before_the_workers_meet(monkeypatch):
+    """Another process binding any loopback port the parent lets go of (the free-port race) cannot stop a run.
+
+    The thief acts at the worst moment: the instant the parent closes a bound TCP socket, it binds that
+    port itself. Picking a free port and freeing it for the workers to bind would lose it here.
+    """
+    import socket
+
+    stolen, close = [], socket.socket.close
+
+    def close_and_steal(sock: socket.socket) -> None:
+        port = sock.getsockname()[1] if sock.family == socket.AF_INET and sock.fileno() >= 0 else 0
+        close(sock)
+        if port:
+            thief = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            thief.bind(("127.0.0.1", port))
+            thief.listen()
+            stolen.append(thief)
+
+    monkeypatch.setattr(socket.socket, "close", close_and_steal)
+    try:
+        ports = distributed.spawn(_rendezvous_port, 2, (0,))
+    finally:
+        monkeypatch.undo()
+        for thief in stolen:
+            thief.close()
+    assert ports[0] == ports[1] and int(ports[0]) > 0
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid`, from /proc (zombies count as gone)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it exited while we looked
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through Linux's /proc")
+def test_workers_exit_soon_after_their_parent_is_killed(tmp_path: Path):
+    run = tmp_path / "run"
+    # Long enough (50 generations) that workers still running after 10 s are orphans, not a run finishing.
+    # Output to a file, as to a terminal: a pipe the test closes would end the workers at their next write.
+    with open(tmp_path / "output.txt", "w") as output:
+        proc = subprocess.Popen([*collapse_command(), "run", "nproc=2", "device=cpu", *TINY, "generations=50",
+                                 f"hydra.run.dir={run}"], cwd=tmp_path, stdout=output, stderr=output)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "gen_000" / "composition.json").exists():  # both ranks are inside the loop
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never reached generation 0"
+            time.sleep(0.01)
+        workers = [pid for pid in _children(proc.pid) if _is_worker(pid)]
+        assert len(workers) == 2
+    finally:
+        proc.kill()  # SIGKILL: no handler in the parent runs, nothing stops the workers for it
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphans = [pid for pid in workers if _alive(pid)]
+    for pid in orphans:  # leave no process behind, whatever the outcome
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "workers outlived their killed parent"

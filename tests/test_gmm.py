@@ -104,26 +104,29 @@ def test_tail_coverage_on_constructed_samples():
     truth = core.standard_normal(2)
     threshold = -math.log(2 * math.pi) - 3.0 ** 2 / 2  # the rare region: radius > 3
     inside, outside = np.array([[0.5, 0.0]]), np.array([[0.0, 3.5]])
-    five_of_100 = np.concatenate([np.repeat(inside, 95, 0), np.repeat(outside, 5, 0)])
-    two_of_100 = np.concatenate([np.repeat(inside, 98, 0), np.repeat(outside, 2, 0)])
-    ten_of_100 = np.concatenate([np.repeat(inside, 90, 0), np.repeat(outside, 10, 0)])
-    assert core.tail_mass_ratio(truth, threshold, five_of_100) == pytest.approx(1.0)
-    assert core.tail_coverage(truth, threshold, two_of_100) == pytest.approx(0.4)
-    assert core.tail_mass_ratio(truth, threshold, ten_of_100) == pytest.approx(2.0)
-    assert core.tail_coverage(truth, threshold, ten_of_100) == 1.0
-    assert core.tail_coverage(truth, threshold, np.repeat(inside, 100, 0)) == 0.0
-    assert math.isnan(core.tail_mass_ratio(truth, threshold, np.zeros((0, 2))))
+
+    def true_log_p(n_inside: int, n_outside: int) -> np.ndarray:
+        rows = np.concatenate([np.repeat(inside, n_inside, 0), np.repeat(outside, n_outside, 0)])
+        return core.log_density(truth, rows)
+
+    assert core.tail_share(true_log_p(95, 5), threshold) == pytest.approx(0.05)
+    assert core.tail_mass_ratio(true_log_p(95, 5), threshold) == pytest.approx(1.0)
+    assert core.tail_coverage(true_log_p(98, 2), threshold) == pytest.approx(0.4)
+    assert core.tail_mass_ratio(true_log_p(90, 10), threshold) == pytest.approx(2.0)
+    assert core.tail_coverage(true_log_p(90, 10), threshold) == 1.0
+    assert core.tail_coverage(true_log_p(100, 0), threshold) == 0.0
+    assert math.isnan(core.tail_mass_ratio(np.zeros(0), threshold))
     # Binomial s.e. of the tail share, on the coverage scale: sqrt(0.02 * 0.98 / 100) / 0.05 = 0.28
-    assert core.tail_coverage_se(truth, threshold, two_of_100) == pytest.approx(0.28)
-    assert core.tail_coverage_se(truth, threshold, np.repeat(inside, 100, 0)) == 0.0
-    assert math.isnan(core.tail_coverage_se(truth, threshold, np.zeros((0, 2))))
+    assert core.tail_coverage_se(true_log_p(98, 2), threshold) == pytest.approx(0.28)
+    assert core.tail_coverage_se(true_log_p(100, 0), threshold) == 0.0
+    assert math.isnan(core.tail_coverage_se(np.zeros(0), threshold))
 
 
 def test_tail_coverage_falls_as_the_samples_narrow():
     truth = core.standard_normal(2)
     threshold = core.rare_threshold(truth, core.sample(truth, 1000, 1))
-    same = core.tail_coverage(truth, threshold, core.sample(truth, 20000, 2))
-    narrower = core.tail_coverage(truth, threshold, 0.7 * core.sample(truth, 20000, 2))
+    same = core.tail_coverage(core.log_density(truth, core.sample(truth, 20000, 2)), threshold)
+    narrower = core.tail_coverage(core.log_density(truth, 0.7 * core.sample(truth, 20000, 2)), threshold)
     assert same > 0.8 and narrower < 0.3
 
 

@@ -120,6 +120,36 @@ def test_second_use_loads_the_cached_folder(tiny_gguf: Path, tmp_path: Path):
     assert weights.stat().st_mtime_ns == written
 
 
+@pytest.fixture
+def library_bars_on():
+    """transformers' bars on, as in a fresh process: an in-process CLI test may have left them off."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    yield
+    (hf_logging.enable_progress_bar if was_on else hf_logging.disable_progress_bar)()
+
+
+def test_converting_and_loading_show_no_transformers_bars(tiny_gguf: Path, tmp_path: Path, library_bars_on, capfd):
+    from tqdm.auto import tqdm
+    from transformers import modeling_gguf_pytorch_utils as gguf_reader
+    from transformers.utils import logging as hf_logging
+
+    from collapse_cli.config import ModelConfig
+    from collapse_cli.families.lm.models import build_base_model, load_tokenizer
+
+    cfg = ModelConfig(name="smollm2", gguf_file=str(tiny_gguf), cache_dir=str(tmp_path))
+    for use in ("first use: converts the GGUF", "second use: loads the converted folder"):
+        model = build_base_model(cfg, load_tokenizer(cfg, None), seed=0)
+        assert type(model).__name__ == "LlamaForCausalLM"
+        err = capfd.readouterr().err
+        for bar_text in ("it/s]", "Loading weights", "GGUF tensors", "Writing model shards"):
+            assert bar_text not in err, (use, err[-500:])
+    assert hf_logging.is_progress_bar_enabled()  # the process-wide switch is back as it was
+    assert gguf_reader.tqdm is tqdm  # and the GGUF reader has its own tqdm again
+
+
 def test_changed_gguf_gets_its_own_folder(tmp_path: Path):
     first = converted_folder(str(write_tiny_gguf(tmp_path / "m.gguf", seed=0)), str(tmp_path / "cache"))
     second = converted_folder(str(write_tiny_gguf(tmp_path / "m.gguf", seed=1)), str(tmp_path / "cache"))

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import is_finite_number, read_metrics, tiny_run
+from conftest import TINY, is_finite_number, read_metrics, run_in_process, stable, tiny_run
 
 from collapse_cli.config import RunConfig
 from collapse_cli.experiment.seeds import stage_seed
-from collapse_cli.families.lm import profile
+from collapse_cli.families.lm import evaluate, profile, train
+from collapse_cli.families.lm import family as lm_family
 from collapse_cli.families.lm.builtin import BuiltinLanguage
 from collapse_cli.measure import metrics as M
 
@@ -142,3 +143,54 @@ def test_measure_leaves_the_reference_as_it_was():
     # What later generations reuse comes back instead: generation 0's test perplexities (uniform model: 2).
     assert completed.test_seq_ppl.shape == (6,) and np.allclose(completed.test_seq_ppl, 2.0)
     assert completed.real_words[0] == ["ab"[t] for t in real[0]]
+
+
+def test_scoring_copies_the_reference_once_per_process_also_after_a_resume(tmp_path: Path, monkeypatch):
+    """On CUDA scoring runs a bf16 copy of a model. The generation-0 model's copy is made once and scores
+    every generation's corpus; a resume reloads the reference and makes one copy for its own process."""
+    copied = []  # the model each conversion inside measure copied (kept alive: identities stay distinct)
+    measuring = []  # non-empty inside LMFamily.measure (training's validation pass scores its own model)
+
+    def bf16_copy_as_on_cuda(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        # On the CPU inference_model returns the model itself; its CUDA branch (a bf16 copy) runs anywhere.
+        weights = train.inference_model(model, torch.device("cuda"))
+        if weights is not model and measuring:
+            copied.append(model)
+        return weights
+
+    def flagged(measure):
+        def measure_flagged(*args, **kwargs):
+            measuring.append(True)
+            try:
+                return measure(*args, **kwargs)
+            finally:
+                measuring.pop()
+        return measure_flagged
+
+    for module in (evaluate, profile, lm_family):  # every scoring module's own binding
+        monkeypatch.setattr(module, "inference_model", bf16_copy_as_on_cuda, raising=False)
+    monkeypatch.setattr(lm_family.LMFamily, "measure", flagged(lm_family.LMFamily.measure))
+
+    def distinct_models() -> int:
+        return len({id(model) for model in copied})
+
+    whole = tiny_run(tmp_path / "whole", "generations=3")
+    assert len(copied) == distinct_models() == 4  # each generation's model once, generation 0's included
+
+    real_fit = lm_family.LMFamily.fit
+
+    def stop_at_generation_2(self, model, rows, seed, generation, on_step):
+        if generation == 2:
+            raise KeyboardInterrupt  # as Ctrl-C would: generations 0 and 1 are done
+        return real_fit(self, model, rows, seed, generation, on_step)
+
+    monkeypatch.setattr(lm_family.LMFamily, "fit", stop_at_generation_2)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(SystemExit) as interrupted:
+        run_in_process(["run", *TINY, "generations=3", f"hydra.run.dir={resumed}"])
+    assert interrupted.value.code == 130 and (resumed / "gen_001/DONE").exists()
+    monkeypatch.setattr(lm_family.LMFamily, "fit", real_fit)
+    copied.clear()
+    assert run_in_process(["resume", str(resumed)]) == 0
+    assert len(copied) == distinct_models() == 3  # the reloaded reference, generation 2's and 3's models
+    assert stable(read_metrics(resumed)) == stable(read_metrics(whole))  # the reloaded copy scores the same

@@ -14,12 +14,13 @@ from conftest import (
     TINY,
     read_metrics,
     read_status,
+    run_collapse,
     run_in_process,
     stable,
     start_collapse,
 )
 
-from collapse_cli.experiment.rundir import RunDir
+from collapse_cli.rundir import RunDir
 
 # Four generations (0..3), each long enough (~0.4 s on one core) for a kill to land inside a stage.
 WORK = [*TINY, "generations=3", "dataset.train_tokens=16000", "train.epochs=2"]
@@ -124,6 +125,82 @@ def test_resume_after_a_kill_while_finishing(tmp_path: Path, uninterrupted: Path
 
     assert run_in_process(["resume", str(run)]) == 0
     assert_same_as(run, uninterrupted)
+
+
+# Dropout draws its masks from torch's global RNG, which no generator is passed to: the run seeds it per stage.
+DROPOUT = [*WORK, "model.dropout=0.1"]
+
+
+@pytest.fixture(scope="module")
+def with_dropout(tmp_path_factory) -> Path:
+    import torch
+
+    torch.manual_seed(1)  # whatever state the process is in, the run's masks must not depend on it
+    run = tmp_path_factory.mktemp("dropout") / "run"
+    assert run_in_process(["run", *DROPOUT, f"hydra.run.dir={run}"]) == 0
+    return run
+
+
+def test_dropout_runs_repeat_whatever_the_global_rng_held(tmp_path: Path, with_dropout: Path, uninterrupted: Path):
+    import torch
+
+    torch.manual_seed(2)
+    torch.rand(1000)
+    state = torch.get_rng_state()
+    run = tmp_path / "run"
+    assert run_in_process(["run", *DROPOUT, f"hydra.run.dir={run}"]) == 0
+    assert_same_as(run, with_dropout)
+    assert torch.equal(torch.get_rng_state(), state)  # and the run leaves the process's own stream as it was
+    # The masks are really drawn: without dropout, training (so every later figure) differs.
+    assert stable(read_metrics(with_dropout))[0]["train_loss_last"] != stable(read_metrics(uninterrupted))[0][
+        "train_loss_last"]
+
+
+def test_kill_9_then_resume_with_dropout_matches_an_uninterrupted_run(tmp_path: Path, with_dropout: Path):
+    run = tmp_path / "run"
+    proc = start_collapse(["run", *DROPOUT, f"hydra.run.dir={run}"], cwd=tmp_path)
+    signal_when(proc, run / KILL_POINTS["after-gen0-done"], signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert run_in_process(["resume", str(run)]) == 0  # this process's RNG is not the killed one's
+    assert_same_as(run, with_dropout)
+
+
+def test_a_relaunch_after_a_resume_with_an_override_continues_the_run(tmp_path: Path):
+    """A requeued job runs the job's own overrides again: the folder's `collapse resume` overrides still apply."""
+    run, launch = tmp_path / "run", ["run", *WORK, f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = start_collapse(launch, cwd=tmp_path)
+    signal_when(proc, run / "gen_001/composition.json", signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    # The user fixes what stopped it, and this resume is preempted in turn.
+    proc = start_collapse(["resume", str(run), "train.lr=1e-3"], cwd=tmp_path)
+    signal_when(proc, run / "gen_002/composition.json", signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    done = {p: p.stat().st_mtime_ns for p in run.glob("gen_*/DONE")}
+    assert sorted(p.parent.name for p in done) == ["gen_000", "gen_001"]
+
+    assert run_in_process(launch) == 0  # the requeue: the same command, the same folder
+    assert read_status(run)["state"] == "finished"
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # continued: no finished generation was redone
+    assert [row["generation"] for row in read_metrics(run)] == list(range(GENERATIONS))
+    assert "lr: 0.001" in (run / "config.yaml").read_text()
+    assert run_in_process(["resume", str(run)]) == 0  # and a resume finds it finished, with the override
+
+    finished = (run / "metrics.jsonl").stat().st_mtime_ns
+    assert run_in_process(launch) == 0  # a relaunch of the finished run leaves it as it is
+    assert (run / "metrics.jsonl").stat().st_mtime_ns == finished
+
+
+def test_a_relaunch_with_other_overrides_starts_afresh_without_the_earlier_resume_overrides(tmp_path: Path):
+    run = tmp_path / "run"
+    launch = ["run", *TINY, f"hydra.run.dir={run}"]
+    assert run_collapse([*launch, "train.lr=1e6"], cwd=tmp_path).returncode == 2  # diverges: failed
+    assert run_in_process(["resume", str(run), "train.lr=2e-3"]) == 0
+    assert "lr: 0.002" in (run / "config.yaml").read_text()
+    assert run_in_process([*launch, "seed=5"]) == 0  # another job in that folder: a new run, with its own config
+    config = (run / "config.yaml").read_text()
+    assert "seed: 5" in config and "lr: 0.003" in config  # the model's default, not the old run's override
+    assert not (run / "resume_overrides.yaml").exists()
 
 
 def test_ctrl_c_stops_an_in_process_sweep_and_the_same_command_finishes_it(tmp_path: Path):

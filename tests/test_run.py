@@ -19,8 +19,8 @@ from conftest import (
     tiny_run,
 )
 
-from collapse_cli.experiment.rundir import RunDir, read_texts_gz
 from collapse_cli.families.lm.builtin import build_language, make_tokenizer
+from collapse_cli.rundir import RunDir, read_texts_gz
 
 HEADLINE_KEYS = ("generation", "ppl_test", "tail_coverage", "train_tokens", "wall_time_s")
 

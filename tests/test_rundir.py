@@ -7,13 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
-from collapse_cli.experiment.rundir import RunDir, read_metrics, read_texts_gz
+from collapse_cli.rundir import RunDir, flatten, read_metrics, read_texts_gz
 
 
 def test_texts_round_trip_with_newlines_and_backslashes(tmp_path: Path):
     lines = ["plain words", "two\nlines", "a literal \\n stays", "back\\slash", ""]
     RunDir(tmp_path).save_texts_gz("corpus.txt.gz", lines)
     assert read_texts_gz(tmp_path / "corpus.txt.gz") == lines
+
+
+def test_flatten_names_nested_keys_with_dots():
+    record = {"seed": 0, "train": {"lr": 0.001, "schedule": {"name": "linear"}}, "logger": {}, "tags": [1, 2]}
+    assert flatten(record) == {"seed": 0, "train.lr": 0.001, "train.schedule.name": "linear", "tags": [1, 2]}
 
 
 def test_ids_are_compressed_and_round_trip(tmp_path: Path):

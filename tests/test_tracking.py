@@ -237,6 +237,36 @@ def test_resume_continues_the_same_tracker_runs(tmp_path: Path):
     assert config["run_dir"] == str(run.resolve()) and config["generations"] == 2
 
 
+def test_a_resume_override_reaches_the_mlflow_run(tmp_path: Path, capsys):
+    """MLflow params are write-once: the value a resume changes is a tag beside the original param."""
+    pytest.importorskip("mlflow")
+    run = tmp_path / "run"
+    proc = start_collapse(["run", *TINY, "generations=2", "logger=mlflow", f"hydra.run.dir={run}"], cwd=tmp_path)
+    interrupt_when(proc, run / "gen_001" / "composition.json")
+    assert run_in_process(["resume", str(run), "train.lr=2e-3", "metrics.bootstrap=50"]) == 0
+    assert "collapse: warning" not in capsys.readouterr().err
+    (resumed,) = mlflow_runs(tmp_path / "mlruns").values()
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.params["train.lr"] == "0.003" and resumed.data.params["metrics.bootstrap"] == "200"
+    changed = {k: v for k, v in resumed.data.tags.items() if k.startswith("resumed.")}
+    assert changed == {"resumed.train.lr": "0.002 (generation 1 on)",
+                       "resumed.metrics.bootstrap": "50 (generation 1 on)"}
+
+
+def test_resume_changes_tag_what_differs_from_the_value_in_force():
+    from collapse_cli.experiment.tracking import resume_changes
+
+    params = {"train.lr": "0.003", "seed": "0", "mix": "0.1"}
+    assert resume_changes(params, {}, {"train.lr": "0.003", "seed": "0", "mix": "0.1"}, 2) == {}
+    assert resume_changes(params, {}, {"train.lr": "0.002", "seed": "0", "mix": "0.1"}, 2) == {
+        "resumed.train.lr": "0.002 (generation 2 on)"}
+    earlier = {"resumed.train.lr": "0.002 (generation 2 on)"}
+    # A later resume that keeps the earlier change tags nothing; one that changes it again (back, too) says so.
+    assert resume_changes(params, earlier, {"train.lr": "0.002", "seed": "0", "mix": "0.1"}, 4) == {}
+    assert resume_changes(params, earlier, {"train.lr": "0.003", "seed": "0", "mix": "0.5"}, 4) == {
+        "resumed.train.lr": "0.003 (generation 4 on)", "resumed.mix": "0.5 (generation 4 on)"}
+
+
 def test_missing_tracker_package_is_one_line_naming_the_install(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now fails as if it were not installed
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)

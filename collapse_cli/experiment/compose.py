@@ -107,18 +107,3 @@ def compose(generation: int, regime: str, mix: float, n_train: int, corpus_sizes
         return pool
     chosen = np.sort(rng.choice(len(pool), size=n_train, replace=False))
     return TrainingSet(pool.origin[chosen], pool.index[chosen])
-
-
-def describe_mix(regime: str, mix: float) -> str:
-    """What a later generation trains on, in words: the plan printed by `collapse run`, and `collapse show`.
-    Empty for a regime this module does not know (an edited config.yaml)."""
-    real_pct, synth_pct = round(100 * mix), round(100 * (1 - mix))
-    if regime in ("replace", "fresh"):
-        fresh = " (fresh, never-seen real blocks each generation)" if regime == "fresh" else ""
-        return f"each generation trains on {real_pct}% real{fresh} / {synth_pct}% synthetic data"
-    if regime == "accumulate":
-        return f"each generation trains on {real_pct}% of the real data plus every synthetic corpus so far (growing)"
-    if regime == "accumulate_subsample":
-        return (f"each generation trains on N blocks drawn from {real_pct}% of the real data plus every "
-                f"synthetic corpus so far (fixed size)")
-    return ""

@@ -18,8 +18,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import socket
-import sys
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -28,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collapse_cli.errors import CollapseError
+from collapse_cli.ranks import active, is_main, rank, world_size  # below rundir.py, which asks is_main
+from collapse_cli.ranks import process_group as _group
 
 if TYPE_CHECKING:
     import torch
@@ -48,36 +48,9 @@ class WorkerFailed(CollapseError):
 
 
 # --- inside a worker ------------------------------------------------------------------------
-def _group():
-    """torch.distributed when this process is in a process group, else None.
-
-    Without torch.distributed imported there is no group: the run folder's readers and writers
-    (collapse compare, show) ask `is_main` without paying for importing torch.
-    """
-    dist = sys.modules.get("torch.distributed")
-    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
-
-
-def active() -> bool:
-    return _group() is not None
-
-
-def rank() -> int:
-    return _group().get_rank() if active() else 0
-
-
-def world_size() -> int:
-    return _group().get_world_size() if active() else 1
-
-
 def local_rank() -> int:
     """The GPU of this process on its machine (one machine: its rank)."""
     return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
-
-
-def is_main() -> bool:
-    """Rank 0, or a single process: the one process that writes the run folder and talks to the user."""
-    return rank() == 0
 
 
 def barrier() -> None:
@@ -86,7 +59,10 @@ def barrier() -> None:
 
 
 def init(device_choice: str) -> None:
-    """Join the process group described by MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE: NCCL on CUDA, else gloo."""
+    """Join the process group described by MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE: NCCL on CUDA, else gloo.
+
+    The rendezvous store at MASTER_PORT is the parent's (`host_store`); every rank joins it as a client.
+    """
     import torch
     import torch.distributed as dist
 
@@ -96,7 +72,11 @@ def init(device_choice: str) -> None:
     elif "OMP_NUM_THREADS" not in os.environ:
         # N processes on one CPU: each gets its share of the cores instead of all of them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"])))
-    dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", timeout=TIMEOUT)
+    n_ranks = int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), n_ranks, is_master=False,
+                          timeout=TIMEOUT)
+    dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=int(os.environ["RANK"]),
+                            world_size=n_ranks, timeout=TIMEOUT)
 
 
 def teardown() -> None:
@@ -154,11 +134,15 @@ def gather_items(mine: list, n_items: int) -> list:
 
 
 # --- the parent -----------------------------------------------------------------------------
-def free_port() -> int:
-    """A free loopback port for rank 0's rendezvous store (freed again before the workers bind it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def host_store(nproc: int):
+    """The workers' rendezvous store, served by the parent on a loopback port the kernel picks as it binds.
+
+    The port is held from the moment it exists until the run ends: picking a free port for rank 0 to
+    bind later would leave a moment in which another process can take it (EADDRINUSE in rank 0).
+    """
+    from torch.distributed import TCPStore
+
+    return TCPStore("127.0.0.1", 0, nproc, is_master=True, wait_for_workers=False, timeout=TIMEOUT)
 
 
 def spawn(target: Callable[..., Any], nproc: int, args: Sequence = (), device_choice: str = "cpu") -> list:
@@ -166,12 +150,14 @@ def spawn(target: Callable[..., Any], nproc: int, args: Sequence = (), device_ch
 
     The first worker to fail ends them all: the others are terminated (killed after GRACE_S),
     and WorkerFailed names the rank and its error. Ctrl-C or SIGTERM in the parent (a
-    KeyboardInterrupt) also stops every worker before it propagates.
+    KeyboardInterrupt) also stops every worker before it propagates; a parent killed outright
+    leaves no worker behind either (each exits when its parent is gone).
     """
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
-    port = free_port()
+    store = host_store(nproc)  # served until spawn returns, after every worker has left the group
+    port = store.port
     pipes, workers = [], []
     try:
         for worker_rank in range(nproc):
@@ -233,6 +219,7 @@ def _worker(worker_rank: int, nproc: int, port: int, device_choice: str, target:
                       WORLD_SIZE=str(nproc), LOCAL_RANK=str(worker_rank))
     # SIGTERM from the parent (another rank failed, or the run was stopped) ends this rank quietly.
     signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(128 + signum))
+    _exit_with_parent()
     try:
         init(device_choice)
         outcome = ("ok", target(*args))
@@ -250,6 +237,27 @@ def _worker(worker_rank: int, nproc: int, port: int, device_choice: str, target:
         teardown()
     except Exception:  # the outcome is reported; a peer already gone can make leaving fail
         pass
+
+
+def _exit_with_parent() -> None:
+    """End this worker as soon as its parent is gone (SIGKILLed, OOM-killed): nobody would collect its
+    result, and it would hold its GPU and CPUs until the process group's timeout.
+
+    multiprocessing's sentinel of the parent is a pipe whose other end only the parent holds: it
+    becomes readable the moment the parent dies, so a thread waiting on it costs nothing meanwhile.
+    """
+    import multiprocessing
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not started by spawn(): nothing to watch
+        return
+
+    def watch() -> None:
+        connection.wait([parent.sentinel])
+        os._exit(128 + signal.SIGHUP)  # as a shell's SIGHUP to the children of a terminal that closed
+
+    threading.Thread(target=watch, name="collapse-parent-watch", daemon=True).start()
 
 
 def launch(run_config, path: Path) -> None:

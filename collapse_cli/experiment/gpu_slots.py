@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from collapse_cli.experiment.rundir import RunDir
+from collapse_cli.rundir import RunDir
 
 BOX_GPUS = "COLLAPSE_GPUS"
 LOCKS = ".gpu_slots"

@@ -21,14 +21,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from collapse_cli.config import RunConfig
+from collapse_cli.config import RunConfig, describe_mix
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import compose as composition
 from collapse_cli.experiment import distributed, tracking
 from collapse_cli.experiment.progress import Feedback
-from collapse_cli.experiment.rundir import RunDir, gen_name, read_metrics
-from collapse_cli.experiment.seeds import compose_seed, stage_seed
+from collapse_cli.experiment.seeds import compose_seed, stage_seed, torch_global_rng, torch_global_seed
 from collapse_cli.families.base import Family, RealData, family_name, get_family
+from collapse_cli.rundir import RunDir, gen_name, read_metrics
 
 log = logging.getLogger("collapse")
 # status.json's progress count is rewritten at most this often: thousands of fast generations
@@ -127,7 +127,8 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
 
     start_from = state.previous_model if (cfg.train.init == "previous" and g > 0) else setup.base_model
     model = copy.deepcopy(start_from)
-    with feedback.task(f"gen {g} train", total=1) as on_step:
+    with (feedback.task(f"gen {g} train", total=1) as on_step,
+          torch_global_rng(torch_global_seed(cfg.seed, g, distributed.rank()), setup.device)):
         stats = family.fit(model, train_rows, stage_seed(cfg.seed, g, "train"), g, on_step)
     trained = time.perf_counter()
     with feedback.task(f"gen {g} generate", total=setup.n_train) as on_batch:
@@ -261,7 +262,7 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
     setup = prepare(cfg)
     family = setup.family
     feedback.show_plan(cfg, setup.device, family.describe(), family.n_parameters(setup.base_model), plan(setup),
-                       composition.describe_mix(cfg.regime, cfg.mix), family.describe_sampling(setup.base_model))
+                       describe_mix(cfg.regime, cfg.mix), family.describe_sampling(setup.base_model))
     if cfg.dry_run:
         return None
     run_dir = RunDir(path)

@@ -84,7 +84,7 @@ class Feedback:
         return " ".join(parts)
 
     def show_summary(self, run_dir, summary: dict, keys: tuple[str, ...]) -> None:
-        from collapse_cli.experiment.rundir import read_metrics
+        from collapse_cli.rundir import read_metrics
 
         rows = read_metrics(run_dir.path)
         table = Table(title=f"metrics by generation — {run_dir.path}")

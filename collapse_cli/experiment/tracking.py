@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from collapse_cli.config import MlflowConfig, TensorBoardConfig, WandbConfig
-from collapse_cli.experiment import distributed
-from collapse_cli.experiment.rundir import RunDir, read_metrics, to_json
+from collapse_cli.ranks import is_main
+from collapse_cli.rundir import RunDir, flatten, read_metrics, to_json
 
 if TYPE_CHECKING:
     from collapse_cli.config import RunConfig
@@ -49,20 +49,11 @@ class RunInfo:
     group: Optional[str]  # the sweep folder's name, so a tracker can group a sweep's runs
     tags: dict[str, str]  # overrides that vary across the sweep (all overrides for a single run)
     config: dict[str, Any]  # the resolved config, nested, without the tracking sections
+    first_generation: int = 0  # the first generation this process runs: above 0 on a resume
 
     def params(self) -> dict[str, str]:
         """The config flattened to dotted keys with string values (MLflow params, TensorBoard hparams)."""
-        return {key: str(value) for key, value in _flatten(self.config).items()}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value.value if isinstance(value, Enum) else value
-    return flat
+        return {key: str(value) for key, value in flatten(self.config).items()}
 
 
 def _plain(value: Any) -> Any:
@@ -102,12 +93,13 @@ def run_tags(path: Path) -> dict[str, str]:
     return {k: v for k, v in job.items() if k in swept_keys} if swept_keys & job.keys() else job
 
 
-def run_info(cfg: RunConfig, path: Path) -> RunInfo:
+def run_info(cfg: RunConfig, path: Path, first_generation: int = 0) -> RunInfo:
     path = path.resolve()
     in_sweep = (path.parent / "multirun.yaml").is_file()
     config = _plain({k: v for k, v in asdict(cfg).items() if k not in NOT_HYPERPARAMETERS})
     return RunInfo(path=path, name=f"{path.parent.name}/{path.name}" if in_sweep else path.name,
-                   group=path.parent.name if in_sweep else None, tags=run_tags(path), config=config)
+                   group=path.parent.name if in_sweep else None, tags=run_tags(path), config=config,
+                   first_generation=first_generation)
 
 
 def _numbers(values: dict) -> dict[str, float]:
@@ -118,7 +110,7 @@ def _numbers(values: dict) -> dict[str, float]:
 
 def summary_numbers(summary: dict) -> dict[str, float]:
     """summary.json's numbers, the verdict's generations included, as `summary/<key>`."""
-    return {f"summary/{k}": v for k, v in _numbers(_flatten(summary)).items()}
+    return {f"summary/{k}": v for k, v in _numbers(flatten(summary)).items()}
 
 
 # ---------------------------------------------------------------------------
@@ -197,6 +189,7 @@ class MlflowTracker:
             self.uri, self.run_id = previous["tracking_uri"], previous["run_id"]
             self.client = self.client_class(tracking_uri=self.uri)
             self.client.update_run(self.run_id, status="RUNNING")
+            self._log_resume_changes(info)
             return previous
         self.uri = default_tracking_uri(self.cfg.tracking_uri, info.path)
         self.client = self.client_class(tracking_uri=self.uri)
@@ -209,6 +202,15 @@ class MlflowTracker:
         for start in range(0, len(params), 100):  # the REST API takes at most 100 params a request
             self.client.log_batch(self.run_id, params=params[start:start + 100])
         return {"tracking_uri": self.uri, "run_id": self.run_id}
+
+    def _log_resume_changes(self, info: RunInfo) -> None:
+        """Values a resume override changed, as tags `resumed.<key>`: MLflow refuses to change a logged param."""
+        from mlflow.entities import RunTag
+
+        logged = self.client.get_run(self.run_id).data
+        changed = resume_changes(logged.params, logged.tags, info.params(), info.first_generation)
+        if changed:
+            self.client.log_batch(self.run_id, tags=[RunTag(key, value) for key, value in changed.items()])
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.cfg.experiment)
@@ -241,6 +243,18 @@ class MlflowTracker:
 
     def close(self, state: str) -> None:
         self.client.set_terminated(self.run_id, status=self.STATUS[state])
+
+
+def resume_changes(params: dict[str, str], tags: dict[str, str], now: dict[str, str], first: int) -> dict[str, str]:
+    """The tags `resumed.<key>: <value> (generation <first> on)` for the params a resume sets to a value that
+    differs from the one in force: the logged param's, or the one an earlier resume's tag noted."""
+    changed = {}
+    for key, value in now.items():
+        noted = tags.get(f"resumed.{key}")
+        in_force = noted.rsplit(" (generation ", 1)[0] if noted is not None else params.get(key, value)
+        if value != in_force:
+            changed[f"resumed.{key}"] = f"{value} (generation {first} on)"
+    return changed
 
 
 def default_tracking_uri(uri: Optional[str], run_path: Path) -> str:
@@ -340,12 +354,12 @@ class Session:
         try:
             from collapse_cli.report.export import write_plots
             from collapse_cli.report.runs import group_runs, load_runs
-            from collapse_cli.report.stats import choose_metrics
+            from collapse_cli.report.stats import GroupStats, choose_metrics
 
             runs = load_runs([self.run_dir.path])
             groups, _ = group_runs(runs)
             self._plot_dir = tempfile.TemporaryDirectory(prefix="collapse-plots-")
-            images = write_plots(Path(self._plot_dir.name), groups, choose_metrics(None, runs), "")
+            images = write_plots(Path(self._plot_dir.name), GroupStats.of(groups, choose_metrics(None, runs)), "")
             return [Path(self._plot_dir.name) / image.file for image in images]
         except Exception as err:
             log.warning(f"collapse: warning: logger.plots: making the plots failed ({type(err).__name__}: {err}); "
@@ -374,11 +388,11 @@ def start(cfg: RunConfig, path: Path, first_generation: int) -> Session:
     chosen = [name for name in TRACKERS if getattr(cfg.logger, name) is not None]
     run_dir = RunDir(path)
     session = Session(run_dir, plots=cfg.logger.plots)
-    if not chosen or not distributed.is_main():  # under nproc=N, rank 0 alone logs the run
+    if not chosen or not is_main():  # under nproc=N, rank 0 alone logs the run
         return session
     try:
         session.state = run_dir.read_json(STATE_FILE) if (path / STATE_FILE).is_file() else {}
-        info = run_info(cfg, path)
+        info = run_info(cfg, path, first_generation)
     except Exception as err:  # an edited trackers.json or Hydra record: no tracking, but the run goes on
         log.warning(f"collapse: warning: logger: cannot read this run's tracking records ({type(err).__name__}: "
                     f"{err}); no tracker logs this run, whose folder keeps every result")

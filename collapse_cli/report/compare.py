@@ -16,7 +16,7 @@ from collapse_cli.console import make_console
 from collapse_cli.errors import CollapseError
 from collapse_cli.report.export import write_outputs
 from collapse_cli.report.runs import Group, discover, group_runs, load_runs
-from collapse_cli.report.stats import FAMILY_METRICS, choose_metrics
+from collapse_cli.report.stats import FAMILY_METRICS, GroupStats, choose_metrics
 from collapse_cli.report.tables import (
     TextTable,
     config_words,
@@ -60,14 +60,15 @@ def main(args: list[str]) -> int:
     metrics = choose_metrics(options.metrics, runs)
     shared_line = f"every run also has: {' '.join(shared)}" if shared else ""
     intro = [f"{len(runs)} run(s) in {len(groups)} group(s) from {' '.join(options.paths)}", shared_line]
-    final, verdicts = final_table(groups, metrics), verdict_table(groups)
-    by_generation = generation_tables(groups, metrics)
+    aggregated = GroupStats.of(groups, metrics)
+    final, verdicts = final_table(aggregated), verdict_table(groups)
+    by_generation = generation_tables(aggregated)
     notes = warnings(groups)
     console = make_console()
     print_all(console, intro, [*(by_generation if options.by_generation else [final]), verdicts], notes)
     if options.out:
         tables = [runs_table(groups), final, *by_generation, verdicts]
-        written = write_outputs(options.out, "collapse compare", intro, tables, notes, groups, metrics, shared_line)
+        written = write_outputs(options.out, "collapse compare", intro, tables, notes, aggregated, shared_line)
         console.print(f"wrote {len(written)} files to {options.out} (open {options.out / 'report.html'})")
     return 0
 
@@ -104,7 +105,9 @@ def show_main(args: list[str]) -> int:
     metrics = choose_metrics(options.metrics, [run], SHOW_METRICS) if run.rows else []
     words = TextTable("configuration", ["", ""], [list(pair) for pair in config_words(run.config)])
     intro = [f"run {run.path}", f"status: {run.status_text()}", f"early warning: {verdict_text(run)}"]
-    tables = [words, run_table(run, metrics)]
+    # The run as a group of one: its table and, with --out, its plots read the same statistics.
+    aggregated = GroupStats.of([Group(" ".join(run.overrides or []) or "default", [run])], metrics)
+    tables = [words, run_table(run, aggregated.by_group[0])]
     console = make_console()
     console.print(f"[bold]{run.path}[/]", highlight=False)
     for key, text in config_words(run.config):
@@ -113,7 +116,6 @@ def show_main(args: list[str]) -> int:
     console.print(tables[1].to_rich())
     console.print(f"[bold]early warning[/]: {verdict_text(run)}", highlight=False)
     if options.out:
-        group = Group(" ".join(run.overrides or []) or "default", [run])
-        written = write_outputs(options.out, f"collapse show {run.name}", intro, tables, [], [group], metrics, "")
+        written = write_outputs(options.out, f"collapse show {run.name}", intro, tables, [], aggregated, "")
         console.print(f"wrote {len(written)} files to {options.out}")
     return 0

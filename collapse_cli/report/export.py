@@ -16,10 +16,10 @@ import numpy as np
 
 from collapse_cli.console import fmt
 from collapse_cli.errors import CollapseError
-from collapse_cli.experiment.rundir import gen_name
 from collapse_cli.report.runs import Group, natural_key
-from collapse_cli.report.stats import aggregate, number
+from collapse_cli.report.stats import GroupStats, number
 from collapse_cli.report.tables import TextTable, verdict_text
+from collapse_cli.rundir import gen_name
 
 
 def write_metrics_csv(path: Path, groups: Sequence[Group]) -> None:
@@ -53,12 +53,13 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("=", "")).strip("_")[:60] or "group"
 
 
-def metric_series(groups: Sequence[Group], metric: str):
+def metric_series(aggregated: GroupStats, metric: str):
+    """A line and band per group that has the metric, from the statistics the tables show."""
     from collapse_cli.report.plots import Series
 
     series = []
-    for group in groups:
-        stats = aggregate(group.runs, metric)
+    for group, by_metric in aggregated.pairs():
+        stats = list(by_metric[metric].values())  # in generation order
         if stats:
             series.append(Series(group.label, [s.generation for s in stats], [s.mean for s in stats],
                                  [s.low for s in stats], [s.high for s in stats], len(group.runs)))
@@ -112,17 +113,17 @@ def run_figures(groups: Sequence[Group]) -> tuple[list[Image], list[str]]:
     return images, notes
 
 
-def write_plots(out: Path, groups: Sequence[Group], metrics: Sequence[str], note: str) -> list[Image]:
+def write_plots(out: Path, aggregated: GroupStats, note: str) -> list[Image]:
     from collapse_cli.report import plots
 
     images = []
-    for metric in metrics:
-        series = metric_series(groups, metric)
+    for metric in aggregated.metrics:
+        series = metric_series(aggregated, metric)
         if series:
             file = f"metric_{slug(metric)}.png"
             png = plots.write_png(plots.metric_figure(metric, series, note), out / file, "metric", metric)
             images.append(Image("metric", plots.metric_text(metric)[0], file, png))
-    for index, group in enumerate(groups, start=1):
+    for index, group in enumerate(aggregated.groups, start=1):
         figure = plots.histogram_figure(group.label, seq_ppl_by_generation(group), len(group.runs), real_seq_ppl(group))
         if figure is not None:
             file = f"seq_ppl_hist_{index}_{slug(group.label)}.png"
@@ -170,15 +171,15 @@ def image_html(image: Image) -> str:
 
 
 def write_outputs(out: Path, title: str, intro: Sequence[str], tables: Sequence[TextTable], notes: Sequence[str],
-                  groups: Sequence[Group], metrics: Sequence[str], note: str) -> list[Path]:
+                  aggregated: GroupStats, note: str) -> list[Path]:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise CollapseError(f"--out {out}: cannot create the folder ({err.strerror}); choose a writable path") from err
-    write_metrics_csv(out / "metrics.csv", groups)
-    write_runs_csv(out / "runs.csv", groups)
-    images = write_plots(out, groups, metrics, note)
-    figures, figure_notes = run_figures(groups)
+    write_metrics_csv(out / "metrics.csv", aggregated.groups)
+    write_runs_csv(out / "runs.csv", aggregated.groups)
+    images = write_plots(out, aggregated, note)
+    figures, figure_notes = run_figures(aggregated.groups)
     report = report_html(title, intro, tables, [*notes, *figure_notes], [*images, *figures])
     (out / "report.html").write_text(report, encoding="utf-8")
     return [out / "metrics.csv", out / "runs.csv", *(out / i.file for i in images), out / "report.html"]

@@ -19,7 +19,7 @@ from typing import Optional
 import yaml
 
 from collapse_cli.errors import CollapseError
-from collapse_cli.experiment.rundir import METRICS, STATUS, SUMMARY, read_metrics
+from collapse_cli.rundir import METRICS, STATUS, SUMMARY, flatten, read_metrics
 
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 # Config keys that say how a run was started, not what it computed: never a reason to split a group.
@@ -255,16 +255,6 @@ def group_runs(runs: Sequence[Run]) -> tuple[list[Group], list[str]]:
     groups = [Group(group_label(members[0], shared), sorted(members, key=lambda r: (r.seed is None, r.seed or 0)))
               for members in runs_by_key.values()]
     return groups, shared
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def config_mismatches(group: Group) -> list[str]:

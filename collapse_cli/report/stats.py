@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from collapse_cli.errors import CollapseError
-from collapse_cli.report.runs import Run
+from collapse_cli.report.runs import Group, Run
 
 # Headline metrics of every family, those a run lacks skipped: the LM's, then the GMM's and VAE's (docs/metrics.md).
 FAMILY_METRICS = ("nll_test", "component_std", "l2_to_gen0", "latent_spread", "class_share_max")
@@ -76,6 +76,31 @@ def values_by_generation(runs: Iterable[Run], metric: str) -> dict[int, list[flo
 def aggregate(runs: Iterable[Run], metric: str) -> list[Stat]:
     """Mean, std and 95% CI over seeds for each generation that has the metric."""
     return [describe(g, v) for g, v in sorted(values_by_generation(runs, metric).items())]
+
+
+# One group's statistics: metric -> generation -> Stat, generations in order.
+StatsByMetric = dict[str, dict[int, Stat]]
+
+
+def stats_by_metric(runs: Sequence[Run], metrics: Sequence[str]) -> StatsByMetric:
+    """Per metric, the statistic over `runs` of each generation (in generation order)."""
+    return {m: {s.generation: s for s in aggregate(runs, m)} for m in metrics}
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Every group's statistics, aggregated once: the tables, the plots and report.html all read these."""
+
+    groups: Sequence[Group]
+    metrics: Sequence[str]
+    by_group: list[StatsByMetric]  # groups[i]'s at by_group[i]
+
+    @classmethod
+    def of(cls, groups: Sequence[Group], metrics: Sequence[str]) -> GroupStats:
+        return cls(groups, metrics, [stats_by_metric(group.runs, metrics) for group in groups])
+
+    def pairs(self) -> Iterable[tuple[Group, StatsByMetric]]:
+        return zip(self.groups, self.by_group)
 
 
 def available_metrics(runs: Iterable[Run]) -> list[str]:

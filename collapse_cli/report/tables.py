@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+from collapse_cli.config import describe_mix
 from collapse_cli.console import fmt
-from collapse_cli.experiment.compose import describe_mix
 from collapse_cli.report.runs import Group, Run, config_mismatches
-from collapse_cli.report.stats import Stat, aggregate, number
+from collapse_cli.report.stats import GroupStats, Stat, StatsByMetric, number
 
 
 def change_text(value: float, base: Optional[float]) -> str:
@@ -59,16 +59,11 @@ class TextTable:
         return f"<h3>{html.escape(self.title)}</h3><table><tr>{head}</tr>{body}</table>"
 
 
-def stats_by_metric(runs: Sequence[Run], metrics: Sequence[str]) -> dict[str, dict[int, Stat]]:
-    """Per metric, the statistic over `runs` of each generation."""
-    return {m: {s.generation: s for s in aggregate(runs, m)} for m in metrics}
-
-
-def final_table(groups: Sequence[Group], metrics: Sequence[str]) -> TextTable:
+def final_table(aggregated: GroupStats) -> TextTable:
     """Each group at its last generation: mean ± 95% CI over seeds, and the change from generation 0."""
-    rows = []
-    for group in groups:
-        stats, final = stats_by_metric(group.runs, metrics), group.final_generation()
+    rows, metrics = [], aggregated.metrics
+    for group, stats in aggregated.pairs():
+        final = group.final_generation()
         reached = sum(1 for run in group.runs if final in run.generations())
         seeds = str(reached) if reached == len(group.runs) else f"{reached} of {len(group.runs)}"
         rows.append([group.label, seeds, group.status_text(), fmt(final),
@@ -77,14 +72,14 @@ def final_table(groups: Sequence[Group], metrics: Sequence[str]) -> TextTable:
                      ["group", "seeds", "status", "generation", *metrics], rows)
 
 
-def generation_tables(groups: Sequence[Group], metrics: Sequence[str]) -> list[TextTable]:
+def generation_tables(aggregated: GroupStats) -> list[TextTable]:
     """One table per metric: a row per generation, a column per group."""
     tables = []
-    for metric in metrics:
-        stats = [stats_by_metric(group.runs, [metric])[metric] for group in groups]
+    for metric in aggregated.metrics:
+        stats = [by_metric[metric] for by_metric in aggregated.by_group]
         generations = sorted({g for by_gen in stats for g in by_gen})
         rows = [[str(g), *(stat_cell(by_gen.get(g), by_gen.get(0)) for by_gen in stats)] for g in generations]
-        headers = ["generation", *(f"{group.label} (n={len(group.runs)})" for group in groups)]
+        headers = ["generation", *(f"{group.label} (n={len(group.runs)})" for group in aggregated.groups)]
         tables.append(TextTable(f"{metric} by generation: mean ± 95% CI (change from generation 0)", headers, rows))
     return tables
 
@@ -171,7 +166,7 @@ def mix_words(mix) -> str:
 
 
 def regime_words(regime, mix) -> str:
-    """The loop's own description of the regime (compose.describe_mix), when the config is readable."""
+    """The loop's own description of the regime (config.describe_mix), when the config is readable."""
     value = number(mix)
     words = describe_mix(str(regime), value) if value is not None else ""
     return f"{regime}: {words}" if words else str(regime)
@@ -217,7 +212,8 @@ def config_words(config: dict) -> list[tuple[str, str]]:
             ("metrics", str((config.get("metrics") or {}).get("level")))]
 
 
-def run_table(run: Run, metrics: Sequence[str]) -> TextTable:
-    stats = stats_by_metric([run], metrics)
+def run_table(run: Run, stats: StatsByMetric) -> TextTable:
+    """Every generation of one run; `stats` is its statistics by metric (GroupStats of its one-run group)."""
+    metrics = list(stats)
     rows = [[str(g), *(stat_cell(stats[m].get(g), stats[m].get(0)) for m in metrics)] for g in run.generations()]
     return TextTable("metrics by generation (change from generation 0)", ["generation", *metrics], rows)

@@ -169,32 +169,36 @@ def rare_threshold(truth: Mixture, real_test: np.ndarray, tail_mass: float = TAI
     return float(np.quantile(log_density(truth, real_test), tail_mass))
 
 
-def tail_mass_ratio(truth: Mixture, threshold: float, samples: np.ndarray, tail_mass: float = TAIL_MASS) -> float:
-    """Share of samples in the true rare region {log p_true < threshold}, divided by tail_mass.
+def tail_share(true_log_p: np.ndarray, threshold: float) -> float:
+    """Share of samples in the true rare region {log p_true < threshold}; nan without samples.
 
-    1: the samples keep the true tails; 0: no sample left there; > 1: heavier tails than the truth.
+    The tail metrics take the samples' true log-densities (log_density(truth, samples)), not the
+    samples: the family computes them once per generation and every tail figure reads them.
     """
-    if len(samples) == 0:
+    if len(true_log_p) == 0:
         return float("nan")
-    return float(np.mean(log_density(truth, samples) < threshold) / tail_mass)
+    return float(np.mean(true_log_p < threshold))
 
 
-def tail_coverage(truth: Mixture, threshold: float, samples: np.ndarray, tail_mass: float = TAIL_MASS) -> float:
+def tail_mass_ratio(true_log_p: np.ndarray, threshold: float, tail_mass: float = TAIL_MASS) -> float:
+    """tail_share / tail_mass: 1, the samples keep the true tails; 0, none left there; > 1, heavier tails."""
+    return tail_share(true_log_p, threshold) / tail_mass
+
+
+def tail_coverage(true_log_p: np.ndarray, threshold: float, tail_mass: float = TAIL_MASS) -> float:
     """min(1, tail_mass_ratio): the share of the true distribution's rare 5% that the samples still fill."""
-    return min(1.0, tail_mass_ratio(truth, threshold, samples, tail_mass))
+    return min(1.0, tail_mass_ratio(true_log_p, threshold, tail_mass))
 
 
-
-def tail_coverage_se(truth: Mixture, threshold: float, samples: np.ndarray, tail_mass: float = TAIL_MASS) -> float:
+def tail_coverage_se(true_log_p: np.ndarray, threshold: float, tail_mass: float = TAIL_MASS) -> float:
     """Binomial standard error of the samples' tail share, scaled by 1 / tail_mass like tail_coverage.
 
     The threshold is fixed for the run, so only the sampling of the generation's points is noise.
     Where the cap at 1 binds the metric moves less than this: the error is then conservative.
     """
-    if len(samples) == 0:
+    if len(true_log_p) == 0:
         return float("nan")
-    share = float(np.mean(log_density(truth, samples) < threshold))
-    return binomial_se(share, len(samples)) / tail_mass
+    return binomial_se(tail_share(true_log_p, threshold), len(true_log_p)) / tail_mass
 
 
 # --------------------------------------------------------------------------

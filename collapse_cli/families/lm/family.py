@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from collapse_cli.config import DatasetConfig, ModelConfig, RunConfig, check_lengths, validate_lm
-from collapse_cli.experiment.rundir import RunDir
 from collapse_cli.families.base import Curated, Family, Progress, RealData
 from collapse_cli.families.lm import profile
 from collapse_cli.families.lm.curate import curate
@@ -34,8 +33,10 @@ from collapse_cli.families.lm.models import (
     n_parameters,
     quiet_transformers,
 )
-from collapse_cli.families.lm.train import Validate, train
+from collapse_cli.families.lm.quiet import no_library_bars
+from collapse_cli.families.lm.train import Validate, inference_model, train
 from collapse_cli.measure.metrics import perplexity
+from collapse_cli.rundir import RunDir
 
 log = logging.getLogger("collapse")
 
@@ -62,6 +63,8 @@ class LMFamily(Family):
         self.prompts: Optional[np.ndarray] = None
         self.reference: Optional[profile.Reference] = None
         self._decoded: tuple[Optional[np.ndarray], list[str]] = (None, [])
+        # (generation-0 model, its inference weights): see _scoring_reference.
+        self._reference_copy: tuple[Optional[torch.nn.Module], Optional[torch.nn.Module]] = (None, None)
 
     @classmethod
     def validate(cls, cfg: RunConfig) -> None:
@@ -126,9 +129,24 @@ class LMFamily(Family):
             self._decoded = (samples, self.tokenizer.batch_decode(samples, skip_special_tokens=False))
         return self._decoded[1]
 
+    def _scoring_reference(self, reference_model: torch.nn.Module) -> torch.nn.Module:
+        """The generation-0 model as scoring runs it (a bf16 copy on CUDA), made once per reference model.
+
+        Every generation scores its corpus under the reference: converting it there cost a full copy
+        per generation. Keyed by the model object, which the loop keeps for the whole run; a resume
+        loads a new one, so its copy is made afresh and the old one (if any) is dropped first.
+        """
+        if self._reference_copy[0] is not reference_model:
+            self._reference_copy = (None, None)  # free the old copy before making the new one
+            self._reference_copy = (reference_model, inference_model(reference_model, self.device))
+        return self._reference_copy[1]
+
     def measure(self, generation: int, model: torch.nn.Module, reference_model: torch.nn.Module,
                 samples: np.ndarray, seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
-        metrics, seq_ppl, self.reference = profile.measure(generation, model, reference_model, samples,
+        scoring_reference = self._scoring_reference(reference_model)  # bf16 on CUDA: scoring converts it no more
+        if model is reference_model:
+            model = scoring_reference  # generation 0 is the reference: one copy scores it both ways
+        metrics, seq_ppl, self.reference = profile.measure(generation, model, scoring_reference, samples,
                                                            self._texts(samples), self.reference, self.cfg, self.device,
                                                            self.tokenizer.batch_decode, seed, on_progress)
         metrics["generated_tokens"] = int(samples.size)
@@ -164,13 +182,15 @@ class LMFamily(Family):
 
     def save_model(self, model: torch.nn.Module, folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
-        model.save_pretrained(folder)
+        with no_library_bars():
+            model.save_pretrained(folder)
 
     def load_model(self, folder: Path) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        return loop_generation_config(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-                                      .to(self.device).eval())
+        with no_library_bars():
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        return loop_generation_config(model.to(self.device).eval())
 
     def summarize(self, run_dir: Any, rows: list[dict]) -> dict:
         summary = super().summarize(run_dir, rows)

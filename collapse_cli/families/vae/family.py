@@ -16,10 +16,10 @@ import torch
 
 from collapse_cli.config import StrEnum  # enum.StrEnum, with its Python 3.10 fallback
 from collapse_cli.errors import CollapseError
-from collapse_cli.experiment.rundir import RunDir, gen_name
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.vae import core
 from collapse_cli.measure import metrics as M
+from collapse_cli.rundir import RunDir, gen_name
 
 MODEL_FILE = "vae.pt"
 SCORES_FILE = "scores.npy"
@@ -58,6 +58,14 @@ class DigitsDatasetConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class ReferenceFigures:
+    """What the generation-0 model says about the fixed real test digits: the same every generation."""
+
+    rare: core.RareDigits
+    latent_spread_real: float  # latent_spread of the real test digits, the scale the samples' spread is read on
+
+
 class VAEFamily(Family):
     name = "vae"
     model_schema = VAEModelConfig
@@ -75,7 +83,7 @@ class VAEFamily(Family):
         super().__init__(cfg, device)
         self.digits: Optional[core.Digits] = None
         self.classifier = None
-        self._rare: tuple[Optional[int], Optional[core.RareDigits]] = (None, None)
+        self._reference: tuple[Optional[int], Optional[ReferenceFigures]] = (None, None)
 
     @classmethod
     def validate(cls, cfg: Any) -> None:
@@ -118,30 +126,34 @@ class VAEFamily(Family):
         on_batch(n, n)
         return images
 
-    def _rare_digits(self, reference: core.VAE) -> core.RareDigits:
-        """The reference model's rarest real test digits; seeded by the dataset, so a resume rebuilds the same."""
-        if self._rare[0] != id(reference):
-            nll_gen0 = core.importance_weighted_nll(reference, self.digits.test, self.cfg.model.nll_samples,
-                                                    self.cfg.dataset.seed)
-            self._rare = (id(reference), core.rare_digits(reference, self.digits.test, nll_gen0))
-        return self._rare[1]
+    def _reference_figures(self, reference: core.VAE) -> ReferenceFigures:
+        """The reference model's view of the real test digits, made once per reference model.
+
+        Seeded by the dataset, so a resume (which reloads the reference) rebuilds the same figures.
+        """
+        if self._reference[0] != id(reference):
+            test = self.digits.test
+            nll_gen0 = core.importance_weighted_nll(reference, test, self.cfg.model.nll_samples, self.cfg.dataset.seed)
+            figures = ReferenceFigures(core.rare_digits(reference, test, nll_gen0), core.latent_spread(reference, test))
+            self._reference = (id(reference), figures)
+        return self._reference[1]
 
     def measure(self, generation: int, model: core.VAE, reference_model: core.VAE, samples: np.ndarray,
                 seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
         test = self.digits.test
         shares = core.class_shares(self.classifier.predict(samples))
         test_nll = core.importance_weighted_nll(model, test, self.cfg.model.nll_samples, seed)
-        rare = self._rare_digits(reference_model)
-        tail_coverage = core.tail_coverage(rare, samples)
+        gen0 = self._reference_figures(reference_model)
+        tail_coverage = core.tail_coverage(gen0.rare, samples)
         metrics = {
             "nll_test": float(test_nll.mean()),
             "nll_test_se": M.mean_se(test_nll),
             "elbo_nll_test": float(core.elbo_nll(model, test, seed).mean()),
             "tail_coverage": tail_coverage,
             # A share of the few rare digits: its binomial error dominates the sampling noise.
-            "tail_coverage_se": M.binomial_se(tail_coverage, len(rare.images)),
+            "tail_coverage_se": M.binomial_se(tail_coverage, len(gen0.rare.images)),
             "latent_spread": core.latent_spread(reference_model, samples),
-            "latent_spread_real": core.latent_spread(reference_model, test),
+            "latent_spread_real": gen0.latent_spread_real,
             "class_share_max": float(shares.max()),
             "class_top": int(shares.argmax()),
             "class_entropy": core.share_entropy(shares),

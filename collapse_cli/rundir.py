@@ -1,5 +1,8 @@
 """The run folder: every file written atomically, every generation marked when done.
 
+The format both sides share: experiment/ writes run folders and report/ reads them, and both import
+this module, which imports neither (ranks.py alone, for which process writes).
+
 Layout (see README "Output layout"):
     status.json            running | finished | failed | interrupted, with reason
     metrics.jsonl          one line per finished generation (appended; resume rebuilds it from gen_*/metrics.json)
@@ -23,7 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from collapse_cli.experiment import distributed
+from collapse_cli.ranks import is_main
 
 STATUS = "status.json"
 METRICS = "metrics.jsonl"
@@ -39,7 +42,7 @@ def atomic_write_bytes(path: Path, payload: bytes, sync: bool = True) -> None:
     In a run of several processes (nproc=N) only rank 0 writes; the other ranks compute the
     same things and write nothing.
     """
-    if not distributed.is_main():
+    if not is_main():
         return
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -74,6 +77,18 @@ def to_json(obj: Any) -> str:
             return [clean(v) for v in value]
         return value
     return json.dumps(clean(obj), default=_json_default, sort_keys=False)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested record (a config, summary.json) as dotted keys: `{"train": {"lr": 1}}` -> `{"train.lr": 1}`.
+    What trackers name hyperparameters by, and what `collapse compare` compares configs on."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def gen_name(generation: int) -> str:
@@ -149,7 +164,7 @@ class RunDir:
         out; resume rebuilds metrics.jsonl from the done generations, so exactly one line
         per generation is there whatever moment a process was killed at.
         """
-        if not distributed.is_main():  # metrics.jsonl is appended to below, past atomic_write_bytes: rank 0 alone
+        if not is_main():  # metrics.jsonl is appended to below, past atomic_write_bytes: rank 0 alone
             return
         redone = (self.gen(generation) / DONE).exists()
         line = to_json(metrics)
@@ -169,11 +184,11 @@ class RunDir:
     def discard_unfinished(self, generation: int) -> None:
         """Remove a generation folder that was started but never marked done."""
         folder = self.gen(generation)
-        if distributed.is_main() and folder.exists() and not (folder / DONE).exists():
+        if is_main() and folder.exists() and not (folder / DONE).exists():
             shutil.rmtree(folder)
 
     def disk_usage(self, generation: int) -> int:
-        if not distributed.is_main():  # rank 0 may be renaming files there; only its figures are written
+        if not is_main():  # rank 0 may be renaming files there; only its figures are written
             return 0
         return sum(p.stat().st_size for p in self.gen(generation).rglob("*") if p.is_file())
 
