@@ -559,8 +559,8 @@ def _quiet_libraries() -> None:
 
     Environment only, which the processes a run starts (nproc ranks, launcher jobs) inherit: importing
     transformers (or torch) here would cost every command, `--help`, `compare` and GMM/VAE runs included,
-    a second of start-up. The LM family also turns transformers' bars off in each process it is built in
-    (families/lm/models.py quiet_transformers), whatever the environment says.
+    a second of start-up. The LM family turns transformers' bars off itself while it loads, converts
+    and saves models (families/lm/quiet.py), in whichever process does that, whatever the environment says.
     """
     import os
 

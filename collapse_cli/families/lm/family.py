@@ -31,7 +31,6 @@ from collapse_cli.families.lm.models import (
     makes_own_tokenizer,
     max_positions,
     n_parameters,
-    quiet_transformers,
 )
 from collapse_cli.families.lm.quiet import no_library_bars
 from collapse_cli.families.lm.train import Validate, inference_model, train
@@ -57,7 +56,6 @@ class LMFamily(Family):
 
     def __init__(self, cfg: RunConfig, device: torch.device):
         super().__init__(cfg, device)
-        quiet_transformers()  # in this process: the main one, an nproc rank or a launcher job alike
         self.corpus = None
         self.tokenizer = None
         self.prompts: Optional[np.ndarray] = None

@@ -18,16 +18,6 @@ from collapse_cli.families.lm.quiet import no_library_bars
 HUB_FIX = "download it on a machine with network (save_pretrained) and pass model.path=/that/folder, or use model=tiny"
 
 
-def quiet_transformers() -> None:
-    """transformers' own progress bars off ("Writing model shards" on every save_pretrained): the loop's
-    bars and log lines report the work. Called where the family is built, so it holds in every process
-    that runs an LM (nproc ranks and launcher jobs never pass through the command line's main), and only
-    there: GMM/VAE runs and `--help` never import transformers."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
 def _source(cfg: ModelConfig) -> str:
     return cfg.path if cfg.path else cfg.name
 
