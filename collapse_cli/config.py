@@ -87,6 +87,11 @@ class Prompt(StrEnum):
     bos = "bos"
 
 
+class Decoder(StrEnum):
+    own = "own"  # the static-cache decoder for OPT, GPT-2 and Llama; other models get transformers'
+    transformers = "transformers"  # transformers' generate() / dynamic KV cache for every model
+
+
 class Level(StrEnum):
     fast = "fast"
     full = "full"
@@ -196,6 +201,11 @@ class GenerateConfig:
     prompt_tokens: int = 16
     new_tokens: int = 64
     batch_size: int = 256
+    # own: the static-cache decoder (same tokens as transformers' generate(), tested); transformers:
+    # generate() itself, to cross-check the own decoder or to run a model or GPU it has not met.
+    decoder: Decoder = Decoder.own
+    # On CUDA the own decoder replays each fixed-shape step as a CUDA graph; false decodes eagerly.
+    cuda_graph: bool = True
 
 
 @dataclass

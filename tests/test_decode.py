@@ -18,7 +18,7 @@ from transformers import (
 
 from collapse_cli.config import GenerateConfig
 from collapse_cli.families.lm import train as train_module
-from collapse_cli.families.lm.decode import describe, has_own_decoder
+from collapse_cli.families.lm.decode import ChunkDecoder, describe, has_own_decoder
 from collapse_cli.families.lm.generate import generate, n_chunks
 from collapse_cli.families.lm.models import loop_generation_config
 
@@ -125,12 +125,29 @@ def test_other_architectures_fall_back_to_generate():
     model, prompt_ids = build("gpt_neox"), prompts(n=6)
     assert not has_own_decoder(model) and has_own_decoder(build("llama"))
     beams = GenerateConfig(**SHUMAILOV, new_tokens=8, batch_size=15)
-    assert "generate()" in describe(model, beams) and "gpt_neox" in describe(model, beams)
-    assert describe(build("opt"), beams) == "own static-cache decoder (opt)"
+    assert "generate()" in describe(model, beams, CPU) and "gpt_neox" in describe(model, beams, CPU)
+    assert describe(build("opt"), beams, CPU) == "own static-cache decoder (opt)"
     ours = generate(model, prompt_ids, beams, seed=0, device=CPU)
     assert np.array_equal(ours, reference(model, prompt_ids, 8, num_beams=5, repetition_penalty=3.0))
     greedy = generate(model, prompt_ids, GenerateConfig(do_sample=False, new_tokens=8), seed=0, device=CPU)
     assert np.array_equal(greedy, reference(model, prompt_ids, 8, do_sample=False))
+
+
+def test_decoder_transformers_runs_generate_itself_with_the_same_tokens():
+    """generate.decoder=transformers: the cross-check, and the way out on a model or GPU the own decoder has not met."""
+    model, prompt_ids = build("llama"), prompts(n=6)
+    own = GenerateConfig(**SHUMAILOV, new_tokens=8, batch_size=15)
+    theirs = GenerateConfig(**SHUMAILOV, new_tokens=8, batch_size=15, decoder="transformers")
+    assert describe(model, theirs, CPU) == "transformers generate() (generate.decoder=transformers)"
+    assert not ChunkDecoder(model, theirs, 3, CPU).own and ChunkDecoder(model, own, 3, CPU).own
+    assert np.array_equal(generate(model, prompt_ids, theirs, seed=0, device=CPU),
+                          generate(model, prompt_ids, own, seed=0, device=CPU))
+    sampled = GenerateConfig(do_sample=True, new_tokens=8, batch_size=6, decoder="transformers")
+    assert describe(model, sampled, CPU) == "transformers' dynamic KV cache (generate.decoder=transformers)"
+    # Sampling draws from the chunk's own seeded stream whichever decoder steps the model: the same tokens.
+    assert np.array_equal(generate(model, prompt_ids, sampled, seed=3, device=CPU),
+                          generate(model, prompt_ids, GenerateConfig(do_sample=True, new_tokens=8, batch_size=6),
+                                   seed=3, device=CPU))
 
 
 @pytest.mark.parametrize("cfg", [GenerateConfig(do_sample=True, new_tokens=8, batch_size=5),

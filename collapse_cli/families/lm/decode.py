@@ -33,11 +33,18 @@ def has_own_decoder(model: torch.nn.Module) -> bool:
     return config.model_type in ARCHITECTURES and config._attn_implementation in ("sdpa", "eager")
 
 
-def describe(model: torch.nn.Module, cfg: GenerateConfig) -> str:
+def uses_own_decoder(model: torch.nn.Module, cfg: GenerateConfig) -> bool:
+    return cfg.decoder == "own" and has_own_decoder(model)
+
+
+def describe(model: torch.nn.Module, cfg: GenerateConfig, device: torch.device) -> str:
     """One line for the run's plan: which decoder writes the synthetic corpus."""
-    if has_own_decoder(model):
-        return f"own static-cache decoder ({model.config.model_type})"
+    if uses_own_decoder(model, cfg):
+        graph = ", CUDA graphs" if device.type == "cuda" and cfg.cuda_graph else ""
+        return f"own static-cache decoder ({model.config.model_type}{graph})"
     fallback = "transformers generate()" if cfg.num_beams > 1 else "transformers' dynamic KV cache"
+    if cfg.decoder == "transformers":
+        return f"{fallback} (generate.decoder=transformers)"
     return f"{fallback}: no own decoder for model type {model.config.model_type!r} (only {', '.join(ARCHITECTURES)})"
 
 
@@ -262,13 +269,14 @@ class ChunkDecoder:
 
     def __init__(self, model: torch.nn.Module, cfg: GenerateConfig, chunk_rows: int, device: torch.device):
         self.model, self.cfg, self.chunk_rows, self.device = model, cfg, chunk_rows, device
-        self.own = has_own_decoder(model)
+        self.own = uses_own_decoder(model, cfg)
         self.decoders: dict[int, StaticDecoder] = {}  # by prompt count
 
     def _decoder(self, n_prompts: int, prompt_len: int) -> StaticDecoder:
         if n_prompts not in self.decoders:
             self.decoders[n_prompts] = StaticDecoder(self.model, n_prompts * self.cfg.num_beams, prompt_len,
-                                                     self.cfg.new_tokens, use_graph=self.device.type == "cuda")
+                                                     self.cfg.new_tokens,
+                                                     use_graph=self.device.type == "cuda" and self.cfg.cuda_graph)
         return self.decoders[n_prompts]
 
     def __call__(self, prompts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

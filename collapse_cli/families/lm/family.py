@@ -164,7 +164,7 @@ class LMFamily(Family):
         return self.cfg.model.path or self.cfg.model.name
 
     def describe_sampling(self, model: torch.nn.Module) -> str:
-        return describe_decoder(model, self.cfg.generate)
+        return describe_decoder(model, self.cfg.generate, self.device)
 
     def reference_files(self) -> dict[str, np.ndarray]:
         return {"reference_test_seq_ppl.npy": self.reference.test_seq_ppl.astype(np.float32)}
