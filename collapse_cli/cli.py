@@ -569,9 +569,31 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def prints_only(args: list[str]) -> bool:
+    """Help, `run --cfg`/`--info`, compare and show: commands whose whole work is printing."""
+    if not args or args[0] in ("-h", "--help", "help", "compare", "show"):
+        return True
+    try:
+        parsed = parse_run_args(args[1:]) if args[0] == "run" else None
+    except CollapseError:  # reported as usual when the run starts
+        return False
+    return parsed is not None and (parsed.info_only or "--cfg" in parsed.flags or "-c" in parsed.flags)
+
+
+def end_quietly_when_the_reader_leaves() -> None:
+    """`collapse --help | head -1`: the process ends as any Unix filter does when its reader leaves,
+    not with a BrokenPipeError traceback. Only for commands that just print, and only as the command
+    itself (not `main` called in a test's process): a run may write to sockets (trackers, the nproc
+    store), where a broken connection must be an error it reports, not a silent death."""
+    if hasattr(signal, "SIGPIPE"):  # POSIX only
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     _quiet_libraries()
     args = sys.argv[1:] if argv is None else list(argv)
+    if argv is None and prints_only(args):
+        end_quietly_when_the_reader_leaves()
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0

@@ -32,6 +32,7 @@ STATUS = "status.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 DONE = "DONE"
+PROGRESS_KEYS = ("generations_done", "generations_total")
 
 
 def atomic_write_bytes(path: Path, payload: bytes, sync: bool = True) -> None:
@@ -142,8 +143,10 @@ class RunDir:
 
     # --- status -----------------------------------------------------------
     def set_status(self, state: str, reason: Optional[str] = None, **extra: Any) -> None:
+        # The progress counts outlive a change of state: an interrupted or failed run still says how far it got.
+        progress = {key: value for key, value in self.status().items() if key in PROGRESS_KEYS}
         status = {"state": state, "reason": reason, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  "pid": os.getpid(), **extra}
+                  "pid": os.getpid(), **progress, **extra}
         self.write_json(STATUS, status)
 
     def status(self) -> dict:

@@ -36,6 +36,16 @@ print(sorted(name for name in {HEAVY!r} if name in sys.modules))
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-2000:]
 
 
+@pytest.mark.parametrize("args", [["--help"], ["run", "--cfg", "job"]], ids=["help", "cfg-job"])
+def test_a_reader_that_leaves_early_gets_no_traceback(args: list[str]):
+    """`collapse --help | head -1`: the pipe closes before the output is written."""
+    process = subprocess.Popen([*collapse_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the interpreter has started: every write meets a closed pipe
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == -signal.SIGPIPE, stderr  # ended by the signal, as `head`'s writers are
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
 @pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
 def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path: Path, delay: float):
     # Importing torch and transformers and composing the config take seconds, so these delays land in

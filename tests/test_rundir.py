@@ -71,3 +71,14 @@ def test_disk_full_is_recognised_through_library_wrappers():
     assert _disk_full(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
     assert not _disk_full(OSError(errno.EACCES, "Permission denied"))
     assert not _disk_full(ValueError("bad value"))
+
+
+def test_a_change_of_state_keeps_how_far_the_run_got(tmp_path: Path):
+    run_dir = RunDir(tmp_path)
+    run_dir.set_status("running", generations_done=2, generations_total=5)
+    run_dir.set_status("interrupted", "Ctrl-C")
+    status = run_dir.status()
+    assert (status["state"], status["reason"]) == ("interrupted", "Ctrl-C")
+    assert (status["generations_done"], status["generations_total"]) == (2, 5)
+    run_dir.set_status("running", generations_done=3, generations_total=5)  # given counts win
+    assert run_dir.status()["generations_done"] == 3
