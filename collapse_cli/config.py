@@ -607,7 +607,7 @@ def schema(family: Any = None) -> DictConfig:
     """The typed root node: `model` and `dataset` typed by `family`'s schemas, or left open (family None).
 
     Hydra composes onto the open form, so any family's options fit; each LM option names its
-    schema in its defaults (lm_model, lm_dataset), and to_run_config types every family's.
+    schema in its defaults (schema/model/lm, schema/dataset/lm), and to_run_config types every family's.
     """
     node = OmegaConf.structured(RunConfig)
     node.model = OmegaConf.structured(family.model_schema) if family else {}
@@ -635,5 +635,6 @@ def register_schema() -> None:
     store = ConfigStore.instance()
     store.store(name="schema", node=schema())
     # The LM's group options extend these, so composing types their keys and `--cfg job` shows them all.
-    store.store(group="model", name="lm_model", node=ModelConfig)
-    store.store(group="dataset", name="lm_dataset", node=DatasetConfig)
+    # Stored outside the model/dataset groups, so they are never offered as a `model=` or `dataset=` choice.
+    store.store(group="schema/model", name="lm", node=ModelConfig)
+    store.store(group="schema/dataset", name="lm", node=DatasetConfig)

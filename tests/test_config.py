@@ -131,7 +131,7 @@ def test_choices_are_typed_and_compare_as_words():
 
 
 def test_cfg_job_prints_every_key_of_the_lm_model(tmp_path: Path):
-    # gpt2.yaml names three keys; its schema default (lm_model) fills in the rest when composing.
+    # gpt2.yaml names three keys; its schema default (schema/model/lm) fills in the rest when composing.
     import subprocess
     import sys
 
@@ -146,3 +146,12 @@ def test_sampling_presets():
               for name in ("greedy", "sample", "top_k", "top_p") for p in [preset(name)]}
     assert values == {"greedy": (False, 1, 1.0, 0, 1.0, 1.0), "sample": (True, 1, 1.0, 0, 1.0, 1.0),
                       "top_k": (True, 1, 1.0, 50, 1.0, 1.0), "top_p": (True, 1, 1.0, 0, 0.9, 1.0)}
+
+
+@pytest.mark.parametrize("group", ["model", "dataset"])
+def test_a_wrong_option_is_offered_the_shipped_options_and_no_schema(group: str, capsys):
+    from conftest import run_in_process
+
+    assert run_in_process(["run", f"{group}=nonesuch", "dry_run=true"]) == 2
+    shipped = ", ".join(sorted(p.stem for p in (Path(conf_dir()) / group).glob("*.yaml")))
+    assert capsys.readouterr().err.strip().endswith(f"use one of {shipped}")
