@@ -567,6 +567,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # matplotlib's first use on a machine logs "generated new fontManager" at INFO, which a run's log shows.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.WARNING)
 
 
 def prints_only(args: list[str]) -> bool:

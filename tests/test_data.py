@@ -143,3 +143,19 @@ def test_builtin_tokenizer_round_trips_documents(builtin_corpus: Corpus):
         assert min(ids) >= STOP_ID and tokenizer.unk_token_id not in ids
         assert tokenizer.decode(ids) == doc
     assert min(tokenizer(builtin_corpus.train[0])["input_ids"]) >= FIRST_WORD_ID - 1
+
+
+def test_a_split_read_from_the_training_file_is_said(tmp_path: Path, caplog):
+    text, held_out = tmp_path / "train.txt", tmp_path / "test.txt"
+    text.write_text("one document\n\nanother one\n")
+    held_out.write_text("held out\n")
+    with caplog.at_level("WARNING", logger="collapse"):
+        load_corpus(DatasetConfig(name="text", train=str(text), valid=str(text), test=str(held_out)))
+        said = [r.getMessage().split(":")[0] for r in caplog.records]
+        assert said == [f"dataset.valid is the training file ({text})"]
+        caplog.clear()
+        load_corpus(DatasetConfig(name="text", train=str(text), test=str(tmp_path / "." / "train.txt")))
+        assert "ppl_test and tail_coverage measure training text" in caplog.text
+        caplog.clear()
+        load_corpus(DatasetConfig(name="text", train=str(text), valid=str(held_out), test=str(held_out)))
+        assert caplog.records == []

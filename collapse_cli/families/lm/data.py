@@ -7,6 +7,7 @@ into non-overlapping blocks of `block_size` tokens, dropping the remainder.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import numpy as np
 from collapse_cli.config import DatasetConfig
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.lm.builtin import BuiltinLanguage, build_language
+
+log = logging.getLogger("collapse")
 
 HUB_DEFAULTS = {
     "wikitext2": ("wikitext", "wikitext-2-raw-v1"),
@@ -91,7 +94,18 @@ def _load_local(cfg: DatasetConfig) -> Corpus:
     train = read_text_file("dataset.train", cfg.train, cfg.doc_separator)
     test = read_text_file("dataset.test", cfg.test, cfg.doc_separator)
     valid = read_text_file("dataset.valid", cfg.valid, cfg.doc_separator) if cfg.valid else []
+    warn_shared_files(cfg)
     return Corpus(train=train, valid=valid, test=test)
+
+
+def warn_shared_files(cfg: DatasetConfig) -> None:
+    """A split read from the training file measures training data: allowed (a smoke run with one
+    file), but said, since nothing in the metrics would show it."""
+    train = Path(cfg.train).resolve()
+    for key, path, what in (("dataset.test", cfg.test, "ppl_test and tail_coverage measure training text"),
+                            ("dataset.valid", cfg.valid, "ppl_valid and train.select=best_valid see training text")):
+        if path and Path(path).resolve() == train:
+            log.warning(f"{key} is the training file ({cfg.train}): {what}; give a held-out file for real figures")
 
 
 def hub_reachable(timeout_s: float = 5.0) -> bool:
