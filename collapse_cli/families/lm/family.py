@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from collapse_cli.config import DatasetConfig, ModelConfig, RunConfig, check_lengths, validate_lm
-from collapse_cli.families.base import Curated, Family, Progress, RealData
+from collapse_cli.families.base import Curated, Family, ObjectCache, Progress, RealData
 from collapse_cli.families.lm import profile
 from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import load_corpus, make_blocks
@@ -60,9 +60,8 @@ class LMFamily(Family):
         self.tokenizer = None
         self.prompts: Optional[np.ndarray] = None
         self.reference: Optional[profile.Reference] = None
-        self._decoded: tuple[Optional[np.ndarray], list[str]] = (None, [])
-        # (generation-0 model, its inference weights): see _scoring_reference.
-        self._reference_copy: tuple[Optional[torch.nn.Module], Optional[torch.nn.Module]] = (None, None)
+        self._decoded = ObjectCache()  # a sample array's texts
+        self._reference_copy = ObjectCache()  # the generation-0 model's inference weights: see _scoring_reference
 
     @classmethod
     def validate(cls, cfg: RunConfig) -> None:
@@ -123,9 +122,7 @@ class LMFamily(Family):
 
     def _texts(self, samples: np.ndarray) -> list[str]:
         """The decoded samples; measure, curate and save_samples share one decoding."""
-        if self._decoded[0] is not samples:
-            self._decoded = (samples, self.tokenizer.batch_decode(samples, skip_special_tokens=False))
-        return self._decoded[1]
+        return self._decoded.get(samples, lambda rows: self.tokenizer.batch_decode(rows, skip_special_tokens=False))
 
     def _scoring_reference(self, reference_model: torch.nn.Module) -> torch.nn.Module:
         """The generation-0 model as scoring runs it (a bf16 copy on CUDA), made once per reference model.
@@ -134,10 +131,7 @@ class LMFamily(Family):
         per generation. Keyed by the model object, which the loop keeps for the whole run; a resume
         loads a new one, so its copy is made afresh and the old one (if any) is dropped first.
         """
-        if self._reference_copy[0] is not reference_model:
-            self._reference_copy = (None, None)  # free the old copy before making the new one
-            self._reference_copy = (reference_model, inference_model(reference_model, self.device))
-        return self._reference_copy[1]
+        return self._reference_copy.get(reference_model, lambda model: inference_model(model, self.device))
 
     def measure(self, generation: int, model: torch.nn.Module, reference_model: torch.nn.Module,
                 samples: np.ndarray, seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
