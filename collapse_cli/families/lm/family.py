@@ -62,6 +62,7 @@ class LMFamily(Family):
         self.reference: Optional[profile.Reference] = None
         self._decoded = ObjectCache()  # a sample array's texts
         self._reference_copy = ObjectCache()  # the generation-0 model's inference weights: see _scoring_reference
+        self._trained_copy = ObjectCache()  # this generation's model's inference weights: see _inference_weights
 
     @classmethod
     def validate(cls, cfg: RunConfig) -> None:
@@ -104,11 +105,21 @@ class LMFamily(Family):
         if len(self.valid) == 0:
             return None
         batch = profile.eval_batch_size(self.cfg, self.device)
-        return lambda model: float(token_nll(model, self.valid, batch, self.device).mean(dtype=np.float64))
+
+        def validate(model: torch.nn.Module, epoch: int) -> float:
+            weights = inference_model(model, self.device)
+            if epoch == self.cfg.train.epochs:  # the trained weights, unless best_valid restores an earlier epoch
+                self._trained_copy.put(model, weights)
+            return float(token_nll(weights, self.valid, batch, self.device).mean(dtype=np.float64))
+
+        return validate
 
     def fit(self, model: torch.nn.Module, rows: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
         model.to(self.device)  # in place: the loop hands over a CPU copy of the base or previous model
+        self._trained_copy.clear()  # training changes weights: no copy made before it may serve after it
         stats = train(model, rows, self.cfg.train, seed, self.device, generation, on_step, self._validator())
+        if stats.kept_epoch != self.cfg.train.epochs:  # restored an earlier epoch (or never validated)
+            self._trained_copy.clear()
         out = {"train_tokens_seen": stats.tokens, "train_loss_last": stats.loss_last}
         if stats.valid_loss is not None:
             # valid_loss is already a per-token mean: one "token" of that NLL.
@@ -118,7 +129,15 @@ class LMFamily(Family):
     def sample(self, model: torch.nn.Module, n: int, seed: int, on_batch: Progress) -> np.ndarray:
         # One sequence per prompt, and there is one prompt per real training block: n is N.
         assert n == len(self.prompts), (n, len(self.prompts))
-        return generate(model, self.prompts, self.cfg.generate, seed, self.device, on_batch)
+        return generate(self._inference_weights(model), self.prompts, self.cfg.generate, seed, self.device, on_batch)
+
+    def _inference_weights(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The weights sampling and scoring run on (a bf16 copy on CUDA), made at most once per trained model.
+
+        Training's last validation pass already made that copy, unless best_valid restored an earlier
+        epoch; else sampling makes it, and measuring reuses it.
+        """
+        return self._trained_copy.get(model, lambda trained: inference_model(trained, self.device))
 
     def _texts(self, samples: np.ndarray) -> list[str]:
         """The decoded samples; measure, curate and save_samples share one decoding."""
@@ -135,12 +154,14 @@ class LMFamily(Family):
 
     def measure(self, generation: int, model: torch.nn.Module, reference_model: torch.nn.Module,
                 samples: np.ndarray, seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
-        scoring_reference = self._scoring_reference(reference_model)  # bf16 on CUDA: scoring converts it no more
+        weights = self._inference_weights(model)  # bf16 on CUDA: scoring converts neither model again
         if model is reference_model:
-            model = scoring_reference  # generation 0 is the reference: one copy scores it both ways
-        metrics, seq_ppl, self.reference = profile.measure(generation, model, scoring_reference, samples,
+            self._reference_copy.put(model, weights)  # generation 0 is the reference: one copy scores it both ways
+        scoring_reference = self._scoring_reference(reference_model)
+        metrics, seq_ppl, self.reference = profile.measure(generation, weights, scoring_reference, samples,
                                                            self._texts(samples), self.reference, self.cfg, self.device,
                                                            self.tokenizer.batch_decode, seed, on_progress)
+        self._trained_copy.clear()  # its last use: the memory goes back before the next generation trains
         metrics["generated_tokens"] = int(samples.size)
         return metrics, seq_ppl
 
