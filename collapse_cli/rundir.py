@@ -32,6 +32,8 @@ STATUS = "status.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 DONE = "DONE"
+# The overrides of every `collapse resume` of the run, in order (a list of key=value; later ones win).
+RESUME_OVERRIDES = "resume_overrides.yaml"
 
 
 def atomic_write_bytes(path: Path, payload: bytes, sync: bool = True) -> None:
