@@ -28,3 +28,15 @@ def test_default_run_figures_lists_jobs_in_numeric_order(tmp_path: Path, capsys)
     figures.main(tmp_path)
     seeds = [int(line.split("|")[1]) for line in capsys.readouterr().out.splitlines()[2:]]
     assert seeds == list(range(12))  # a string sort would put 10 and 11 before 2
+
+
+def test_gen0_ppl_trains_generation_0_as_the_run_does(tmp_path: Path):
+    """The script's generation 0 is the run's: the same training loss and ppl_test, lower than before training."""
+    from conftest import TINY, read_metrics, tiny_run
+
+    gen0 = load_script("gen0_ppl")
+    result = gen0.main([*TINY, "train.epochs=2", "model.dropout=0.1"])
+    assert result["ppl_test"] < 0.8 * result["ppl_test_before"]
+    gen_0 = read_metrics(tiny_run(tmp_path / "run", "train.epochs=2", "model.dropout=0.1"))[0]
+    assert result["train_loss_last"] == gen_0["train_loss_last"]
+    assert abs(result["ppl_test"] - gen_0["ppl_test"]) < 1e-6 * gen_0["ppl_test"]
