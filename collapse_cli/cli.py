@@ -305,7 +305,7 @@ def run_task(cfg: DictConfig) -> None:
 
     from collapse_cli.config import to_run_config
     from collapse_cli.experiment import gpu_slots
-    from collapse_cli.rundir import atomic_write_bytes
+    from collapse_cli.rundir import RESUME_OVERRIDES, atomic_write_bytes
 
     STARTING.release()
     _register()  # resolvers registered in the parent do not reach launcher processes (hydra#861)
@@ -368,13 +368,13 @@ def earlier_run(path: Path, cfg: DictConfig) -> tuple[Optional[str], DictConfig]
     return ("finished" if RunDir(path).status().get("state") == "finished" else "unfinished"), continued
 
 
-# The overrides of every `collapse resume` of the run in a folder, in order: Hydra rewrites .hydra/ when
-# a job is requeued or relaunched, so the run's changes to its job's config are kept here.
-RESUME_OVERRIDES = "resume_overrides.yaml"
-
-
 def resume_overrides(path: Path) -> list[str]:
+    """The overrides of every `collapse resume` of the run in `path`, in order (rundir.RESUME_OVERRIDES):
+    Hydra rewrites .hydra/ when a job is requeued or relaunched, so the run's changes to its job's config
+    are kept there."""
     from omegaconf import OmegaConf
+
+    from collapse_cli.rundir import RESUME_OVERRIDES
 
     record = path / RESUME_OVERRIDES
     return [str(item) for item in OmegaConf.load(record)] if record.is_file() else []
@@ -540,7 +540,7 @@ def resume_command(args: list[str]) -> int:
         return error_line(hydra_message(err))
     if overrides:
         # The folder records the config it now runs with, so a later resume keeps the change.
-        from collapse_cli.rundir import atomic_write_bytes
+        from collapse_cli.rundir import RESUME_OVERRIDES, atomic_write_bytes
 
         atomic_write_bytes(saved, OmegaConf.to_yaml(config).encode())
         atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())

@@ -33,6 +33,8 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 DONE = "DONE"
 PROGRESS_KEYS = ("generations_done", "generations_total")
+# The overrides of every `collapse resume` of the run, in order (a list of key=value; later ones win).
+RESUME_OVERRIDES = "resume_overrides.yaml"
 
 
 def atomic_write_bytes(path: Path, payload: bytes, sync: bool = True) -> None:

@@ -248,6 +248,39 @@ def test_mixed_folder_lists_the_unfinished_run(made, tmp_path, capsys):
     assert not any(r["generation"] == "1" for r in rows if r["run"] == "mixed/killed")
 
 
+
+def test_a_run_resumed_with_a_changed_key_is_a_group_of_its_own(made, tmp_path, capsys, monkeypatch):
+    """`collapse resume RUN train.lr=...` makes the run's later generations another experiment: it is not
+    averaged with the seeds it was launched beside, and its label names the change. Overrides that only
+    say how the run is carried out (min_free_disk_mb, device) split nothing."""
+    from collapse_cli.families.lm.family import LMFamily
+
+    folder = tmp_path / "sweep"
+    shutil.copytree(made["sweep"] / "1", folder / "1")  # mix=0 seed=1, as the sweep ran it
+    real_fit = LMFamily.fit
+
+    def stop_at_generation_1(self, model, rows, seed, generation, on_step):
+        if generation == 1:
+            raise KeyboardInterrupt  # as Ctrl-C would: generation 0 is done
+        return real_fit(self, model, rows, seed, generation, on_step)
+
+    monkeypatch.setattr(LMFamily, "fit", stop_at_generation_1)
+    with pytest.raises(SystemExit):  # mix=0 seed=0, the sweep's other seed, stopped after generation 0
+        cli_main(["run", "mix=0", "seed=0", *TINY, f"hydra.run.dir={folder / '0'}"])
+    monkeypatch.setattr(LMFamily, "fit", real_fit)
+    assert cli_main(["resume", str(folder / "0"), "train.lr=2e-3", "min_free_disk_mb=100"]) == 0
+    assert (folder / "0" / "resume_overrides.yaml").is_file()
+    runs = report_runs.load_runs(report_runs.discover([str(folder)]))
+    groups, _ = report_runs.group_runs(runs)
+    assert [(g.label, [r.seed for r in g.runs]) for g in groups] == [("resumed:train.lr=2e-3", [0]),
+                                                                      ("default", [1])]
+    capsys.readouterr()
+    assert cli_main(["compare", str(folder)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 run(s) in 2 group(s)" in out and "resumed:train.lr=2e-3" in out
+    assert "config.yaml differs" not in out  # no longer "same overrides" with the run it differs from
+
+
 # --- show -----------------------------------------------------------------------
 
 def test_show_describes_one_run(made, tmp_path, capsys):

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -170,6 +171,7 @@ def runs(tmp_path_factory) -> dict[int, Path]:
     assert run_in_process(["run", *TINY, "device=cpu", f"hydra.run.dir={one}"]) == 0
     result = run_collapse(["run", "nproc=2", "device=cpu", *TINY], cwd=root, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "leaked" not in result.stderr, result.stderr[-3000:]  # see test_workers_leave_no_semaphore_behind
     (two,) = (root / "outputs" / "runs").iterdir()  # one folder: workers never compose a config
     return {1: one, 2: two}
 
@@ -314,3 +316,31 @@ def test_workers_exit_soon_after_their_parent_is_killed(tmp_path: Path):
     for pid in orphans:  # leave no process behind, whatever the outcome
         os.kill(pid, signal.SIGKILL)
     assert not orphans, "workers outlived their killed parent"
+
+
+SPAWN_A_LIBRARY_LOCK = """
+from collapse_cli.experiment import distributed
+
+
+def make_a_bar():
+    from tqdm import tqdm
+
+    tqdm(disable=True)  # a library's switched-off bar: tqdm makes its multiprocessing lock all the same
+    return "done"
+
+
+if __name__ == "__main__":
+    print(distributed.spawn(make_a_bar, 2))
+"""
+
+
+def test_workers_leave_no_semaphore_behind(tmp_path: Path):
+    """A worker's semaphores (tqdm makes one) are unlinked by its own exit; a worker terminated after its
+    report skipped that, and Python's resource tracker printed "leaked semaphore objects" as the run ended."""
+    script = tmp_path / "spawn_a_library_lock.py"  # a file: spawned workers import the target from it
+    script.write_text(SPAWN_A_LIBRARY_LOCK)
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "['done', 'done']"
+    assert "leaked" not in result.stderr, result.stderr[-3000:]

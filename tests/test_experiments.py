@@ -75,7 +75,8 @@ def test_best_valid_restores_the_best_epochs_weights(scripted: list[float]):
     """Validation losses 3 (or nan), 1, 2: the model ends with exactly the weights it had after epoch 2."""
     model, seen = tiny_model(), []
 
-    def validate(m: torch.nn.Module) -> float:
+    def validate(m: torch.nn.Module, epoch: int) -> float:
+        assert epoch == len(seen) + 1
         seen.append(snapshot(m))
         return scripted[len(seen) - 1]
 
@@ -93,7 +94,7 @@ def test_best_valid_keeps_the_lowest_real_validation_loss():
 
     valid, losses = blocks(1, 8), []
 
-    def validate(m: torch.nn.Module) -> float:
+    def validate(m: torch.nn.Module, epoch: int) -> float:
         losses.append(float(token_nll(m, valid, 8, torch.device("cpu")).mean(dtype=np.float64)))
         return losses[-1]
 
@@ -103,13 +104,14 @@ def test_best_valid_keeps_the_lowest_real_validation_loss():
     stats = train(model, blocks(0, 4), cfg, seed=0, device=torch.device("cpu"), generation=0, validate=validate)
     best = int(np.argmin(losses))
     assert stats.kept_epoch == best + 1 < 4 and losses[-1] > losses[best]
-    assert validate(model) == pytest.approx(losses[best], rel=1e-6)
+    assert validate(model, stats.kept_epoch) == pytest.approx(losses[best], rel=1e-6)
 
 
 def test_select_last_validates_once_and_keeps_the_last_epoch():
     model, calls = tiny_model(), []
 
-    def validate(m: torch.nn.Module) -> float:
+    def validate(m: torch.nn.Module, epoch: int) -> float:
+        assert epoch == 3  # the last epoch alone
         calls.append(snapshot(m))
         return 1.0
 

@@ -16,6 +16,7 @@ from collapse_cli.config import RunConfig
 from collapse_cli.experiment.seeds import stage_seed
 from collapse_cli.families.lm import evaluate, profile, train
 from collapse_cli.families.lm import family as lm_family
+from collapse_cli.families.lm import generate as generate_module
 from collapse_cli.families.lm.builtin import BuiltinLanguage
 from collapse_cli.measure import metrics as M
 
@@ -145,36 +146,35 @@ def test_measure_leaves_the_reference_as_it_was():
     assert completed.real_words[0] == ["ab"[t] for t in real[0]]
 
 
-def test_scoring_copies_the_reference_once_per_process_also_after_a_resume(tmp_path: Path, monkeypatch):
-    """On CUDA scoring runs a bf16 copy of a model. The generation-0 model's copy is made once and scores
-    every generation's corpus; a resume reloads the reference and makes one copy for its own process."""
-    copied = []  # the model each conversion inside measure copied (kept alive: identities stay distinct)
-    measuring = []  # non-empty inside LMFamily.measure (training's validation pass scores its own model)
+def copied_as_on_cuda(monkeypatch) -> list[torch.nn.Module]:
+    """The models every conversion to inference weights copies from now on (kept alive: identities stay distinct).
+
+    On the CPU inference_model returns the model itself; its CUDA branch (a bf16 copy) runs anywhere, and
+    replaces it in every module's own binding.
+    """
+    copied = []
 
     def bf16_copy_as_on_cuda(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        # On the CPU inference_model returns the model itself; its CUDA branch (a bf16 copy) runs anywhere.
         weights = train.inference_model(model, torch.device("cuda"))
-        if weights is not model and measuring:
+        if weights is not model:
             copied.append(model)
         return weights
 
-    def flagged(measure):
-        def measure_flagged(*args, **kwargs):
-            measuring.append(True)
-            try:
-                return measure(*args, **kwargs)
-            finally:
-                measuring.pop()
-        return measure_flagged
-
-    for module in (evaluate, profile, lm_family):  # every scoring module's own binding
+    for module in (evaluate, profile, lm_family, generate_module):
         monkeypatch.setattr(module, "inference_model", bf16_copy_as_on_cuda, raising=False)
-    monkeypatch.setattr(lm_family.LMFamily, "measure", flagged(lm_family.LMFamily.measure))
+    return copied
+
+
+def test_inference_weights_are_copied_once_per_trained_model_and_reference(tmp_path: Path, monkeypatch):
+    """On CUDA, validation, sampling and scoring run a bf16 copy of a model. Training's last validation
+    pass makes the trained model's copy, which sampling and scoring reuse; the generation-0 model's copy
+    scores every later corpus; a resume reloads the reference and makes one copy for its own process."""
+    copied = copied_as_on_cuda(monkeypatch)
 
     def distinct_models() -> int:
         return len({id(model) for model in copied})
 
-    whole = tiny_run(tmp_path / "whole", "generations=3")
+    whole = tiny_run(tmp_path / "whole", "generations=3")  # the builtin language has a validation split
     assert len(copied) == distinct_models() == 4  # each generation's model once, generation 0's included
 
     real_fit = lm_family.LMFamily.fit
@@ -194,3 +194,31 @@ def test_scoring_copies_the_reference_once_per_process_also_after_a_resume(tmp_p
     assert run_in_process(["resume", str(resumed)]) == 0
     assert len(copied) == distinct_models() == 3  # the reloaded reference, generation 2's and 3's models
     assert stable(read_metrics(resumed)) == stable(read_metrics(whole))  # the reloaded copy scores the same
+
+
+def test_a_restored_epoch_is_sampled_from_its_own_copy(tmp_path: Path, monkeypatch):
+    """best_valid keeping epoch 1 of 2: the copy the last validation made holds epoch 2's weights, so
+    sampling and scoring must not reuse it; they run a copy of the restored weights."""
+    copied = copied_as_on_cuda(monkeypatch)
+    scripted = iter([1.0, 2.0] * 2)  # validation losses by epoch, per generation: epoch 1 is the best
+    monkeypatch.setattr(lm_family, "token_nll", lambda *args: np.array([next(scripted)]))
+    trained, sampled = [], []
+    real_fit, real_generate = lm_family.LMFamily.fit, lm_family.generate
+
+    def fit_and_keep(self, model, *args):
+        stats = real_fit(self, model, *args)
+        trained.append({name: tensor.to(torch.bfloat16) for name, tensor in model.state_dict().items()})
+        return stats
+
+    def generate_and_keep(weights, *args):
+        sampled.append({name: tensor.clone() for name, tensor in weights.state_dict().items()})
+        return real_generate(weights, *args)
+
+    monkeypatch.setattr(lm_family.LMFamily, "fit", fit_and_keep)
+    monkeypatch.setattr(lm_family, "generate", generate_and_keep)
+    run = tiny_run(tmp_path / "run", "train.epochs=2", "train.select=best_valid")
+    assert [row["kept_epoch"] for row in read_metrics(run)] == [1, 1]
+    assert len(copied) == 6  # per generation: one copy per validated epoch, one of the restored weights
+    assert len(sampled) == len(trained) == 2
+    for weights, kept in zip(sampled, trained):
+        assert weights.keys() == kept.keys() and all(torch.equal(weights[name], kept[name]) for name in kept)

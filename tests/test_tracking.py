@@ -237,20 +237,37 @@ def test_resume_continues_the_same_tracker_runs(tmp_path: Path):
     assert config["run_dir"] == str(run.resolve()) and config["generations"] == 2
 
 
-def test_a_resume_override_reaches_the_mlflow_run(tmp_path: Path, capsys):
-    """MLflow params are write-once: the value a resume changes is a tag beside the original param."""
-    pytest.importorskip("mlflow")
+def test_a_resume_override_reaches_every_tracker(tmp_path: Path, capsys):
+    """A value a resume changes is noted beside the one the run began with: MLflow params are write-once,
+    so a tag; TensorBoard's hparams are written once, so a text at the resumed generation; W&B, a summary field."""
+    for package in TRACKERS:
+        pytest.importorskip(package)
     run = tmp_path / "run"
-    proc = start_collapse(["run", *TINY, "generations=2", "logger=mlflow", f"hydra.run.dir={run}"], cwd=tmp_path)
+    proc = start_collapse(["run", *TINY, "generations=2", "logger=[tensorboard,mlflow,wandb]", f"hydra.run.dir={run}"],
+                          cwd=tmp_path)
     interrupt_when(proc, run / "gen_001" / "composition.json")
     assert run_in_process(["resume", str(run), "train.lr=2e-3", "metrics.bootstrap=50"]) == 0
     assert "collapse: warning" not in capsys.readouterr().err
+    noted = {"resumed.train.lr": "0.002 (generation 1 on)", "resumed.metrics.bootstrap": "50 (generation 1 on)"}
     (resumed,) = mlflow_runs(tmp_path / "mlruns").values()
     assert resumed.info.status == "FINISHED"
     assert resumed.data.params["train.lr"] == "0.003" and resumed.data.params["metrics.bootstrap"] == "200"
-    changed = {k: v for k, v in resumed.data.tags.items() if k.startswith("resumed.")}
-    assert changed == {"resumed.train.lr": "0.002 (generation 1 on)",
-                       "resumed.metrics.bootstrap": "50 (generation 1 on)"}
+    assert {k: v for k, v in resumed.data.tags.items() if k.startswith("resumed.")} == noted
+
+    events = tensorboard_events(run)
+    texts = {tag.removesuffix("/text_summary"): [(e.step, e.tensor_proto.string_val[0].decode()) for e in
+                                                 events.Tensors(tag)]
+             for tag in events.Tags()["tensors"] if tag.startswith("resumed.")}
+    assert texts == {tag: [(1, text)] for tag, text in noted.items()}
+
+    state = json.loads((run / "trackers.json").read_text())
+    summaries = {}
+    for file in sorted((run / "wandb").glob(f"offline-run-*-{state['wandb']['id']}*/run-*.wandb")):
+        for record in wandb_records(file):
+            if record.HasField("summary"):
+                summaries.update({item.key or ".".join(item.nested_key): json.loads(item.value_json)
+                                  for item in record.summary.update})
+    assert {k: v for k, v in summaries.items() if k.startswith("resumed.")} == noted
 
 
 def test_resume_changes_tag_what_differs_from_the_value_in_force():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -168,7 +169,9 @@ def spawn(target: Callable[..., Any], nproc: int, args: Sequence = (), device_ch
             writer.close()  # the worker holds the write end; EOF here means it is gone
             pipes.append(reader)
             workers.append(worker)
-        return _watch(workers, pipes)
+        results = _watch(workers, pipes)
+        _let_exit(workers)
+        return results
     finally:
         _stop(workers)
 
@@ -199,6 +202,18 @@ def _watch(workers: list, pipes: list) -> list:
                 raise WorkerFailed(f"rank {worker_rank} of {len(workers)} failed: {message}", details)
             results[worker_rank] = payload
     return results
+
+
+def _let_exit(workers: list) -> None:
+    """Wait (GRACE_S at most) for workers that reported success to end on their own.
+
+    A worker's own exit runs multiprocessing's finalizers, which unlink the semaphores it made (tqdm makes
+    one for every bar, even a disabled one); terminated meanwhile (SIGTERM: os._exit), it leaves them to
+    the resource tracker, which reports them as leaked when the run ends.
+    """
+    deadline = time.monotonic() + GRACE_S
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
 
 
 def _stop(workers: list) -> None:

@@ -142,7 +142,10 @@ class TensorBoardTracker:
                 self.writer._get_file_writer().add_summary(summary)
             self.writer.add_text("run_dir", str(info.path))
             self.writer.add_text("tags", " ".join(f"{k}={v}" for k, v in info.tags.items()) or "(none)")
-        return {}
+        changed, state = note_resume(info, previous)
+        for tag, text in changed.items():  # the hparams stay as the run began: a changed value is text beside them
+            self.writer.add_text(tag, text, global_step=info.first_generation)
+        return state
 
     def log_generation(self, generation: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
@@ -257,6 +260,17 @@ def resume_changes(params: dict[str, str], tags: dict[str, str], now: dict[str, 
     return changed
 
 
+def note_resume(info: RunInfo, previous: Optional[dict]) -> tuple[dict[str, str], dict]:
+    """resume_changes for a tracker whose store is not read back (TensorBoard's event files, offline W&B):
+    the `resumed.<key>` texts of this resume, and the tracker's trackers.json state that makes them:
+    the params of the run's start, kept once, and every change noted since."""
+    if previous is None:
+        return {}, {"params": info.params()}
+    noted = previous.get("resumed", {})
+    changed = resume_changes(previous.get("params", {}), noted, info.params(), info.first_generation)
+    return changed, {"resumed": {**noted, **changed}}
+
+
 def default_tracking_uri(uri: Optional[str], run_path: Path) -> str:
     """null: a file store beside the run folder; a bare path: made absolute, so a resume finds it from anywhere."""
     if uri is None:
@@ -286,7 +300,10 @@ class WandbTracker:
             name=info.name, group=info.group, tags=[f"{k}={v}"[:64] for k, v in info.tags.items()],
             config={**info.config, "run_dir": str(info.path)}, notes=str(info.path),
             id=previous["id"] if previous else None, resume="allow" if previous else None, settings=settings)
-        return {"id": self.run.id}
+        changed, state = note_resume(info, previous)
+        if changed:  # beside the config's current value, the run's page says what a resume changed, and from when
+            self.run.summary.update(changed)
+        return {"id": self.run.id, **state}
 
     def log_generation(self, generation: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step=generation)

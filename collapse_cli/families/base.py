@@ -69,6 +69,32 @@ class Curated:
     report: dict = field(default_factory=dict)
 
 
+class ObjectCache:
+    """One value made from one object (a model, a sample array), kept until another object asks.
+
+    Keyed by the object itself, which it holds: an id() is reused by a new object once the old one is
+    freed (a resume's reloaded model, the next run in the same process) and would get the old value.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def holds(self, key: Any) -> bool:
+        return self._full and self._key is key
+
+    def get(self, key: Any, make: Callable[[Any], Any]) -> Any:
+        if not self.holds(key):
+            self.clear()  # the old value goes before the new one is made: a model copy's memory
+            self.put(key, make(key))
+        return self._value
+
+    def put(self, key: Any, value: Any) -> None:
+        self._key, self._value, self._full = key, value, True
+
+    def clear(self) -> None:
+        self._key, self._value, self._full = None, None, False
+
+
 class Family(ABC):
     """One kind of generative model. Built once per run: `Family(cfg, device)`."""
 

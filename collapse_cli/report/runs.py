@@ -19,7 +19,7 @@ from typing import Optional
 import yaml
 
 from collapse_cli.errors import CollapseError
-from collapse_cli.rundir import METRICS, STATUS, SUMMARY, flatten, read_metrics
+from collapse_cli.rundir import METRICS, RESUME_OVERRIDES, STATUS, SUMMARY, flatten, read_metrics
 
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 # Config keys that say how a run was started, not what it computed: never a reason to split a group.
@@ -36,6 +36,7 @@ class Run:
     summary: Optional[dict]
     rows: list[dict]  # metrics.jsonl, one dict per finished generation
     config: dict
+    resumed: list[str] = field(default_factory=list)  # `collapse resume` overrides of experiment keys
 
     @property
     def state(self) -> str:
@@ -177,6 +178,23 @@ def is_label_override(override: str) -> bool:
     return not (key == "seed" or key == "hydra" or key.startswith(("hydra.", "hydra/")))
 
 
+def resumed_overrides(path: Path) -> list[str]:
+    """The run's `collapse resume` overrides that change what it computes (the last one per key).
+
+    A resume that changed train.lr, say, made the later generations another experiment: the run is
+    grouped apart from runs that differ from it only in seed, and its label says why.
+    """
+    record = path / RESUME_OVERRIDES
+    overrides = read_yaml(record)
+    if overrides is None:
+        return []
+    if not isinstance(overrides, list):
+        raise CollapseError(f"{record}: not a list of key=value overrides; fix or remove that run")
+    last = {override_key(str(o)): str(o) for o in overrides}
+    return [o for key, o in last.items()
+            if is_label_override(o) and key not in NOT_EXPERIMENT_KEYS and not key.startswith("logger")]
+
+
 def load_run(path: Path, name: str) -> Run:
     rows = checked_rows(path)
     overrides = read_yaml(path / OVERRIDES)
@@ -186,7 +204,7 @@ def load_run(path: Path, name: str) -> Run:
     labelled = None if overrides is None else [o for o in overrides if is_label_override(o)]
     return Run(path=path, name=name, overrides=labelled, seed=run_seed(config, overrides or []),
                status=read_json_file(path / STATUS) or {"state": "unknown"}, summary=read_json_file(path / SUMMARY),
-               rows=rows, config=config)
+               rows=rows, config=config, resumed=resumed_overrides(path))
 
 
 def run_seed(config: dict, overrides: Sequence[str]) -> Optional[int]:
@@ -227,7 +245,11 @@ def normal_override(override: str) -> str:
 def group_key(run: Run) -> tuple:
     if run.overrides is None:  # nothing to match it on: a group of its own
         return ("folder", str(run.path))
-    return tuple(sorted(normal_override(o) for o in run.overrides))
+    return tuple(sorted(normal_override(o) for o in run.overrides)) + tuple(resumed_labels(run))
+
+
+def resumed_labels(run: Run) -> list[str]:
+    return [f"resumed:{normal_override(o)}" for o in sorted(run.resumed)]
 
 
 def shared_overrides(runs_by_key: dict[tuple, list[Run]]) -> list[str]:
@@ -243,7 +265,8 @@ def group_label(run: Run, shared: Sequence[str]) -> str:
     if run.overrides is None:
         return f"{run.name} (no overrides.yaml)"
     shared_set = set(map(normal_override, shared))
-    return " ".join(o for o in run.overrides if normal_override(o) not in shared_set) or "default"
+    own = [o for o in run.overrides if normal_override(o) not in shared_set]
+    return " ".join([*own, *resumed_labels(run)]) or "default"
 
 
 def group_runs(runs: Sequence[Run]) -> tuple[list[Group], list[str]]:

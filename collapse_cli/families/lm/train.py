@@ -18,8 +18,9 @@ from collapse_cli.experiment import distributed
 CHECK_EVERY = 50
 
 
-# Mean validation NLL per token (nats) of a model: the end-of-epoch hook the loop passes in.
-Validate = Callable[[torch.nn.Module], float]
+# Mean validation NLL per token (nats) of a model after an epoch (1-based): the end-of-epoch hook the family
+# passes in. The epoch tells the last one apart, whose weights are the trained model's unless best_valid restores.
+Validate = Callable[[torch.nn.Module, int], float]
 
 
 @dataclass
@@ -120,7 +121,7 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
             if on_step is not None:
                 on_step(step, total_steps)
         if validate is not None and (selection.every_epoch or epoch == cfg.epochs):
-            selection.end_of_epoch(model, epoch, validate(model))
+            selection.end_of_epoch(model, epoch, validate(model, epoch))
             model.train()
     model.eval()
     selection.restore(model)

@@ -16,7 +16,7 @@ import torch
 
 from collapse_cli.config import StrEnum  # enum.StrEnum, with its Python 3.10 fallback
 from collapse_cli.errors import CollapseError
-from collapse_cli.families.base import Family, Progress, RealData
+from collapse_cli.families.base import Family, ObjectCache, Progress, RealData
 from collapse_cli.families.vae import core
 from collapse_cli.measure import metrics as M
 from collapse_cli.rundir import RunDir, gen_name
@@ -83,7 +83,7 @@ class VAEFamily(Family):
         super().__init__(cfg, device)
         self.digits: Optional[core.Digits] = None
         self.classifier = None
-        self._reference: tuple[Optional[int], Optional[ReferenceFigures]] = (None, None)
+        self._reference = ObjectCache()  # the reference model's ReferenceFigures
 
     @classmethod
     def validate(cls, cfg: Any) -> None:
@@ -131,12 +131,12 @@ class VAEFamily(Family):
 
         Seeded by the dataset, so a resume (which reloads the reference) rebuilds the same figures.
         """
-        if self._reference[0] != id(reference):
-            test = self.digits.test
-            nll_gen0 = core.importance_weighted_nll(reference, test, self.cfg.model.nll_samples, self.cfg.dataset.seed)
-            figures = ReferenceFigures(core.rare_digits(reference, test, nll_gen0), core.latent_spread(reference, test))
-            self._reference = (id(reference), figures)
-        return self._reference[1]
+        return self._reference.get(reference, self._figures_of)
+
+    def _figures_of(self, reference: core.VAE) -> ReferenceFigures:
+        test = self.digits.test
+        nll_gen0 = core.importance_weighted_nll(reference, test, self.cfg.model.nll_samples, self.cfg.dataset.seed)
+        return ReferenceFigures(core.rare_digits(reference, test, nll_gen0), core.latent_spread(reference, test))
 
     def measure(self, generation: int, model: core.VAE, reference_model: core.VAE, samples: np.ndarray,
                 seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
