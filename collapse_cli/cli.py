@@ -390,7 +390,7 @@ def with_resume_overrides(cfg: DictConfig, path: Path, overrides: Optional[list[
 def execute_guarded(run_config, path: Path) -> int:
     """Run the loop (in worker processes when nproc > 1); turn every way it can stop into a status and an exit code."""
     from collapse_cli.experiment import distributed
-    from collapse_cli.experiment.loop import execute
+    from collapse_cli.experiment.loop import execute, execute_rank
     from collapse_cli.experiment.progress import Feedback
     from collapse_cli.rundir import RunDir
 
@@ -413,7 +413,7 @@ def execute_guarded(run_config, path: Path) -> int:
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         if run_config.nproc > 1 and not run_config.dry_run:
-            distributed.launch(run_config, path)
+            distributed.launch(execute_rank, run_config, path)
         else:
             execute(run_config, path, Feedback())
         return 0

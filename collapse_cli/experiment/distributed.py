@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collapse_cli.errors import CollapseError
-from collapse_cli.ranks import active, is_main, rank, world_size  # below rundir.py, which asks is_main
+from collapse_cli.ranks import active, is_main, rank, world_size  # noqa: F401 (is_main: for callers of this module)
 from collapse_cli.ranks import process_group as _group
 
 if TYPE_CHECKING:
@@ -275,31 +275,17 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="collapse-parent-watch", daemon=True).start()
 
 
-def launch(run_config, path: Path) -> None:
-    """The parent's side of `collapse run nproc=N`: the loop in N workers; raises on the first failure.
+def launch(rank_main: Callable[[Any, str], None], run_config, path: Path) -> None:
+    """The parent's side of `collapse run nproc=N`: `rank_main(run_config, path)` (the loop) in N workers;
+    raises on the first failure. The loop is passed in, so this module stays below it.
 
     A crashed worker's traceback goes to the run's collapse.log, and the error line points there.
     """
     try:
-        spawn(run_loop, run_config.nproc, (run_config, str(path)), run_config.device)
+        spawn(rank_main, run_config.nproc, (run_config, str(path)), run_config.device)
     except WorkerFailed as err:
         if not err.details or not path.is_dir():
             raise
         with open(path / "collapse.log", "a") as log_file:
             log_file.write(f"{err}\n{err.details}")
         raise WorkerFailed(f"{err} (traceback in {path / 'collapse.log'})") from None
-
-
-def run_loop(run_config, path: str) -> None:
-    """A worker's side: the loop, with rank 0 the one that logs, prints and writes."""
-    import logging
-
-    from rich.console import Console
-
-    from collapse_cli.experiment.loop import execute
-    from collapse_cli.experiment.progress import Feedback
-
-    if is_main():
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
-                            handlers=[logging.StreamHandler(), logging.FileHandler(Path(path) / "collapse.log")])
-    execute(run_config, Path(path), Feedback(Console(quiet=not is_main())))

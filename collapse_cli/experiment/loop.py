@@ -289,3 +289,14 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
         trackers.finish(summary)
     feedback.show_summary(run_dir, summary, family.table_keys)
     return summary
+
+
+def execute_rank(cfg: RunConfig, path: str) -> None:
+    """One worker of `collapse run nproc=N` (distributed.launch): the loop, with rank 0 the one that
+    logs, prints and writes."""
+    from rich.console import Console
+
+    if distributed.is_main():
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
+                            handlers=[logging.StreamHandler(), logging.FileHandler(Path(path) / "collapse.log")])
+    execute(cfg, Path(path), Feedback(Console(quiet=not distributed.is_main())))
