@@ -368,21 +368,11 @@ def earlier_run(path: Path, cfg: DictConfig) -> tuple[Optional[str], DictConfig]
     return ("finished" if RunDir(path).status().get("state") == "finished" else "unfinished"), continued
 
 
-def resume_overrides(path: Path) -> list[str]:
-    """The overrides of every `collapse resume` of the run in `path`, in order (rundir.RESUME_OVERRIDES):
-    Hydra rewrites .hydra/ when a job is requeued or relaunched, so the run's changes to its job's config
-    are kept there."""
-    from omegaconf import OmegaConf
-
-    from collapse_cli.rundir import RESUME_OVERRIDES
-
-    record = path / RESUME_OVERRIDES
-    return [str(item) for item in OmegaConf.load(record)] if record.is_file() else []
-
-
 def with_resume_overrides(cfg: DictConfig, path: Path, overrides: Optional[list[str]] = None) -> DictConfig:
     """`cfg` changed by the overrides of the run's earlier resumes, then by `overrides` (later ones win)."""
     from omegaconf import OmegaConf
+
+    from collapse_cli.rundir import resume_overrides
 
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist([*resume_overrides(path), *(overrides or [])]))
 
@@ -540,7 +530,7 @@ def resume_command(args: list[str]) -> int:
         return error_line(hydra_message(err))
     if overrides:
         # The folder records the config it now runs with, so a later resume keeps the change.
-        from collapse_cli.rundir import RESUME_OVERRIDES, atomic_write_bytes
+        from collapse_cli.rundir import RESUME_OVERRIDES, atomic_write_bytes, resume_overrides
 
         atomic_write_bytes(saved, OmegaConf.to_yaml(config).encode())
         atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())

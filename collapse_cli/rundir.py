@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from collapse_cli.errors import CollapseError
 from collapse_cli.ranks import is_main
 
 STATUS = "status.json"
@@ -196,6 +197,26 @@ class RunDir:
         if not is_main():  # rank 0 may be renaming files there; only its figures are written
             return 0
         return sum(p.stat().st_size for p in self.gen(generation).rglob("*") if p.is_file())
+
+
+def resume_overrides(path: Path) -> list[str]:
+    """The overrides of every `collapse resume` of the run in `path`, in order (RESUME_OVERRIDES); [] without one.
+
+    Hydra rewrites .hydra/ when a job is requeued or relaunched, so the run's changes to its job's
+    config are kept in this record: a relaunch applies them, and compare groups the run by them.
+    """
+    import yaml
+
+    record = path / RESUME_OVERRIDES
+    if not record.is_file():
+        return []
+    try:
+        overrides = yaml.safe_load(record.read_text())
+    except yaml.YAMLError as err:
+        raise CollapseError(f"{record}: not valid YAML ({str(err).splitlines()[0]}); fix or remove that run") from err
+    if not isinstance(overrides, list):
+        raise CollapseError(f"{record}: not a list of key=value overrides; fix or remove that run")
+    return [str(override) for override in overrides]
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -19,7 +19,7 @@ from typing import Optional
 import yaml
 
 from collapse_cli.errors import CollapseError
-from collapse_cli.rundir import METRICS, RESUME_OVERRIDES, STATUS, SUMMARY, flatten, read_metrics
+from collapse_cli.rundir import METRICS, STATUS, SUMMARY, flatten, read_metrics, resume_overrides
 
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 # Config keys that say how a run was started, not what it computed: never a reason to split a group.
@@ -184,13 +184,7 @@ def resumed_overrides(path: Path) -> list[str]:
     A resume that changed train.lr, say, made the later generations another experiment: the run is
     grouped apart from runs that differ from it only in seed, and its label says why.
     """
-    record = path / RESUME_OVERRIDES
-    overrides = read_yaml(record)
-    if overrides is None:
-        return []
-    if not isinstance(overrides, list):
-        raise CollapseError(f"{record}: not a list of key=value overrides; fix or remove that run")
-    last = {override_key(str(o)): str(o) for o in overrides}
+    last = {override_key(o): o for o in resume_overrides(path)}
     return [o for key, o in last.items()
             if is_label_override(o) and key not in NOT_EXPERIMENT_KEYS and not key.startswith("logger")]
 
