@@ -199,21 +199,28 @@ class RunDir:
         return sum(p.stat().st_size for p in self.gen(generation).rglob("*") if p.is_file())
 
 
+def read_yaml(path: Path) -> Any:
+    """A run folder's YAML file (config, Hydra's overrides, resume record); None when the file is absent."""
+    import yaml
+
+    if not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise CollapseError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix or remove that run") from err
+
+
 def resume_overrides(path: Path) -> list[str]:
     """The overrides of every `collapse resume` of the run in `path`, in order (RESUME_OVERRIDES); [] without one.
 
     Hydra rewrites .hydra/ when a job is requeued or relaunched, so the run's changes to its job's
     config are kept in this record: a relaunch applies them, and compare groups the run by them.
     """
-    import yaml
-
     record = path / RESUME_OVERRIDES
-    if not record.is_file():
+    overrides = read_yaml(record)
+    if overrides is None:
         return []
-    try:
-        overrides = yaml.safe_load(record.read_text())
-    except yaml.YAMLError as err:
-        raise CollapseError(f"{record}: not valid YAML ({str(err).splitlines()[0]}); fix or remove that run") from err
     if not isinstance(overrides, list):
         raise CollapseError(f"{record}: not a list of key=value overrides; fix or remove that run")
     return [str(override) for override in overrides]

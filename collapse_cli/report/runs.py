@@ -19,7 +19,7 @@ from typing import Optional
 import yaml
 
 from collapse_cli.errors import CollapseError
-from collapse_cli.rundir import METRICS, STATUS, SUMMARY, flatten, read_metrics, resume_overrides
+from collapse_cli.rundir import METRICS, STATUS, SUMMARY, flatten, read_metrics, read_yaml, resume_overrides
 
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 # Config keys that say how a run was started, not what it computed: never a reason to split a group.
@@ -130,15 +130,6 @@ def discover(arguments: Sequence[str]) -> list[Path]:
                                 f".hydra/overrides.yaml); give folders made by `collapse run`")
         folders.update((folder.resolve(), None) for folder in found)
     return list(folders)
-
-
-def read_yaml(path: Path):
-    if not path.is_file():
-        return None
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise CollapseError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix or remove that run") from err
 
 
 def read_json_file(path: Path) -> Optional[dict]:
