@@ -16,8 +16,7 @@ import time
 
 import numpy as np
 
-from collapse_cli.cli import _register, conf_dir
-from collapse_cli.config import to_run_config
+from collapse_cli.cli import _register, preflight
 from collapse_cli.experiment.loop import prepare
 from collapse_cli.experiment.seeds import stage_seed, torch_global_rng, torch_global_seed
 from collapse_cli.families.lm import profile
@@ -32,11 +31,8 @@ def ppl_test(setup) -> float:
 
 
 def main(overrides: list[str]) -> dict:
-    from hydra import compose, initialize_config_dir
-
     _register()
-    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        cfg = to_run_config(compose(config_name="config", overrides=overrides))
+    cfg = preflight(overrides, multirun=False).runs[0]  # composed and checked as `collapse run` does
     if cfg.model.family != "lm":
         raise SystemExit(f"gen0_ppl: model={cfg.model.name} is a {cfg.model.family} model; this script scores LMs")
     setup = prepare(cfg)
