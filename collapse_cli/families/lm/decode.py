@@ -37,10 +37,14 @@ def uses_own_decoder(model: torch.nn.Module, cfg: GenerateConfig) -> bool:
     return cfg.decoder == "own" and has_own_decoder(model)
 
 
+def uses_cuda_graph(cfg: GenerateConfig, device: torch.device) -> bool:
+    return device.type == "cuda" and cfg.cuda_graph
+
+
 def describe(model: torch.nn.Module, cfg: GenerateConfig, device: torch.device) -> str:
     """One line for the run's plan: which decoder writes the synthetic corpus."""
     if uses_own_decoder(model, cfg):
-        graph = ", CUDA graphs" if device.type == "cuda" and cfg.cuda_graph else ""
+        graph = ", CUDA graphs" if uses_cuda_graph(cfg, device) else ""
         return f"own static-cache decoder ({model.config.model_type}{graph})"
     fallback = "transformers generate()" if cfg.num_beams > 1 else "transformers' dynamic KV cache"
     if cfg.decoder == "transformers":
@@ -276,7 +280,7 @@ class ChunkDecoder:
         if n_prompts not in self.decoders:
             self.decoders[n_prompts] = StaticDecoder(self.model, n_prompts * self.cfg.num_beams, prompt_len,
                                                      self.cfg.new_tokens,
-                                                     use_graph=self.device.type == "cuda" and self.cfg.cuda_graph)
+                                                     use_graph=uses_cuda_graph(self.cfg, self.device))
         return self.decoders[n_prompts]
 
     def __call__(self, prompts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
