@@ -107,6 +107,10 @@ def test_conversion_keeps_weights_and_tokenizer(tiny_gguf: Path, tmp_path: Path)
     ids = tokenizer(text)["input_ids"]
     assert ids == gguf_tokenizer(text)["input_ids"] and tokenizer.decode(ids) == text
     assert tokenizer.eos_token == "<|im_end|>" and len(tokenizer) == len(gguf_tokenizer)
+    # The GGUF's metadata names the special tokens (bos 1, eos 2, pad 2), whatever transformers reads from it.
+    assert (tokenizer.bos_token, tokenizer.eos_token_id, tokenizer.pad_token_id) == ("<|im_start|>", 2, 2)
+    assert (converted.config.bos_token_id, converted.config.eos_token_id) == (1, 2)
+    assert converted.generation_config.eos_token_id == 2
     with torch.no_grad():
         batch = torch.tensor([ids])
         assert torch.equal(converted(batch).logits, reference(batch).logits)

