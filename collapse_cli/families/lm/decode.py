@@ -6,7 +6,7 @@ One decoding batch:
     step      one token per row: the model's forward on that cache under a full-length boolean mask,
               so every step has the same shapes (CUDA replays it as a graph), then the selection:
               greedy, sampling, or 5-beam search with a repetition penalty
-Beam search reorders only the generated span of the cache: the prompt's KV, identical in a
+Beam search reorders only the generated positions written so far: the prompt's KV, identical in a
 prompt's beams, never moves. The repetition-penalty state is a boolean [rows, vocab] mask
 updated in place. Models other than OPT, GPT-2 and Llama use transformers' dynamic cache
 (sampling, greedy) and generate() (beam search), as `describe` says in the run's plan.
@@ -133,11 +133,18 @@ class StaticDecoder:
         self.graph = graph
         return True
 
-    def reorder_generated(self, source_rows: torch.Tensor) -> None:
-        """Beam search: row i of the generated span becomes row source_rows[i]; the prompt span stays."""
+    def reorder_generated(self, source_rows: torch.Tensor, written: int) -> None:
+        """Beam search: row i of the generated span becomes row source_rows[i]; the prompt span stays.
+
+        Only the `written` positions that hold keys yet move: the rest are masked until a step writes them.
+        That halves the bytes moved over a decode, and the reorder is the step's biggest memory traffic.
+        """
+        if written == 0:
+            return
+        end = self.prompt_len + written
         for layer in self.cache.layers:
             for cached in (layer.keys, layer.values):
-                generated = cached[:, :, self.prompt_len:]
+                generated = cached[:, :, self.prompt_len:end]
                 generated.copy_(generated.index_select(0, source_rows))
 
 
@@ -250,7 +257,7 @@ def beam_search(decoder: StaticDecoder, prompts: torch.Tensor, cfg: GenerateConf
         if seen is not None:
             seen.copy_(seen.index_select(0, source))
             seen.scatter_(1, token[:, None], True)
-        decoder.reorder_generated(source)
+        decoder.reorder_generated(source, written=step)  # steps 0..step-1 wrote positions P..P+step-1
         logits = decoder.step(token).float()
     # topk sorts, so beam 0 of each prompt holds the best score.
     return history.view(n_prompts, beams, -1)[:, 0]
