@@ -68,6 +68,17 @@ def _register() -> None:
     if not OmegaConf.has_resolver("run_id"):
         # Appended to Hydra's per-second timestamp so runs started in the same second never share a folder.
         OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
+    if not OmegaConf.has_resolver("config_groups"):
+        OmegaConf.register_new_resolver("config_groups", config_groups)
+
+
+def config_groups() -> str:
+    """`collapse run --help`'s list of groups: conf/'s folders and their options, one line each. Hydra's own
+    list would also show the schema groups in the ConfigStore, which only compose the typed defaults."""
+    root = Path(conf_dir())
+    folders = sorted({file.parent for file in root.rglob("*.yaml")} - {root})
+    return "\n".join(f"{folder.relative_to(root).as_posix()}: "
+                     f"{', '.join(sorted(file.stem for file in folder.glob('*.yaml')))}" for folder in folders)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, collapse_command
+from conftest import TINY, collapse_command, run_collapse
 
 from collapse_cli.errors import CollapseError
 
@@ -181,3 +181,16 @@ print("bars on", hf_logging.is_progress_bar_enabled())
     assert (tmp_path / "model" / "config.json").is_file()
     for bar_text in ("it/s", "Writing model shards", "Loading weights"):
         assert bar_text not in result.stderr, result.stderr[-3000:]
+
+
+def test_run_help_lists_every_shipped_group_and_no_schema_group(tmp_path: Path):
+    """The groups a user can pick: one line per conf/ folder, with its options; the schema groups compose only."""
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    result = run_collapse(["run", "--help"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    listed = dict(line.split(": ", 1) for line in result.stdout.split("== Config ==")[0].splitlines()
+                  if re.fullmatch(r"[a-z_/]+: [a-z0-9_, ]+", line))
+    shipped = {folder.relative_to(conf).as_posix(): ", ".join(sorted(file.stem for file in folder.glob("*.yaml")))
+               for folder in {file.parent for file in conf.rglob("*.yaml")} - {conf}}
+    assert listed == shipped and "model" in listed and "hydra/launcher" in listed
+    assert "schema" not in result.stdout.split("== Config ==")[0]
