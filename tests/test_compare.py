@@ -279,6 +279,8 @@ def test_a_run_resumed_with_a_changed_key_is_a_group_of_its_own(made, tmp_path, 
     out = " ".join(capsys.readouterr().out.split())
     assert "2 run(s) in 2 group(s)" in out and "resumed:train.lr=2e-3" in out
     assert "config.yaml differs" not in out  # no longer "same overrides" with the run it differs from
+    assert cli_main(["show", str(folder / "0")]) == 0
+    assert "resumed with train.lr=2e-3" in " ".join(capsys.readouterr().out.split())
 
 
 # --- show -----------------------------------------------------------------------
@@ -289,7 +291,8 @@ def test_show_describes_one_run(made, tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     for words in ("tiny OPT-architecture decoder", "hidden 32", "builtin Zipf-Markov language of 300 words",
                   "fully synthetic after generation 0", "replace", "1 after generation 0", "seed 3",
-                  "sample: sampling at temperature 1.0", "finished", "early warning"):
+                  "sample: sampling at temperature 1.0", "(linear decay)", "keeps the last epoch", "finished",
+                  "early warning"):
         assert words in out, words
     assert plots.read_png_description(out_dir / "metric_ppl_test.png")["lines"] == 1
     assert len(list(out_dir.glob("seq_ppl_hist_*.png"))) == 1

@@ -29,7 +29,7 @@ from collapse_cli.report.tables import (
     warnings,
 )
 
-SHOW_METRICS = ("ppl_test", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth", *FAMILY_METRICS,
+SHOW_METRICS = ("ppl_test", "ppl_valid", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth", *FAMILY_METRICS,
                 "train_loss_last")
 
 
@@ -103,14 +103,17 @@ def show_main(args: list[str]) -> int:
     options = show_parser().parse_args(args)
     run = load_runs([single_run_folder(options.run)])[0]
     metrics = choose_metrics(options.metrics, [run], SHOW_METRICS) if run.rows else []
-    words = TextTable("configuration", ["", ""], [list(pair) for pair in config_words(run.config)])
+    described = config_words(run.config)
+    if run.resumed:  # the keys a `collapse resume` changed: later generations ran with these
+        described.append(("resumed", "with " + " ".join(run.resumed)))
+    words = TextTable("configuration", ["", ""], [list(pair) for pair in described])
     intro = [f"run {run.path}", f"status: {run.status_text()}", f"early warning: {verdict_text(run)}"]
     # The run as a group of one: its table and, with --out, its plots read the same statistics.
     aggregated = GroupStats.of([Group(" ".join(run.overrides or []) or "default", [run])], metrics)
     tables = [words, run_table(run, aggregated.by_group[0])]
     console = make_console()
     console.print(f"[bold]{run.path}[/]", highlight=False)
-    for key, text in config_words(run.config):
+    for key, text in described:
         console.print(f"  [bold]{key:<12}[/]{text}", highlight=False)
     console.print(f"  [bold]{'status':<12}[/]{run.status_text()}", highlight=False)
     console.print(tables[1].to_rich())

@@ -207,9 +207,17 @@ def config_words(config: dict) -> list[tuple[str, str]]:
             ("generations", f"{generations} after generation 0"),
             ("seed", str(config.get("seed"))),
             ("decoding", decoding_words(config.get("generate") or {})),
-            ("training", f"{train.get('epochs')} epoch(s), lr {train.get('lr')}, batch {train.get('batch_size')}, "
-                         f"blocks of {train.get('block_size')} tokens, init {train.get('init')}"),
+            ("training", training_words(train)),
             ("metrics", str((config.get("metrics") or {}).get("level")))]
+
+
+def training_words(train: dict) -> str:
+    # .get defaults: folders written before schedule/min_lr/select existed trained as these say.
+    floor = f" to {train['min_lr']}" if train.get("min_lr") else ""
+    kept = "the best-validation epoch" if train.get("select") == "best_valid" else "the last epoch"
+    return (f"{train.get('epochs')} epoch(s), lr {train.get('lr')} ({train.get('schedule', 'linear')} decay{floor}), "
+            f"batch {train.get('batch_size')}, blocks of {train.get('block_size')} tokens, init {train.get('init')}; "
+            f"keeps {kept}")
 
 
 def run_table(run: Run, stats: StatsByMetric) -> TextTable:
