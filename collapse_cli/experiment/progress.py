@@ -107,15 +107,25 @@ class StageLines:
         self.description, self.every_s = description, every_s
         self.started = self.last_line = time.monotonic()
         self.lines = 0
+        # (time, done) at the first report: the ETA's rate starts there, because the first item carries the
+        # one-off costs (torch.compile's first compilation took 100 s of a 2-minute stage on an H100).
+        self.first: tuple[float, int] | None = None
 
     def update(self, done: int, total: int) -> None:
         now = time.monotonic()
+        if self.first is None:
+            self.first = (now, done)
         if now - self.last_line < self.every_s:
             return
         self.last_line, self.lines = now, self.lines + 1
-        elapsed = now - self.started
-        eta = f", eta {duration(elapsed * (total - done) / done)}" if 0 < done < total else ""
-        log.info(f"{self.description}: {done}/{total}, {duration(elapsed)} elapsed{eta}")
+        log.info(f"{self.description}: {done}/{total}, {duration(now - self.started)} elapsed"
+                 f"{self._eta(now, done, total)}")
+
+    def _eta(self, now: float, done: int, total: int) -> str:
+        since, done_then = self.first
+        if not done_then < done < total or now <= since:
+            return ""
+        return f", eta {duration((total - done) * (now - since) / (done - done_then))}"
 
     def close(self) -> None:
         if self.lines:
