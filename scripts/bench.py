@@ -13,7 +13,7 @@ Both paths do the same work on the same device and data:
              per batch with attention masks, loss.item() every step, generate() in
              batches of 128 over left-padded prompts, evaluation in batches of 8.
 Each stage runs on `--fraction` of its items and is projected linearly to the whole, after an
-untimed warm-up pass of each path on two batches (reported as warmup_s: on CUDA it holds the tool's
+untimed warm-up pass of each path on one batch (reported as warmup_s: on CUDA it holds the tool's
 one-off torch.compile of the training step).
 
     python scripts/bench.py --device cpu --out bench_cpu.json

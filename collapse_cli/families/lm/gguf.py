@@ -145,7 +145,9 @@ def _special_token_ids(source: Path) -> dict[str, int]:
     from gguf import GGUFReader
 
     fields = GGUFReader(source).fields
-    return {name: int(fields[key].contents()) for name, key in SPECIAL_KEYS.items() if key in fields}
+    # A scalar field's value is its part at data[0] (this reads in every gguf release; contents() is newer).
+    return {name: int(fields[key].parts[fields[key].data[0]][0]) for name, key in SPECIAL_KEYS.items()
+            if key in fields}
 
 
 def _set_special_tokens(model, tokenizer, ids: dict[str, int]) -> None:
