@@ -512,7 +512,7 @@ def resume_command(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from collapse_cli.config import to_run_config
-    from collapse_cli.rundir import RunDir
+    from collapse_cli.rundir import RunDir, live_state, written_here
 
     if not args or any(arg.startswith("-") for arg in args) or any("=" not in arg for arg in args[1:]):
         return error_line("usage: collapse resume RUN_DIR [key=value ...]")
@@ -520,9 +520,18 @@ def resume_command(args: list[str]) -> int:
     saved = path / ".hydra" / "config.yaml"
     if not saved.is_file():
         return error_line(f"{path}: not a run folder (no .hydra/config.yaml); give the folder `collapse run` made")
-    if RunDir(path).status().get("state") == "finished":
+    status = RunDir(path).status()
+    if status.get("state") == "finished":
         print(f"collapse: {path} already finished; nothing to resume")
         return 0
+    if live_state(status) == "running":  # two processes writing one folder would interleave their generations
+        if written_here(status):
+            return error_line(f"{path} is still running (process {status.get('pid')} on this machine); "
+                              f"stop it first (Ctrl-C, or kill {status.get('pid')}), then resume")
+        # Another machine's process cannot be seen from here: a lost node's run reads the same as a live one.
+        print(f"collapse: warning: {path}/status.json says running on {status.get('host') or 'another machine'} "
+              f"(last update {status.get('updated')}); resuming, so make sure that process has stopped",
+              file=sys.stderr)
     _register()
     try:
         recorded = OmegaConf.load(saved)

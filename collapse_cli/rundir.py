@@ -20,6 +20,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -36,6 +37,33 @@ DONE = "DONE"
 PROGRESS_KEYS = ("generations_done", "generations_total")
 # The overrides of every `collapse resume` of the run, in order (a list of key=value; later ones win).
 RESUME_OVERRIDES = "resume_overrides.yaml"
+
+
+def live_state(status: dict) -> str:
+    """The state status.json records, except that a "running" run whose process is gone from this machine is
+    "stopped": a SIGKILL, the out-of-memory killer or a lost node leaves no chance to write "interrupted".
+    A run recorded on another host (or before hosts were recorded) stays "running": its process is not
+    visible from here."""
+    state = str(status.get("state", "unknown"))
+    pid = status.get("pid")
+    if state != "running" or not written_here(status) or not isinstance(pid, int):
+        return state
+    return "running" if process_alive(pid) else "stopped"
+
+
+def written_here(status: dict) -> bool:
+    """Whether this machine wrote the status (its process, if any, is one this machine can see)."""
+    return status.get("host") == socket.gethostname()
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: the existence check, nothing is sent
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
 
 
 def atomic_write_bytes(path: Path, payload: bytes, sync: bool = True) -> None:
@@ -149,7 +177,7 @@ class RunDir:
         # The progress counts outlive a change of state: an interrupted or failed run still says how far it got.
         progress = {key: value for key, value in self.status().items() if key in PROGRESS_KEYS}
         status = {"state": state, "reason": reason, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  "pid": os.getpid(), **progress, **extra}
+                  "pid": os.getpid(), "host": socket.gethostname(), **progress, **extra}
         self.write_json(STATUS, status)
 
     def status(self) -> dict:

@@ -63,6 +63,12 @@ def tiny_run(run_dir: Path, *overrides: str) -> Path:
     return run_dir
 
 
+def gone_pid() -> int:
+    """The pid of a process that has exited and been reaped: what a killed run's status.json names."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(finished.stdout)
+
+
 def read_status(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "status.json").read_text())
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, run_collapse, start_collapse
+from conftest import TINY, gone_pid, run_collapse, start_collapse
 
 from collapse_cli.cli import main as cli_main
 from collapse_cli.errors import CollapseError
@@ -217,10 +217,11 @@ def test_path_without_runs_exits_nonzero_with_one_line(tmp_path, which):
 
 
 def make_unfinished_copy(source: Path, target: Path) -> None:
-    """A run killed after generation 0: status running, no summary, one metrics line."""
+    """A run killed after generation 0: status running by a process that is gone, no summary, one metrics line."""
     shutil.copytree(source, target)
     status = json.loads((target / "status.json").read_text())
-    (target / "status.json").write_text(json.dumps({**status, "state": "running", "generations_done": 1}))
+    (target / "status.json").write_text(json.dumps({**status, "state": "running", "generations_done": 1,
+                                                    "pid": gone_pid()}))
     (target / "summary.json").unlink()
     lines = (target / "metrics.jsonl").read_text().splitlines()
     first = {k: v for k, v in json.loads(lines[0]).items() if k != "kl_truth"}  # a metric set of its own
@@ -238,10 +239,10 @@ def test_mixed_folder_lists_the_unfinished_run(made, tmp_path, capsys):
     assert cli_main(["compare", str(mixed), "--out", str(out_dir)]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich may wrap long lines
     assert "2 run(s) in 1 group(s)" in out
-    assert "unfinished" in out and "killed" in out and "running (1/2 generations done)" in out
-    assert "1 finished, 1 running" in out and "1 of 2" in out
+    assert "unfinished" in out and "killed" in out and "stopped (1/2 generations done: its process" in out
+    assert "1 finished, 1 stopped" in out and "1 of 2" in out
     runs = {r["run"]: r for r in read_csv(out_dir / "runs.csv")}
-    assert set(runs) == {"mixed/done", "mixed/killed"} and runs["mixed/killed"]["state"] == "running"
+    assert set(runs) == {"mixed/done", "mixed/killed"} and runs["mixed/killed"]["state"] == "stopped"
     rows = read_csv(out_dir / "metrics.csv")
     killed = {(r["generation"], r["metric"]) for r in rows if r["run"] == "mixed/killed"}
     assert ("0", "ppl_test") in killed and ("0", "extra_metric") in killed and ("0", "kl_truth") not in killed

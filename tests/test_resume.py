@@ -4,6 +4,8 @@ generation and ends with exactly the metrics of an uninterrupted run of the same
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import (
     TINY,
+    gone_pid,
     read_metrics,
     read_status,
     run_collapse,
@@ -72,7 +75,8 @@ KILL_POINTS = {
 
 
 @pytest.mark.parametrize("marker", KILL_POINTS.values(), ids=KILL_POINTS.keys())
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, marker: str, uninterrupted: Path):
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, marker: str, uninterrupted: Path,
+                                                          capsys):
     run = tmp_path / "run"
     proc = start_collapse(["run", *WORK, f"hydra.run.dir={run}"], cwd=tmp_path)
     signal_when(proc, run / marker, signal.SIGKILL)
@@ -83,6 +87,9 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, marker:
     assert read_status(run)["state"] == "running"
     done = sorted(p.parent.name for p in run.glob("gen_*/DONE"))
     assert len(done) < GENERATIONS and not (run / "summary.json").exists(), done
+    # ...but its process is gone, which `show` and `compare` say.
+    assert run_in_process(["show", str(run)]) == 0
+    assert "stopped (" in capsys.readouterr().out
 
     assert run_in_process(["resume", str(run)]) == 0
     assert_same_as(run, uninterrupted)
@@ -103,6 +110,24 @@ def test_interrupt_marks_the_run_interrupted_and_resumable(tmp_path: Path, signu
     assert_same_as(run, uninterrupted)
 
 
+def test_resume_refuses_a_run_whose_process_still_runs_here(tmp_path: Path, uninterrupted: Path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    (run / "summary.json").unlink()
+    RunDir(run).set_status("running")  # written by this test's process, which is alive
+    before = (run / "metrics.jsonl").read_text()
+    assert run_in_process(["resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"is still running (process {os.getpid()} on this machine)" in err and len(err.splitlines()) == 1
+    assert (run / "metrics.jsonl").read_text() == before and read_status(run)["state"] == "running"
+
+    # A status from another machine cannot be checked: the resume goes ahead and says what it assumed.
+    RunDir(run).write_json("status.json", {**read_status(run), "host": "another-node"})
+    assert run_in_process(["resume", str(run)]) == 0
+    assert "says running on another-node" in capsys.readouterr().err
+    assert_same_as(run, uninterrupted)
+
+
 def test_resume_of_a_finished_run_says_so(uninterrupted: Path, capsys):
     before = (uninterrupted / "metrics.jsonl").read_text()
     assert run_in_process(["resume", str(uninterrupted)]) == 0
@@ -119,7 +144,8 @@ def test_resume_after_a_kill_while_finishing(tmp_path: Path, uninterrupted: Path
     (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().splitlines()[0] + "\n")
     (run / "summary.json").unlink()
     status = read_status(run)
-    (run / "status.json").write_text(json.dumps({**status, "state": "running"}))
+    # As a killed run leaves it: running, by a process that is gone.
+    (run / "status.json").write_text(json.dumps({**status, "state": "running", "pid": gone_pid()}))
     # checkpoints=none: the reference model is already gone, and no generation needs it.
     assert not (run / "reference").exists()
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
+from conftest import gone_pid
 
-from collapse_cli.rundir import RunDir, flatten, read_metrics, read_texts_gz
+from collapse_cli.rundir import RunDir, flatten, live_state, read_metrics, read_texts_gz
 
 
 def test_texts_round_trip_with_newlines_and_backslashes(tmp_path: Path):
@@ -82,3 +85,16 @@ def test_a_change_of_state_keeps_how_far_the_run_got(tmp_path: Path):
     assert (status["generations_done"], status["generations_total"]) == (2, 5)
     run_dir.set_status("running", generations_done=3, generations_total=5)  # given counts win
     assert run_dir.status()["generations_done"] == 3
+
+
+def test_a_running_status_whose_process_is_gone_reads_stopped(tmp_path: Path):
+    RunDir(tmp_path).set_status("running", generations_done=1, generations_total=4)
+    status = RunDir(tmp_path).status()
+    assert (status["pid"], status["host"]) == (os.getpid(), socket.gethostname())
+    assert live_state(status) == "running"  # this test's own process: alive
+    gone = gone_pid()
+    assert live_state({**status, "pid": gone}) == "stopped"
+    # Another machine's process, or a status written before hosts were recorded: not visible, so still running.
+    assert live_state({**status, "pid": gone, "host": "another-node"}) == "running"
+    assert live_state({key: value for key, value in status.items() if key != "host"} | {"pid": gone}) == "running"
+    assert live_state({**status, "pid": gone, "state": "interrupted"}) == "interrupted"

@@ -19,7 +19,17 @@ from typing import Optional
 import yaml
 
 from collapse_cli.errors import CollapseError
-from collapse_cli.rundir import METRICS, STATUS, SUMMARY, flatten, read_metrics, read_yaml, resume_overrides
+from collapse_cli.rundir import (
+    METRICS,
+    STATUS,
+    SUMMARY,
+    flatten,
+    live_state,
+    read_metrics,
+    read_yaml,
+    resume_overrides,
+    written_here,
+)
 
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 # Config keys that say how a run was started, not what it computed: never a reason to split a group.
@@ -40,7 +50,7 @@ class Run:
 
     @property
     def state(self) -> str:
-        return str(self.status.get("state", "unknown"))
+        return live_state(self.status)
 
     @property
     def finished(self) -> bool:
@@ -60,6 +70,11 @@ class Run:
         total = self.status.get("generations_total")
         progress = f"{len(self.rows)}/{total}" if total else str(len(self.rows))
         reason = self.status.get("reason")
+        if self.state == "stopped":
+            reason = (f"its process ({self.status.get('pid')}) is gone without a word, killed; "
+                      f"`collapse resume {self.path}` continues it")
+        elif self.state == "running" and not written_here(self.status):
+            reason = f"on {self.status.get('host') or 'another machine'}, last update {self.status.get('updated')}"
         return f"{self.short_state()} ({progress} generations done{': ' + reason if reason else ''})"
 
 
