@@ -316,7 +316,7 @@ def run_task(cfg: DictConfig) -> None:
 
     from collapse_cli.config import to_run_config
     from collapse_cli.experiment import gpu_slots
-    from collapse_cli.rundir import RESUME_OVERRIDES, atomic_write_bytes
+    from collapse_cli.rundir import RESUME_OVERRIDES, atomic_write_bytes, writer_here
 
     STARTING.release()
     _register()  # resolvers registered in the parent do not reach launcher processes (hydra#861)
@@ -324,6 +324,12 @@ def run_task(cfg: DictConfig) -> None:
     path = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_config = to_run_config(cfg)
+    writer = None if run_config.dry_run else writer_here(path)
+    if writer is not None:
+        if multirun:  # the sweep goes on; its end lists this job among those that did not finish
+            logging.getLogger("collapse").error(still_running(path, writer))
+            return
+        raise SystemExit(error_line(still_running(path, writer)))
     if not run_config.dry_run:
         earlier, cfg = earlier_run(path, cfg)
         if earlier == "finished":
@@ -351,6 +357,11 @@ def run_task(cfg: DictConfig) -> None:
         # The basic launcher runs the sweep's jobs one after another in this process: Ctrl-C or SIGTERM
         # stops the sweep, not only the job it hit. (Launchers with a process per job stop each job alone.)
         raise SweepInterrupted(path)
+
+
+def still_running(path: Path, pid: int) -> str:
+    return (f"{path} is still running (process {pid} on this machine); two processes must not write one run "
+            f"folder: stop it first (Ctrl-C, or kill {pid})")
 
 
 def earlier_run(path: Path, cfg: DictConfig) -> tuple[Optional[str], DictConfig]:
@@ -512,7 +523,7 @@ def resume_command(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from collapse_cli.config import to_run_config
-    from collapse_cli.rundir import RunDir, live_state, written_here
+    from collapse_cli.rundir import RunDir, writer_here, written_here
 
     if not args or any(arg.startswith("-") for arg in args) or any("=" not in arg for arg in args[1:]):
         return error_line("usage: collapse resume RUN_DIR [key=value ...]")
@@ -524,10 +535,10 @@ def resume_command(args: list[str]) -> int:
     if status.get("state") == "finished":
         print(f"collapse: {path} already finished; nothing to resume")
         return 0
-    if live_state(status) == "running":  # two processes writing one folder would interleave their generations
-        if written_here(status):
-            return error_line(f"{path} is still running (process {status.get('pid')} on this machine); "
-                              f"stop it first (Ctrl-C, or kill {status.get('pid')}), then resume")
+    writer = writer_here(path)
+    if writer is not None:
+        return error_line(still_running(path, writer))
+    if status.get("state") == "running" and not written_here(status):
         # Another machine's process cannot be seen from here: a lost node's run reads the same as a live one.
         print(f"collapse: warning: {path}/status.json says running on {status.get('host') or 'another machine'} "
               f"(last update {status.get('updated')}); resuming, so make sure that process has stopped",

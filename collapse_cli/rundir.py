@@ -51,6 +51,13 @@ def live_state(status: dict) -> str:
     return "running" if process_alive(pid) else "stopped"
 
 
+def writer_here(path: Path) -> Optional[int]:
+    """The pid of the process on this machine that still writes the run in `path`, else None: a second
+    process (a resume, a relaunched job) must not write the same folder at the same time."""
+    status = RunDir(path).status()
+    return status["pid"] if live_state(status) == "running" and written_here(status) else None
+
+
 def written_here(status: dict) -> bool:
     """Whether this machine wrote the status (its process, if any, is one this machine can see)."""
     return status.get("host") == socket.gethostname()

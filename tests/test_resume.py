@@ -121,6 +121,12 @@ def test_resume_refuses_a_run_whose_process_still_runs_here(tmp_path: Path, unin
     assert f"is still running (process {os.getpid()} on this machine)" in err and len(err.splitlines()) == 1
     assert (run / "metrics.jsonl").read_text() == before and read_status(run)["state"] == "running"
 
+    # Nor does the job start again into that folder (a relaunched command, a requeued job).
+    with pytest.raises(SystemExit) as stop:
+        run_in_process(["run", *WORK, f"hydra.run.dir={run}"])
+    assert stop.value.code == 2 and "is still running" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text() == before
+
     # A status from another machine cannot be checked: the resume goes ahead and says what it assumed.
     RunDir(run).write_json("status.json", {**read_status(run), "host": "another-node"})
     assert run_in_process(["resume", str(run)]) == 0
