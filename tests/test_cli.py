@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, collapse_command, run_collapse
+from conftest import TINY, collapse_command, run_collapse, start_collapse
 
 from collapse_cli.errors import CollapseError
 
@@ -50,8 +50,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback(args: list[str]):
 def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path: Path, delay: float):
     # Importing torch and transformers and composing the config take seconds, so these delays land in
     # start-up (a later one would land in generation 0, which must answer the same way).
-    process = subprocess.Popen([*collapse_command(), "run", *TINY, f"hydra.run.dir={tmp_path / 'run'}"],
-                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = start_collapse(["run", *TINY, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
     _, errors = process.communicate(timeout=120)
