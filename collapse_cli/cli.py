@@ -220,7 +220,7 @@ def sweep_problems(sweep_dir: Path, runs: list, by_job_number: bool) -> list[str
     Launchers that run jobs in other processes (submitit, joblib) never return their failures to
     this process, so the folders are the one record every launcher leaves.
     """
-    from collapse_cli.rundir import RunDir
+    from collapse_cli.rundir import RunDir, live_state
 
     if by_job_number:
         folders = [sweep_dir / str(num) for num, run in enumerate(runs) if not run.dry_run]
@@ -229,9 +229,13 @@ def sweep_problems(sweep_dir: Path, runs: list, by_job_number: bool) -> list[str
     problems = []
     for folder in folders:
         status = RunDir(folder).status()
-        if status["state"] != "finished":
-            reason = status.get("reason") or "no status: the job never started; see the launcher's logs"
-            problems.append(f"{folder} ({status['state']}: {reason})")
+        state = live_state(status)
+        if state != "finished":
+            silent = {"running": f"process {status.get('pid')} on {status.get('host')} still writes it",
+                      "stopped": "its process is gone without a word, killed"}
+            never = "no status: the job never started; see the launcher's logs"
+            reason = status.get("reason") or silent.get(state, never)
+            problems.append(f"{folder} ({state}: {reason})")
     return problems
 
 

@@ -249,3 +249,14 @@ def test_ctrl_c_stops_an_in_process_sweep_and_the_same_command_finishes_it(tmp_p
 
     assert run_in_process(args) == 0
     assert [read_status(sweep / str(job))["state"] for job in range(3)] == ["finished"] * 3
+
+
+def test_a_sweep_skips_a_job_whose_folder_another_live_process_writes(tmp_path: Path, capsys):
+    sweep = tmp_path / "sweep"
+    RunDir(sweep / "1").set_status("running")  # job 1's folder, written by this (live) test process
+    assert run_in_process(["run", "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}"]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 run(s) did not finish" in err
+    assert f"{sweep / '1'} (running: process {os.getpid()} on " in err and "still writes it" in err
+    assert read_status(sweep / "0")["state"] == "finished"
+    assert not (sweep / "1" / "metrics.jsonl").exists()  # nothing of the job was written there
