@@ -48,7 +48,7 @@ def live_state(status: dict) -> str:
     pid = status.get("pid")
     if state != "running" or not written_here(status) or not isinstance(pid, int):
         return state
-    return "running" if process_alive(pid) else "stopped"
+    return "running" if process_alive(pid, status.get("started")) else "stopped"
 
 
 def writer_here(path: Path) -> Optional[int]:
@@ -63,14 +63,26 @@ def written_here(status: dict) -> bool:
     return status.get("host") == socket.gethostname()
 
 
-def process_alive(pid: int) -> bool:
+def process_alive(pid: int, started: Optional[str] = None) -> bool:
+    """Whether process `pid` exists and, where `started` (process_start's value) is known, is the one that
+    started then: pids are reused, and a message telling the user to kill one must name the right process."""
     try:
         os.kill(pid, 0)  # signal 0: the existence check, nothing is sent
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process: it exists
-        return True
-    return True
+        pass
+    now = process_start(pid)
+    return started is None or now is None or now == started
+
+
+def process_start(pid: int) -> Optional[str]:
+    """When the process started, in clock ticks since boot (Linux's /proc/PID/stat field 22); None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # after the command's ")", fields run from 3 (state): 22 is at 19
 
 
 def atomic_write_bytes(path: Path, payload: bytes, sync: bool = True) -> None:
@@ -184,7 +196,8 @@ class RunDir:
         # The progress counts outlive a change of state: an interrupted or failed run still says how far it got.
         progress = {key: value for key, value in self.status().items() if key in PROGRESS_KEYS}
         status = {"state": state, "reason": reason, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  "pid": os.getpid(), "host": socket.gethostname(), **progress, **extra}
+                  "pid": os.getpid(), "started": process_start(os.getpid()), "host": socket.gethostname(),
+                  **progress, **extra}
         self.write_json(STATUS, status)
 
     def status(self) -> dict:

@@ -98,3 +98,6 @@ def test_a_running_status_whose_process_is_gone_reads_stopped(tmp_path: Path):
     assert live_state({**status, "pid": gone, "host": "another-node"}) == "running"
     assert live_state({key: value for key, value in status.items() if key != "host"} | {"pid": gone}) == "running"
     assert live_state({**status, "pid": gone, "state": "interrupted"}) == "interrupted"
+    # A live pid that started at another time is another process that got the number: the run is stopped.
+    assert status["started"] is not None  # Linux: /proc gives the start time
+    assert live_state({**status, "started": str(int(status["started"]) + 1)}) == "stopped"
