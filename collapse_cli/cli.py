@@ -220,7 +220,7 @@ def sweep_problems(sweep_dir: Path, runs: list, by_job_number: bool) -> list[str
     Launchers that run jobs in other processes (submitit, joblib) never return their failures to
     this process, so the folders are the one record every launcher leaves.
     """
-    from collapse_cli.rundir import RunDir, live_state
+    from collapse_cli.rundir import RunDir, live_state, unwritten_reason
 
     if by_job_number:
         folders = [sweep_dir / str(num) for num, run in enumerate(runs) if not run.dry_run]
@@ -231,10 +231,8 @@ def sweep_problems(sweep_dir: Path, runs: list, by_job_number: bool) -> list[str
         status = RunDir(folder).status()
         state = live_state(status)
         if state != "finished":
-            silent = {"running": f"process {status.get('pid')} on {status.get('host')} still writes it",
-                      "stopped": "its process is gone without a word, killed"}
             never = "no status: the job never started; see the launcher's logs"
-            reason = status.get("reason") or silent.get(state, never)
+            reason = status.get("reason") or unwritten_reason(status) or never
             problems.append(f"{folder} ({state}: {reason})")
     return problems
 
@@ -320,7 +318,7 @@ def run_task(cfg: DictConfig) -> None:
 
     from collapse_cli.config import to_run_config
     from collapse_cli.experiment import gpu_slots
-    from collapse_cli.rundir import RESUME_OVERRIDES, atomic_write_bytes, writer_here
+    from collapse_cli.rundir import RESUME_OVERRIDES, RunDir, atomic_write_bytes, writer_here
 
     STARTING.release()
     _register()  # resolvers registered in the parent do not reach launcher processes (hydra#861)
@@ -328,7 +326,7 @@ def run_task(cfg: DictConfig) -> None:
     path = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_config = to_run_config(cfg)
-    writer = None if run_config.dry_run else writer_here(path)
+    writer = None if run_config.dry_run else writer_here(RunDir(path).status())
     if writer is not None:
         if multirun:  # the sweep goes on; its end lists this job among those that did not finish
             logging.getLogger("collapse").error(still_running(path, writer))
@@ -527,7 +525,7 @@ def resume_command(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from collapse_cli.config import to_run_config
-    from collapse_cli.rundir import RunDir, writer_here, written_here
+    from collapse_cli.rundir import RunDir, live_state, unwritten_reason, writer_here
 
     if not args or any(arg.startswith("-") for arg in args) or any("=" not in arg for arg in args[1:]):
         return error_line("usage: collapse resume RUN_DIR [key=value ...]")
@@ -539,14 +537,13 @@ def resume_command(args: list[str]) -> int:
     if status.get("state") == "finished":
         print(f"collapse: {path} already finished; nothing to resume")
         return 0
-    writer = writer_here(path)
+    writer = writer_here(status)
     if writer is not None:
         return error_line(still_running(path, writer))
-    if status.get("state") == "running" and not written_here(status):
+    if live_state(status) == "running":
         # Another machine's process cannot be seen from here: a lost node's run reads the same as a live one.
-        print(f"collapse: warning: {path}/status.json says running on {status.get('host') or 'another machine'} "
-              f"(last update {status.get('updated')}); resuming, so make sure that process has stopped",
-              file=sys.stderr)
+        print(f"collapse: warning: {path}/status.json says running {unwritten_reason(status)}; resuming, "
+              f"so make sure that process has stopped", file=sys.stderr)
     _register()
     try:
         recorded = OmegaConf.load(saved)

@@ -51,11 +51,24 @@ def live_state(status: dict) -> str:
     return "running" if process_alive(pid, status.get("started")) else "stopped"
 
 
-def writer_here(path: Path) -> Optional[int]:
-    """The pid of the process on this machine that still writes the run in `path`, else None: a second
-    process (a resume, a relaunched job) must not write the same folder at the same time."""
-    status = RunDir(path).status()
-    return status["pid"] if live_state(status) == "running" and written_here(status) else None
+def writer_here(status: dict) -> Optional[int]:
+    """The pid of the process on this machine that still writes the run, else None: a second process
+    (a resume, a relaunched job) must not write the same folder at the same time."""
+    pid = status.get("pid")
+    return pid if isinstance(pid, int) and live_state(status) == "running" and written_here(status) else None
+
+
+def unwritten_reason(status: dict) -> Optional[str]:
+    """What a running or stopped status says that no process wrote into it: a killed run could not, and a
+    running one has nothing to say yet. One wording for show, compare, a sweep's end and resume."""
+    state = live_state(status)
+    if state == "stopped":
+        return f"its process ({status.get('pid')}) is gone without a word, killed"
+    if state != "running":
+        return None
+    if written_here(status):
+        return f"process {status.get('pid')} on this machine still writes it"
+    return f"on {status.get('host') or 'another machine'}, last update {status.get('updated')}"
 
 
 def written_here(status: dict) -> bool:

@@ -28,7 +28,7 @@ from collapse_cli.rundir import (
     read_metrics,
     read_yaml,
     resume_overrides,
-    written_here,
+    unwritten_reason,
 )
 
 OVERRIDES = Path(".hydra") / "overrides.yaml"
@@ -69,12 +69,9 @@ class Run:
             return "finished"
         total = self.status.get("generations_total")
         progress = f"{len(self.rows)}/{total}" if total else str(len(self.rows))
-        reason = self.status.get("reason")
+        reason = self.status.get("reason") or unwritten_reason(self.status)
         if self.state == "stopped":
-            reason = (f"its process ({self.status.get('pid')}) is gone without a word, killed; "
-                      f"`collapse resume {self.path}` continues it")
-        elif self.state == "running" and not written_here(self.status):
-            reason = f"on {self.status.get('host') or 'another machine'}, last update {self.status.get('updated')}"
+            reason += f"; `collapse resume {self.path}` continues it"
         return f"{self.short_state()} ({progress} generations done{': ' + reason if reason else ''})"
 
 
