@@ -1,0 +1,108 @@
+"""The decoder's KV cache: nothing in it ever moves.
+
+    prompt KV      [layers, prompts, kv heads, prompt_len, head_dim]: once per prompt, shared by its beams
+    generated KV   [layers, prompts, kv heads, beams, new_tokens, head_dim]: slot t of physical row r is
+                   written once, by the step that feeds row r's token at position t
+    ancestry       [rows, new_tokens]: which of its prompt's rows (0..beams-1) holds position t of row r's
+                   sequence. Beam search reorders this small table instead of the KV.
+
+A step's attention, per prompt and KV head, serves all beams x query heads of that group at once:
+their queries against the prompt's single KV copy, and against the live generated slots (positions
+written so far, never more) of all the group's rows, each query keeping the score of the row its
+ancestry names. So each byte of KV is read once per step and GQA's shared heads are never repeated.
+
+The model's own forward runs the step (projections, norms, MLP, rotary) with this attention
+plugged in through transformers' AttentionInterface; a custom attention gets no mask from
+transformers (its mask builders only know their own kernels), and it needs none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+ATTENTION = "collapse_tree"
+_active: TreeCache | None = None  # the cache the step now running attends over (set by `attending`)
+
+
+class TreeCache:
+    """Buffers for one chunk shape; a new chunk overwrites the prompt KV and rewrites the generated slots."""
+
+    def __init__(self, prompt_keys: list[torch.Tensor], beams: int, new_tokens: int):
+        layers = len(prompt_keys)
+        n_prompts, heads_kv, prompt_len, head_dim = prompt_keys[0].shape
+        like = {"dtype": prompt_keys[0].dtype, "device": prompt_keys[0].device}
+        self.beams, self.prompt_len = beams, prompt_len
+        self.prompt_keys = torch.zeros((layers, n_prompts, heads_kv, prompt_len, head_dim), **like)
+        self.prompt_values = torch.zeros_like(self.prompt_keys)
+        self.keys = torch.zeros((layers, n_prompts, heads_kv, beams, new_tokens, head_dim), **like)
+        self.values = torch.zeros_like(self.keys)
+        self.ancestry = torch.zeros((n_prompts * beams, new_tokens), dtype=torch.long, device=like["device"])
+        self.slot = 0  # the generated position the running step writes; it attends to slots 0..slot
+        self.source = None  # per step: the ancestry as a gather index over the group's rows (see `prepare`)
+
+    def load_prompts(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        for layer, (layer_keys, layer_values) in enumerate(zip(keys, values)):
+            self.prompt_keys[layer].copy_(layer_keys)
+            self.prompt_values[layer].copy_(layer_values)
+        self.ancestry.zero_()
+
+    def prepare(self, slot: int, query_heads: int) -> None:
+        """Before a step's forward: the index each layer's attention picks generated scores with."""
+        self.slot = slot
+        _, n_prompts, heads_kv, _, _ = self.prompt_keys.shape
+        beams, live, query_heads_per_kv = self.beams, slot + 1, query_heads // heads_kv
+        # source[b, 0, 0, (k, g), t] = ancestry[b * beams + k, t], for every query head g of KV head group.
+        source = self.ancestry[:, :live].view(n_prompts, beams, 1, live)
+        source = source.expand(n_prompts, beams, query_heads_per_kv, live)
+        self.source = source.reshape(n_prompts, 1, 1, beams * query_heads_per_kv, live)
+
+
+def tree_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   attention_mask, scaling: float | None = None, dropout: float = 0.0, **kwargs):
+    """One decode step's attention (transformers' attention-function signature). Returns [rows, 1, heads, dim]."""
+    cache, layer = _active, module.layer_idx
+    rows, heads, _, head_dim = query.shape
+    _, n_prompts, heads_kv, prompt_len, _ = cache.prompt_keys.shape
+    beams, group, live = cache.beams, heads // heads_kv, cache.slot + 1
+    scaling = head_dim ** -0.5 if scaling is None else scaling
+    # Write this token's key and value into its own row's slot: the cache's only write.
+    for new, store in ((key, cache.keys), (value, cache.values)):
+        store[layer, :, :, :, cache.slot] = new.reshape(n_prompts, beams, heads_kv, head_dim).transpose(1, 2)
+    # Queries of one prompt and KV head: beams x group of them, ordered (beam, head in group).
+    q = query.reshape(n_prompts, beams, heads_kv, group, head_dim).transpose(1, 2)
+    q = q.reshape(n_prompts, heads_kv, beams * group, head_dim)
+    prompt_scores = torch.matmul(q, cache.prompt_keys[layer].transpose(-1, -2)) * scaling
+    generated_keys = cache.keys[layer, :, :, :, :live]  # [prompts, kv heads, beams (rows), live, dim]
+    every_row = torch.matmul(q.unsqueeze(2), generated_keys.transpose(-1, -2)) * scaling
+    source = cache.source.expand(n_prompts, heads_kv, 1, beams * group, live)
+    generated_scores = every_row.gather(2, source).squeeze(2)
+    weights = torch.cat([prompt_scores, generated_scores], dim=-1).softmax(dim=-1, dtype=torch.float32)
+    weights = weights.to(value.dtype)
+    prompt_weights, generated_weights = weights.split([prompt_len, live], dim=-1)
+    out = torch.matmul(prompt_weights, cache.prompt_values[layer])
+    # Each query's weights placed at the row its ancestry names (zero at the others), then one matmul per row.
+    spread = torch.zeros_like(every_row).scatter_(2, source, generated_weights.unsqueeze(2))
+    out = out + torch.matmul(spread, cache.values[layer, :, :, :, :live]).sum(dim=2)
+    out = out.view(n_prompts, heads_kv, beams, group, head_dim).transpose(1, 2)
+    return out.reshape(rows, 1, heads, head_dim), None
+
+
+def register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, tree_attention)
+
+
+@contextlib.contextmanager
+def attending(model: torch.nn.Module, cache: TreeCache):
+    """The model's forward, while inside, attends over `cache` through `tree_attention`."""
+    global _active
+    register()
+    before, _active = model.config._attn_implementation, cache
+    model.config._attn_implementation = ATTENTION
+    try:
+        yield
+    finally:
+        model.config._attn_implementation, _active = before, None
