@@ -215,3 +215,103 @@ def test_inference_weights_are_a_bf16_copy_for_cuda_made_once():
     assert next(model.parameters()).dtype == torch.float32  # training keeps its fp32 masters
     assert train_module.inference_model(copy, cuda) is copy  # already bf16: no second copy
     assert train_module.inference_model(model, torch.device("cpu")) is model
+
+
+# --- the tree cache: nothing moves, only written slots are read, chunk size free -------------------
+def decode_with_probe(model, prompt_ids: np.ndarray, cfg: GenerateConfig, before_step=None):
+    """Beam search through the decoder's own pieces, calling before_step(decoder, slot) before each step."""
+    from collapse_cli.families.lm import decode as decode_module
+
+    decoder = decode_module.TreeDecoder(model, len(prompt_ids), cfg.num_beams, cfg.new_tokens, use_graph=False)
+    step = decoder.step
+
+    def probed(tokens, slot):
+        if before_step is not None:
+            before_step(decoder, slot)
+        return step(tokens, slot)
+
+    decoder.step = probed
+    with torch.inference_mode():
+        return decode_module.beam_search(decoder, torch.from_numpy(prompt_ids), cfg).numpy(), decoder
+
+
+@pytest.mark.parametrize("kind", ["opt", "llama"])
+def test_unwritten_slots_are_never_read(kind):
+    """Live length: NaN in every generated slot not yet written changes nothing (a masked read would spread it)."""
+    model, prompt_ids = build(kind), prompts(n=6)
+    cfg = GenerateConfig(**SHUMAILOV, new_tokens=10)
+
+    def poison_the_future(decoder, slot):
+        for store in (decoder.cache.keys, decoder.cache.values):
+            store[:, :, :, :, slot:] = float("nan")
+
+    poisoned, _ = decode_with_probe(model, prompt_ids, cfg, poison_the_future)
+    clean, _ = decode_with_probe(model, prompt_ids, cfg)
+    assert np.array_equal(poisoned, clean)
+    assert np.array_equal(clean, generate(model, prompt_ids, cfg, seed=0, device=CPU))
+
+
+def test_kv_is_written_once_and_never_moves():
+    """Each generated slot is written by its step and then stays bit-identical; the prompt KV never changes."""
+    model, prompt_ids = build("llama"), prompts(n=5)
+    cfg = GenerateConfig(**SHUMAILOV, new_tokens=9)
+    snapshots = []
+
+    def snapshot(decoder, slot):
+        cache = decoder.cache
+        snapshots.append((slot, cache.keys.clone(), cache.values.clone(), cache.prompt_keys.clone()))
+
+    _, decoder = decode_with_probe(model, prompt_ids, cfg, snapshot)
+    cache = decoder.cache
+    # GQA: the cache holds the 2 shared KV heads, never the 4 query heads repeated.
+    assert cache.prompt_keys.shape[2] == cache.keys.shape[2] == model.config.num_key_value_heads
+    assert cache.prompt_keys.shape[1] == len(prompt_ids)  # one prompt copy per prompt, not per beam
+    for slot, keys, values, prompt_keys in snapshots:
+        # Slots written before this step (0..slot-1) are as the end of decoding left them.
+        assert torch.equal(keys[..., :slot, :], cache.keys[..., :slot, :])
+        assert torch.equal(values[..., :slot, :], cache.values[..., :slot, :])
+        assert torch.equal(prompt_keys, cache.prompt_keys)
+    # Beam search did reorder: some row's history runs through a row other than its own.
+    own = torch.arange(cfg.num_beams).repeat(len(prompt_ids))[:, None]
+    assert (cache.ancestry[:, : cfg.new_tokens - 1] != own).any()
+
+
+@pytest.mark.parametrize("kind", ["opt", "gpt2", "llama"])
+def test_step_logits_equal_the_models_own(kind):
+    """Teacher-forced through the tree cache, every step's logits equal the model's full forward (fp32)."""
+    from collapse_cli.families.lm.decode import TreeDecoder
+
+    model, prompt_ids = build(kind), torch.from_numpy(prompts(n=4))
+    continuation = torch.from_numpy(prompts(n=4, length=8, seed=5))
+    with torch.inference_mode():
+        full = model(input_ids=torch.cat([prompt_ids, continuation], dim=1)).logits
+        decoder = TreeDecoder(model, len(prompt_ids), 1, 8, use_graph=False)
+        first = decoder.prefill(prompt_ids)
+        assert torch.allclose(first, full[:, 5], atol=1e-5)
+        for slot in range(7):
+            logits = decoder.step(continuation[:, slot], slot)
+            assert torch.allclose(logits, full[:, 6 + slot], atol=1e-5, rtol=1e-5), slot
+
+
+def test_beam_corpus_does_not_depend_on_chunk_size():
+    """Beam search draws no random numbers: chunks of 1, 4 or all 13 prompts give the same corpus."""
+    model, prompt_ids = build("gpt2"), prompts(n=13)
+    corpora = [generate(model, prompt_ids, GenerateConfig(**SHUMAILOV, new_tokens=10, batch_size=rows), seed=0,
+                        device=CPU) for rows in (5, 20, 65)]
+    assert np.array_equal(corpora[0], corpora[1]) and np.array_equal(corpora[1], corpora[2])
+
+
+def test_decoding_prints_no_warning(capfd):
+    """transformers 5.24 warns when a cache is passed as `past_key_values`: the decoders pass it by the current name."""
+    import warnings
+
+    for kind in ("opt", "gpt_neox"):  # the own decoder, and the dynamic-cache fallback
+        model, prompt_ids = build(kind), prompts(n=4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            generate(model, prompt_ids, GenerateConfig(do_sample=True, new_tokens=6), seed=0, device=CPU)
+            generate(model, prompt_ids, GenerateConfig(**SHUMAILOV, new_tokens=6) if kind == "opt" else
+                     GenerateConfig(do_sample=False, new_tokens=6), seed=0, device=CPU)
+    captured = capfd.readouterr()
+    assert "past_key_values" not in captured.err + captured.out
+    assert captured.err == ""

@@ -92,19 +92,23 @@ class TreeDecoder:
                                   device=parameter.device)
         self.tokens = torch.zeros((self.rows, 1), dtype=torch.long, device=parameter.device)  # the step's input
         self.position = torch.zeros((), dtype=torch.long, device=parameter.device)  # where that token sits
-        self.cache: TreeCache | None = None
-        self.heads = model.config.num_attention_heads
+        self.n_prompts, self.cache = n_prompts, None
         self.use_graph, self.warm, self.graphs, self.pool = use_graph, False, {}, None
 
     def prefill(self, prompts: torch.Tensor) -> torch.Tensor:
         """Run the prompts once through the model's own forward; keep their KV once each. Last logits [B, V]."""
         output = self.model(input_ids=prompts, use_cache=True, logits_to_keep=1)
         layers = output_cache(output).layers
-        keys, values = [layer.keys for layer in layers], [layer.values for layer in layers]
-        if self.cache is None:
-            self.cache = TreeCache(keys, self.beams, self.new_tokens)
-        self.cache.load_prompts(keys, values)
+        self.reserve(prompts.shape[1]).load_prompts([layer.keys for layer in layers],
+                                                    [layer.values for layer in layers])
         return output.logits[:, -1]
+
+    def reserve(self, prompt_len: int) -> TreeCache:
+        """The cache, allocated on first use (all of a decoder's chunks have one prompt length)."""
+        if self.cache is None:
+            self.cache = TreeCache(self.model.config, self.n_prompts, self.beams, prompt_len, self.new_tokens,
+                                   self.logits.dtype, self.logits.device)
+        return self.cache
 
     def step(self, tokens: torch.Tensor, slot: int) -> torch.Tensor:
         """Feed one token per row, written at generated position `slot`; logits [rows, V] (overwritten next step)."""
@@ -121,7 +125,7 @@ class TreeDecoder:
 
     def _forward(self, slot: int) -> None:
         with attending(self.model, self.cache):
-            self.cache.prepare(slot, self.heads)
+            self.cache.prepare(slot)
             hidden = self.model.base_model(input_ids=self.tokens, use_cache=False,
                                            position_ids=self.position.view(1, 1).expand(self.rows, 1))
         torch.mm(hidden.last_hidden_state[:, -1], self.head.weight.t(), out=self.logits)
@@ -140,14 +144,6 @@ class TreeDecoder:
             self.use_graph = False
             return
         self.graphs[slot] = graph
-
-
-def decode_step(decoder: TreeDecoder, tokens: torch.Tensor, slot: int) -> torch.Tensor:
-    """The one step a roofline counts: the model's forward for one token per row at `slot`, eagerly."""
-    decoder.tokens.copy_(tokens.view(-1, 1))
-    decoder.position.fill_(decoder.cache.prompt_len + slot)
-    decoder._forward(slot)
-    return decoder.logits
 
 
 class DynamicSteps:
@@ -222,12 +218,20 @@ def beam_search(decoder: TreeDecoder, prompts: torch.Tensor, cfg: GenerateConfig
     """
     logits = decoder.prefill(prompts).float().repeat_interleave(cfg.num_beams, dim=0)
     beams = Beams(prompts, cfg.num_beams, cfg.new_tokens, decoder.cache.ancestry)
-    for step in range(cfg.new_tokens):
-        token = beams.advance(logits, cfg.repetition_penalty, step)
-        if step + 1 == cfg.new_tokens:
-            break
-        logits = decoder.step(token, step).float()
+    token = beams.advance(logits, cfg.repetition_penalty, step=0)
+    for step in range(1, cfg.new_tokens):
+        token = beam_step(decoder, beams, token, step, cfg.repetition_penalty)
     return beams.best()
+
+
+def beam_step(decoder: TreeDecoder, beams: Beams, token: torch.Tensor, step: int, penalty: float) -> torch.Tensor:
+    """One beam iteration: feed the tokens chosen at step-1 (written at slot step-1), choose step's. [rows]
+
+    This is the whole per-step work of beam search (scripts count its ops, bytes and FLOPs by
+    calling it once on meta tensors after `decoder.reserve(prompt_len)`).
+    """
+    logits = decoder.step(token, step - 1).float()
+    return beams.advance(logits, penalty, step)
 
 
 def generate_fallback(model: torch.nn.Module, prompts: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:

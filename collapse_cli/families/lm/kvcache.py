@@ -29,16 +29,18 @@ _active: TreeCache | None = None  # the cache the step now running attends over 
 class TreeCache:
     """Buffers for one chunk shape; a new chunk overwrites the prompt KV and rewrites the generated slots."""
 
-    def __init__(self, prompt_keys: list[torch.Tensor], beams: int, new_tokens: int):
-        layers = len(prompt_keys)
-        n_prompts, heads_kv, prompt_len, head_dim = prompt_keys[0].shape
-        like = {"dtype": prompt_keys[0].dtype, "device": prompt_keys[0].device}
-        self.beams, self.prompt_len = beams, prompt_len
-        self.prompt_keys = torch.zeros((layers, n_prompts, heads_kv, prompt_len, head_dim), **like)
+    def __init__(self, config, n_prompts: int, beams: int, prompt_len: int, new_tokens: int,
+                 dtype: torch.dtype, device: torch.device):
+        heads = config.num_attention_heads
+        heads_kv = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        like = {"dtype": dtype, "device": device}
+        self.beams, self.prompt_len, self.query_heads = beams, prompt_len, heads
+        self.prompt_keys = torch.zeros((config.num_hidden_layers, n_prompts, heads_kv, prompt_len, head_dim), **like)
         self.prompt_values = torch.zeros_like(self.prompt_keys)
-        self.keys = torch.zeros((layers, n_prompts, heads_kv, beams, new_tokens, head_dim), **like)
+        self.keys = torch.zeros((config.num_hidden_layers, n_prompts, heads_kv, beams, new_tokens, head_dim), **like)
         self.values = torch.zeros_like(self.keys)
-        self.ancestry = torch.zeros((n_prompts * beams, new_tokens), dtype=torch.long, device=like["device"])
+        self.ancestry = torch.zeros((n_prompts * beams, new_tokens), dtype=torch.long, device=device)
         self.slot = 0  # the generated position the running step writes; it attends to slots 0..slot
         self.source = None  # per step: the ancestry as a gather index over the group's rows (see `prepare`)
 
@@ -48,11 +50,11 @@ class TreeCache:
             self.prompt_values[layer].copy_(layer_values)
         self.ancestry.zero_()
 
-    def prepare(self, slot: int, query_heads: int) -> None:
+    def prepare(self, slot: int) -> None:
         """Before a step's forward: the index each layer's attention picks generated scores with."""
         self.slot = slot
         _, n_prompts, heads_kv, _, _ = self.prompt_keys.shape
-        beams, live, query_heads_per_kv = self.beams, slot + 1, query_heads // heads_kv
+        beams, live, query_heads_per_kv = self.beams, slot + 1, self.query_heads // heads_kv
         # source[b, 0, 0, (k, g), t] = ancestry[b * beams + k, t], for every query head g of KV head group.
         source = self.ancestry[:, :live].view(n_prompts, beams, 1, live)
         source = source.expand(n_prompts, beams, query_heads_per_kv, live)
