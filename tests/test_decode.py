@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -315,3 +317,42 @@ def test_decoding_prints_no_warning(capfd):
     captured = capfd.readouterr()
     assert "past_key_values" not in captured.err + captured.out
     assert captured.err == ""
+
+
+KERNEL_CHECK = """
+import torch
+from collapse_cli.families.lm.lse_kernel import triton_row_logsumexp
+generator = torch.Generator().manual_seed(0)
+for dtype in (torch.float32, torch.bfloat16):
+    logits = (torch.randn((6, 2500), generator=generator) * 8).to(dtype)  # 2500: a short last block
+    logits[0, :7] = float("-inf")  # seen ids masked out, as beam search does after its own lse
+    logits[1] = -1e4  # a flat row far from zero
+    ours = triton_row_logsumexp(logits)
+    reference = torch.logsumexp(logits.float(), dim=-1, keepdim=True)
+    assert ours.dtype == torch.float32 and ours.shape == (6, 1)
+    assert torch.allclose(ours, reference, rtol=1e-6, atol=1e-5), (dtype, (ours - reference).abs().max())
+# Beam search with the kernel as its log-sum-exp: the same corpus.
+import numpy as np
+from test_decode import SHUMAILOV, build, prompts
+from collapse_cli.config import GenerateConfig
+from collapse_cli.families.lm import select
+from collapse_cli.families.lm.generate import generate
+model, prompt_ids, cfg = build("opt"), prompts(n=6), GenerateConfig(**SHUMAILOV, new_tokens=8)
+torch_path = generate(model, prompt_ids, cfg, seed=0, device=torch.device("cpu"))
+select.row_logsumexp = triton_row_logsumexp
+assert np.array_equal(generate(model, prompt_ids, cfg, seed=0, device=torch.device("cpu")), torch_path)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_triton_logsumexp_kernel_matches_torch():
+    """The one-pass kernel against torch.logsumexp, run by Triton's interpreter on the CPU (CUDA runs it natively)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton", reason="Triton is absent from CPU-only torch installs; CUDA ones ship it")
+    result = subprocess.run([sys.executable, "-c", KERNEL_CHECK], capture_output=True, text=True, timeout=600,
+                            cwd=Path(__file__).parent, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -230,8 +230,7 @@ def beam_step(decoder: TreeDecoder, beams: Beams, token: torch.Tensor, step: int
     This is the whole per-step work of beam search (scripts count its ops, bytes and FLOPs by
     calling it once on meta tensors after `decoder.reserve(prompt_len)`).
     """
-    logits = decoder.step(token, step - 1).float()
-    return beams.advance(logits, penalty, step)
+    return beams.advance(decoder.step(token, step - 1), penalty, step)
 
 
 def generate_fallback(model: torch.nn.Module, prompts: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from collapse_cli.families.lm.lse_kernel import row_logsumexp
+
 # Beam search keeps 2 * num_beams candidates per prompt, as transformers does, so tie order matches it.
 CANDIDATES_PER_BEAM = 2
 
@@ -46,10 +48,11 @@ class Beams:
     def advance(self, logits: torch.Tensor, penalty: float, step: int) -> torch.Tensor:
         """Score the continuations of every beam, keep the best `beams` per prompt; the tokens chosen [rows].
 
-        `logits` [rows, V] (fp32) is overwritten (seen ids set to -inf).
+        `logits` [rows, V], fp32 or the model's bf16 (read as they are: bf16 widens to fp32 exactly, as
+        generate()'s .float() does), is overwritten (seen ids set to -inf).
         """
         n_prompts, beams = self.running.shape
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        lse = row_logsumexp(logits)
         ids, log_probs = best_unseen(logits, self.seen(step) if penalty != 1.0 else None, penalty, lse,
                                      CANDIDATES_PER_BEAM * beams)
         scores = (log_probs.view(n_prompts, beams, -1) + self.running[:, :, None]).view(n_prompts, -1)
@@ -77,14 +80,14 @@ def best_unseen(logits: torch.Tensor, seen: torch.Tensor | None, penalty: float,
     """
     if seen is None:
         top, ids = torch.topk(logits, count, dim=-1)
-        return ids, top - lse
+        return ids, top.float() - lse
     seen, _ = seen.sort(dim=1)
     repeated = torch.zeros_like(seen, dtype=torch.bool)
     repeated[:, 1:] = seen[:, 1:] == seen[:, :-1]
-    seen_log_probs = penalize(logits.gather(1, seen) - lse, penalty).masked_fill(repeated, float("-inf"))
+    seen_log_probs = penalize(logits.gather(1, seen).float() - lse, penalty).masked_fill(repeated, float("-inf"))
     logits.scatter_(1, seen, float("-inf"))
     top, ids = torch.topk(logits, count, dim=-1)
-    return torch.cat([ids, seen], dim=1), torch.cat([top - lse, seen_log_probs], dim=1)
+    return torch.cat([ids, seen], dim=1), torch.cat([top.float() - lse, seen_log_probs], dim=1)
 
 
 def penalize(scores: torch.Tensor, penalty: float) -> torch.Tensor:
