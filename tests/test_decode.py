@@ -245,7 +245,7 @@ def test_unwritten_slots_are_never_read(kind):
 
     def poison_the_future(decoder, slot):
         for store in (decoder.cache.keys, decoder.cache.values):
-            store[:, :, :, :, slot:] = float("nan")
+            store[:, :, :, slot:] = float("nan")
 
     poisoned, _ = decode_with_probe(model, prompt_ids, cfg, poison_the_future)
     clean, _ = decode_with_probe(model, prompt_ids, cfg)
@@ -270,8 +270,8 @@ def test_kv_is_written_once_and_never_moves():
     assert cache.prompt_keys.shape[1] == len(prompt_ids)  # one prompt copy per prompt, not per beam
     for slot, keys, values, prompt_keys in snapshots:
         # Slots written before this step (0..slot-1) are as the end of decoding left them.
-        assert torch.equal(keys[..., :slot, :], cache.keys[..., :slot, :])
-        assert torch.equal(values[..., :slot, :], cache.values[..., :slot, :])
+        assert torch.equal(keys[:, :, :, :slot], cache.keys[:, :, :, :slot])
+        assert torch.equal(values[:, :, :, :slot], cache.values[:, :, :, :slot])
         assert torch.equal(prompt_keys, cache.prompt_keys)
     # Beam search did reorder: some row's history runs through a row other than its own.
     own = torch.arange(cfg.num_beams).repeat(len(prompt_ids))[:, None]
