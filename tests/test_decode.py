@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +208,27 @@ def test_bf16_decoder_on_cuda_matches_generate(kind):
         theirs = model.to(torch.bfloat16).generate(input_ids=torch.from_numpy(prompt_ids).to(cuda), max_new_tokens=16,
                                                    do_sample=False)[:, 6:].cpu().numpy()
     assert (ours == theirs).all(axis=1).mean() >= 0.9  # argmax flips where two logits tie within bf16 rounding
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["opt", "llama"])
+def test_cuda_graphs_replay_what_eager_steps_compute(kind):
+    """One graph per step index, captured in the first chunks and replayed in later ones: the same tokens as eager."""
+    cuda = torch.device("cuda")
+    model, prompt_ids = build(kind).to(cuda), prompts(n=12)
+    for cfg in (GenerateConfig(**SHUMAILOV, new_tokens=12, batch_size=20),
+                GenerateConfig(do_sample=True, new_tokens=12, batch_size=4)):
+        eager = generate(model, prompt_ids, replace(cfg, cuda_graph=False), seed=1, device=cuda)
+        assert np.array_equal(generate(model, prompt_ids, cfg, seed=1, device=cuda), eager)
+        decode = ChunkDecoder(model, cfg, 4, cuda)
+        with torch.inference_mode():
+            for chunk in range(3):
+                decode(torch.from_numpy(prompt_ids[4 * chunk:4 * chunk + 4]).to(cuda),
+                       torch.Generator(cuda).manual_seed(0))
+        (decoder,) = decode.decoders.values()
+        # Every step index: slot 0 ran eagerly in the first chunk (the warm-up) and was captured in the second.
+        assert sorted(decoder.graphs) == list(range(cfg.new_tokens - 1))
 
 
 def test_inference_weights_are_a_bf16_copy_for_cuda_made_once():
