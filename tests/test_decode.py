@@ -378,3 +378,15 @@ def test_triton_logsumexp_kernel_matches_torch():
     result = subprocess.run([sys.executable, "-c", KERNEL_CHECK], capture_output=True, text=True, timeout=600,
                             cwd=Path(__file__).parent, env={**os.environ, "TRITON_INTERPRET": "1"})
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("new_tokens, prompt_len, beams, penalty", [(1, 6, 5, 3.0), (2, 6, 5, 3.0), (6, 1, 5, 3.0),
+                                                                      (8, 6, 2, 1.0)],
+                         ids=["one-token", "two-tokens", "bos-prompt", "2-beams-no-penalty"])
+def test_beam_search_edges_equal_generate(new_tokens, prompt_len, beams, penalty):
+    """The first step alone, one-token prompts (prompt=bos), and other beam counts without a penalty."""
+    model, prompt_ids = build("llama"), prompts(n=7, length=prompt_len)
+    cfg = GenerateConfig(do_sample=False, num_beams=beams, repetition_penalty=penalty, new_tokens=new_tokens)
+    ours = generate(model, prompt_ids, cfg, seed=0, device=CPU)
+    theirs = reference(model, prompt_ids, new_tokens, num_beams=beams, repetition_penalty=penalty)
+    assert_same_or_tied(model, prompt_ids, ours, theirs, penalty)

@@ -54,7 +54,7 @@ class Beams:
         n_prompts, beams = self.running.shape
         lse = row_logsumexp(logits)
         ids, log_probs = best_unseen(logits, self.seen(step) if penalty != 1.0 else None, penalty, lse,
-                                     CANDIDATES_PER_BEAM * beams)
+                                     min(CANDIDATES_PER_BEAM * beams, logits.shape[1]))
         scores = (log_probs.view(n_prompts, beams, -1) + self.running[:, :, None]).view(n_prompts, -1)
         best, index = torch.topk(scores, CANDIDATES_PER_BEAM * beams, dim=1)
         best, index = best[:, :beams], index[:, :beams]
