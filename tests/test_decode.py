@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -207,6 +210,27 @@ def test_bf16_decoder_on_cuda_matches_generate(kind):
     assert (ours == theirs).all(axis=1).mean() >= 0.9  # argmax flips where two logits tie within bf16 rounding
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["opt", "llama"])
+def test_cuda_graphs_replay_what_eager_steps_compute(kind):
+    """One graph per step index, captured in the first chunks and replayed in later ones: the same tokens as eager."""
+    cuda = torch.device("cuda")
+    model, prompt_ids = build(kind).to(cuda), prompts(n=12)
+    for cfg in (GenerateConfig(**SHUMAILOV, new_tokens=12, batch_size=20),
+                GenerateConfig(do_sample=True, new_tokens=12, batch_size=4)):
+        eager = generate(model, prompt_ids, replace(cfg, cuda_graph=False), seed=1, device=cuda)
+        assert np.array_equal(generate(model, prompt_ids, cfg, seed=1, device=cuda), eager)
+        decode = ChunkDecoder(model, cfg, 4, cuda)
+        with torch.inference_mode():
+            for chunk in range(3):
+                decode(torch.from_numpy(prompt_ids[4 * chunk:4 * chunk + 4]).to(cuda),
+                       torch.Generator(cuda).manual_seed(0))
+        (decoder,) = decode.decoders.values()
+        # Every step index: slot 0 ran eagerly in the first chunk (the warm-up) and was captured in the second.
+        assert sorted(decoder.graphs) == list(range(cfg.new_tokens - 1))
+
+
 def test_inference_weights_are_a_bf16_copy_for_cuda_made_once():
     # The bf16 conversion itself runs on any device: no GPU is needed to check it.
     model, cuda = build("opt", seed=0), torch.device("cuda")
@@ -215,3 +239,154 @@ def test_inference_weights_are_a_bf16_copy_for_cuda_made_once():
     assert next(model.parameters()).dtype == torch.float32  # training keeps its fp32 masters
     assert train_module.inference_model(copy, cuda) is copy  # already bf16: no second copy
     assert train_module.inference_model(model, torch.device("cpu")) is model
+
+
+# --- the tree cache: nothing moves, only written slots are read, chunk size free -------------------
+def decode_with_probe(model, prompt_ids: np.ndarray, cfg: GenerateConfig, before_step=None):
+    """Beam search through the decoder's own pieces, calling before_step(decoder, slot) before each step."""
+    from collapse_cli.families.lm import decode as decode_module
+
+    decoder = decode_module.TreeDecoder(model, len(prompt_ids), cfg.num_beams, cfg.new_tokens, use_graph=False)
+    step = decoder.step
+
+    def probed(tokens, slot):
+        if before_step is not None:
+            before_step(decoder, slot)
+        return step(tokens, slot)
+
+    decoder.step = probed
+    with torch.inference_mode():
+        return decode_module.beam_search(decoder, torch.from_numpy(prompt_ids), cfg).numpy(), decoder
+
+
+@pytest.mark.parametrize("kind", ["opt", "llama"])
+def test_unwritten_slots_are_never_read(kind):
+    """Live length: NaN in every generated slot not yet written changes nothing (a masked read would spread it)."""
+    model, prompt_ids = build(kind), prompts(n=6)
+    cfg = GenerateConfig(**SHUMAILOV, new_tokens=10)
+
+    def poison_the_future(decoder, slot):
+        for store in (decoder.cache.keys, decoder.cache.values):
+            store[:, :, :, slot:] = float("nan")
+
+    poisoned, _ = decode_with_probe(model, prompt_ids, cfg, poison_the_future)
+    clean, _ = decode_with_probe(model, prompt_ids, cfg)
+    assert np.array_equal(poisoned, clean)
+    assert np.array_equal(clean, generate(model, prompt_ids, cfg, seed=0, device=CPU))
+
+
+def test_kv_is_written_once_and_never_moves():
+    """Each generated slot is written by its step and then stays bit-identical; the prompt KV never changes."""
+    model, prompt_ids = build("llama"), prompts(n=5)
+    cfg = GenerateConfig(**SHUMAILOV, new_tokens=9)
+    snapshots = []
+
+    def snapshot(decoder, slot):
+        cache = decoder.cache
+        snapshots.append((slot, cache.keys.clone(), cache.values.clone(), cache.prompt_keys.clone()))
+
+    _, decoder = decode_with_probe(model, prompt_ids, cfg, snapshot)
+    cache = decoder.cache
+    # GQA: the cache holds the 2 shared KV heads, never the 4 query heads repeated.
+    assert cache.prompt_keys.shape[2] == cache.keys.shape[2] == model.config.num_key_value_heads
+    assert cache.prompt_keys.shape[1] == len(prompt_ids)  # one prompt copy per prompt, not per beam
+    for slot, keys, values, prompt_keys in snapshots:
+        # Slots written before this step (0..slot-1) are as the end of decoding left them.
+        assert torch.equal(keys[:, :, :, :slot], cache.keys[:, :, :, :slot])
+        assert torch.equal(values[:, :, :, :slot], cache.values[:, :, :, :slot])
+        assert torch.equal(prompt_keys, cache.prompt_keys)
+    # Beam search did reorder: some row's history runs through a row other than its own.
+    own = torch.arange(cfg.num_beams).repeat(len(prompt_ids))[:, None]
+    assert (cache.ancestry[:, : cfg.new_tokens - 1] != own).any()
+
+
+@pytest.mark.parametrize("kind", ["opt", "gpt2", "llama"])
+def test_step_logits_equal_the_models_own(kind):
+    """Teacher-forced through the tree cache, every step's logits equal the model's full forward (fp32)."""
+    from collapse_cli.families.lm.decode import TreeDecoder
+
+    model, prompt_ids = build(kind), torch.from_numpy(prompts(n=4))
+    continuation = torch.from_numpy(prompts(n=4, length=8, seed=5))
+    with torch.inference_mode():
+        full = model(input_ids=torch.cat([prompt_ids, continuation], dim=1)).logits
+        decoder = TreeDecoder(model, len(prompt_ids), 1, 8, use_graph=False)
+        first = decoder.prefill(prompt_ids)
+        assert torch.allclose(first, full[:, 5], atol=1e-5)
+        for slot in range(7):
+            logits = decoder.step(continuation[:, slot], slot)
+            assert torch.allclose(logits, full[:, 6 + slot], atol=1e-5, rtol=1e-5), slot
+
+
+def test_beam_corpus_does_not_depend_on_chunk_size():
+    """Beam search draws no random numbers: chunks of 1, 4 or all 13 prompts give the same corpus."""
+    model, prompt_ids = build("gpt2"), prompts(n=13)
+    corpora = [generate(model, prompt_ids, GenerateConfig(**SHUMAILOV, new_tokens=10, batch_size=rows), seed=0,
+                        device=CPU) for rows in (5, 20, 65)]
+    assert np.array_equal(corpora[0], corpora[1]) and np.array_equal(corpora[1], corpora[2])
+
+
+def test_decoding_prints_no_warning(capfd):
+    """transformers 5.24 warns when a cache is passed as `past_key_values`: the decoders pass it by the current name."""
+    import warnings
+
+    for kind in ("opt", "gpt_neox"):  # the own decoder, and the dynamic-cache fallback
+        model, prompt_ids = build(kind), prompts(n=4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            generate(model, prompt_ids, GenerateConfig(do_sample=True, new_tokens=6), seed=0, device=CPU)
+            generate(model, prompt_ids, GenerateConfig(**SHUMAILOV, new_tokens=6) if kind == "opt" else
+                     GenerateConfig(do_sample=False, new_tokens=6), seed=0, device=CPU)
+    captured = capfd.readouterr()
+    assert "past_key_values" not in captured.err + captured.out
+    assert captured.err == ""
+
+
+KERNEL_CHECK = """
+import torch
+from collapse_cli.families.lm.lse_kernel import triton_row_logsumexp
+generator = torch.Generator().manual_seed(0)
+for dtype in (torch.float32, torch.bfloat16):
+    logits = (torch.randn((6, 2500), generator=generator) * 8).to(dtype)  # 2500: a short last block
+    logits[0, :7] = float("-inf")  # seen ids masked out, as beam search does after its own lse
+    logits[1] = -1e4  # a flat row far from zero
+    ours = triton_row_logsumexp(logits)
+    reference = torch.logsumexp(logits.float(), dim=-1, keepdim=True)
+    assert ours.dtype == torch.float32 and ours.shape == (6, 1)
+    assert torch.allclose(ours, reference, rtol=1e-6, atol=1e-5), (dtype, (ours - reference).abs().max())
+# Beam search with the kernel as its log-sum-exp: the same corpus.
+import numpy as np
+from test_decode import SHUMAILOV, build, prompts
+from collapse_cli.config import GenerateConfig
+from collapse_cli.families.lm import select
+from collapse_cli.families.lm.generate import generate
+model, prompt_ids, cfg = build("opt"), prompts(n=6), GenerateConfig(**SHUMAILOV, new_tokens=8)
+torch_path = generate(model, prompt_ids, cfg, seed=0, device=torch.device("cpu"))
+select.row_logsumexp = triton_row_logsumexp
+assert np.array_equal(generate(model, prompt_ids, cfg, seed=0, device=torch.device("cpu")), torch_path)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_triton_logsumexp_kernel_matches_torch():
+    """The one-pass kernel against torch.logsumexp, run by Triton's interpreter on the CPU (CUDA runs it natively)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton", reason="Triton is absent from CPU-only torch installs; CUDA ones ship it")
+    result = subprocess.run([sys.executable, "-c", KERNEL_CHECK], capture_output=True, text=True, timeout=600,
+                            cwd=Path(__file__).parent, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("new_tokens, prompt_len, beams, penalty", [(1, 6, 5, 3.0), (2, 6, 5, 3.0), (6, 1, 5, 3.0),
+                                                                      (8, 6, 2, 1.0)],
+                         ids=["one-token", "two-tokens", "bos-prompt", "2-beams-no-penalty"])
+def test_beam_search_edges_equal_generate(new_tokens, prompt_len, beams, penalty):
+    """The first step alone, one-token prompts (prompt=bos), and other beam counts without a penalty."""
+    model, prompt_ids = build("llama"), prompts(n=7, length=prompt_len)
+    cfg = GenerateConfig(do_sample=False, num_beams=beams, repetition_penalty=penalty, new_tokens=new_tokens)
+    ours = generate(model, prompt_ids, cfg, seed=0, device=CPU)
+    theirs = reference(model, prompt_ids, new_tokens, num_beams=beams, repetition_penalty=penalty)
+    assert_same_or_tied(model, prompt_ids, ours, theirs, penalty)

@@ -1,31 +1,33 @@
-"""The project's own decoder: one preallocated KV cache, prompts computed once, fixed-shape steps.
+"""The project's own decoder: prompts computed once, a KV cache in which nothing moves, live-length steps.
 
-One decoding batch:
-    prefill   the B prompts once, through the model's own forward
-    expand    their KV into a transformers StaticCache of B*beams rows and prompt+new_tokens positions
-    step      one token per row: the model's forward on that cache under a full-length boolean mask,
-              so every step has the same shapes (CUDA replays it as a graph), then the selection:
-              greedy, sampling, or 5-beam search with a repetition penalty
-Beam search reorders only the generated positions written so far: the prompt's KV, identical in a
-prompt's beams, never moves. The repetition-penalty state is a boolean [rows, vocab] mask
-updated in place. Models other than OPT, GPT-2 and Llama use transformers' dynamic cache
-(sampling, greedy) and generate() (beam search), as `describe` says in the run's plan.
+One decoding chunk (B prompts x beams rows):
+    prefill   the B prompts once, through the model's own forward; their KV is kept once per prompt
+    step      one token per row: the model's own forward with the tree cache's attention plugged in
+              (families/lm/kvcache.py): each row writes its new key and value once, into its own slot,
+              and attends to its prompt and to the generated positions written so far through a small
+              ancestry table; then the LM head into one logits buffer and the selection
+              (families/lm/select.py): greedy, sampling, or beam search with a repetition penalty
+              applied to each row's seen ids
+Beam search reorders the ancestry table ([rows, new_tokens]), never the KV. Models other than OPT,
+GPT-2 and Llama use transformers' dynamic cache (sampling, greedy) and generate() (beam search), as
+`describe` says in the run's plan.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 
 import torch
 
 from collapse_cli.config import GenerateConfig
+from collapse_cli.families.lm.kvcache import TreeCache, attending
+from collapse_cli.families.lm.select import Beams, penalize_seen
 
 log = logging.getLogger("collapse")
 
 ARCHITECTURES = ("opt", "gpt2", "llama")
-# Beam search keeps 2 * num_beams candidates per prompt, as transformers does, so tie order matches it.
-CANDIDATES_PER_BEAM = 2
 
 
 def has_own_decoder(model: torch.nn.Module) -> bool:
@@ -61,108 +63,103 @@ def attention_backends(device: torch.device):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-class StaticDecoder:
-    """A fixed number of rows decoded over a StaticCache of prompt_len + new_tokens positions."""
+def output_cache(output):
+    """The KV cache a forward returned: `cache` from transformers 5.24, `past_key_values` before."""
+    cache = getattr(output, "cache", None)
+    return output.past_key_values if cache is None else cache
 
-    def __init__(self, model: torch.nn.Module, rows: int, prompt_len: int, new_tokens: int, use_graph: bool):
-        from transformers import StaticCache
 
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The name the model's forward takes its cache under: `cache` from 5.24 (the old one warns), else the old one."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class TreeDecoder:
+    """A fixed number of prompts x beams rows decoded over a TreeCache (families/lm/kvcache.py).
+
+    A step is the model's forward for one token per row, attending through the tree cache to the
+    prompt once per prompt and to the generated positions written so far, then the LM head into
+    one logits buffer. On CUDA each step index is captured once as its own graph (its live length
+    is part of its shapes) in one memory pool, replayed in capture order for every chunk.
+    """
+
+    def __init__(self, model: torch.nn.Module, n_prompts: int, beams: int, new_tokens: int, use_graph: bool):
         parameter = next(model.parameters())
-        self.model, self.rows, self.prompt_len = model, rows, prompt_len
-        self.cache = StaticCache(config=model.config, max_cache_len=prompt_len + new_tokens)
-        self.tokens = torch.zeros((rows, 1), dtype=torch.long, device=parameter.device)  # the next step's input
+        self.model, self.beams, self.new_tokens = model, beams, new_tokens
+        self.rows = n_prompts * beams
+        self.head = model.get_output_embeddings()
+        self.logits = torch.empty((self.rows, self.head.weight.shape[0]), dtype=parameter.dtype,
+                                  device=parameter.device)
+        self.tokens = torch.zeros((self.rows, 1), dtype=torch.long, device=parameter.device)  # the step's input
         self.position = torch.zeros((), dtype=torch.long, device=parameter.device)  # where that token sits
-        self.key_positions = torch.arange(prompt_len + new_tokens, device=parameter.device)
-        # Eager attention adds its mask; SDPA takes a boolean one (True: attend).
-        self.additive = model.config._attn_implementation == "eager"
-        mask_dtype = parameter.dtype if self.additive else torch.bool
-        self.mask_row = torch.zeros(prompt_len + new_tokens, dtype=mask_dtype, device=parameter.device)
-        self.mask = self.mask_row.view(1, 1, 1, -1).expand(rows, 1, 1, -1)
-        self.use_graph, self.graph, self.logits = use_graph, None, None
+        self.n_prompts, self.cache = n_prompts, None
+        self.use_graph, self.warm, self.graphs, self.pool = use_graph, False, {}, None
 
-    def prefill(self, prompts: torch.Tensor, repeat: int) -> torch.Tensor:
-        """Run the prompts once; copy their KV into the cache, each row `repeat` times. Last logits [B, V]."""
-        assert len(prompts) * repeat == self.rows and prompts.shape[1] == self.prompt_len
+    def prefill(self, prompts: torch.Tensor) -> torch.Tensor:
+        """Run the prompts once through the model's own forward; keep their KV once each. Last logits [B, V]."""
         output = self.model(input_ids=prompts, use_cache=True, logits_to_keep=1)
-        for layer, prompt_layer in zip(self.cache.layers, output.past_key_values.layers):
-            keys = prompt_layer.keys.repeat_interleave(repeat, dim=0)
-            values = prompt_layer.values.repeat_interleave(repeat, dim=0)
-            if not layer.is_initialized:
-                layer.lazy_initialization(keys, values)
-            layer.keys[:, :, : self.prompt_len].copy_(keys)
-            layer.values[:, :, : self.prompt_len].copy_(values)
-            layer.cumulative_length.fill_(self.prompt_len)
-        self.position.fill_(self.prompt_len)
+        layers = output_cache(output).layers
+        self.reserve(prompts.shape[1]).load_prompts([layer.keys for layer in layers],
+                                                    [layer.values for layer in layers])
         return output.logits[:, -1]
 
-    def _forward(self) -> torch.Tensor:
-        allowed = self.key_positions <= self.position
-        if self.additive:
-            self.mask_row.copy_((~allowed).to(self.mask_row.dtype) * torch.finfo(self.mask_row.dtype).min)
-        else:
-            self.mask_row.copy_(allowed)
-        output = self.model(input_ids=self.tokens, attention_mask=self.mask,
-                            position_ids=self.position.view(1, 1).expand(self.rows, 1),
-                            past_key_values=self.cache, use_cache=True)
-        self.position.add_(1)
-        return output.logits[:, -1]
+    def reserve(self, prompt_len: int) -> TreeCache:
+        """The cache, allocated on first use (all of a decoder's chunks have one prompt length)."""
+        if self.cache is None:
+            self.cache = TreeCache(self.model.config, self.n_prompts, self.beams, prompt_len, self.new_tokens,
+                                   self.logits.dtype, self.logits.device)
+        return self.cache
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row; next-token logits [rows, V] (a buffer the next step overwrites)."""
+    def step(self, tokens: torch.Tensor, slot: int) -> torch.Tensor:
+        """Feed one token per row, written at generated position `slot`; logits [rows, V] (overwritten next step)."""
         self.tokens.copy_(tokens.view(-1, 1))
-        if self.graph is not None:
-            self.graph.replay()
-            return self.logits
-        if self.use_graph and self.logits is not None and self._capture():
-            self.graph.replay()
-            return self.logits
-        # Eager; on CUDA the first step also warms up the kernels the graph then records.
-        self.logits = self._forward()
+        self.position.fill_(self.cache.prompt_len + slot)
+        if slot not in self.graphs and self.use_graph and self.warm:
+            self._capture(slot)
+        if slot in self.graphs:
+            self.graphs[slot].replay()
+        else:  # eager; on CUDA the first step also warms up the kernels the graphs then record
+            self._forward(slot)
+            self.warm = True
         return self.logits
 
-    def _capture(self) -> bool:
-        """Record one step (nothing runs while recording); False, and eager from then on, if it cannot be."""
+    def _forward(self, slot: int) -> None:
+        with attending(self.model, self.cache):
+            self.cache.prepare(slot)
+            hidden = self.model.base_model(input_ids=self.tokens, use_cache=False,
+                                           position_ids=self.position.view(1, 1).expand(self.rows, 1))
+        torch.mm(hidden.last_hidden_state[:, -1], self.head.weight.t(), out=self.logits)
+        if self.head.bias is not None:
+            self.logits.add_(self.head.bias)
+
+    def _capture(self, slot: int) -> None:
+        """Record step `slot` (nothing runs while recording); on failure decode eagerly from then on."""
         graph = torch.cuda.CUDAGraph()
+        self.pool = self.pool or torch.cuda.graph_pool_handle()
         try:
-            with torch.cuda.graph(graph):
-                self.logits = self._forward()
+            with torch.cuda.graph(graph, pool=self.pool):
+                self._forward(slot)
         except RuntimeError as err:  # e.g. a forward that syncs with the host
             log.warning("decoder: CUDA graph capture failed (%s); decoding eagerly", str(err).splitlines()[0][:120])
             self.use_graph = False
-            return False
-        self.graph = graph
-        return True
-
-    def reorder_generated(self, source_rows: torch.Tensor, written: int) -> None:
-        """Beam search: row i of the generated span becomes row source_rows[i]; the prompt span stays.
-
-        Only the `written` positions that hold keys yet move: the rest are masked until a step writes them.
-        That halves the bytes moved over a decode, and the reorder is the step's biggest memory traffic.
-        """
-        if written == 0:
             return
-        end = self.prompt_len + written
-        for layer in self.cache.layers:
-            for cached in (layer.keys, layer.values):
-                generated = cached[:, :, self.prompt_len:end]
-                generated.copy_(generated.index_select(0, source_rows))
+        self.graphs[slot] = graph
 
 
 class DynamicSteps:
     """Fallback for other causal LMs: transformers' growing cache (sampling and greedy only)."""
 
     def __init__(self, model: torch.nn.Module):
-        self.model, self.cache = model, None
+        self.model, self.cache, self.keyword = model, None, cache_keyword(model)
 
-    def prefill(self, prompts: torch.Tensor, repeat: int) -> torch.Tensor:
-        assert repeat == 1
+    def prefill(self, prompts: torch.Tensor) -> torch.Tensor:
         output = self.model(input_ids=prompts, use_cache=True)
-        self.cache = output.past_key_values
+        self.cache = output_cache(output)
         return output.logits[:, -1]
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        output = self.model(input_ids=tokens.view(-1, 1), past_key_values=self.cache, use_cache=True)
-        self.cache = output.past_key_values
+    def step(self, tokens: torch.Tensor, slot: int) -> torch.Tensor:
+        output = self.model(input_ids=tokens.view(-1, 1), use_cache=True, **{self.keyword: self.cache})
+        self.cache = output_cache(output)
         return output.logits[:, -1]
 
 
@@ -196,71 +193,44 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch
     return drawn.clamp_max(probs.shape[-1] - 1)
 
 
-def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's repetition penalty (as in transformers): shrink the scores of tokens already present."""
-    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalized, logits)
-
-
-def prompt_mask(prompts: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    return torch.zeros((len(prompts), vocab_size), dtype=torch.bool, device=prompts.device).scatter_(1, prompts, True)
-
-
 def sample(steps, prompts: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator) -> torch.Tensor:
     """Greedy decoding or sampling, one token per prompt per step: the new tokens [B, new_tokens]."""
     new_tokens = torch.empty((len(prompts), cfg.new_tokens), dtype=torch.long, device=prompts.device)
-    logits = steps.prefill(prompts, repeat=1).float()
-    seen = prompt_mask(prompts, logits.shape[-1]) if cfg.repetition_penalty != 1.0 else None
+    logits = steps.prefill(prompts).float()
     for step in range(cfg.new_tokens):
-        if seen is not None:
-            logits = penalize_repeats(logits, seen, cfg.repetition_penalty)
+        if cfg.repetition_penalty != 1.0:
+            seen = torch.cat([prompts, new_tokens[:, :step]], dim=1)
+            logits = penalize_seen(logits, seen, cfg.repetition_penalty)
         token = pick_next(logits, cfg, generator)
         new_tokens[:, step] = token
-        if seen is not None:
-            seen.scatter_(1, token[:, None], True)
         if step + 1 < cfg.new_tokens:
-            logits = steps.step(token).float()
+            logits = steps.step(token, step).float()
     return new_tokens
 
 
-def beam_search(decoder: StaticDecoder, prompts: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
-    """transformers' beam search (length_penalty 1, no early stop, no EOS), on a static cache: [B, new_tokens].
+def beam_search(decoder: TreeDecoder, prompts: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
+    """transformers' beam search (length_penalty 1, no early stop, no EOS) on the tree cache: [B, new_tokens].
 
     Each step scores num_beams x vocab continuations per prompt by accumulated log-probability
     (the repetition penalty applies to log-probabilities, as in generate()), keeps the best
     2 x num_beams in order and continues the first num_beams. With no EOS every hypothesis ends
     at the same length, so the answer is the best beam of the last step.
     """
-    n_prompts, beams, device = len(prompts), cfg.num_beams, prompts.device
-    logits = decoder.prefill(prompts, repeat=beams).float().repeat_interleave(beams, dim=0)
-    vocab = logits.shape[-1]
-    # Only beam 0 is alive at the start, so the first step picks num_beams distinct tokens.
-    running = torch.zeros((n_prompts, beams), device=device)
-    running[:, 1:] = -1e9
-    seen = prompt_mask(prompts, vocab).repeat_interleave(beams, dim=0) if cfg.repetition_penalty != 1.0 else None
-    history = torch.zeros((n_prompts * beams, cfg.new_tokens), dtype=torch.long, device=device)
-    row_base = (torch.arange(n_prompts, device=device) * beams)[:, None]
-    for step in range(cfg.new_tokens):
-        log_probs = torch.log_softmax(logits, dim=-1)
-        if seen is not None:
-            log_probs = penalize_repeats(log_probs, seen, cfg.repetition_penalty)
-        scores = (log_probs.view(n_prompts, beams, vocab) + running[:, :, None]).view(n_prompts, beams * vocab)
-        best, index = torch.topk(scores, CANDIDATES_PER_BEAM * beams, dim=1)
-        best, index = best[:, :beams], index[:, :beams]
-        source = (index // vocab + row_base).view(-1)
-        token = (index % vocab).view(-1)
-        running.copy_(best)
-        history.copy_(history.index_select(0, source))
-        history[:, step] = token
-        if step + 1 == cfg.new_tokens:
-            break
-        if seen is not None:
-            seen.copy_(seen.index_select(0, source))
-            seen.scatter_(1, token[:, None], True)
-        decoder.reorder_generated(source, written=step)  # steps 0..step-1 wrote positions P..P+step-1
-        logits = decoder.step(token).float()
-    # topk sorts, so beam 0 of each prompt holds the best score.
-    return history.view(n_prompts, beams, -1)[:, 0]
+    logits = decoder.prefill(prompts).float().repeat_interleave(cfg.num_beams, dim=0)
+    beams = Beams(prompts, cfg.num_beams, cfg.new_tokens, decoder.cache.ancestry)
+    token = beams.advance(logits, cfg.repetition_penalty, step=0)
+    for step in range(1, cfg.new_tokens):
+        token = beam_step(decoder, beams, token, step, cfg.repetition_penalty)
+    return beams.best()
+
+
+def beam_step(decoder: TreeDecoder, beams: Beams, token: torch.Tensor, step: int, penalty: float) -> torch.Tensor:
+    """One beam iteration: feed the tokens chosen at step-1 (written at slot step-1), choose step's. [rows]
+
+    This is the whole per-step work of beam search (scripts count its ops, bytes and FLOPs by
+    calling it once on meta tensors after `decoder.reserve(prompt_len)`).
+    """
+    return beams.advance(decoder.step(token, step - 1), penalty, step)
 
 
 def generate_fallback(model: torch.nn.Module, prompts: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
@@ -281,14 +251,14 @@ class ChunkDecoder:
     def __init__(self, model: torch.nn.Module, cfg: GenerateConfig, chunk_rows: int, device: torch.device):
         self.model, self.cfg, self.chunk_rows, self.device = model, cfg, chunk_rows, device
         self.own = uses_own_decoder(model, cfg)
-        self.decoders: dict[int, StaticDecoder] = {}  # by prompt count
+        self.decoders: dict[tuple[int, int], TreeDecoder] = {}  # by prompt count and length
 
-    def _decoder(self, n_prompts: int, prompt_len: int) -> StaticDecoder:
-        if n_prompts not in self.decoders:
-            self.decoders[n_prompts] = StaticDecoder(self.model, n_prompts * self.cfg.num_beams, prompt_len,
-                                                     self.cfg.new_tokens,
-                                                     use_graph=uses_cuda_graph(self.cfg, self.device))
-        return self.decoders[n_prompts]
+    def _decoder(self, n_prompts: int, prompt_len: int) -> TreeDecoder:
+        if (n_prompts, prompt_len) not in self.decoders:
+            self.decoders[n_prompts, prompt_len] = TreeDecoder(self.model, n_prompts, self.cfg.num_beams,
+                                                               self.cfg.new_tokens,
+                                                               use_graph=uses_cuda_graph(self.cfg, self.device))
+        return self.decoders[n_prompts, prompt_len]
 
     def __call__(self, prompts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         with attention_backends(self.device):
