@@ -102,6 +102,7 @@ class Op:
     flops: int
     kind: str
     key_len: int | None = None
+    span: tuple | None = None  # (start, end) marks from the Recorder's clock, when it has one
 
     @property
     def bytes(self) -> int:
@@ -253,22 +254,29 @@ class Classifier:
         return "other"
 
 
+def holds_no_data(tensor: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return tensor.is_meta or isinstance(tensor, FakeTensor)
+
+
 class Recorder(TorchDispatchMode):
     """Records every launched aten op into `trace`; answers what meta tensors cannot (a scalar read, a copy
     to the host) with a placeholder, since nothing here depends on the values."""
 
-    def __init__(self, trace: Trace, classify: Classifier):
+    def __init__(self, trace: Trace, classify: Classifier, clock=None):
         super().__init__()
-        self.trace, self.classify = trace, classify
+        self.trace, self.classify, self.clock = trace, classify, clock
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is aten._local_scalar_dense.default:
+        if func is aten._local_scalar_dense.default and holds_no_data(args[0]):
             return 1  # e.g. float(loss): train() checks that the loss is finite
-        if func is aten._to_copy.default and kwargs.get("device") == torch.device("cpu") and \
-                args[0].device.type == "meta":
+        if func is aten._to_copy.default and kwargs.get("device") == torch.device("cpu") and args[0].is_meta:
             return torch.zeros(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype)
+        start = self.clock() if self.clock else None
         out = func(*args, **kwargs)
+        span = (start, self.clock()) if self.clock else None
         inputs, outputs = tensors_in(args) + tensors_in(kwargs), tensors_in(out)
         mutates = func._schema.is_mutable
         if func in NO_LAUNCH or not (outputs or mutates) or is_alias(func, inputs, outputs):
@@ -277,7 +285,7 @@ class Recorder(TorchDispatchMode):
         kind = "optimizer" if self.trace.in_optimizer else self.classify(func, inputs, outputs)
         key_len = int(query_and_key(func, args)[1].shape[-2]) if kind == "attention" else None
         self.trace.ops.append(Op(op_base(func), self.trace.phase, read, written,
-                                 op_flops(func, args, kwargs, out), kind, key_len))
+                                 op_flops(func, args, kwargs, out), kind, key_len, span))
         return out
 
 
@@ -301,28 +309,38 @@ def count_phases(model: torch.nn.Module, trace: Trace):
     return model.get_input_embeddings().register_forward_pre_hook(start_phase)
 
 
-def trace_decode(shape: Shape) -> Trace:
-    from transformers import OPTForCausalLM
-
+def beam_config(shape: Shape):
     from collapse_cli.config import GenerateConfig
+
+    return GenerateConfig(preset="shumailov", do_sample=False, num_beams=shape.beams,
+                          repetition_penalty=shape.repetition_penalty, prompt_tokens=shape.prompt_len,
+                          new_tokens=shape.new_tokens, batch_size=shape.rows, cuda_graph=False)
+
+
+def record_chunk(model: torch.nn.Module, cfg, prompts: torch.Tensor, shape: Shape, clock=None) -> Trace:
+    """Decode one chunk of prompts as generate() does (ChunkDecoder, inference mode), every op recorded.
+    `model` is what decoding runs on (bf16 on CUDA): the phase hook sits on its input embedding."""
     from collapse_cli.families.lm.decode import ChunkDecoder
 
-    device = torch.device("meta")
-    with device:
-        model = OPTForCausalLM(opt_config(shape)).to(torch.bfloat16).eval()
-    cfg = GenerateConfig(preset="shumailov", do_sample=False, num_beams=shape.beams,
-                         repetition_penalty=shape.repetition_penalty, prompt_tokens=shape.prompt_len,
-                         new_tokens=shape.new_tokens, batch_size=shape.rows, cuda_graph=False)
     trace = Trace()
-    classify = Classifier(shape, model.config.num_attention_heads)
+    classify = Classifier(shape, getattr(model.config, "num_key_value_heads", None) or shape.heads)
     hook = count_phases(model, trace)
-    prompts = torch.zeros((shape.prompts, shape.prompt_len), dtype=torch.long, device=device)
+    generator = torch.Generator(prompts.device if prompts.device.type != "meta" else "cpu").manual_seed(0)
     try:
-        with torch.inference_mode(), Recorder(trace, classify):
-            ChunkDecoder(model, cfg, shape.prompts, device)(prompts, torch.Generator().manual_seed(0))
+        with torch.inference_mode(), Recorder(trace, classify, clock):
+            ChunkDecoder(model, cfg, len(prompts), prompts.device)(prompts, generator)
     finally:
         hook.remove()
     return trace
+
+
+def trace_decode(shape: Shape) -> Trace:
+    from transformers import OPTForCausalLM
+
+    with torch.device("meta"):
+        model = OPTForCausalLM(opt_config(shape)).to(torch.bfloat16).eval()
+    prompts = torch.zeros((shape.prompts, shape.prompt_len), dtype=torch.long, device="meta")
+    return record_chunk(model, beam_config(shape), prompts, shape)
 
 
 def trace_train(shape: Shape, batches: int) -> Trace:

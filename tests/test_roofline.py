@@ -134,3 +134,29 @@ def test_training_flops_are_six_per_parameter_per_token_plus_attention():
     assert report["train_flops_per_token"] == 6 * matmul_weights + attention
     assert report["train_tokens_per_step"] == SMALL.train_batch * SMALL.block
     assert report["train_by_kind_bytes_per_token"]["optimizer"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_every_section(tmp_path):
+    """scripts/gpu_check.sh --cpu-dry: the GPU script's sections, on the CPU with the tiny model, into $OUT."""
+    import json
+    import os
+    import subprocess
+
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh"), "--cpu-dry"], capture_output=True, text=True,
+                            timeout=900, env={**os.environ, "OUT": str(out), "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr
+    log = (out / "gpu_check.log").read_text()
+    for name in ("ceilings", "decode", "profile", "train_cold", "train_warm", "bench", "gpu_tests"):
+        assert f"section {name} rc=0 " in log, log[-3000:]
+    assert json.loads((out / "01_ceilings.json").read_text())["gemm_tflop_s"] > 0
+    decode = json.loads((out / "02_decode.json").read_text())["decode"]
+    assert [(row["mode"], row["rows"]) for row in decode] == [(mode, rows) for rows in (10, 20, 40)
+                                                              for mode in ("beam", "sample")]
+    assert all(row["eager_split"]["forward_ms"] > 0 and row["eager_split"]["selection_ms"] > 0 for row in decode)
+    assert "aten::" in (out / "03_profile.txt").read_text()
+    for name in ("04_train_cold.json", "05_train_warm.json"):
+        assert json.loads((out / name).read_text())["steady_tok_s"] > 0
+    assert "speedup" in json.loads((out / "06_bench.json").read_text())
+    assert "passed" in (out / "07_gpu_tests.txt").read_text() or "skipped" in (out / "07_gpu_tests.txt").read_text()
