@@ -344,7 +344,7 @@ def ceilings(device: torch.device, tiny: bool) -> dict:
 def split_step(model, gen: GenerateConfig, prompts: torch.Tensor, device: torch.device) -> dict:
     """ms per decode step by roofline class, from one eager chunk with every op timed (CUDA events on CUDA):
     forward (layers, LM head), selection (ops over [rows, V]), cache (KV copies and writes)."""
-    roofline = load_roofline()
+    import roofline  # scripts/roofline.py: this script's folder is on sys.path
     if device.type == "cuda":
         def clock():
             event = torch.cuda.Event(enable_timing=True)
@@ -368,18 +368,6 @@ def split_step(model, gen: GenerateConfig, prompts: torch.Tensor, device: torch.
     split = {f"{part}_ms": 1e3 * sum(elapsed(op.span) for op in in_steps if op.kind in kinds) / steps
              for part, kinds in parts.items()}
     return {**split, "ops_per_step": len(in_steps) / steps}
-
-
-def load_roofline():
-    import importlib.util
-    import sys
-
-    if "roofline" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("roofline", Path(__file__).with_name("roofline.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["roofline"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["roofline"]
 
 
 def decode_rows(spec: dict, device: torch.device, rows_list: list[int]) -> list[dict]:

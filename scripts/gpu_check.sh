@@ -64,7 +64,7 @@ section train_cold 100 env TORCHINDUCTOR_CACHE_DIR="$cache" "$PYTHON" scripts/be
   --section train --steps "$steps" --out "$OUT/04_train_cold.json"
 section train_warm 60 env TORCHINDUCTOR_CACHE_DIR="$cache" "$PYTHON" scripts/bench.py "${common[@]}" \
   --section train --steps "$steps" --out "$OUT/05_train_warm.json"
-section bench 150 "$PYTHON" scripts/bench.py "${bench[@]}" --out "$OUT/06_bench.json"
+section bench 150 env TORCHINDUCTOR_CACHE_DIR="$cache" "$PYTHON" scripts/bench.py "${bench[@]}" --out "$OUT/06_bench.json"
 section gpu_tests 60 bash -c "'$PYTHON' -m pytest -q -m gpu tests/ > '$OUT/07_gpu_tests.txt' 2>&1"
 rm -rf "$cache"
 echo "gpu_check: $(($(date +%s) - started)) s in all; files in $OUT" | tee -a "$LOG"

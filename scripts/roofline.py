@@ -11,15 +11,20 @@ weights), 1,024 prompts x 5 beams = 5,120 rows, 64-token prompts, 64 new tokens,
 A forward pre-hook on the input embedding splits the trace: call 0 is the prompts' prefill, call s >= 1
 the step that feeds the token chosen at step s-1. A step's ops run from its embedding call to the next
 (its layers, then its selection and any cache reorder); figures per row and step average the
-new_tokens - 1 such steps. Gates (tests/test_roofline.py) read these classes of ops in the steps:
-    kv_copy      a copy, gather or index op that moves more than one position of a KV-shaped tensor
-                 ([.., kv_heads, L, head_dim] or [.., L, kv_heads, head_dim]); writing the new token's KV
-                 (one position) is kv_write
-    vocab        an op that reads or writes a tensor of at least prompts x V elements whose last dim is a
-                 multiple of V (logits, log-probs, scores over beams x V, a [rows, V] mask): the LM head's
-                 GEMM counts as one
-    attention    scaled_dot_product_attention, or any op whose name holds "attention"; it attends to
-                 unwritten slots when its key length exceeds prompt + s (the positions written by step s)
+new_tokens - 1 such steps. On the meta device the decoder takes its non-CUDA path (no CUDA graph; a
+Triton kernel's torch reference), so what is counted is that path's ops. Gates (tests/test_roofline.py)
+read these classes of ops in the steps:
+    kv cache     a storage that an op writes KV-shaped data into in place ([.., kv_heads, L, head_dim] or
+                 [.., L, kv_heads, head_dim])
+    kv_write     writing freshly computed keys or values into a cache (the step's new position)
+    kv_copy      a copy, gather, cat or index op that reads a cache (or a copy of one): a beam reorder
+    attention    scaled_dot_product_attention, an op whose name holds "attention", or a matrix multiply
+                 that reads a cache. A step reads unwritten slots when its attention reads more cache
+                 bytes than all kv_writes so far wrote (each written slot read once a step is the most)
+    vocab        an op that touches a tensor of at least prompts x V elements whose last dim is a multiple
+                 of V (logits, log-probs, scores over beams x V, a [rows, V] mask) and moves at least
+                 prompts x V bytes (a gather of a few ids per row is no pass); the LM head's GEMM (class
+                 lm_head) counts as one more pass over [rows, V]
 Training: collapse_cli.families.lm.train.train on FakeTensorMode CPU tensors, bf16 autocast (the CPU
 autocast policy stands in for the CUDA one that train() enables on CUDA only: matmuls and attention in
 bf16 either way), fp32 master weights, eager (train.compile=false). One step is the difference between
@@ -101,7 +106,7 @@ class Op:
     written: int
     flops: int
     kind: str
-    key_len: int | None = None
+    kv_bytes: int = 0  # bytes an attention op reads from KV caches, or a kv_write writes into one
     span: tuple | None = None  # (start, end) marks from the Recorder's clock, when it has one
 
     @property
@@ -145,7 +150,7 @@ def op_base(func) -> str:
 
 def is_alias(func, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> bool:
     """A view, or an op that hands back its input (dropout in eval, contiguous on a contiguous tensor)."""
-    if op_base(func).endswith("_") or not outputs:
+    if func._schema.is_mutable or not outputs:
         return False
     held = {storage_key(t) for t in inputs}
     return all(storage_key(t) in held for t in outputs)
@@ -154,7 +159,9 @@ def is_alias(func, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> b
 def op_bytes(func, args, kwargs, outputs: list[torch.Tensor]) -> tuple[int, int]:
     """(bytes read, bytes written) of one op."""
     base = op_base(func)
-    inputs = tensors_in(args) + tensors_in(kwargs)
+    # An out= argument is written, not read.
+    out_names = {argument.name for argument in func._schema.arguments if argument.is_out}
+    inputs = tensors_in(args) + tensors_in({k: v for k, v in kwargs.items() if k not in out_names})
     if base in WRITE_ONLY_DEST and inputs:
         destination, sources = inputs[0], inputs[1:]
         if base in ("copy_", "fill_", "zero_", "index_fill_"):
@@ -199,9 +206,10 @@ def query_and_key(func, args) -> tuple[torch.Tensor, torch.Tensor]:
 class Classifier:
     """Sorts ops into the roofline's classes from their tensors' shapes and where their data came from.
 
-    A KV cache is any storage an op writes KV-shaped data into in place. Reading a cache (or what was
-    copied out of one) to make another copy is a kv_copy (a beam reorder, a prompt's KV repeated per beam);
-    writing freshly projected keys or values into a cache is a kv_write (the step's one new position).
+    A KV cache is any storage an op writes KV-shaped data into in place. An op that reads a cache (or
+    what was copied out of one) is attention when it is a matrix multiply (or SDPA, or named *attention*),
+    and a kv_copy when it moves data (a beam reorder, a prompt's KV repeated per beam). Writing freshly
+    projected keys or values into a cache is a kv_write (the step's one new position).
     """
 
     def __init__(self, shape: Shape, kv_heads: int):
@@ -224,14 +232,18 @@ class Classifier:
         key = storage_key(tensor)
         return key in self.caches or key in self.from_cache
 
+    def kv_read(self, inputs: list[torch.Tensor]) -> int:
+        """Bytes an op reads from KV caches and their copies."""
+        return sum(unique_bytes(t) for t in inputs if self.cached(t))
+
     def kv_class(self, func, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> str | None:
         base = op_base(func)
         if base not in MOVES:
             return None
         in_place = func._schema.is_mutable and inputs
         destination, sources = (inputs[0], inputs[1:]) if in_place else (None, inputs)
-        copies = any(self.is_kv(t) and self.cached(t) for t in sources)
-        if destination is not None and self.is_kv(destination):
+        copies = any(self.cached(t) for t in sources)
+        if destination is not None and (self.is_kv(destination) or storage_key(destination) in self.caches):
             self.caches[storage_key(destination)] = destination.untyped_storage()
             return "kv_copy" if copies else "kv_write"
         if copies:
@@ -240,14 +252,16 @@ class Classifier:
             return "kv_copy"
         return None
 
-    def __call__(self, func, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> str:
+    def __call__(self, func, inputs: list[torch.Tensor], outputs: list[torch.Tensor], moved: int) -> str:
+        """`moved`: the op's bytes read and written. A pass over [rows, V] moves at least a byte per entry of
+        [prompts, V]; a gather or scatter of a few ids per row touches a vocab-sized tensor but is no pass."""
         base = op_base(func)
-        if "attention" in base:
+        if "attention" in base or (base in GEMMS and any(self.cached(t) for t in inputs)):
             return "attention"
         kv = self.kv_class(func, inputs, outputs)
         if kv is not None:
             return kv
-        if any(self.over_vocab(t) for t in inputs + outputs):
+        if moved >= self.shape.prompts * self.shape.vocab and any(self.over_vocab(t) for t in inputs + outputs):
             return "lm_head" if base in GEMMS else "vocab"
         if base in GEMMS:
             return "gemm"
@@ -282,10 +296,10 @@ class Recorder(TorchDispatchMode):
         if func in NO_LAUNCH or not (outputs or mutates) or is_alias(func, inputs, outputs):
             return out  # a view, a query (tensor.device under fake tensors), or nothing launched
         read, written = op_bytes(func, args, kwargs, outputs)
-        kind = "optimizer" if self.trace.in_optimizer else self.classify(func, inputs, outputs)
-        key_len = int(query_and_key(func, args)[1].shape[-2]) if kind == "attention" else None
+        kind = "optimizer" if self.trace.in_optimizer else self.classify(func, inputs, outputs, read + written)
+        kv_bytes = written if kind == "kv_write" else self.classify.kv_read(inputs) if kind == "attention" else 0
         self.trace.ops.append(Op(op_base(func), self.trace.phase, read, written,
-                                 op_flops(func, args, kwargs, out), kind, key_len, span))
+                                 op_flops(func, args, kwargs, out), kind, kv_bytes, span))
         return out
 
 
@@ -406,8 +420,7 @@ def decode_summary(shape: Shape, trace: Trace) -> dict:
     row_steps = shape.rows * per_step
     by_kind = {kind: sums([op for op in in_steps if op.kind == kind])
                for kind in ("attention", "kv_copy", "kv_write", "lm_head", "vocab", "gemm", "other")}
-    unwritten = sum(1 for op in in_steps if op.kind == "attention" and op.key_len is not None
-                    and op.key_len > shape.prompt_len + op.phase)
+    unwritten = steps_reading_unwritten(trace.ops, shape.new_tokens)
     total = sums(in_steps)
     step_floor = floors(total["bytes"] / per_step, total["flops"] / per_step, shape.prompts)
     return {
@@ -426,6 +439,25 @@ def decode_summary(shape: Shape, trace: Trace) -> dict:
         **{f"decode_floor_tok_s_{name}": value["tok_s"] for name, value in step_floor.items()},
         **{f"decode_floor_ms_per_step_{name}": 1e3 * value["seconds"] for name, value in step_floor.items()},
     }
+
+
+def steps_reading_unwritten(ops: list[Op], new_tokens: int) -> int:
+    """Steps whose attention reads more KV bytes than have been written into the caches up to that step.
+
+    Each live slot is read once a step by a decoder that attends only to written positions; one that
+    attends over a whole preallocated buffer (masked or not) reads more than was ever written there.
+    """
+    writes, reads = Counter(), Counter()
+    for op in ops:
+        if op.kind == "kv_write":
+            writes[op.phase] += op.kv_bytes
+        elif op.kind == "attention":
+            reads[op.phase] += op.kv_bytes
+    written, flagged = 0, 0
+    for phase in range(new_tokens):
+        written += writes[phase]
+        flagged += phase >= 1 and reads[phase] > written
+    return flagged
 
 
 def top_ops(ops: list[Op], row_steps: int, n: int = 12) -> list[dict]:
@@ -459,15 +491,31 @@ def train_summary(shape: Shape, one: Trace, two: Trace) -> dict:
     }
 
 
+def commit() -> str | None:
+    """The checkout's commit (and "+changes" when its tracked files differ from it): what the figures measured."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--", "collapse_cli"]).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
+
+
 def measure(shape: Shape, decode: bool = True, train: bool = True) -> dict:
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     report: dict = {"shape": asdict(shape), "rows": shape.rows, "dtype": "bfloat16",
-                    "devices": DEVICES, "torch": torch.__version__}
+                    "devices": DEVICES, "torch": torch.__version__, "commit": commit()}
     if decode:
         report.update(decode_summary(shape, trace_decode(shape)))
     if train:
         report.update(train_summary(shape, trace_train(shape, 1), trace_train(shape, 2)))
     report["count_seconds"] = time.perf_counter() - started
+    report["count_cpu_seconds"] = time.process_time() - cpu_started
     return report
 
 
@@ -483,8 +531,8 @@ def print_table(report: dict) -> None:
             print(f"{kind:<12}{report['decode_by_kind_ops_per_step'][kind]:>10.1f}{value / mb:>14.3f}")
         print(f"{'total':<12}{report['decode_ops_per_step']:>10.1f}{report['decode_bytes_per_row_step'] / mb:>14.3f}")
         print(f"kv copies {report['decode_kv_copy_ops']}, vocab passes/step {report['decode_vocab_passes']:.1f}, "
-              f"attention ops over unwritten slots {report['decode_attends_unwritten']} "
-              f"of {report['decode_attention_ops']}")
+              f"steps whose attention reads unwritten KV {report['decode_attends_unwritten']} "
+              f"of {report['decode_steps_traced']}")
         print("heaviest ops (bytes per row-step):")
         for op in report["decode_top_ops"]:
             print(f"  {op['op']:<34}{op['kind']:<11}{op['count']:>7}{op['bytes_per_row_step'] / mb:>10.3f} MB")
@@ -500,7 +548,8 @@ def print_table(report: dict) -> None:
         for name in DEVICES:
             print(f"floor {name}: {report[f'train_floor_ms_per_step_{name}']:.2f} ms/step, "
                   f"{report[f'train_floor_tok_s_{name}']:,.0f} tok/s")
-    print(f"counted in {report['count_seconds']:.1f} s")
+    print(f"counted in {report['count_seconds']:.1f} s ({report['count_cpu_seconds']:.1f} s of CPU), "
+          f"commit {report['commit']}")
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Shape]:
