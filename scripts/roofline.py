@@ -414,9 +414,13 @@ def floors(bytes_: float, flops: float, tokens: float) -> dict:
 
 
 def decode_summary(shape: Shape, trace: Trace) -> dict:
-    steps = list(range(1, shape.new_tokens))
+    phases = 1 + max((op.phase for op in trace.ops), default=0)
+    if phases != shape.new_tokens:
+        # One prefill and new_tokens - 1 steps each embed once; anything else would misattribute ops to steps.
+        raise RuntimeError(f"the decoder embedded tokens {phases} times for {shape.new_tokens} new tokens "
+                           f"(expected one prefill and one call per later step): update count_phases")
     in_steps = [op for op in trace.ops if op.phase >= 1]
-    per_step = len(steps) or 1
+    per_step = shape.new_tokens - 1
     row_steps = shape.rows * per_step
     by_kind = {kind: sums([op for op in in_steps if op.kind == kind])
                for kind in ("attention", "kv_copy", "kv_write", "lm_head", "vocab", "gemm", "other")}
@@ -424,7 +428,7 @@ def decode_summary(shape: Shape, trace: Trace) -> dict:
     total = sums(in_steps)
     step_floor = floors(total["bytes"] / per_step, total["flops"] / per_step, shape.prompts)
     return {
-        "decode_steps_traced": len(steps),
+        "decode_steps_traced": per_step,
         "decode_ops_per_step": total["ops"] / per_step,
         "decode_bytes_per_row_step": total["bytes"] / row_steps,
         "decode_flops_per_row_step": total["flops"] / row_steps,

@@ -183,3 +183,24 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path):
         assert json.loads((out / name).read_text())["steady_tok_s"] > 0
     assert "speedup" in json.loads((out / "06_bench.json").read_text())
     assert "passed" in (out / "07_gpu_tests.txt").read_text() or "skipped" in (out / "07_gpu_tests.txt").read_text()
+
+
+def test_json_prints_one_object_with_the_gated_keys(capsys):
+    import json
+
+    small = ["--hidden", "64", "--layers", "2", "--heads", "4", "--ffn", "128", "--vocab", "1000", "--prompts", "4",
+             "--prompt-len", "8", "--new-tokens", "4", "--train-batch", "4", "--block", "16"]
+    roofline.main([*small, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    for key in ("decode_bytes_per_row_step", "decode_kv_copy_ops", "decode_vocab_passes", "decode_attends_unwritten",
+                "decode_floor_tok_s_h200", "train_bytes_per_token", "train_flops_per_token", "train_floor_tok_s_h200"):
+        assert report[key] >= 0, key
+    # The floor is the bandwidth bound here: bytes / 4.8 TB/s per step, one token per prompt.
+    step_s = report["decode_bytes_per_row_step"] * report["rows"] / 4.8e12
+    assert report["decode_floor_tok_s_h200"] == pytest.approx(4 / step_s)
+
+
+def test_a_bad_shape_is_refused_with_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        roofline.main(["--hidden", "100", "--heads", "12"])
+    assert exit_info.value.code == 2 and "multiple of heads" in capsys.readouterr().err
