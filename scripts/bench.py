@@ -323,7 +323,6 @@ def scaling(spec: dict, device: torch.device) -> list[dict]:
     return rows
 
 
-
 # --- the sections of scripts/gpu_check.sh (each prints one JSON object, or a table) ------------------
 def ceilings(device: torch.device, tiny: bool) -> dict:
     """What the device can do at best: a device-to-device copy (GB/s, read + write) and a bf16 GEMM (TFLOP/s)."""
@@ -341,20 +340,25 @@ def ceilings(device: torch.device, tiny: bool) -> dict:
     return {**results, "copy_bytes": elements * source.element_size(), "gemm_n": n, "dtype": str(dtype)}
 
 
+def op_clock(device: torch.device):
+    """(clock, elapsed): marks taken around each op, and the seconds between two of them once synced."""
+    if device.type != "cuda":
+        return time.perf_counter, lambda span: span[1] - span[0]
+
+    def clock():
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    return clock, lambda span: span[0].elapsed_time(span[1]) / 1e3
+
+
 def split_step(model, gen: GenerateConfig, prompts: torch.Tensor, device: torch.device) -> dict:
     """ms per decode step by roofline class, from one eager chunk with every op timed (CUDA events on CUDA):
     forward (layers, LM head), selection (ops over [rows, V]), cache (KV copies and writes)."""
     import roofline  # scripts/roofline.py: this script's folder is on sys.path
-    if device.type == "cuda":
-        def clock():
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
 
-        def elapsed(span):
-            return span[0].elapsed_time(span[1]) / 1e3
-    else:
-        clock, elapsed = time.perf_counter, lambda span: span[1] - span[0]
+    clock, elapsed = op_clock(device)
     config = model.config
     shape = roofline.Shape(hidden=config.hidden_size, heads=config.num_attention_heads,
                            layers=config.num_hidden_layers, vocab=config.vocab_size, prompts=len(prompts),

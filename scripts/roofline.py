@@ -54,6 +54,7 @@ from unittest import mock
 import numpy as np
 import torch
 import torch.utils.flop_counter as flop_counter
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 DEVICES = {"h100": {"bandwidth": 3.35e12, "flops": 989e12}, "h200": {"bandwidth": 4.8e12, "flops": 989e12}}
@@ -214,9 +215,10 @@ class Classifier:
 
     def __init__(self, shape: Shape, kv_heads: int):
         self.shape, self.kv_heads = shape, kv_heads
-        # Storages held (not only their ids) so that a freed one's address is never taken for a cache.
-        self.caches: dict[int, torch.UntypedStorage] = {}
-        self.from_cache: dict[int, torch.UntypedStorage] = {}
+        # Weak references: on a GPU, holding every reorder's copy alive would fill its memory; and a freed
+        # storage whose address a new one takes must not pass for a cache.
+        self.caches: dict[int, StorageWeakRef] = {}
+        self.from_cache: dict[int, StorageWeakRef] = {}
 
     def is_kv(self, tensor: torch.Tensor) -> bool:
         """KV-shaped: [.., kv_heads, L, head_dim] or [.., L, kv_heads, head_dim]."""
@@ -230,7 +232,11 @@ class Classifier:
 
     def cached(self, tensor: torch.Tensor) -> bool:
         key = storage_key(tensor)
-        return key in self.caches or key in self.from_cache
+        return any(key in held and not held[key].expired() for held in (self.caches, self.from_cache))
+
+    def in_cache(self, tensor: torch.Tensor) -> bool:
+        key = storage_key(tensor)
+        return key in self.caches and not self.caches[key].expired()
 
     def kv_read(self, inputs: list[torch.Tensor]) -> int:
         """Bytes an op reads from KV caches and their copies."""
@@ -243,12 +249,12 @@ class Classifier:
         in_place = func._schema.is_mutable and inputs
         destination, sources = (inputs[0], inputs[1:]) if in_place else (None, inputs)
         copies = any(self.cached(t) for t in sources)
-        if destination is not None and (self.is_kv(destination) or storage_key(destination) in self.caches):
-            self.caches[storage_key(destination)] = destination.untyped_storage()
+        if destination is not None and (self.is_kv(destination) or self.in_cache(destination)):
+            self.caches[storage_key(destination)] = StorageWeakRef(destination.untyped_storage())
             return "kv_copy" if copies else "kv_write"
         if copies:
             for tensor in outputs:
-                self.from_cache[storage_key(tensor)] = tensor.untyped_storage()
+                self.from_cache[storage_key(tensor)] = StorageWeakRef(tensor.untyped_storage())
             return "kv_copy"
         return None
 
