@@ -442,6 +442,9 @@ def decode_summary(shape: Shape, trace: Trace) -> dict:
         "decode_vocab_passes": (by_kind["lm_head"]["ops"] + by_kind["vocab"]["ops"]) / per_step,
         "decode_attention_ops": by_kind["attention"]["ops"],
         "decode_attends_unwritten": unwritten,
+        # 1.0: attention reads each written KV byte once a step; above 1, slots never written (or reads twice).
+        "decode_kv_read_over_written": float(np.mean([read / max(1, written) for read, written in
+                                                      kv_read_and_written(trace.ops, shape.new_tokens)])),
         "decode_by_kind_bytes_per_row_step": {k: v["bytes"] / row_steps for k, v in by_kind.items()},
         "decode_by_kind_ops_per_step": {k: v["ops"] / per_step for k, v in by_kind.items()},
         "decode_prefill_ops": sum(1 for op in trace.ops if op.phase == 0),
@@ -451,23 +454,28 @@ def decode_summary(shape: Shape, trace: Trace) -> dict:
     }
 
 
-def steps_reading_unwritten(ops: list[Op], new_tokens: int) -> int:
-    """Steps whose attention reads more KV bytes than have been written into the caches up to that step.
-
-    Each live slot is read once a step by a decoder that attends only to written positions; one that
-    attends over a whole preallocated buffer (masked or not) reads more than was ever written there.
-    """
+def kv_read_and_written(ops: list[Op], new_tokens: int) -> list[tuple[int, int]]:
+    """Per step 1..new_tokens-1: (KV bytes its attention reads, KV bytes written into caches up to it)."""
     writes, reads = Counter(), Counter()
     for op in ops:
         if op.kind == "kv_write":
             writes[op.phase] += op.kv_bytes
         elif op.kind == "attention":
             reads[op.phase] += op.kv_bytes
-    written, flagged = 0, 0
-    for phase in range(new_tokens):
+    written, steps = writes[0], []
+    for phase in range(1, new_tokens):
         written += writes[phase]
-        flagged += phase >= 1 and reads[phase] > written
-    return flagged
+        steps.append((reads[phase], written))
+    return steps
+
+
+def steps_reading_unwritten(ops: list[Op], new_tokens: int) -> int:
+    """Steps whose attention reads more KV bytes than have been written into the caches up to that step.
+
+    Each live slot is read once a step by a decoder that attends only to written positions; one that
+    attends over a whole preallocated buffer (masked or not) reads more than was ever written there.
+    """
+    return sum(read > written for read, written in kv_read_and_written(ops, new_tokens))
 
 
 def top_ops(ops: list[Op], row_steps: int, n: int = 12) -> list[dict]:
@@ -542,7 +550,8 @@ def print_table(report: dict) -> None:
         print(f"{'total':<12}{report['decode_ops_per_step']:>10.1f}{report['decode_bytes_per_row_step'] / mb:>14.3f}")
         print(f"kv copies {report['decode_kv_copy_ops']}, vocab passes/step {report['decode_vocab_passes']:.1f}, "
               f"steps whose attention reads unwritten KV {report['decode_attends_unwritten']} "
-              f"of {report['decode_steps_traced']}")
+              f"of {report['decode_steps_traced']} "
+              f"(KV read / written, mean: {report['decode_kv_read_over_written']:.2f})")
         print("heaviest ops (bytes per row-step):")
         for op in report["decode_top_ops"]:
             print(f"  {op['op']:<34}{op['kind']:<11}{op['count']:>7}{op['bytes_per_row_step'] / mb:>10.3f} MB")

@@ -91,6 +91,8 @@ def test_a_matmul_over_the_written_slots_of_a_cache_is_attention_that_reads_noth
                                                          (1, "kv_write"), (1, "attention"), (1, "attention")]
     assert roofline.steps_reading_unwritten(trace.ops, new_tokens=2) == 0
     assert trace.ops[-1].kv_bytes == 6 * 4 * 4 * 16 * 4
+    # Both caches hold 4 written positions, and the step reads exactly those.
+    assert roofline.kv_read_and_written(trace.ops, new_tokens=2) == [(2 * 6 * 4 * 4 * 16 * 4,) * 2]
 
 
 def test_passes_over_the_vocabulary_are_told_apart_from_the_lm_head_and_from_sparse_touches():
