@@ -378,10 +378,8 @@ def trace_train(shape: Shape, batches: int) -> Trace:
     cfg = TrainConfig(epochs=1, lr=2e-5, batch_size=shape.train_batch, block_size=shape.block, compile=False,
                       warmup_ratio=0.0)
     trace = Trace()
-    bf16 = contextlib.ExitStack()
     # train() enables bf16 autocast on CUDA only; the CPU policy puts the same matmuls and attention in bf16.
-    bf16.enter_context(mock.patch.object(train_module, "autocast",
-                                         lambda device: torch.autocast("cpu", dtype=torch.bfloat16)))
+    bf16 = mock.patch.object(train_module, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
     with bf16, fake, marking_optimizer(trace), Recorder(trace, Classifier(shape, shape.heads)):
         train_module.train(model, blocks, cfg, 0, torch.device("cpu"), 0)
     return trace
