@@ -20,6 +20,7 @@ one-off torch.compile of the training step).
     python scripts/bench.py --device cuda --fraction 0.1 --out bench_h100.json
     python scripts/bench.py --device cpu --scaling      # time against 1k/4k/16k blocks
     python scripts/bench.py --device cuda --decode-only --batch-sizes 64,256,1024   # decoding alone
+    python scripts/bench.py --device cuda --section decode --rows 640,5120 --out decode.json  # gpu_check.sh's
 """
 
 from __future__ import annotations
@@ -235,8 +236,16 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="64,256,1024", help="prompts per decoding chunk, comma-separated")
     parser.add_argument("--chunks", type=int, default=2, help="--decode-only: timed chunks per batch size")
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    parser.add_argument("--section", choices=["ceilings", "decode", "profile", "train"], default=None,
+                        help="one section of scripts/gpu_check.sh, written to --out")
+    parser.add_argument("--tiny", action="store_true", help="--section on the `tiny` model (gpu_check.sh --cpu-dry)")
+    parser.add_argument("--rows", default="640,5120,10240", help="--section decode/profile: decoding rows")
+    parser.add_argument("--steps", type=int, default=60, help="--section train: training steps")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.section:
+        run_section(args, device)
+        return
     name = args.workload or ("default-generation" if args.device == "cpu" else "shumailov-cycle")
     spec = workload(name, args.tokenizer)
     fraction = args.fraction or (1.0 if name == "default-generation" else 0.1)
@@ -312,6 +321,150 @@ def scaling(spec: dict, device: torch.device) -> list[dict]:
                      "total_s": result["train_s"] + result["generate_s"] + result["eval_s"]})
         print(rows[-1], flush=True)
     return rows
+
+
+# --- the sections of scripts/gpu_check.sh (each prints one JSON object, or a table) ------------------
+def ceilings(device: torch.device, tiny: bool) -> dict:
+    """What the device can do at best: a device-to-device copy (GB/s, read + write) and a bf16 GEMM (TFLOP/s)."""
+    elements, n = (2**20, 256) if tiny else (2**29, 8192)
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    source, destination = torch.empty(elements, dtype=dtype, device=device), torch.empty(elements, dtype=dtype,
+                                                                                          device=device)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    results = {}
+    for name, fn, work in (("copy_gb_s", lambda: destination.copy_(source), 2 * elements * source.element_size()),
+                           ("gemm_tflop_s", lambda: a @ b, 2 * n**3)):
+        fn()
+        _, seconds = timed(lambda fn=fn: [fn() for _ in range(20)], device)
+        results[name] = 20 * work / seconds / (1e9 if name == "copy_gb_s" else 1e12)
+    return {**results, "copy_bytes": elements * source.element_size(), "gemm_n": n, "dtype": str(dtype)}
+
+
+def op_clock(device: torch.device):
+    """(clock, elapsed): marks taken around each op, and the seconds between two of them once synced."""
+    if device.type != "cuda":
+        return time.perf_counter, lambda span: span[1] - span[0]
+
+    def clock():
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    return clock, lambda span: span[0].elapsed_time(span[1]) / 1e3
+
+
+def split_step(model, gen: GenerateConfig, prompts: torch.Tensor, device: torch.device) -> dict:
+    """ms per decode step by roofline class, from one eager chunk with every op timed (CUDA events on CUDA):
+    forward (layers, LM head), selection (ops over [rows, V]), cache (KV copies and writes)."""
+    import roofline  # scripts/roofline.py: this script's folder is on sys.path
+
+    clock, elapsed = op_clock(device)
+    config = model.config
+    shape = roofline.Shape(hidden=config.hidden_size, heads=config.num_attention_heads,
+                           layers=config.num_hidden_layers, vocab=config.vocab_size, prompts=len(prompts),
+                           beams=gen.num_beams, prompt_len=prompts.shape[1], new_tokens=gen.new_tokens)
+    trace = roofline.record_chunk(model, replace(gen, cuda_graph=False), prompts, shape, clock)
+    sync(device)
+    steps = gen.new_tokens - 1
+    parts = {"forward": ("attention", "gemm", "lm_head", "other"), "selection": ("vocab",),
+             "cache": ("kv_copy", "kv_write")}
+    in_steps = [op for op in trace.ops if op.phase >= 1]
+    split = {f"{part}_ms": 1e3 * sum(elapsed(op.span) for op in in_steps if op.kind in kinds) / steps
+             for part, kinds in parts.items()}
+    return {**split, "ops_per_step": len(in_steps) / steps}
+
+
+def decode_rows(spec: dict, device: torch.device, rows_list: list[int]) -> list[dict]:
+    """Beam-5 and sampling at each number of rows (beam: rows / 5 prompts): tok/s and ms per step through
+    generate() (CUDA graphs as configured), then the step split into forward / selection / cache."""
+    from collapse_cli.families.lm.train import inference_model
+
+    tokenizer, blocks, _ = load_data(dict(spec, n_train=max(rows_list), n_test=1))
+    model = inference_model(build_model(spec, tokenizer, 0, device).eval(), device)
+    beam = replace(spec["gen"], do_sample=False, num_beams=5, repetition_penalty=3.0)
+    sampling = replace(spec["gen"], do_sample=True, num_beams=1, repetition_penalty=1.0)
+    rows_out = []
+    for rows in rows_list:
+        for mode, gen in (("beam", beam), ("sample", sampling)):
+            gen = replace(gen, batch_size=rows)
+            prompts = np.ascontiguousarray(blocks[: rows // gen.num_beams, : gen.prompt_tokens])
+            generate(model, prompts, gen, 0, device)  # warm-up: kernels, cuBLAS plans, graph capture
+            _, seconds = timed(lambda prompts=prompts, gen=gen: generate(model, prompts, gen, 0, device), device)
+            split = split_step(model, gen, torch.from_numpy(prompts).to(device), device)
+            rows_out.append({"mode": mode, "rows": rows, "prompts": len(prompts), "seconds": seconds,
+                             "tok_s": len(prompts) * gen.new_tokens / seconds,
+                             "ms_per_step": 1e3 * seconds / gen.new_tokens, "eager_split": split})
+            print(json.dumps(rows_out[-1]), flush=True)
+    return rows_out
+
+
+def profile_beam(spec: dict, device: torch.device, rows: int) -> str:
+    """torch.profiler table of a chunk of prefill + two beam steps, on a decoder already warmed (graphs captured)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from collapse_cli.families.lm.decode import ChunkDecoder
+    from collapse_cli.families.lm.train import inference_model
+
+    tokenizer, blocks, _ = load_data(dict(spec, n_train=rows // 5, n_test=1))
+    model = inference_model(build_model(spec, tokenizer, 0, device).eval(), device)
+    gen = replace(spec["gen"], do_sample=False, num_beams=5, repetition_penalty=3.0, new_tokens=3, batch_size=rows)
+    prompts = torch.from_numpy(np.ascontiguousarray(blocks[: rows // 5, : gen.prompt_tokens])).to(device)
+    decode = ChunkDecoder(model, gen, len(prompts), device)
+    generator = torch.Generator(device).manual_seed(0)
+    with torch.inference_mode():
+        decode(prompts, generator)
+        sync(device)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            decode(prompts, generator)
+            sync(device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=40)
+
+
+def train_timing(spec: dict, device: torch.device, steps: int) -> dict:
+    """train() over `steps` batches, the host synced after each: the first step's seconds (compilation
+    included, from the inductor cache when TORCHINDUCTOR_CACHE_DIR holds one) and steady-state tok/s."""
+    import os
+
+    tokenizer, blocks, _ = load_data(dict(spec, n_train=spec["batch"] * steps, n_test=1))
+    model = build_model(spec, tokenizer, 0, device)
+    cfg = TrainConfig(epochs=1, lr=spec["lr"], batch_size=spec["batch"], block_size=64)
+    marks = []
+
+    def on_step(step: int, total: int) -> None:
+        sync(device)
+        marks.append(time.perf_counter())
+
+    start = time.perf_counter()
+    train(model, blocks, cfg, 0, device, 0, on_step=on_step)
+    steady_from = min(10, len(marks) // 2)
+    steady_step_s = (marks[-1] - marks[steady_from]) / max(1, len(marks) - 1 - steady_from)
+    first_step_s = marks[0] - start
+    return {"steps": len(marks), "batch": spec["batch"], "first_step_s": first_step_s,
+            "compile_s": first_step_s - steady_step_s, "steady_step_ms": 1e3 * steady_step_s,
+            "steady_tok_s": spec["batch"] * 64 / steady_step_s,
+            "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
+
+
+def run_section(args, device: torch.device) -> None:
+    """One section of gpu_check.sh: --tiny takes the default run's `tiny` model (the CPU dry run)."""
+    spec = workload("default-generation" if args.tiny else "shumailov-cycle", args.tokenizer)
+    if args.section == "profile":
+        table = profile_beam(spec, device, int(args.rows.split(",")[1 if "," in args.rows else 0]))
+        args.out.write_text(table)
+        print(table)
+        return
+    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+              "section": args.section, "model": "tiny" if args.tiny else "opt-125m shape"}
+    if args.section == "ceilings":
+        report.update(ceilings(device, args.tiny))
+    elif args.section == "decode":
+        report["decode"] = decode_rows(spec, device, [int(r) for r in args.rows.split(",")])
+    elif args.section == "train":
+        report.update(train_timing(spec, device, args.steps))
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
