@@ -124,17 +124,14 @@ def test_the_decode_trace_has_one_phase_per_step_and_counts_every_layer(small_de
     assert small_decode["decode_flops_per_row_step"] > 2 * SMALL.vocab * SMALL.hidden  # the LM head at least
 
 
-@TODAYS_DECODER
 def test_gate_no_kv_copies(small_decode):
     assert small_decode["decode_kv_copy_ops"] == 0
 
 
-@TODAYS_DECODER
 def test_gate_at_most_3_ops_over_rows_by_vocab(small_decode):
     assert small_decode["decode_vocab_passes"] <= 3
 
 
-@TODAYS_DECODER
 def test_gate_no_attention_over_unwritten_slots(small_decode):
     assert small_decode["decode_attends_unwritten"] == 0
 
