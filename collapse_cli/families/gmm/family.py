@@ -40,7 +40,7 @@ class GMMModelConfig:
     n_components: int = 2
     # scikit-learn's defaults. The authors' notebook uses tol 1e-5 and max_iter 2000
     # (+experiment=shumailov_gmm); the defaults stay so that earlier runs' metrics stay
-    # bit-identical and a 2,000-generation run stays fast (conf/model/gmm.yaml says more).
+    # bit-identical (conf/model/gmm.yaml says more).
     tol: float = 1e-3
     max_iter: int = 100
     variance: Variance = Variance.mle

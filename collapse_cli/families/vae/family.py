@@ -36,7 +36,7 @@ class Likelihood(StrEnum):
 class TrainData(StrEnum):
     """What a later generation's minibatches hold."""
 
-    fixed = "fixed"  # the rows the loop composed (the previous generation's N saved samples), reshuffled every epoch
+    fixed = "fixed"  # the rows the loop composed (mix: real rows and saved samples), reshuffled every epoch
     fresh = "fresh"  # new images decoded from the previous generation's model for every batch (the paper's notebook)
 
 
