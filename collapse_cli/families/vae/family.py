@@ -213,7 +213,7 @@ class VAEFamily(Family):
 
     def describe(self) -> str:
         m = self.cfg.model
-        return f"vae (MLP {m.hidden}, latent {m.latent}, {m.likelihood} likelihood)"
+        return f"vae (MLP {m.hidden}, latent {m.latent}, {m.likelihood} likelihood, {m.train_data} training images)"
 
     def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
         files = RunDir(folder)
