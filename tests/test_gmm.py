@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from conftest import read_metrics, run_in_process
 from omegaconf import OmegaConf
+from scipy import special, stats
+from test_config import composed
 
 from collapse_cli.config import to_run_config
 from collapse_cli.families.gmm import core
-from collapse_cli.families.gmm.family import GMMFamily
+from collapse_cli.families.gmm.family import GMMFamily, GMMModel
 
 
 def one_d(mean: float, var: float) -> core.Mixture:
@@ -176,12 +178,12 @@ def test_the_gmm_family_summarizes_a_tail_first_verdict_against_test_nll():
                                             "train": {"lr": 1e-3}}))
     # tail_coverage band 2 * sqrt(2) * 0.1 = 0.283: departs at g2 (diff 0.5); nll_test band 0.141: at g3 (0.3).
     rows = [{"generation": g, "tail_coverage": tail, "tail_coverage_se": 0.1, "nll_test": nll, "nll_test_se": 0.05,
-             "component_std": 0.9 - 0.1 * g, "l2_to_gen0": 0.01 * g}
+             "component_std": 0.9 - 0.1 * g, "l2sq_to_gen0": 0.01 * g}
             for g, (tail, nll) in enumerate([(1.0, 2.84), (0.9, 2.85), (0.5, 2.94), (0.2, 3.14)])]
     summary = GMMFamily(cfg, None).summarize(None, rows)
     assert (summary["nll_test_first"], summary["tail_coverage_last"]) == (2.84, 0.2)
     # The paper's own figures, first and last.
-    assert (summary["component_std_first"], summary["l2_to_gen0_last"]) == (0.9, 0.03)
+    assert (summary["component_std_first"], summary["l2sq_to_gen0_last"]) == (0.9, 0.03)
     assert summary["early_warning"] == {
         "first_tail_gen": 2, "first_ppl_gen": 3, "gap": 1, "headline": "test NLL",
         "text": "Tail coverage departed at generation 2, 1 generation(s) before test NLL (generation 3)."}
@@ -204,3 +206,75 @@ def test_a_gmm_run_writes_the_standard_errors_and_an_early_warning(tmp_path):
     warning = json.loads((run_dir / "summary.json").read_text())["early_warning"]
     assert isinstance(warning["first_tail_gen"], int) and 1 <= warning["first_tail_gen"] <= 30
     assert warning["headline"] == "test NLL" and "test NLL" in warning["text"].replace("Test NLL", "test NLL")
+
+
+def test_l2_squared_is_the_papers_quantity_and_l2_distance_its_root():
+    p, q = one_d(0.0, 1.0), one_d(1.0, 2.0)
+    # integral (p - q)^2 for 1-D Gaussians: 1/(2 sqrt(pi) s_p) + 1/(2 sqrt(pi) s_q) - 2 N(0; 1, 3).
+    expected = 1 / (2 * math.sqrt(math.pi)) + 1 / (2 * math.sqrt(2 * math.pi)) - 2 * math.exp(
+        -1 / 6) / math.sqrt(6 * math.pi)
+    assert core.l2_squared(p, q) == pytest.approx(expected, rel=1e-12)
+    assert core.l2_distance(p, q) == math.sqrt(core.l2_squared(p, q))
+    assert core.l2_squared(p, p) == 0.0
+
+
+def test_unbiased_covariances_are_the_ddof_1_estimate_and_mle_the_ddof_0():
+    rows = core.sample(core.standard_normal(2), 12, seed=4)
+    data = rows.astype(np.float64)
+    for unbiased, ddof in ((False, 0), (True, 1)):
+        fitted, stats_ = core.fit(rows, 1, seed=0, reg_covar=1e-6, unbiased=unbiased)
+        np.testing.assert_allclose(fitted.covariances[0], np.cov(data.T, ddof=ddof) + 1e-6 * np.eye(2), rtol=1e-9)
+        assert stats_["train_nll"] == pytest.approx(core.nll(fitted, rows).mean(), rel=1e-6)  # sklearn: float32
+    # Two components: each covariance scaled by n_k / (n_k - 1), n_k = w_k n; means and weights untouched.
+    mle, _ = core.fit(core.sample(core.standard_normal(2), 40, seed=5), 2, seed=1)
+    rescaled = core.unbiased_covariances(mle, 40, 1e-6)
+    for k, n_k in enumerate(mle.weights * 40):
+        np.testing.assert_allclose(rescaled.covariances[k] - 1e-6 * np.eye(2),
+                                   (mle.covariances[k] - 1e-6 * np.eye(2)) * n_k / (n_k - 1), rtol=1e-12)
+    np.testing.assert_array_equal(rescaled.means, mle.means)
+
+
+def log_variance_steps(variance: str, m: int, chains: int, steps: int) -> np.ndarray:
+    """log(sigma_g^2 / sigma_{g-1}^2) of every fit -> sample step, through the family's own fit and sample.
+
+    A 1-D, one-component run (Shumailov et al.'s single-Gaussian setting) with M = dataset.n_train
+    points a generation, composed by Hydra; every chain starts from the true N(0, 1).
+    """
+    cfg = composed(["model=gmm", "dataset=gaussian", "dataset.dim=1", "model.n_components=1",
+                    f"dataset.n_train={m}", f"model.variance={variance}"])
+    family = GMMFamily(cfg, None)
+    ignore = lambda done, total: None  # noqa: E731  (progress callbacks)
+    increments = []
+    for chain in range(chains):
+        parent = GMMModel(family.truth)
+        for step in range(steps):
+            rows = family.sample(parent, m, seed=chain * 1000 + step, on_batch=ignore)
+            child = family.build_base_model(chain)
+            family.fit(child, rows, seed=step, generation=step + 1, on_step=ignore)
+            increments.append(math.log(child.mixture.covariances[0, 0, 0] / parent.mixture.covariances[0, 0, 0]))
+            parent = child
+    return np.array(increments)
+
+
+@pytest.mark.parametrize("variance", ["unbiased", "mle"])
+def test_log_variance_falls_per_generation_by_the_closed_form(variance):
+    """E[log sigma_{g+1}^2 - log sigma_g^2] = psi((M-1)/2) - log((M-1)/2) for the unbiased fit
+    (sigma^2 chi^2_{M-1} / (M-1)), plus log((M-1)/M) for the MLE: checked within a 99% CI from the
+    sample variance of 600 steps, and the other estimator's value lies outside it."""
+    m = 5
+    closed = {"unbiased": special.digamma((m - 1) / 2) - math.log((m - 1) / 2)}
+    closed["mle"] = closed["unbiased"] + math.log((m - 1) / m)
+    increments = log_variance_steps(variance, m, chains=200, steps=3)
+    half_width = stats.t.ppf(0.995, len(increments) - 1) * increments.std(ddof=1) / math.sqrt(len(increments))
+    assert abs(increments.mean() - closed[variance]) < half_width
+    other = "mle" if variance == "unbiased" else "unbiased"
+    assert abs(increments.mean() - closed[other]) > half_width
+    # The per-step spread is the closed form's too: Var log chi^2_{M-1} = psi'((M-1)/2).
+    assert increments.var(ddof=1) == pytest.approx(special.polygamma(1, (m - 1) / 2), rel=0.2)
+
+
+def test_shumailov_gmm_is_the_notebooks_setting_and_the_default_is_sklearns():
+    paper, default = composed(["+experiment=shumailov_gmm"]), composed(["model=gmm", "dataset=gaussian"])
+    assert (paper.model.tol, paper.model.max_iter, paper.model.n_components) == (1e-5, 2000, 2)
+    assert (paper.mix, paper.generations, paper.dataset.n_train, paper.dataset.dim) == (0.0, 2000, 1000, 2)
+    assert (default.model.tol, default.model.max_iter, default.model.variance) == (1e-3, 100, "mle")

@@ -42,3 +42,21 @@ def test_gen0_ppl_trains_generation_0_as_the_run_does(tmp_path: Path):
     gen_0 = read_metrics(tiny_run(tmp_path / "run", "train.epochs=2", "model.dropout=0.1"))[0]
     assert result["train_loss_last"] == gen_0["train_loss_last"]
     assert abs(result["ppl_test"] - gen_0["ppl_test"]) < 1e-6 * gen_0["ppl_test"]
+
+
+def test_family_figures_prints_the_readme_tables_and_the_environment(tmp_path: Path, capsys):
+    figures = load_script("family_figures")
+    for name in (*figures.GMM_RUNS, *figures.VAE_RUNS):
+        folder = tmp_path / name
+        folder.mkdir()
+        last = 2000 if name.startswith("gmm") else 5
+        rows = [{"generation": g, "component_std": 1.0 / (g + 1), "l2sq_to_gen0": 0.001 * g, "nll_test": 2.0 + g,
+                 "tail_coverage": 1.0, "fit_iterations": 7, "latent_std_flat": 0.5 - 0.01 * g,
+                 "latent_spread": 0.4, "class_share_max": 0.2, "wall_time_s": 0.01} for g in range(last + 1)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    figures.main([str(tmp_path), "--tables"])
+    out = capsys.readouterr().out
+    assert "| `+experiment=shumailov_gmm` | 1.000 → 0.020 → 0.002 → 0.001 → 0.000 | 0.05 / 2 |" in out
+    assert out.count("| paper (MNIST) | 0.674 → 0.608 → 0.527 → 0.468 → 0.433 |") == 3
+    assert "| 2 | 0.490 → 0.480 → 0.470 → 0.460 → 0.450 | 0.400 → 0.400 |" in out  # generations 1-5, not 0-5
+    assert "environment: Python " in out and " torch " in out and "logical CPUs" in out

@@ -167,3 +167,78 @@ def test_each_reference_model_gets_its_own_figures_and_no_other_can_take_its_id(
     assert figures.latent_spread_real == expected.latent_spread_real != stale.latent_spread_real
     assert np.array_equal(figures.rare.images, expected.rare.images)
     assert first_alive() is None  # asked about another model, the cache lets the old one go
+
+
+def test_latent_std_flat_is_the_notebooks_statistic(trained, digits):
+    """np.std of the 100 x latent encoder means flattened (ddof 0), as VAE_experiments.ipynb prints it."""
+    with torch.no_grad():
+        mu, _ = trained.encode(torch.as_tensor(digits.test[:100]))
+    expected = float(np.std(mu.numpy().astype(np.float64).ravel()))
+    assert core.flat_latent_std(trained, digits.test) == pytest.approx(expected, rel=1e-9)
+    # Flattening adds the spread of the dimensions' averages: never below latent_spread on the same images.
+    assert core.flat_latent_std(trained, digits.test) >= core.latent_spread(trained, digits.test[:100])
+    assert core.flat_latent_std(trained, digits.test) != core.flat_latent_std(trained, digits.test[100:])
+
+
+def test_fresh_batches_are_new_decodes_every_batch_and_fixed_ones_a_shuffle(trained, digits):
+    data = torch.as_tensor(digits.train[:300])
+    fixed = list(core.epoch_batches(data, 128, torch.Generator().manual_seed(3)))
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(3))
+    assert [len(b) for b in fixed] == [128, 128, 44]
+    assert torch.equal(torch.cat(fixed), data[order])  # what train_vae always drew: the default run is unchanged
+    fresh = list(core.epoch_batches(data, 128, torch.Generator().manual_seed(3), source=trained))
+    assert [len(b) for b in fresh] == [128, 128, 44]
+    again = list(core.epoch_batches(data, 128, torch.Generator().manual_seed(3), source=trained))
+    assert all(torch.equal(a, b) for a, b in zip(fresh, again))  # seeded by the generator alone
+    assert not torch.equal(fresh[0], fresh[1][:128])  # a new draw every batch
+    # Each batch is decoder means at z ~ N(0, I): the prior draw, decoded.
+    z = torch.randn((128, trained.latent), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh[0], torch.sigmoid(trained.decode_logits(z)))
+
+
+def test_one_thread_is_restored_after_the_block():
+    before = torch.get_num_threads()
+    with core.one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_shumailov_vae_is_the_notebooks_training_and_fresh_needs_a_fully_synthetic_loop():
+    from collapse_cli.errors import CollapseError
+    from collapse_cli.families.vae.family import TrainData
+
+    paper = _vae_config("+experiment=shumailov_vae")
+    assert paper.model.train_data == TrainData.fresh and paper.model.latent == 20
+    assert (paper.train.batch_size, paper.train.lr, paper.train.weight_decay) == (256, 1e-3, 1e-5 / 256)
+    assert (paper.mix, paper.regime, paper.generations) == (0.0, "replace", 5)
+    assert _vae_config().model.train_data == TrainData.fixed
+    for mix in ("0.1", "1.0"):
+        with pytest.raises(CollapseError, match=f"model.train_data=fresh .* not mix={mix}: set mix=0"):
+            _vae_config("+experiment=shumailov_vae", f"mix={mix}")
+
+
+FRESH = ["+experiment=shumailov_vae", "generations=3", "train.epochs=40", "dataset.max_train=256",
+         "model.hidden=64", "model.nll_samples=4"]
+
+
+@pytest.mark.slow
+def test_a_fresh_run_killed_after_a_generation_resumes_from_the_saved_decoder(tmp_path):
+    """Generation g trains on batches decoded from generation g-1's model; after a kill, from the sampler.pt
+    beside g-1's samples. The resumed run's metrics equal an uninterrupted run's."""
+    import signal
+
+    from conftest import read_metrics, run_in_process, stable, start_collapse
+    from test_resume import signal_when
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run_in_process(["run", *FRESH, f"hydra.run.dir={whole}"]) == 0
+    assert all((whole / f"gen_{g:03d}" / "sampler.pt").is_file() for g in range(4))
+    proc = start_collapse(["run", *FRESH, f"hydra.run.dir={killed}"], cwd=tmp_path)
+    signal_when(proc, killed / "gen_001" / "DONE", signal.SIGKILL)
+    proc.wait(timeout=120)
+    assert not (killed / "gen_003" / "DONE").exists()  # generation 3 still needs gen_002's or gen_001's decoder
+    assert run_in_process(["resume", str(killed)]) == 0
+    assert stable(read_metrics(killed)) == stable(read_metrics(whole))
+    rows = read_metrics(whole)
+    assert all(0 < row["latent_std_flat"] for row in rows)

@@ -11,7 +11,8 @@ from collapse_cli.errors import CollapseError
 from collapse_cli.report.runs import Group, Run
 
 # Headline metrics of every family, those a run lacks skipped: the LM's, then the GMM's and VAE's (docs/metrics.md).
-FAMILY_METRICS = ("nll_test", "component_std", "l2_to_gen0", "latent_spread", "class_share_max")
+FAMILY_METRICS = ("nll_test", "component_std", "l2sq_to_gen0", "l2_to_gen0", "latent_spread", "latent_std_flat",
+                  "class_share_max")
 DEFAULT_METRICS = ("ppl_test", "tail_coverage", "seq_ppl_q50", "kl_truth", *FAMILY_METRICS)
 # Two-sided 95% Student t quantiles, t_{0.975, df} for df = 1..30.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,

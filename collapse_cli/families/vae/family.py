@@ -23,11 +23,21 @@ from collapse_cli.rundir import RunDir, gen_name
 
 MODEL_FILE = "vae.pt"
 SCORES_FILE = "scores.npy"
+# train_data=fresh: the decoder that drew a generation's samples, saved beside them, since the next
+# generation decodes its batches from it (also after a resume, when no model is in memory).
+SAMPLER_FILE = "sampler.pt"
 
 
 class Likelihood(StrEnum):
     gaussian = "gaussian"
     bernoulli = "bernoulli"
+
+
+class TrainData(StrEnum):
+    """What a later generation's minibatches hold."""
+
+    fixed = "fixed"  # the rows the loop composed (mix: real rows and saved samples), reshuffled every epoch
+    fresh = "fresh"  # new images decoded from the previous generation's model for every batch (the paper's notebook)
 
 
 @dataclass
@@ -46,6 +56,7 @@ class VAEModelConfig:
     batch_size: int = 128
     lr: float = 2e-3
     nll_samples: int = 64  # K of the importance-weighted nll_test bound
+    train_data: TrainData = TrainData.fixed
 
 
 @dataclass
@@ -75,15 +86,20 @@ class VAEFamily(Family):
     samples_file = "samples.npy"
     headline = ("nll_test", "tail_coverage")
     summary_keys = ("latent_spread", "class_share_max")
-    leading_keys = ("generation", "nll_test", "tail_coverage", "latent_spread", "class_share_max")
-    table_keys = ("nll_test", "tail_coverage", "latent_spread", "class_share_max", "class_entropy",
-                  "train_loss_last")
+    leading_keys = ("generation", "nll_test", "tail_coverage", "latent_spread", "latent_std_flat",
+                    "class_share_max")
+    table_keys = ("nll_test", "tail_coverage", "latent_spread", "latent_std_flat", "class_share_max",
+                  "class_entropy", "train_loss_last")
 
     def __init__(self, cfg: Any, device: Any):
         super().__init__(cfg, device)
         self.digits: Optional[core.Digits] = None
         self.classifier = None
         self._reference = ObjectCache()  # the reference model's ReferenceFigures
+        # train_data=fresh: the last generation's sampling model (in memory), or the folder of the last
+        # generation whose samples were read back (a resume reads them in order, so: the parent's).
+        self._sampler: Optional[core.VAE] = None
+        self._sampler_folder: Optional[Path] = None
 
     @classmethod
     def validate(cls, cfg: Any) -> None:
@@ -97,6 +113,11 @@ class VAEFamily(Family):
             raise CollapseError(f"dataset.test_fraction={d.test_fraction} must be in (0, 1)")
         if d.max_train is not None and d.max_train < 1:
             raise CollapseError(f"dataset.max_train={d.max_train} must be positive or null")
+        # With mix=0 only regime=replace passes the shared checks, so mix is the one key to name.
+        if m.train_data == TrainData.fresh and cfg.mix != 0:
+            raise CollapseError(f"model.train_data=fresh trains each generation on its parent's decoder alone (the "
+                                f"paper's notebook), so it needs mix=0, not mix={cfg.mix}: set mix=0, or "
+                                f"model.train_data=fixed")
 
     def _pixel_std(self) -> Optional[float]:
         return self.cfg.model.pixel_std if self.cfg.model.likelihood == Likelihood.gaussian else None
@@ -119,10 +140,29 @@ class VAEFamily(Family):
 
     def fit(self, model: core.VAE, train: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
         t = self.cfg.train
-        return core.train_vae(model, train, t.epochs, t.batch_size, t.lr, seed, on_step)
+        fresh = self.cfg.model.train_data == TrainData.fresh and generation > 0
+        source = self._parent(generation) if fresh else None
+        with core.one_thread():
+            return core.train_vae(model, train, t.epochs, t.batch_size, t.lr, seed, on_step, t.weight_decay, source)
+
+    def _parent(self, generation: int) -> core.VAE:
+        """The model that sampled generation - 1: in memory, or read back beside its samples on a resume."""
+        if self._sampler is not None:
+            return self._sampler
+        folder = self._sampler_folder
+        if folder is None or folder.name != gen_name(generation - 1) or not (folder / SAMPLER_FILE).is_file():
+            where = folder / SAMPLER_FILE if folder is not None else gen_name(generation - 1)
+            raise CollapseError(f"{where}: generation {generation - 1}'s decoder, which model.train_data=fresh "
+                                f"trains generation {generation} on, is missing; start the run again")
+        self._sampler = self.build_base_model(0)
+        self._sampler.decoder.load_state_dict(torch.load(folder / SAMPLER_FILE, map_location="cpu",
+                                                         weights_only=True))
+        return self._sampler.eval()
 
     def sample(self, model: core.VAE, n: int, seed: int, on_batch: Progress) -> np.ndarray:
-        images = core.sample_images(model, n, seed)
+        with core.one_thread():
+            images = core.sample_images(model, n, seed)
+        self._sampler = model if self.cfg.model.train_data == TrainData.fresh else None
         on_batch(n, n)
         return images
 
@@ -140,6 +180,11 @@ class VAEFamily(Family):
 
     def measure(self, generation: int, model: core.VAE, reference_model: core.VAE, samples: np.ndarray,
                 seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
+        with core.one_thread():
+            return self._measure(model, reference_model, samples, seed, on_progress)
+
+    def _measure(self, model: core.VAE, reference_model: core.VAE, samples: np.ndarray, seed: int,
+                 on_progress: Progress) -> tuple[dict, np.ndarray]:
         test = self.digits.test
         shares = core.class_shares(self.classifier.predict(samples))
         test_nll = core.importance_weighted_nll(model, test, self.cfg.model.nll_samples, seed)
@@ -154,6 +199,7 @@ class VAEFamily(Family):
             "tail_coverage_se": M.binomial_se(tail_coverage, len(gen0.rare.images)),
             "latent_spread": core.latent_spread(reference_model, samples),
             "latent_spread_real": gen0.latent_spread_real,
+            "latent_std_flat": core.flat_latent_std(reference_model, samples),
             "class_share_max": float(shares.max()),
             "class_top": int(shares.argmax()),
             "class_entropy": core.share_entropy(shares),
@@ -167,14 +213,19 @@ class VAEFamily(Family):
 
     def describe(self) -> str:
         m = self.cfg.model
-        return f"vae (MLP {m.hidden}, latent {m.latent}, {m.likelihood} likelihood)"
+        return f"vae (MLP {m.hidden}, latent {m.latent}, {m.likelihood} likelihood, {m.train_data} training images)"
 
     def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
         files = RunDir(folder)
         files.save_array(self.samples_file, samples.astype(np.float32))
         files.save_array(SCORES_FILE, scores.astype(np.float32))
+        if self._sampler is not None:
+            tmp = folder / (SAMPLER_FILE + ".tmp")  # renamed into place: never half-written
+            torch.save(self._sampler.decoder.state_dict(), tmp)
+            tmp.replace(folder / SAMPLER_FILE)
 
     def load_samples(self, folder: Path) -> np.ndarray:
+        self._sampler, self._sampler_folder = None, Path(folder)
         return np.load(folder / self.samples_file)
 
     def save_model(self, model: core.VAE, folder: Path) -> None:
