@@ -249,10 +249,10 @@ def decode_with_probe(model, prompt_ids: np.ndarray, cfg: GenerateConfig, before
     decoder = decode_module.TreeDecoder(model, len(prompt_ids), cfg.num_beams, cfg.new_tokens, use_graph=False)
     step = decoder.step
 
-    def probed(tokens, slot):
+    def probed(tokens, slot, then=None):
         if before_step is not None:
             before_step(decoder, slot)
-        return step(tokens, slot)
+        return step(tokens, slot, then)
 
     decoder.step = probed
     with torch.inference_mode():
