@@ -87,8 +87,9 @@ def tree_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     every_row = torch.matmul(q, live_keys.transpose(-1, -2)).view(n_prompts, heads_kv, queries, live, beams)
     source = cache.source.expand(n_prompts, heads_kv, queries, live, 1)
     generated_scores = every_row.gather(-1, source).squeeze(-1)
-    weights = torch.cat([prompt_scores, generated_scores], dim=-1).softmax(dim=-1, dtype=torch.float32)
-    weights = weights.to(value.dtype)
+    # Softmax in the scores' dtype: it accumulates in fp32 inside and writes bf16 weights once, where an
+    # fp32 output then a cast wrote and read them twice more (fp32 on the CPU: the very same op).
+    weights = torch.cat([prompt_scores, generated_scores], dim=-1).softmax(dim=-1)
     prompt_weights, generated_weights = weights.split([prompt_len, live], dim=-1)
     out = torch.matmul(prompt_weights, cache.prompt_values[layer])
     # Each query's weight placed at the row its ancestry names (zero at the others): one matmul for all rows.
