@@ -181,9 +181,13 @@ class DynamicSteps:
 def pick_next(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator) -> torch.Tensor:
     """One token per row from next-token logits: greedy, or sampling with temperature, top-k, top-p.
 
-    Passes over [rows, V] (each bit-identical to the form it replaced, so a seed draws the same
-    tokens): none for an identity (fp32 logits, temperature 1); top-k two (top-k, cut); top-p one
-    sort, one softmax, one cumsum and the scatter back; then the softmax and the CDF's cumsum.
+    Passes over [rows, V], each bit-identical to the form it replaced (so a seed draws the same
+    tokens): the fp32 widening of bf16 logits (none in fp32), the softmax, the CDF's cumsum: three
+    at most for plain sampling. A temperature other than 1 adds one; top-k adds its top-k and the
+    cut (two); top-p its sort, softmax, cumsum, cut and the scatter back. A fused kernel (one read
+    of the logits) would sum in another order, move the CDF by an ulp and so, now and then, the
+    token a uniform lands on: the exact form is kept, as the tests and the default run's figures
+    (token for token) require.
     """
     if not cfg.do_sample:
         return logits.argmax(dim=-1)
@@ -196,10 +200,11 @@ def pick_next(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Genera
     if cfg.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         sorted_probs = sorted_logits.softmax(dim=-1)
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        mass_before = sorted_probs.cumsum(dim=-1).sub_(sorted_probs)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        sorted_logits = sorted_logits.masked_fill(mass_before >= cfg.top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        sorted_logits.masked_fill_(mass_before >= cfg.top_p, float("-inf"))
+        # `order` is a permutation: the scatter writes every entry, so nothing needs filling first.
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
     return sample_categorical(logits.softmax(dim=-1), generator)
 
 
@@ -222,14 +227,14 @@ def sample(steps, prompts: torch.Tensor, cfg: GenerateConfig, generator: torch.G
     prompt_len = prompts.shape[1]
     # Each row's prompt, then its tokens as they come: the repetition penalty's seen ids, a prefix of it.
     sequences = torch.cat([prompts, prompts.new_empty((len(prompts), cfg.new_tokens))], dim=1)
-    logits = steps.prefill(prompts).float()
+    logits = steps.prefill(prompts)
     for step in range(cfg.new_tokens):
-        if cfg.repetition_penalty != 1.0:
-            logits = penalize_seen(logits, sequences[:, : prompt_len + step], cfg.repetition_penalty)
-        token = pick_next(logits, cfg, generator)
+        if cfg.repetition_penalty != 1.0:  # on fp32 logits, as generate() applies it
+            logits = penalize_seen(logits.float(), sequences[:, : prompt_len + step], cfg.repetition_penalty)
+        token = pick_next(logits, cfg, generator)  # greedy: argmax of bf16 = argmax of its exact fp32 widening
         sequences[:, prompt_len + step] = token
         if step + 1 < cfg.new_tokens:
-            logits = steps.step(token, step).float()
+            logits = steps.step(token, step)
     return sequences[:, prompt_len:]
 
 
