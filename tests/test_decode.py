@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from collapse_cli.config import GenerateConfig
+from collapse_cli.families.lm import select
 from collapse_cli.families.lm import train as train_module
 from collapse_cli.families.lm.decode import ChunkDecoder, describe, has_own_decoder
 from collapse_cli.families.lm.generate import generate, n_chunks
@@ -229,6 +230,23 @@ def test_cuda_graphs_replay_what_eager_steps_compute(kind):
         (decoder,) = decode.decoders.values()
         # Every step index: slot 0 ran eagerly in the first chunk (the warm-up) and was captured in the second.
         assert sorted(decoder.graphs) == list(range(cfg.new_tokens - 1))
+    # A beam step is one graph replay, its selection included: once captured, the Python selection runs
+    # only for step 0 (on the prefill's logits), and the tokens are still those of the eager decoder.
+    cfg = GenerateConfig(**SHUMAILOV, new_tokens=12, batch_size=20)
+    decode, calls = ChunkDecoder(model, cfg, 4, cuda), []
+    advance = select.Beams.advance
+    with torch.inference_mode():
+        for chunk in range(2):  # the first chunk warms up and captures
+            decode(torch.from_numpy(prompt_ids[4 * chunk:4 * chunk + 4]).to(cuda), None)
+        select.Beams.advance = lambda self, *args, **kwargs: calls.append(kwargs.get("step")) or advance(self, *args,
+                                                                                                            **kwargs)
+        try:
+            last = decode(torch.from_numpy(prompt_ids[8:12]).to(cuda), None).cpu().numpy()
+        finally:
+            select.Beams.advance = advance
+    assert calls == [0]
+    eager = generate(model, prompt_ids, replace(cfg, cuda_graph=False), seed=1, device=cuda)
+    assert np.array_equal(last, eager[8:12])
 
 
 def test_inference_weights_are_a_bf16_copy_for_cuda_made_once():
@@ -249,10 +267,10 @@ def decode_with_probe(model, prompt_ids: np.ndarray, cfg: GenerateConfig, before
     decoder = decode_module.TreeDecoder(model, len(prompt_ids), cfg.num_beams, cfg.new_tokens, use_graph=False)
     step = decoder.step
 
-    def probed(tokens, slot):
+    def probed(tokens, slot, then=None):
         if before_step is not None:
             before_step(decoder, slot)
-        return step(tokens, slot)
+        return step(tokens, slot, then)
 
     decoder.step = probed
     with torch.inference_mode():
@@ -390,3 +408,43 @@ def test_beam_search_edges_equal_generate(new_tokens, prompt_len, beams, penalty
     ours = generate(model, prompt_ids, cfg, seed=0, device=CPU)
     theirs = reference(model, prompt_ids, new_tokens, num_beams=beams, repetition_penalty=penalty)
     assert_same_or_tied(model, prompt_ids, ours, theirs, penalty)
+
+
+def test_repeats_earlier_flags_every_later_copy_of_an_id():
+    ids = torch.tensor([[5, 7, 5, 5, 9, 7], [1, 2, 3, 4, 5, 6]])
+    expected = [[False, False, True, True, False, True], [False] * 6]
+    assert select.repeats_earlier(ids).tolist() == expected
+
+
+@pytest.mark.parametrize("kind", ["opt", "llama"])
+def test_repetitive_prompts_get_the_penalty_once_per_id(kind):
+    """Prompts of 4 distinct ids in 10 tokens, 3 beams over 20 steps, a peaked model (LM head x 30) that repeats
+    itself despite the penalty: ids repeat within the prompt, between prompt and history and within the
+    history; each id is penalized once, as generate() does."""
+    model = build(kind)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(30)
+    prompt_ids = np.random.default_rng(3).integers(2, 6, size=(8, 10))
+    cfg = GenerateConfig(do_sample=False, num_beams=3, repetition_penalty=1.5, new_tokens=20, batch_size=12)
+    ours = generate(model, prompt_ids, cfg, seed=0, device=CPU)
+    assert_same_or_tied(model, prompt_ids, ours, reference(model, prompt_ids, 20, num_beams=3,
+                                                            repetition_penalty=1.5), 1.5)
+    # The history repeats ids, the prompt's among them: the flags, not a sort, keep one competitor per id.
+    assert sum(len(set(row)) < len(row) for row in ours) >= 4
+    assert sum(bool(set(row) & set(prompt)) for row, prompt in zip(ours, prompt_ids)) >= 4
+
+
+def test_beam_state_is_made_once_and_reloaded_per_chunk():
+    """The buffers a captured step reads keep their addresses from chunk to chunk; each chunk starts afresh."""
+    model, prompt_ids = build("gpt2"), prompts(n=12)
+    cfg = GenerateConfig(**SHUMAILOV, new_tokens=8, batch_size=20)
+    decode = ChunkDecoder(model, cfg, 4, CPU)
+    with torch.inference_mode():
+        first = decode(torch.from_numpy(prompt_ids[:4]), None)
+        (decoder,) = decode.decoders.values()
+        buffers = [t.data_ptr() for t in (decoder.search.sequences, decoder.search.repeated, decoder.search.running)]
+        later = [decode(torch.from_numpy(prompt_ids[4 * k:4 * k + 4]), None) for k in (1, 2, 0)]
+    assert [t.data_ptr() for t in (decoder.search.sequences, decoder.search.repeated,
+                                   decoder.search.running)] == buffers
+    assert torch.equal(later[2], first)  # chunk 0 again, after two others: nothing carried over
+    assert np.array_equal(torch.cat(later[:2]).numpy(), generate(model, prompt_ids[4:], cfg, seed=0, device=CPU))

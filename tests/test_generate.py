@@ -147,3 +147,31 @@ def test_sample_preset_is_untruncated(model, prompts):
     # Ancestral sampling reaches the tail that top_p=0.9 cuts.
     assert (mass_before >= 0.9).any()
 
+
+
+def reference_pick(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator) -> torch.Tensor:
+    """The sampler as first written (every pass explicit): pick_next must draw the very same tokens."""
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k > 0:
+        kth_best = torch.topk(logits, min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        mass_before = sorted_logits.softmax(dim=-1).cumsum(dim=-1) - sorted_logits.softmax(dim=-1)
+        sorted_logits = sorted_logits.masked_fill(mass_before >= cfg.top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    cdf = logits.softmax(dim=-1).double().cumsum(dim=-1)
+    uniform = torch.rand((len(logits), 1), generator=generator, dtype=torch.float64)
+    return torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)
+
+
+@pytest.mark.parametrize("settings", [{}, {"temperature": 0.7}, {"top_k": 7}, {"top_p": 0.8},
+                                      {"temperature": 1.3, "top_k": 20, "top_p": 0.9}],
+                         ids=["plain", "temperature", "top_k", "top_p", "all"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sampler_draws_the_tokens_of_its_first_form(settings, dtype):
+    """Fewer passes, the same arithmetic: for one seed, the same token in every row (bf16 logits with many ties)."""
+    logits = (torch.randn((4000, 300), generator=torch.Generator().manual_seed(1)) * 3).to(dtype)
+    cfg = GenerateConfig(do_sample=True, **settings)
+    ours = pick_next(logits.clone(), cfg, torch.Generator().manual_seed(2))
+    assert torch.equal(ours, reference_pick(logits, cfg, torch.Generator().manual_seed(2)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -93,6 +94,7 @@ class TreeDecoder:
         self.tokens = torch.zeros((self.rows, 1), dtype=torch.long, device=parameter.device)  # the step's input
         self.position = torch.zeros((), dtype=torch.long, device=parameter.device)  # where that token sits
         self.n_prompts, self.cache = n_prompts, None
+        self.search: Beams | None = None  # beam search's buffers, made once: a captured step reads them
         self.use_graph, self.warm, self.graphs, self.pool = use_graph, False, {}, None
 
     def prefill(self, prompts: torch.Tensor) -> torch.Tensor:
@@ -110,18 +112,31 @@ class TreeDecoder:
                                    self.logits.dtype, self.logits.device)
         return self.cache
 
-    def step(self, tokens: torch.Tensor, slot: int) -> torch.Tensor:
-        """Feed one token per row, written at generated position `slot`; logits [rows, V] (overwritten next step)."""
-        self.tokens.copy_(tokens.view(-1, 1))
-        self.position.fill_(self.cache.prompt_len + slot)
+    def step(self, tokens: torch.Tensor | None, slot: int,
+             then: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Feed one token per row, written at generated position `slot`; logits [rows, V] (overwritten next step).
+
+        `tokens` None: the ones the previous step's `then` left in the input buffer. `then(logits)`, the
+        selection, runs inside the step (in its CUDA graph) and returns the next tokens [rows], which it
+        leaves in the input buffer; the step then returns those tokens (a view, overwritten next step).
+        """
+        if tokens is not None:
+            self.tokens.copy_(tokens.view(-1, 1))
         if slot not in self.graphs and self.use_graph and self.warm:
-            self._capture(slot)
+            self._capture(slot, then)
         if slot in self.graphs:
             self.graphs[slot].replay()
         else:  # eager; on CUDA the first step also warms up the kernels the graphs then record
-            self._forward(slot)
+            self._run(slot, then)
             self.warm = True
-        return self.logits
+        return self.logits if then is None else self.tokens.view(-1)
+
+    def _run(self, slot: int, then: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """The whole step, as eager code and as what a graph records: one body for both."""
+        self.position.fill_(self.cache.prompt_len + slot)
+        self._forward(slot)
+        if then is not None:
+            self.tokens.copy_(then(self.logits).view(-1, 1))
 
     def _forward(self, slot: int) -> None:
         with attending(self.model, self.cache):
@@ -132,13 +147,13 @@ class TreeDecoder:
         if self.head.bias is not None:
             self.logits.add_(self.head.bias)
 
-    def _capture(self, slot: int) -> None:
+    def _capture(self, slot: int, then: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
         """Record step `slot` (nothing runs while recording); on failure decode eagerly from then on."""
         graph = torch.cuda.CUDAGraph()
         self.pool = self.pool or torch.cuda.graph_pool_handle()
         try:
             with torch.cuda.graph(graph, pool=self.pool):
-                self._forward(slot)
+                self._run(slot, then)
         except RuntimeError as err:  # e.g. a forward that syncs with the host
             log.warning("decoder: CUDA graph capture failed (%s); decoding eagerly", str(err).splitlines()[0][:120])
             self.use_graph = False
@@ -164,19 +179,32 @@ class DynamicSteps:
 
 
 def pick_next(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator) -> torch.Tensor:
-    """One token per row from next-token logits: greedy, or sampling with temperature, top-k, top-p."""
+    """One token per row from next-token logits: greedy, or sampling with temperature, top-k, top-p.
+
+    Passes over [rows, V], each bit-identical to the form it replaced (so a seed draws the same
+    tokens): the fp32 widening of bf16 logits (none in fp32), the softmax, the CDF's cumsum: three
+    at most for plain sampling. A temperature other than 1 adds one; top-k adds its top-k and the
+    cut (two); top-p its sort, softmax, cumsum, cut and the scatter back. A fused kernel (one read
+    of the logits) would sum in another order, move the CDF by an ulp and so, now and then, the
+    token a uniform lands on: the exact form is kept, as the tests and the default run's figures
+    (token for token) require.
+    """
     if not cfg.do_sample:
         return logits.argmax(dim=-1)
-    logits = logits.float() / cfg.temperature
+    logits = logits.float()  # no copy when already fp32 (the CPU's weights)
+    if cfg.temperature != 1.0:
+        logits = logits / cfg.temperature
     if cfg.top_k > 0:
         kth_best = torch.topk(logits, min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
     if cfg.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        mass_before = sorted_logits.softmax(dim=-1).cumsum(dim=-1) - sorted_logits.softmax(dim=-1)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1).sub_(sorted_probs)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        sorted_logits = sorted_logits.masked_fill(mass_before >= cfg.top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        sorted_logits.masked_fill_(mass_before >= cfg.top_p, float("-inf"))
+        # `order` is a permutation: the scatter writes every entry, so nothing needs filling first.
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
     return sample_categorical(logits.softmax(dim=-1), generator)
 
 
@@ -185,9 +213,10 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch
 
     Exact, like torch.multinomial, but one random number per row instead of one per
     vocabulary entry: on the CPU multinomial's exponential draws were 60% of decoding.
-    With right=True a token of probability zero (a flat CDF step) is never chosen.
+    With right=True a token of probability zero (a flat CDF step) is never chosen. The CDF
+    sums in fp64 (each fp32 probability widens exactly), in one op with no fp64 copy of probs.
     """
-    cdf = probs.double().cumsum(dim=-1)
+    cdf = probs.cumsum(dim=-1, dtype=torch.float64)
     uniform = torch.rand((len(probs), 1), generator=generator, device=probs.device, dtype=torch.float64)
     drawn = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True).squeeze(-1)
     return drawn.clamp_max(probs.shape[-1] - 1)
@@ -195,17 +224,18 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch
 
 def sample(steps, prompts: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator) -> torch.Tensor:
     """Greedy decoding or sampling, one token per prompt per step: the new tokens [B, new_tokens]."""
-    new_tokens = torch.empty((len(prompts), cfg.new_tokens), dtype=torch.long, device=prompts.device)
-    logits = steps.prefill(prompts).float()
+    prompt_len = prompts.shape[1]
+    # Each row's prompt, then its tokens as they come: the repetition penalty's seen ids, a prefix of it.
+    sequences = torch.cat([prompts, prompts.new_empty((len(prompts), cfg.new_tokens))], dim=1)
+    logits = steps.prefill(prompts)
     for step in range(cfg.new_tokens):
-        if cfg.repetition_penalty != 1.0:
-            seen = torch.cat([prompts, new_tokens[:, :step]], dim=1)
-            logits = penalize_seen(logits, seen, cfg.repetition_penalty)
-        token = pick_next(logits, cfg, generator)
-        new_tokens[:, step] = token
+        if cfg.repetition_penalty != 1.0:  # on fp32 logits, as generate() applies it
+            logits = penalize_seen(logits.float(), sequences[:, : prompt_len + step], cfg.repetition_penalty)
+        token = pick_next(logits, cfg, generator)  # greedy: argmax of bf16 = argmax of its exact fp32 widening
+        sequences[:, prompt_len + step] = token
         if step + 1 < cfg.new_tokens:
-            logits = steps.step(token, step).float()
-    return new_tokens
+            logits = steps.step(token, step)
+    return sequences[:, prompt_len:]
 
 
 def beam_search(decoder: TreeDecoder, prompts: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
@@ -214,23 +244,29 @@ def beam_search(decoder: TreeDecoder, prompts: torch.Tensor, cfg: GenerateConfig
     Each step scores num_beams x vocab continuations per prompt by accumulated log-probability
     (the repetition penalty applies to log-probabilities, as in generate()), keeps the best
     2 x num_beams in order and continues the first num_beams. With no EOS every hypothesis ends
-    at the same length, so the answer is the best beam of the last step.
+    at the same length, so the answer is the best beam of the last step. After the prefill, each
+    step (forward and selection) is one call: on CUDA one graph replay.
     """
     logits = decoder.prefill(prompts).float().repeat_interleave(cfg.num_beams, dim=0)
-    beams = Beams(prompts, cfg.num_beams, cfg.new_tokens, decoder.cache.ancestry)
-    token = beams.advance(logits, cfg.repetition_penalty, step=0)
+    if decoder.search is None:
+        decoder.search = Beams(prompts, cfg.num_beams, cfg.new_tokens, decoder.cache.ancestry)
+    else:
+        decoder.search.start(prompts)
+    token = decoder.search.advance(logits, cfg.repetition_penalty, step=0)
     for step in range(1, cfg.new_tokens):
-        token = beam_step(decoder, beams, token, step, cfg.repetition_penalty)
-    return beams.best()
+        token = beam_step(decoder, decoder.search, token if step == 1 else None, step, cfg.repetition_penalty)
+    return decoder.search.best().clone()
 
 
-def beam_step(decoder: TreeDecoder, beams: Beams, token: torch.Tensor, step: int, penalty: float) -> torch.Tensor:
+def beam_step(decoder: TreeDecoder, beams: Beams, token: torch.Tensor | None, step: int,
+              penalty: float) -> torch.Tensor:
     """One beam iteration: feed the tokens chosen at step-1 (written at slot step-1), choose step's. [rows]
 
-    This is the whole per-step work of beam search (scripts count its ops, bytes and FLOPs by
-    calling it once on meta tensors after `decoder.reserve(prompt_len)`).
+    `token` None: the tokens the previous beam_step left in the decoder's input buffer. This is the
+    whole per-step work of beam search, captured as one CUDA graph per step index on CUDA (scripts
+    count its ops, bytes and FLOPs by calling it once on meta tensors after `decoder.reserve(prompt_len)`).
     """
-    return beams.advance(decoder.step(token, step - 1), penalty, step)
+    return decoder.step(token, step - 1, then=lambda logits: beams.advance(logits, penalty, step))
 
 
 def generate_fallback(model: torch.nn.Module, prompts: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:

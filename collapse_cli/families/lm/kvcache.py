@@ -76,27 +76,35 @@ def tree_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     # Write this token's key and value into its own row's slot: the cache's only write.
     for new, store in ((key, cache.keys), (value, cache.values)):
         store[layer, :, :, cache.slot] = new.reshape(n_prompts, beams, heads_kv, head_dim).transpose(1, 2)
-    # Queries of one prompt and KV head: beams x group of them, ordered (beam, head in group).
-    q = query.reshape(n_prompts, beams, heads_kv, group, head_dim).transpose(1, 2)
-    q = q.reshape(n_prompts, heads_kv, beams * group, head_dim)
+    # Queries of one prompt and KV head: beams x group of them, ordered (beam, head in group). Written
+    # once into a contiguous block (with the scaling, if any), which both matmuls read as it is (a
+    # strided one each matmul would copy for itself).
     queries = beams * group
+    q = torch.empty((n_prompts, heads_kv, queries, head_dim), dtype=query.dtype, device=query.device)
+    grouped = query.reshape(n_prompts, beams, heads_kv, group, head_dim).transpose(1, 2)
     if scaling != 1.0:  # on the few queries, not on the scores (OPT scales its queries itself: 1.0)
-        q = q * scaling
+        torch.mul(grouped, scaling, out=q.view(grouped.shape))
+    else:
+        q.view(grouped.shape).copy_(grouped)
     prompt_scores = torch.matmul(q, cache.prompt_keys[layer].transpose(-1, -2))
     live_keys = cache.keys[layer, :, :, :live].view(n_prompts, heads_kv, live * beams, head_dim)
     every_row = torch.matmul(q, live_keys.transpose(-1, -2)).view(n_prompts, heads_kv, queries, live, beams)
     source = cache.source.expand(n_prompts, heads_kv, queries, live, 1)
     generated_scores = every_row.gather(-1, source).squeeze(-1)
-    weights = torch.cat([prompt_scores, generated_scores], dim=-1).softmax(dim=-1, dtype=torch.float32)
-    weights = weights.to(value.dtype)
+    # Softmax in the scores' dtype: it accumulates in fp32 inside and writes bf16 weights once, where an
+    # fp32 output then a cast wrote and read them twice more (fp32 on the CPU: the very same op).
+    weights = torch.cat([prompt_scores, generated_scores], dim=-1).softmax(dim=-1)
     prompt_weights, generated_weights = weights.split([prompt_len, live], dim=-1)
-    out = torch.matmul(prompt_weights, cache.prompt_values[layer])
+    from_prompt = torch.matmul(prompt_weights, cache.prompt_values[layer])
     # Each query's weight placed at the row its ancestry names (zero at the others): one matmul for all rows.
     spread = torch.where(cache.chosen, generated_weights.unsqueeze(-1), 0.0)
     live_values = cache.values[layer, :, :, :live].view(n_prompts, heads_kv, live * beams, head_dim)
-    out = out + torch.matmul(spread.view(n_prompts, heads_kv, queries, live * beams), live_values)
-    out = out.view(n_prompts, heads_kv, beams, group, head_dim).transpose(1, 2)
-    return out.reshape(rows, 1, heads, head_dim), None
+    from_generated = torch.matmul(spread.view(n_prompts, heads_kv, queries, live * beams), live_values)
+    # The sum written straight in the model's [rows, 1, heads, dim] layout: no reordering copy after it.
+    out = torch.empty((rows, 1, heads, head_dim), dtype=query.dtype, device=query.device)
+    in_groups = out.view(n_prompts, beams, heads_kv, group, head_dim).transpose(1, 2)
+    torch.add(from_prompt.view(in_groups.shape), from_generated.view(in_groups.shape), out=in_groups)
+    return out, None
 
 
 def register() -> None:
