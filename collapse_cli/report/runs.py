@@ -59,6 +59,12 @@ class Run:
     def generations(self) -> list[int]:
         return [int(row.get("generation", index)) for index, row in enumerate(self.rows)]
 
+    @property
+    def family(self) -> str:
+        """model.family of its config; the LM for folders from before families (or without a config)."""
+        model = self.config.get("model")
+        return str(model.get("family", "lm")) if isinstance(model, dict) else "lm"
+
     def short_state(self) -> str:
         if self.finished:
             return "finished"
@@ -83,6 +89,10 @@ class Group:
     def status_text(self) -> str:
         states = Counter(run.short_state() for run in self.runs)
         return ", ".join(f"{count} {state}" for state, count in states.items())
+
+    @property
+    def family(self) -> str:  # runs of one group share their config, so their family
+        return self.runs[0].family if self.runs else "lm"
 
     def final_generation(self) -> Optional[int]:
         generations = [g for run in self.runs for g in run.generations()]
