@@ -157,6 +157,25 @@ def generation_axis(axes, last: int) -> None:
         axes.set_xlabel("generation")
 
 
+def log_axis_keeping_zero(axes, values: np.ndarray) -> None:
+    """A log y-axis for positive curves; symlog when a value is 0 (l2_to_gen0 at generation 0), linear
+    below the smallest positive value, so that point stays on the plot instead of dropping off it."""
+    finite = np.asarray(values, float)[np.isfinite(values)]
+    positive = finite[finite > 0]
+    if positive.size == 0 or (finite < 0).any():
+        return  # nothing a log scale could show: linear
+    low, high = float(positive.min()), float(positive.max())
+    if (finite == 0).any():
+        axes.set_yscale("symlog", linthresh=10 ** np.floor(np.log10(low)), linscale=0.3)
+        axes.set_ylim(bottom=0)
+        if high / low < 100:  # the log part spans under two decades: a few evenly spread labels
+            axes.yaxis.set_major_locator(MaxNLocator(nbins=6))
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    else:
+        axes.set_yscale("log")
+        plain_log_axis(axes.yaxis, low, high)
+
+
 def log_bins(samples: Sequence[np.ndarray]) -> np.ndarray:
     """Equal-width bins in log space spanning every sample, so all generations share edges.
 
