@@ -33,7 +33,7 @@ from collapse_cli.rundir import (
 
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 # Config keys that say how a run was started, not what it computed: never a reason to split a group.
-NOT_EXPERIMENT_KEYS = {"seed", "resume", "dry_run", "device", "min_free_disk_mb"}
+NOT_EXPERIMENT_KEYS = {"seed", "resume", "dry_run", "device", "min_free_disk_mb", "threads"}
 
 
 @dataclass

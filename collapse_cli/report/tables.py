@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+from collapse_cli import environment
 from collapse_cli.config import describe_mix
 from collapse_cli.console import fmt
 from collapse_cli.report.facts import MetricFacts, metric_facts
@@ -212,7 +213,26 @@ def warnings(groups: Sequence[Group]) -> list[str]:
         if keys:
             lines.append(f"group {group.label!r}: same overrides but config.yaml differs in {', '.join(keys[:6])} "
                          "(defaults changed between runs?); its seeds may not be comparable")
-    return lines
+    return lines + environment_notes(groups)
+
+
+def environment_notes(groups: Sequence[Group]) -> list[str]:
+    """Library versions or hardware that differ between the compared runs (environment.json), by group:
+    such runs agree within seed noise, not bit for bit, so a small difference may be the machine's."""
+    seen: dict[str, dict[str, list[str]]] = {}  # key -> value -> groups computed with it
+    for group in groups:
+        for entry in (e for run in group.runs for e in environment.read(run.path)):
+            for key, value in environment.identity(entry).items():
+                holders = seen.setdefault(key, {}).setdefault(str(value), [])
+                if group.label not in holders:
+                    holders.append(group.label)
+    differing = {key: values for key, values in seen.items() if len(values) > 1}
+    if not differing:
+        return []
+    words = "; ".join(f"{key} " + " / ".join(f"{value} ({', '.join(labels)})" for value, labels in values.items())
+                      for key, values in list(differing.items())[:6])
+    return [f"the runs were computed in different environments: {words}. Same machine and versions give "
+            "identical runs; across them expect differences within seed noise (`collapse show RUN` prints a run's)"]
 
 
 # One run in words (`collapse show`)
