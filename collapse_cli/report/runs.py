@@ -75,10 +75,21 @@ class Run:
             return "finished"
         total = self.status.get("generations_total")
         progress = f"{len(self.rows)}/{total}" if total else str(len(self.rows))
-        reason = self.status.get("reason") or unwritten_reason(self.status)
+        reason = self.own_resume_hint(self.status.get("reason") or unwritten_reason(self.status))
         if self.state == "stopped":
             reason += f"; `collapse resume {self.path}` continues it"
         return f"{self.short_state()} ({progress} generations done{': ' + reason if reason else ''})"
+
+
+    def own_resume_hint(self, reason: Optional[str]) -> Optional[str]:
+        """A reason's "`collapse resume PATH` continues it" names the folder it was written in; a copy of the
+        run (docs/results, another machine's outputs) must not send the reader to resume that path."""
+        def hint(match: re.Match) -> str:
+            written = Path(match.group(1)).expanduser()
+            if written.absolute() == self.path.absolute():
+                return match.group(0)
+            return f"written in {written}, of which this folder is a copy (resume it where it was made)"
+        return re.sub(r"`collapse resume (\S+)` continues it", hint, reason) if reason else reason
 
 
 @dataclass
