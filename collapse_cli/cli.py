@@ -95,7 +95,9 @@ class RunArgs:
     def hydra_argv(self) -> list[str]:
         """Flags first, then the overrides: Hydra's argparse takes overrides in one run only
         (`collapse run mix=0.1 -m seed=0,1` would leave `seed=0,1` unrecognized)."""
-        return self.flags + self.overrides
+        # `--cfg job` prints values, not `${oc.select:model.epochs,3}`: a reader wants what the run would use.
+        resolve = ["--resolve"] if {"--cfg", "-c"} & set(self.flags) and "--resolve" not in self.flags else []
+        return self.flags + resolve + self.overrides
 
 
 def parse_run_args(args: list[str]) -> RunArgs:
