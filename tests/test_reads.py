@@ -298,3 +298,26 @@ def test_compare_flags_runs_computed_in_different_environments(mixed, tmp_path, 
 def test_unknown_metric_in_a_family_is_still_one_error(tmp_path):
     with pytest.raises(CollapseError):
         stats.choose_metrics("nope", [hand_run(0, [1.0])])
+
+
+def test_a_copied_run_does_not_send_the_reader_to_another_machines_path(tmp_path):
+    run = hand_run(0, [1.0, 2.0])
+    run.path = tmp_path / "copy"
+    run.status = {"state": "interrupted", "generations_total": 3,
+                  "reason": "terminated (SIGTERM); `collapse resume /elsewhere/outputs/run` continues it"}
+    text = run.status_text()
+    assert "`collapse resume /elsewhere" not in text and "written in /elsewhere/outputs/run" in text
+    run.status["reason"] = f"terminated (SIGTERM); `collapse resume {run.path}` continues it"
+    assert f"`collapse resume {run.path}` continues it" in run.status_text()
+
+
+def test_progress_gives_an_eta_for_the_whole_run():
+    from rich.console import Console
+
+    from collapse_cli.experiment.progress import Feedback
+
+    feedback = Feedback(Console(quiet=True))
+    feedback.last_generation = 2000
+    assert feedback.run_eta(70, now=100.0) == ""  # the first line of this process: no rate yet
+    assert feedback.run_eta(80, now=120.0) == "; run eta 1h04m (gen 80 of 2,000)"  # 2 s a generation, 1,920 to go
+    assert feedback.run_eta(2000, now=4000.0) == ""  # done
