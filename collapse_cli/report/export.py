@@ -136,7 +136,8 @@ def write_plots(out: Path, families: Sequence[GroupStats], note: str) -> list[Im
             series = metric_series(aggregated, metric)
             if series:
                 file = f"metric_{prefix}{slug(metric)}.png"
-                figure = plots.metric_figure(metric, series, note, family)
+                family_note = "\n".join(filter(None, [f"{family} family" if prefix else "", note]))
+                figure = plots.metric_figure(metric, series, family_note, family)
                 png = plots.write_png(figure, out / file, "metric", metric)
                 title = metric_facts(metric, family).title
                 images.append(Image("metric", f"{family}: {title}" if prefix else title, file, png))
