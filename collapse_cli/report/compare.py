@@ -133,9 +133,9 @@ def show_main(args: list[str]) -> int:
     tables = [words, run_table(run, aggregated.by_group[0])]
     console = make_console()
     console.print(f"[bold]{run.path}[/]", highlight=False)
-    for key, text in described:
-        console.print(f"  [bold]{key:<12}[/]{text}", highlight=False)
-    console.print(f"  [bold]{'status':<12}[/]{run.status_text()}", highlight=False)
+    width = max(12, *(len(key) + 1 for key, _ in described))
+    for key, text in [*described, ("status", run.status_text())]:
+        console.print(f"  [bold]{key:<{width}}[/]{text}", highlight=False)
     console.print(tables[1].to_rich())
     console.print(f"[bold]early warning[/]: {verdict_text(run)}", highlight=False)
     if options.out:
