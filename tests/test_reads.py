@@ -321,3 +321,15 @@ def test_progress_gives_an_eta_for_the_whole_run():
     assert feedback.run_eta(70, now=100.0) == ""  # the first line of this process: no rate yet
     assert feedback.run_eta(80, now=120.0) == "; run eta 1h04m (gen 80 of 2,000)"  # 2 s a generation, 1,920 to go
     assert feedback.run_eta(2000, now=4000.0) == ""  # done
+
+
+def test_a_one_seed_group_is_drawn_with_its_runs_own_standard_error():
+    from collapse_cli.report import export
+
+    run = hand_run(0, [3.0, 4.0], nll_test_se=[0.1, 0.2])
+    (series,) = export.metric_series(stats.GroupStats.of([Group("g", [run])], ["nll_test"]), "nll_test")
+    assert series.band == plots.Band.run_se
+    assert series.low == pytest.approx([3.0 - 0.196, 4.0 - 0.392]) and series.high[1] == pytest.approx(4.392)
+    two = Group("h", [hand_run(0, [3.0, 4.0], nll_test_se=[0.1, 0.2]), hand_run(1, [3.2, 4.4], nll_test_se=[0.1, 0.2])])
+    (over_seeds,) = export.metric_series(stats.GroupStats.of([two], ["nll_test"]), "nll_test")
+    assert over_seeds.band == plots.Band.seeds and over_seeds.high[1] == pytest.approx(4.2 + 12.706 * 0.2, rel=1e-4)

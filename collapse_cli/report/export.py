@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -72,7 +73,7 @@ def metric_series(aggregated: GroupStats, metric: str):
             errors = [number(by_generation[g].get(se)) for g in generations]
             errors = [float("nan") if e is None else 1.96 * e for e in errors]
             low, high = [m - e for m, e in zip(mean, errors)], [m + e for m, e in zip(mean, errors)]
-            band = Band.run_se if any(e == e for e in errors) else Band.seeds
+            band = Band.run_se if any(math.isfinite(e) for e in errors) else Band.seeds
         series.append(Series(group.label, generations, mean, low, high, len(group.runs), band))
     return series
 
