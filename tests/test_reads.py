@@ -230,6 +230,7 @@ def test_apply_threads_sets_torch(monkeypatch):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["many", "0", "-1"])
 def test_a_bad_threads_value_is_one_line(value, tmp_path):
     result = run_collapse(["run", f"threads={value}", "dry_run=true"], tmp_path)
@@ -333,3 +334,11 @@ def test_a_one_seed_group_is_drawn_with_its_runs_own_standard_error():
     two = Group("h", [hand_run(0, [3.0, 4.0], nll_test_se=[0.1, 0.2]), hand_run(1, [3.2, 4.4], nll_test_se=[0.1, 0.2])])
     (over_seeds,) = export.metric_series(stats.GroupStats.of([two], ["nll_test"]), "nll_test")
     assert over_seeds.band == plots.Band.seeds and over_seeds.high[1] == pytest.approx(4.2 + 12.706 * 0.2, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_the_smoke_preset_composes_to_a_short_default_loop(tmp_path):
+    result = run_collapse(["run", "+experiment=smoke", "dry_run=true"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "3 recursive generations after generation 0" in result.stdout
+    assert "32000" in result.stdout  # the plan's tokens per generation: half the default's 64000
