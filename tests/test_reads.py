@@ -342,3 +342,8 @@ def test_the_smoke_preset_composes_to_a_short_default_loop(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "3 recursive generations after generation 0" in result.stdout
     assert "32000" in result.stdout  # the plan's tokens per generation: half the default's 64000
+
+
+def test_a_column_spanning_decades_gets_no_run_of_decimals():
+    assert tables.decimals([6.977, 0.0553]) == 4  # 6.9770 and 0.0553, not 6.977000
+    assert tables.decimals([2.5e-5, 1.0]) is None  # scientific notation: fmt decides

@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from collapse_cli.console import fmt, make_console
+from collapse_cli.report.tables import decimals, number_text
 
 log = logging.getLogger("collapse")
 
@@ -104,8 +105,11 @@ class Feedback:
         keys = [k for k in ("generation", *keys, "wall_time_s") if any(k in row for row in rows)]
         for key in keys:
             table.add_column(key, justify="right")
+        # One number of decimals per float column, as `collapse show` prints them ("1.0000" beside "0.8600").
+        places = {k: decimals([row[k] for row in rows if isinstance(row.get(k), float)]) for k in keys}
         for row in _spread(rows):
-            table.add_row(*(fmt(row.get(k), blank="—") for k in keys))
+            table.add_row(*(number_text(row[k], places[k]) if isinstance(row.get(k), float)
+                            else fmt(row.get(k), blank="—") for k in keys))
         self.console.print(table)
         verdict = summary.get("early_warning", {}).get("text")
         if verdict:

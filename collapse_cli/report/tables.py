@@ -36,14 +36,15 @@ def change_text(value: float, base: Optional[float], facts: MetricFacts) -> str:
 
 
 def decimals(values: Sequence[float], digits: int = 4) -> Optional[int]:
-    """One number of decimals for a column: enough for `digits` significant digits of its smallest value;
+    """One number of decimals for a column: enough for `digits` significant digits of its smallest value,
+    but at most one more than its largest needs (a column of times from 0.05 to 7 s needs no 6 decimals);
     None where some value needs scientific notation (fmt decides then)."""
     finite = [abs(v) for v in values if math.isfinite(v) and v != 0]
     if any(not 1e-3 <= v < 1e6 for v in finite):
         return None
     needed = [0 if v == int(v) and v >= 10 ** (digits - 1) else digits - 1 - math.floor(math.log10(v))
               for v in finite]
-    return max([0, *needed])
+    return max(0, min(max(needed), min(needed) + 1)) if needed else 0
 
 
 def number_text(value: float, places: Optional[int]) -> str:
