@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from collapse_cli import __version__
 from collapse_cli.errors import CollapseError
 
 if TYPE_CHECKING:  # omegaconf, hydra, torch: imported by the commands that use them, so `--help` starts fast
@@ -28,6 +29,7 @@ commands:
                        (overrides, e.g. train.lr=1e-4 after a divergence, apply from there on)
   compare PATH...      tables, CSV, plots and a report across run folders and sweeps
   show RUN_DIR         one run: its config in words, metrics by generation, verdict
+  --version            the version (and git commit of a source checkout)
 
 examples:
   collapse run                                  # builtin language, tiny model, CPU, minutes
@@ -93,7 +95,9 @@ class RunArgs:
     def hydra_argv(self) -> list[str]:
         """Flags first, then the overrides: Hydra's argparse takes overrides in one run only
         (`collapse run mix=0.1 -m seed=0,1` would leave `seed=0,1` unrecognized)."""
-        return self.flags + self.overrides
+        # `--cfg job` prints values, not `${oc.select:model.epochs,3}`: a reader wants what the run would use.
+        resolve = ["--resolve"] if {"--cfg", "-c"} & set(self.flags) and "--resolve" not in self.flags else []
+        return self.flags + resolve + self.overrides
 
 
 def parse_run_args(args: list[str]) -> RunArgs:
@@ -403,11 +407,13 @@ def with_resume_overrides(cfg: DictConfig, path: Path, overrides: Optional[list[
 
 def execute_guarded(run_config, path: Path) -> int:
     """Run the loop (in worker processes when nproc > 1); turn every way it can stop into a status and an exit code."""
+    from collapse_cli.environment import apply_threads
     from collapse_cli.experiment import distributed
     from collapse_cli.experiment.loop import execute, execute_rank
     from collapse_cli.experiment.progress import Feedback
     from collapse_cli.rundir import RunDir
 
+    apply_threads(run_config.threads)
     run_dir = RunDir(path)
 
     def mark(state: str, reason: str) -> None:
@@ -482,8 +488,11 @@ def run_command(args: list[str]) -> int:
 
 
 def _run_command(args: list[str]) -> int:
+    import os
+
     import hydra
 
+    from collapse_cli import environment
     from collapse_cli.experiment import gpu_slots
 
     _register()
@@ -502,6 +511,7 @@ def _run_command(args: list[str]) -> int:
     if sweep_dir is not None:
         argv = [a for a in argv if not a.startswith("hydra.sweep.dir=")] + [f"hydra.sweep.dir={quoted(str(sweep_dir))}"]
         gpu_slots.publish_box_gpus()
+        os.environ[environment.SWEEP_JOBS] = str(len(checked.runs))  # threads=auto divides the cores among them
     main = hydra.main(version_base=None, config_path=conf_dir(), config_name="config")(run_task)
     saved_argv = sys.argv
     sys.argv = ["collapse run", *argv]
@@ -573,6 +583,10 @@ def resume_command(args: list[str]) -> int:
     run_config.resume = True
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(), logging.FileHandler(path / "collapse.log")])
+    done = len(RunDir(path).done_generations())  # the loop restarts at the first generation not done
+    logging.getLogger("collapse").info(f"resuming {path} at generation {done:,} of {run_config.generations:,} "
+                                       f"(generations 0 to {done - 1:,} are done and kept)" if done else
+                                       f"resuming {path} from generation 0 of {run_config.generations:,}")
     return execute_guarded(run_config, path)
 
 
@@ -620,6 +634,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         end_quietly_when_the_reader_leaves()
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
+        return 0
+    if args[0] in ("--version", "-V"):
+        from collapse_cli.environment import git_commit, package_version
+
+        commit = git_commit()
+        print(f"collapse {package_version('collapse') or __version__}" + (f" (git {commit})" if commit else ""))
         return 0
     command, rest = args[0], args[1:]
     try:

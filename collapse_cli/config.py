@@ -327,6 +327,8 @@ class RunConfig:
     resume: bool = False
     # Minimum free disk, in MiB, checked before each generation.
     min_free_disk_mb: int = 200
+    # Math threads (torch, BLAS): auto = the cores this process may use, shared among a local sweep's jobs.
+    threads: str = "auto"
 
 
 def _check(ok: bool, message: str) -> None:
@@ -578,6 +580,8 @@ def _validate_family(cfg: RunConfig, family: Any) -> None:
 def validate(cfg: RunConfig) -> RunConfig:
     """Range checks that the type system cannot express; raises CollapseError."""
     _validate_run(cfg)
+    _check(cfg.threads == "auto" or (cfg.threads.isdigit() and int(cfg.threads) >= 1),
+           f"threads={cfg.threads}: use auto (the cores this process may use) or a whole number of threads, e.g. 4")
     _validate_train(cfg.train)
     validate_curate(cfg.curate)
     validate_logger(cfg.logger)

@@ -76,6 +76,11 @@ def written_here(status: dict) -> bool:
     return status.get("host") == socket.gethostname()
 
 
+# For a reader of status.json: `started` is in clock ticks (what the pid check compares); this is a time of
+# day. Taken when the run-folder code loads, seconds after the process starts.
+PROCESS_STARTED_AT = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 def process_alive(pid: int, started: Optional[str] = None) -> bool:
     """Whether process `pid` exists and, where `started` (process_start's value) is known, is the one that
     started then: pids are reused, and a message telling the user to kill one must name the right process."""
@@ -209,7 +214,8 @@ class RunDir:
         # The progress counts outlive a change of state: an interrupted or failed run still says how far it got.
         progress = {key: value for key, value in self.status().items() if key in PROGRESS_KEYS}
         status = {"state": state, "reason": reason, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  "pid": os.getpid(), "started": process_start(os.getpid()), "host": socket.gethostname(),
+                  "pid": os.getpid(), "started": process_start(os.getpid()), "process_started_at": PROCESS_STARTED_AT,
+                  "host": socket.gethostname(),
                   **progress, **extra}
         self.write_json(STATUS, status)
 

@@ -67,7 +67,9 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path: Path, delay: f
     (["mix=0.1", "-m", "seed=0,1"], ["mix=0.1", "seed=0,1"], ["-m", "mix=0.1", "seed=0,1"], True, False),
     (["--multirun", "seed=0"], ["seed=0"], ["--multirun", "seed=0"], True, False),
     # A flag's value is not an override.
-    (["--cfg", "job", "mix=0"], ["mix=0"], ["--cfg", "job", "mix=0"], False, False),
+    # ... and --cfg prints resolved values (`${oc.select:...}` means nothing to a reader).
+    (["--cfg", "job", "mix=0"], ["mix=0"], ["--cfg", "job", "--resolve", "mix=0"], False, False),
+    (["--cfg", "job", "--resolve"], [], ["--cfg", "job", "--resolve"], False, False),
     (["-cn=config", "mix=0"], ["mix=0"], ["-cn=config", "mix=0"], False, False),
     # Hydra prints and exits after these: nothing is composed.
     (["--help"], [], ["--help"], False, True),

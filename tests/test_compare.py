@@ -193,7 +193,7 @@ def test_final_table_shows_ci_change_and_seeds(made, capsys):
 def test_by_generation_lists_every_generation(made, capsys):
     assert cli_main(["compare", str(made["sweep"]), "--by-generation", "--metrics", "kl_truth"]) == 0
     out = capsys.readouterr().out
-    assert "kl_truth by generation" in out and "mix=0 (n=2)" in out
+    assert "kl_truth ↓ by generation" in out and "mix=0 (n=2)" in out
 
 
 def test_unknown_metric_is_a_clear_error(made):

@@ -28,8 +28,27 @@ def test_default_run_figures_lists_jobs_in_numeric_order(tmp_path: Path, capsys)
         (folder / "config.yaml").write_text(f"seed: {job}\n")
     assert [p.name for p in figures.job_folders(tmp_path)] == [str(job) for job in range(12)]
     figures.main(tmp_path)
-    seeds = [int(line.split("|")[1]) for line in capsys.readouterr().out.splitlines()[2:]]
+    out = capsys.readouterr().out.splitlines()
+    seeds = [int(line.split("|")[1]) for line in out[2:] if line.startswith("|")]
     assert seeds == list(range(12))  # a string sort would put 10 and 11 before 2
+    assert "0: 1.0 s of generations; no environment.json (a run from before it)" in out
+
+
+def test_default_run_figures_prints_readmes_table(tmp_path: Path, capsys):
+    """README's default-run table is this script's output, header and number formats alike."""
+    figures = load_script("default_run_figures")
+    folder = tmp_path / "0"
+    folder.mkdir()
+    rows = [{"generation": g, "ppl_test": 78.17 + 18.73 * g, "tail_coverage": 0.79 - 0.0532 * g,
+             "kl_truth": 0.725 + 0.1564 * g, "wall_time_s": 10.0} for g in range(6)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (folder / "config.yaml").write_text("seed: 0\n")
+    figures.main(tmp_path)
+    printed = capsys.readouterr().out.splitlines()
+    readme = (SCRIPTS.parent / "README.md").read_text()
+    table = readme.split("<!-- default-run-figures -->\n", 1)[1].split("<!--", 1)[0].splitlines()
+    assert printed[:2] == table[:2]
+    assert printed[2] == "| 0 | 78.17 | 171.8 | 0.790 | 0.524 | 0.725 | 1.507 |"
 
 
 def test_gen0_ppl_trains_generation_0_as_the_run_does(tmp_path: Path):
@@ -60,3 +79,15 @@ def test_family_figures_prints_the_readme_tables_and_the_environment(tmp_path: P
     assert out.count("| paper (MNIST) | 0.674 → 0.608 → 0.527 → 0.468 → 0.433 |") == 3
     assert "| 2 | 0.490 → 0.480 → 0.470 → 0.460 → 0.450 | 0.400 → 0.400 |" in out  # generations 1-5, not 0-5
     assert "environment: Python " in out and " torch " in out and "logical CPUs" in out
+
+
+def test_write_constraints_pins_the_running_environment(tmp_path: Path, monkeypatch):
+    import numpy
+
+    constraints = load_script("write_constraints")
+    monkeypatch.setattr(constraints, "TARGET", tmp_path / "constraints" / "ci-latest.txt")
+    constraints.main()
+    lines = (tmp_path / "constraints" / "ci-latest.txt").read_text().splitlines()
+    assert f"numpy=={numpy.__version__}" in lines
+    assert not any(line.lower().startswith("collapse==") for line in lines)
+    assert all(line.startswith("#") or "==" in line for line in lines)

@@ -226,6 +226,16 @@ def test_resume_continues_the_same_tracker_runs(tmp_path: Path):
     for key in ("ppl_test", "tail_coverage"):
         assert mlflow_history(store, resumed.info.run_id, key) == expected(run, key), key
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one file per process
+    # Each process's environment: in the run folder, and copied to every tracker.
+    import numpy
+    from mlflow import MlflowClient
+
+    entries = json.loads((run / "environment.json").read_text())
+    assert [e["first_generation"] for e in entries] == [0, 1] and entries[1]["numpy"] == numpy.__version__
+    listed = {a.path for a in MlflowClient(store.resolve().as_uri()).list_artifacts(resumed.info.run_id, "environment")}
+    assert listed == {"environment/from_generation_0.json", "environment/from_generation_1.json"}
+    assert resumed.data.tags["collapse.env.numpy"] == numpy.__version__
+    assert "environment/text_summary" in tensorboard_events(run).Tags()["tensors"]
     assert_tensorboard_scalars(run, tensorboard_events(run))
 
     steps, run_records = wandb_history(run, before["wandb"]["id"])

@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import numpy as np
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,11 +19,10 @@ from rich.progress import (
 from rich.table import Table
 
 from collapse_cli.console import fmt, make_console
+from collapse_cli.report.tables import decimals, number_text
 
 log = logging.getLogger("collapse")
 
-# The end-of-run table shows at most this many generations (evenly spread, first and last kept).
-TABLE_ROWS = 25
 # Off a terminal (a batch job's log), a stage reports at most this often instead of drawing a bar.
 LOG_EVERY_S = 60.0
 
@@ -33,6 +31,10 @@ class Feedback:
     def __init__(self, console: Console | None = None, log_every_s: float = LOG_EVERY_S):
         self.console = console or make_console()
         self.log_every_s = log_every_s
+        self.last_generation: int | None = None  # the run's last generation, from show_plan
+        # (time, generation) of the first generation line: the run's ETA counts from there, as a stage's
+        # does from its first item (generation 0 and a resume's first generation carry one-off costs).
+        self.first_line: tuple[float, int] | None = None
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Callable[[int, int], None]]:
@@ -64,6 +66,7 @@ class Feedback:
         self.console.print(f"[bold]collapse run[/]: model {model} ({n_params / 1e6:.2f}M parameters) "
                            f"on {device.type}{' (bf16)' if device.type == 'cuda' else ''}, dataset {cfg.dataset.name}, "
                            f"regime {cfg.regime}, seed {cfg.seed}")
+        self.last_generation = cfg.generations
         self.console.print(f"{cfg.generations} recursive generations after generation 0; {mix_words}")
         if decoder:
             self.console.print(f"decoder: {decoder}")
@@ -81,7 +84,18 @@ class Feedback:
         for key in (*keys, "wall_time_s"):
             if key in metrics:
                 parts.append(f"{key}={fmt(metrics[key], blank='—')}")
-        return " ".join(parts)
+        return " ".join(parts) + self.run_eta(int(metrics["generation"]), time.monotonic())
+
+    def run_eta(self, generation: int, now: float) -> str:
+        """'; run eta 3m05s (gen 12 of 2,000)': the rest of the run at the rate since the first generation line."""
+        if self.first_line is None:
+            self.first_line = (now, generation)
+        since, first = self.first_line
+        last = self.last_generation
+        if last is None or not first < generation < last or now <= since:
+            return ""
+        return f"; run eta {duration((last - generation) * (now - since) / (generation - first))} " \
+               f"(gen {generation:,} of {last:,})"
 
     def show_summary(self, run_dir, summary: dict, keys: tuple[str, ...]) -> None:
         from collapse_cli.rundir import read_metrics
@@ -91,8 +105,11 @@ class Feedback:
         keys = [k for k in ("generation", *keys, "wall_time_s") if any(k in row for row in rows)]
         for key in keys:
             table.add_column(key, justify="right")
+        # One number of decimals per float column, as `collapse show` prints them ("1.0000" beside "0.8600").
+        places = {k: decimals([row[k] for row in rows if isinstance(row.get(k), float)]) for k in keys}
         for row in _spread(rows):
-            table.add_row(*(fmt(row.get(k), blank="—") for k in keys))
+            table.add_row(*(number_text(row[k], places[k]) if isinstance(row.get(k), float)
+                            else fmt(row.get(k), blank="—") for k in keys))
         self.console.print(table)
         verdict = summary.get("early_warning", {}).get("text")
         if verdict:
@@ -143,8 +160,9 @@ def duration(seconds: float) -> str:
 
 
 def _spread(rows: list[dict]) -> list[dict]:
-    """At most TABLE_ROWS rows, evenly spread: a 2,000-generation run gets a readable table."""
-    if len(rows) <= TABLE_ROWS:
-        return rows
-    picks = np.unique(np.linspace(0, len(rows) - 1, TABLE_ROWS).round().astype(int))
-    return [rows[i] for i in picks]
+    """Up to 30 rows; beyond, log-spaced ones as `collapse show` picks them: a 2,000-generation run
+    gets a readable table whose early generations, where most changes, are all there."""
+    from collapse_cli.report.stats import condensed
+
+    shown = set(condensed(range(len(rows))))
+    return [row for index, row in enumerate(rows) if index in shown]

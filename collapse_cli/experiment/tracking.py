@@ -1,6 +1,7 @@
 """Experiment trackers (`logger=[tensorboard,mlflow,wandb]`): a copy of each run in the tools researchers watch.
 
-    start(cfg, path, first)    open (or, on resume, reopen) one tracker run per chosen logger
+    start(cfg, path, first)    record the run's environment (environment.py), then open (or, on resume,
+                               reopen) one tracker run per chosen logger and log that environment to it
       .log_generation(metrics) one step per finished generation (step = generation)
       .finish(summary)         the summary, the early-warning verdict, on request the plots
     leaving the `with` block   closes every tracker run: finished, failed or interrupted
@@ -24,6 +25,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
+from collapse_cli import environment
 from collapse_cli.config import MlflowConfig, TensorBoardConfig, WandbConfig
 from collapse_cli.ranks import is_main
 from collapse_cli.rundir import RunDir, flatten, read_metrics, to_json
@@ -50,6 +52,7 @@ class RunInfo:
     tags: dict[str, str]  # overrides that vary across the sweep (all overrides for a single run)
     config: dict[str, Any]  # the resolved config, nested, without the tracking sections
     first_generation: int = 0  # the first generation this process runs: above 0 on a resume
+    environment: dict[str, Any] = field(default_factory=dict)  # this process's entry of environment.json
 
     def params(self) -> dict[str, str]:
         """The config flattened to dotted keys with string values (MLflow params, TensorBoard hparams)."""
@@ -147,6 +150,10 @@ class TensorBoardTracker:
             self.writer.add_text(tag, text, global_step=info.first_generation)
         return state
 
+    def log_environment(self, info: RunInfo) -> None:
+        self.writer.add_text("environment", f"```\n{to_json(info.environment)}\n```",
+                             global_step=info.first_generation)
+
     def log_generation(self, generation: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, global_step=generation)
@@ -214,6 +221,15 @@ class MlflowTracker:
         changed = resume_changes(logged.params, logged.tags, info.params(), info.first_generation)
         if changed:
             self.client.log_batch(self.run_id, tags=[RunTag(key, value) for key, value in changed.items()])
+
+    def log_environment(self, info: RunInfo) -> None:
+        """The entry as an artifact per start or resume, its versions as tags (the latest process's)."""
+        from mlflow.entities import RunTag
+
+        self.client.log_text(self.run_id, to_json(info.environment),
+                             f"environment/from_generation_{info.first_generation}.json")
+        tags = [RunTag(f"collapse.env.{k}", str(v)[:500]) for k, v in info.environment.items() if v is not None]
+        self.client.log_batch(self.run_id, tags=tags)
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.cfg.experiment)
@@ -305,6 +321,9 @@ class WandbTracker:
             self.run.summary.update(changed)
         return {"id": self.run.id, **state}
 
+    def log_environment(self, info: RunInfo) -> None:
+        self.run.summary.update({f"environment/from_generation_{info.first_generation}": info.environment})
+
     def log_generation(self, generation: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step=generation)
 
@@ -343,6 +362,7 @@ class Session:
 
     def _start(self, tracker, info: RunInfo, previous: Optional[dict]) -> None:
         self._save(tracker, **tracker.start(info, previous))
+        tracker.log_environment(info)
 
     def _save(self, tracker, **changes) -> None:
         self.state.setdefault(tracker.name, {}).update(changes)
@@ -376,7 +396,7 @@ class Session:
             runs = load_runs([self.run_dir.path])
             groups, _ = group_runs(runs)
             self._plot_dir = tempfile.TemporaryDirectory(prefix="collapse-plots-")
-            images = write_plots(Path(self._plot_dir.name), GroupStats.of(groups, choose_metrics(None, runs)), "")
+            images = write_plots(Path(self._plot_dir.name), [GroupStats.of(groups, choose_metrics(None, runs))], "")
             return [Path(self._plot_dir.name) / image.file for image in images]
         except Exception as err:
             log.warning(f"collapse: warning: logger.plots: making the plots failed ({type(err).__name__}: {err}); "
@@ -405,11 +425,15 @@ def start(cfg: RunConfig, path: Path, first_generation: int) -> Session:
     chosen = [name for name in TRACKERS if getattr(cfg.logger, name) is not None]
     run_dir = RunDir(path)
     session = Session(run_dir, plots=cfg.logger.plots)
-    if not chosen or not is_main():  # under nproc=N, rank 0 alone logs the run
+    if not is_main():  # under nproc=N, rank 0 alone records and logs the run
+        return session
+    entry = environment.record(path, first_generation)
+    if not chosen:
         return session
     try:
         session.state = run_dir.read_json(STATE_FILE) if (path / STATE_FILE).is_file() else {}
         info = run_info(cfg, path, first_generation)
+        info.environment = entry
     except Exception as err:  # an edited trackers.json or Hydra record: no tracking, but the run goes on
         log.warning(f"collapse: warning: logger: cannot read this run's tracking records ({type(err).__name__}: "
                     f"{err}); no tracker logs this run, whose folder keeps every result")

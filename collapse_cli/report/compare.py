@@ -12,16 +12,18 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from collapse_cli import environment
 from collapse_cli.console import make_console
 from collapse_cli.errors import CollapseError
 from collapse_cli.report.export import write_outputs
 from collapse_cli.report.runs import Group, discover, group_runs, load_runs
-from collapse_cli.report.stats import FAMILY_METRICS, GroupStats, choose_metrics
+from collapse_cli.report.stats import GroupStats, by_family, choose_metrics, family_defaults
 from collapse_cli.report.tables import (
     TextTable,
     config_words,
     final_table,
     generation_tables,
+    paired_table,
     run_table,
     runs_table,
     verdict_table,
@@ -29,8 +31,8 @@ from collapse_cli.report.tables import (
     warnings,
 )
 
-SHOW_METRICS = ("ppl_test", "ppl_valid", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth", *FAMILY_METRICS,
-                "train_loss_last")
+# `collapse show`'s columns beyond the family's headline keys, where the run has them.
+SHOW_EXTRA = ("ppl_valid", "seq_ppl_q99", "train_loss_last")
 
 
 class Parser(argparse.ArgumentParser):
@@ -57,20 +59,36 @@ def main(args: list[str]) -> int:
     options = compare_parser().parse_args(args)
     runs = load_runs(discover(options.paths))
     groups, shared = group_runs(runs)
-    metrics = choose_metrics(options.metrics, runs)
     shared_line = f"every run also has: {' '.join(shared)}" if shared else ""
     intro = [f"{len(runs)} run(s) in {len(groups)} group(s) from {' '.join(options.paths)}", shared_line]
-    aggregated = GroupStats.of(groups, metrics)
-    final, verdicts = final_table(aggregated), verdict_table(groups)
-    by_generation = generation_tables(aggregated)
+    families = by_family(groups)
+    if len(families) > 1:
+        label_by_family(families)
+    # Each family apart: its own headline keys, tables and plots (an LM's 5 generations and a GMM's 2,000
+    # on one axis would hide the LM, and tail_coverage means another thing in each family).
+    aggregated = [GroupStats.of(members, choose_metrics(options.metrics, [r for g in members for r in g.runs]),
+                                label_family=len(families) > 1) for members in families.values()]
+    finals = [table for stats in aggregated for table in (final_table(stats), paired_table(stats)) if table]
+    by_generation = [table for stats in aggregated for table in generation_tables(stats)]
+    verdicts = verdict_table(groups)
     notes = warnings(groups)
     console = make_console()
-    print_all(console, intro, [*(by_generation if options.by_generation else [final]), verdicts], notes)
+    print_all(console, intro, [*(by_generation if options.by_generation else finals), verdicts], notes)
     if options.out:
-        tables = [runs_table(groups), final, *by_generation, verdicts]
+        tables = [runs_table(groups), *finals, *by_generation, verdicts]
         written = write_outputs(options.out, "collapse compare", intro, tables, notes, aggregated, shared_line)
         console.print(f"wrote {len(written)} files to {options.out} (open {options.out / 'report.html'})")
     return 0
+
+
+def label_by_family(families: dict[str, list[Group]]) -> None:
+    """Labels of runs of several families: the family, then the overrides that tell its groups apart
+    ("gmm: mix=0"), not the ones every group of the family shares (model=gmm dataset=gaussian)."""
+    for family, members in families.items():
+        words = [group.label.split(" ") for group in members]
+        common = set.intersection(*map(set, words)) if len(members) > 1 else set()
+        for group, own in zip(members, words):
+            group.label = f"{family}: {' '.join(w for w in own if w not in common) or 'default'}"
 
 
 def print_all(console, intro: Sequence[str], tables: Sequence[TextTable], notes: Sequence[str]) -> None:
@@ -102,10 +120,12 @@ def single_run_folder(argument: str) -> Path:
 def show_main(args: list[str]) -> int:
     options = show_parser().parse_args(args)
     run = load_runs([single_run_folder(options.run)])[0]
-    metrics = choose_metrics(options.metrics, [run], SHOW_METRICS) if run.rows else []
+    defaults = (*family_defaults(run.family), *SHOW_EXTRA)
+    metrics = choose_metrics(options.metrics, [run], defaults) if run.rows else []
     described = config_words(run.config)
     if run.resumed:  # the keys a `collapse resume` changed: later generations ran with these
         described.append(("resumed", "with " + " ".join(run.resumed)))
+    described += environment_words(run.path)
     words = TextTable("configuration", ["", ""], [list(pair) for pair in described])
     intro = [f"run {run.path}", f"status: {run.status_text()}", f"early warning: {verdict_text(run)}"]
     # The run as a group of one: its table and, with --out, its plots read the same statistics.
@@ -113,12 +133,22 @@ def show_main(args: list[str]) -> int:
     tables = [words, run_table(run, aggregated.by_group[0])]
     console = make_console()
     console.print(f"[bold]{run.path}[/]", highlight=False)
-    for key, text in described:
-        console.print(f"  [bold]{key:<12}[/]{text}", highlight=False)
-    console.print(f"  [bold]{'status':<12}[/]{run.status_text()}", highlight=False)
+    width = max(12, *(len(key) + 1 for key, _ in described))
+    for key, text in [*described, ("status", run.status_text())]:
+        console.print(f"  [bold]{key:<{width}}[/]{text}", highlight=False)
     console.print(tables[1].to_rich())
     console.print(f"[bold]early warning[/]: {verdict_text(run)}", highlight=False)
     if options.out:
-        written = write_outputs(options.out, f"collapse show {run.name}", intro, tables, [], aggregated, "")
+        written = write_outputs(options.out, f"collapse show {run.name}", intro, tables, [], [aggregated], "")
         console.print(f"wrote {len(written)} files to {options.out}")
     return 0
+
+
+def environment_words(path: Path) -> list[tuple[str, str]]:
+    """environment.json in words: one line per process that computed generations (start, resumes)."""
+    entries = environment.read(path)
+    if not entries:
+        return [("environment", "not recorded (a run from before environment.json)")]
+    if len(entries) == 1:
+        return [("environment", environment.words(entries[0]))]
+    return [(f"env gen {e.get('first_generation')}+", environment.words(e)) for e in entries]

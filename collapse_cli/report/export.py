@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ import numpy as np
 
 from collapse_cli.console import fmt
 from collapse_cli.errors import CollapseError
+from collapse_cli.report.facts import metric_facts, se_key
 from collapse_cli.report.runs import Group, natural_key
 from collapse_cli.report.stats import GroupStats, number
 from collapse_cli.report.tables import TextTable, verdict_text
@@ -54,15 +56,25 @@ def slug(text: str) -> str:
 
 
 def metric_series(aggregated: GroupStats, metric: str):
-    """A line and band per group that has the metric, from the statistics the tables show."""
-    from collapse_cli.report.plots import Series
+    """A line and band per group that has the metric, from the statistics the tables show. The band is
+    the 95% CI over seeds; a group of one seed gets ±1.96 × its run's own standard error (`*_se`) instead."""
+    from collapse_cli.report.plots import Band, Series
 
     series = []
     for group, by_metric in aggregated.pairs():
         stats = list(by_metric[metric].values())  # in generation order
-        if stats:
-            series.append(Series(group.label, [s.generation for s in stats], [s.mean for s in stats],
-                                 [s.low for s in stats], [s.high for s in stats], len(group.runs)))
+        if not stats:
+            continue
+        generations, mean = [s.generation for s in stats], [s.mean for s in stats]
+        low, high, band = [s.low for s in stats], [s.high for s in stats], Band.seeds
+        se = se_key(metric)
+        if len(group.runs) == 1 and se:
+            by_generation = dict(zip(group.runs[0].generations(), group.runs[0].rows))
+            errors = [number(by_generation[g].get(se)) for g in generations]
+            errors = [float("nan") if e is None else 1.96 * e for e in errors]
+            low, high = [m - e for m, e in zip(mean, errors)], [m + e for m, e in zip(mean, errors)]
+            band = Band.run_se if any(math.isfinite(e) for e in errors) else Band.seeds
+        series.append(Series(group.label, generations, mean, low, high, len(group.runs), band))
     return series
 
 
@@ -113,17 +125,25 @@ def run_figures(groups: Sequence[Group]) -> tuple[list[Image], list[str]]:
     return images, notes
 
 
-def write_plots(out: Path, aggregated: GroupStats, note: str) -> list[Image]:
+def write_plots(out: Path, families: Sequence[GroupStats], note: str) -> list[Image]:
+    """A figure per family and metric (each family on its own generation axis), then the LM's histograms."""
     from collapse_cli.report import plots
 
     images = []
-    for metric in aggregated.metrics:
-        series = metric_series(aggregated, metric)
-        if series:
-            file = f"metric_{slug(metric)}.png"
-            png = plots.write_png(plots.metric_figure(metric, series, note), out / file, "metric", metric)
-            images.append(Image("metric", plots.metric_text(metric)[0], file, png))
-    for index, group in enumerate(aggregated.groups, start=1):
+    for aggregated in families:
+        family = aggregated.family
+        prefix = f"{family}_" if aggregated.label_family else ""
+        for metric in aggregated.metrics:
+            series = metric_series(aggregated, metric)
+            if series:
+                file = f"metric_{prefix}{slug(metric)}.png"
+                family_note = "\n".join(filter(None, [f"{family} family" if prefix else "", note]))
+                figure = plots.metric_figure(metric, series, family_note, family)
+                png = plots.write_png(figure, out / file, "metric", metric)
+                title = metric_facts(metric, family).title
+                images.append(Image("metric", f"{family}: {title}" if prefix else title, file, png))
+    groups = [group for aggregated in families for group in aggregated.groups]
+    for index, group in enumerate(groups, start=1):
         figure = plots.histogram_figure(group.label, seq_ppl_by_generation(group), len(group.runs), real_seq_ppl(group))
         if figure is not None:
             file = f"seq_ppl_hist_{index}_{slug(group.label)}.png"
@@ -171,15 +191,16 @@ def image_html(image: Image) -> str:
 
 
 def write_outputs(out: Path, title: str, intro: Sequence[str], tables: Sequence[TextTable], notes: Sequence[str],
-                  aggregated: GroupStats, note: str) -> list[Path]:
+                  families: Sequence[GroupStats], note: str) -> list[Path]:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise CollapseError(f"--out {out}: cannot create the folder ({err.strerror}); choose a writable path") from err
-    write_metrics_csv(out / "metrics.csv", aggregated.groups)
-    write_runs_csv(out / "runs.csv", aggregated.groups)
-    images = write_plots(out, aggregated, note)
-    figures, figure_notes = run_figures(aggregated.groups)
+    groups = [group for aggregated in families for group in aggregated.groups]
+    write_metrics_csv(out / "metrics.csv", groups)
+    write_runs_csv(out / "runs.csv", groups)
+    images = write_plots(out, families, note)
+    figures, figure_notes = run_figures(groups)
     report = report_html(title, intro, tables, [*notes, *figure_notes], [*images, *figures])
     (out / "report.html").write_text(report, encoding="utf-8")
     return [out / "metrics.csv", out / "runs.csv", *(out / i.file for i in images), out / "report.html"]

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +31,8 @@ from matplotlib.ticker import (
     NullLocator,
 )
 
+from collapse_cli.report.facts import metric_facts
+
 DPI = 100
 GROUP_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                  "#7f7f7f", "#bcbd22")
@@ -40,42 +42,15 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 # Groups are nudged this far apart along x (in generations), so identical curves stay visible.
 DODGE = 0.04
 
-# metric key -> (plot title, y-axis label with its unit).
-METRIC_TEXT = {
-    "ppl_test": ("Test perplexity", "perplexity of real test text"),
-    "ppl_test_sliding": ("Test perplexity, sliding window", "perplexity of real test text"),
-    "ppl_test_se": ("Standard error of test perplexity", "perplexity (bootstrap SE)"),
-    "tail_coverage": ("Tail coverage: rare real token types (count ≤ 5) still generated",
-                      "share of rare types present"),
-    "tail_coverage_se": ("Standard error of tail coverage", "share (binomial SE)"),
-    "kl_truth": ("KL divergence from the true language", "KL(true ‖ model), nats/token"),
-    "ce_truth": ("Cross-entropy against the true language", "nats/token"),
-    "entropy_truth": ("Entropy of the true language", "nats/token"),
-    "seq_ppl_w1_log": ("Shift of synthetic vs real sequence perplexity", "W1 distance of log-perplexity (nats)"),
-    "seq_ppl_frac_above_real_q95": ("Synthetic sequences above real 95th-percentile perplexity",
-                                    "share of synthetic sequences"),
-    "seq_ppl_frac_below_real_q05": ("Synthetic sequences below real 5th-percentile perplexity",
-                                    "share of synthetic sequences"),
-    "train_loss_last": ("Final training loss", "cross-entropy, nats/token"),
-    "compression_ratio": ("Compression ratio of the synthetic text", "raw / zlib-compressed bytes"),
-    "disk_bytes": ("Disk use per generation", "bytes"),
-}
+# Markers on each point only while a curve has this few: more would merge into a thick blob.
+MARKERS_UP_TO = 30
+# Generations spanning this many (0 to the last) are drawn on a symlog x-axis: linear to 1, log beyond.
+LOG_X_FROM = 50
 
 
-def metric_text(metric: str) -> tuple[str, str]:
-    """(title, y-axis label) for a metrics.jsonl key; unknown keys are shown as they are."""
-    if metric in METRIC_TEXT:
-        return METRIC_TEXT[metric]
-    quantile = re.fullmatch(r"seq_ppl_q(\d\d)", metric)
-    if quantile:
-        return (f"Synthetic sequence perplexity, {int(quantile.group(1))}th percentile",
-                "perplexity under the generation-0 model")
-    decile = re.fullmatch(r"tail_ppl_d(\d)", metric)
-    if decile:
-        return (f"Test perplexity of tokens in frequency decile {decile.group(1)}", "perplexity of real test tokens")
-    if metric.endswith("_time_s"):
-        return (metric[:-2].replace("_", " ").capitalize(), "seconds")
-    return metric, metric
+class Band(Enum):
+    seeds = "95% CI over seeds"
+    run_se = "±1.96 × the run's own standard error (one seed)"
 
 
 @dataclass
@@ -88,6 +63,7 @@ class Series:
     low: Sequence[float]
     high: Sequence[float]
     n_seeds: int
+    band: Band = Band.seeds
 
 
 def group_style(index: int) -> dict:
@@ -139,27 +115,65 @@ def add_legend(figure: Figure, axes, title: str, columns: int) -> None:
                   title_fontsize=8, frameon=False)
 
 
-def metric_figure(metric: str, series: Sequence[Series], note: str = "") -> Figure:
-    """One metric against generation: a line per group, its 95% CI band where it has 2+ seeds."""
+def metric_figure(metric: str, series: Sequence[Series], note: str = "", family: str = "") -> Figure:
+    """One metric against generation: a line per group, with its band (95% CI over 2+ seeds, or a
+    one-seed run's own standard error) where it has one; title and unit from the metric's facts."""
     labels, columns, rows = legend_layout([f"{s.label} (n={s.n_seeds})" for s in series])
     figure = new_figure(rows)
     axes = figure.add_subplot()
+    bands = set()
     for index, (curve, label) in enumerate(zip(series, labels)):
         style = group_style(index)
+        if len(curve.generations) > MARKERS_UP_TO:
+            style["marker"] = None
         x = np.asarray(curve.generations, float) + dodge(index, len(series))
-        axes.plot(x, curve.mean, markersize=5, linewidth=2, label=label, **style)
+        axes.plot(x, curve.mean, markersize=5, linewidth=2 if style["marker"] else 1.2, label=label, **style)
         low, high = np.asarray(curve.low, float), np.asarray(curve.high, float)
         if np.isfinite(low).any():
             axes.fill_between(x, low, high, color=style["color"], alpha=0.18, linewidth=0)
-    title, y_label = metric_text(metric)
-    add_titles(figure, axes, title, note)
-    axes.set_xlabel("generation")
-    axes.set_ylabel(wrap(y_label, 45, 2))
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            bands.add(curve.band)
+    facts = metric_facts(metric, family)
+    add_titles(figure, axes, facts.title, note)
+    last = max((max(curve.generations) for curve in series if len(curve.generations)), default=0)
+    generation_axis(axes, last)
+    axes.set_ylabel(wrap(facts.unit, 45, 2))
     axes.grid(alpha=0.3)
-    nudged = "; groups nudged apart along x" if len(series) > 1 else ""
-    add_legend(figure, axes, f"group (n = seeds); line: mean, band: 95% CI over seeds{nudged}", columns)
+    nudged = "; groups nudged apart along x" if len(series) > 1 and last < LOG_X_FROM else ""
+    band_text = "; band: " + " or ".join(b.value for b in Band if b in bands) if bands else ""
+    add_legend(figure, axes, f"group (n = seeds); line: mean{band_text}{nudged}", columns)
     return figure
+
+
+def generation_axis(axes, last: int) -> None:
+    """Integer generations; past LOG_X_FROM a symlog axis, so generation 0 stays on it and the early
+    generations, where most change happens, are not squeezed into the left edge."""
+    if last >= LOG_X_FROM:
+        axes.set_xscale("symlog", linthresh=1, linscale=0.5)
+        axes.set_xlim(left=0)
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        axes.set_xlabel("generation (log scale past 1)")
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel("generation")
+
+
+def log_axis_keeping_zero(axes, values: np.ndarray) -> None:
+    """A log y-axis for positive curves; symlog when a value is 0 (l2_to_gen0 at generation 0), linear
+    below the smallest positive value, so that point stays on the plot instead of dropping off it."""
+    finite = np.asarray(values, float)[np.isfinite(values)]
+    positive = finite[finite > 0]
+    if positive.size == 0 or (finite < 0).any():
+        return  # nothing a log scale could show: linear
+    low, high = float(positive.min()), float(positive.max())
+    if (finite == 0).any():
+        axes.set_yscale("symlog", linthresh=10 ** np.floor(np.log10(low)), linscale=0.3)
+        axes.set_ylim(bottom=0)
+        if high / low < 100:  # the log part spans under two decades: a few evenly spread labels
+            axes.yaxis.set_major_locator(MaxNLocator(nbins=6))
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    else:
+        axes.set_yscale("log")
+        plain_log_axis(axes.yaxis, low, high)
 
 
 def log_bins(samples: Sequence[np.ndarray]) -> np.ndarray:

@@ -33,7 +33,7 @@ from collapse_cli.rundir import (
 
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 # Config keys that say how a run was started, not what it computed: never a reason to split a group.
-NOT_EXPERIMENT_KEYS = {"seed", "resume", "dry_run", "device", "min_free_disk_mb"}
+NOT_EXPERIMENT_KEYS = {"seed", "resume", "dry_run", "device", "min_free_disk_mb", "threads"}
 
 
 @dataclass
@@ -59,6 +59,12 @@ class Run:
     def generations(self) -> list[int]:
         return [int(row.get("generation", index)) for index, row in enumerate(self.rows)]
 
+    @property
+    def family(self) -> str:
+        """model.family of its config; the LM for folders from before families (or without a config)."""
+        model = self.config.get("model")
+        return str(model.get("family", "lm")) if isinstance(model, dict) else "lm"
+
     def short_state(self) -> str:
         if self.finished:
             return "finished"
@@ -69,10 +75,21 @@ class Run:
             return "finished"
         total = self.status.get("generations_total")
         progress = f"{len(self.rows)}/{total}" if total else str(len(self.rows))
-        reason = self.status.get("reason") or unwritten_reason(self.status)
+        reason = self.own_resume_hint(self.status.get("reason") or unwritten_reason(self.status))
         if self.state == "stopped":
             reason += f"; `collapse resume {self.path}` continues it"
         return f"{self.short_state()} ({progress} generations done{': ' + reason if reason else ''})"
+
+
+    def own_resume_hint(self, reason: Optional[str]) -> Optional[str]:
+        """A reason's "`collapse resume PATH` continues it" names the folder it was written in; a copy of the
+        run (docs/results, another machine's outputs) must not send the reader to resume that path."""
+        def hint(match: re.Match) -> str:
+            written = Path(match.group(1)).expanduser()
+            if written.absolute() == self.path.absolute():
+                return match.group(0)
+            return f"written in {written}, of which this folder is a copy (resume it where it was made)"
+        return re.sub(r"`collapse resume (\S+)` continues it", hint, reason) if reason else reason
 
 
 @dataclass
@@ -83,6 +100,10 @@ class Group:
     def status_text(self) -> str:
         states = Counter(run.short_state() for run in self.runs)
         return ", ".join(f"{count} {state}" for state, count in states.items())
+
+    @property
+    def family(self) -> str:  # runs of one group share their config, so their family
+        return self.runs[0].family if self.runs else "lm"
 
     def final_generation(self) -> Optional[int]:
         generations = [g for run in self.runs for g in run.generations()]

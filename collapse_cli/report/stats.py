@@ -10,10 +10,10 @@ from typing import Optional
 from collapse_cli.errors import CollapseError
 from collapse_cli.report.runs import Group, Run
 
-# Headline metrics of every family, those a run lacks skipped: the LM's, then the GMM's and VAE's (docs/metrics.md).
-FAMILY_METRICS = ("nll_test", "component_std", "l2sq_to_gen0", "l2_to_gen0", "latent_spread", "latent_std_flat",
-                  "class_share_max")
-DEFAULT_METRICS = ("ppl_test", "tail_coverage", "seq_ppl_q50", "kl_truth", *FAMILY_METRICS)
+# Each family's headline metrics (docs/metrics.md), those a run lacks skipped; a family not listed gets the LM's.
+FAMILY_DEFAULTS = {"lm": ("ppl_test", "tail_coverage", "seq_ppl_q50", "kl_truth"),
+                   "gmm": ("nll_test", "tail_coverage", "component_std", "l2sq_to_gen0"),
+                   "vae": ("nll_test", "tail_coverage", "latent_std_flat", "latent_spread", "class_share_max")}
 # Two-sided 95% Student t quantiles, t_{0.975, df} for df = 1..30.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -95,10 +95,16 @@ class GroupStats:
     groups: Sequence[Group]
     metrics: Sequence[str]
     by_group: list[StatsByMetric]  # groups[i]'s at by_group[i]
+    label_family: bool = False  # one of several families compared: titles and files name it
 
     @classmethod
-    def of(cls, groups: Sequence[Group], metrics: Sequence[str]) -> GroupStats:
-        return cls(groups, metrics, [stats_by_metric(group.runs, metrics) for group in groups])
+    def of(cls, groups: Sequence[Group], metrics: Sequence[str], label_family: bool = False) -> GroupStats:
+        return cls(groups, metrics, [stats_by_metric(group.runs, metrics) for group in groups], label_family)
+
+    @property
+    def family(self) -> str:
+        """The groups' model family (compare aggregates each family apart)."""
+        return self.groups[0].family if self.groups else "lm"
 
     def pairs(self) -> Iterable[tuple[Group, StatsByMetric]]:
         return zip(self.groups, self.by_group)
@@ -112,13 +118,19 @@ def available_metrics(runs: Iterable[Run]) -> list[str]:
     return list(seen)
 
 
-def choose_metrics(option: Optional[str], runs: Sequence[Run], defaults: Sequence[str] = DEFAULT_METRICS) -> list[str]:
-    """--metrics a,b,seq_ppl_q* (shell-style patterns allowed); by default the headline ones present."""
+def family_defaults(family: str) -> tuple[str, ...]:
+    return FAMILY_DEFAULTS.get(family, FAMILY_DEFAULTS["lm"])
+
+
+def choose_metrics(option: Optional[str], runs: Sequence[Run], defaults: Sequence[str] = ()) -> list[str]:
+    """--metrics a,b,seq_ppl_q* (shell-style patterns allowed); by default the headline ones present
+    (`defaults`, else the headline keys of the runs' families)."""
     from fnmatch import fnmatchcase
 
     available = available_metrics(runs)
     if not option:
-        return [m for m in defaults if m in available] or available[:4]
+        defaults = defaults or [k for family in dict.fromkeys(r.family for r in runs) for k in family_defaults(family)]
+        return list(dict.fromkeys(m for m in defaults if m in available)) or available[:4]
     chosen: dict[str, None] = {}
     for item in (part.strip() for part in option.split(",") if part.strip()):
         matches = [m for m in available if fnmatchcase(m, item)]
@@ -127,3 +139,71 @@ def choose_metrics(option: Optional[str], runs: Sequence[Run], defaults: Sequenc
                                 + (" …" if len(available) > 30 else ""))
         chosen.update((m, None) for m in matches)
     return list(chosen)
+
+
+def by_family(groups: Sequence[Group]) -> dict[str, list[Group]]:
+    """Groups by model family, in order of first appearance: each family's metrics mean its own things."""
+    families: dict[str, list[Group]] = {}
+    for group in groups:
+        families.setdefault(group.family, []).append(group)
+    return families
+
+
+# Rows of a condensed table: generation 0, then 1-1.5-2-3-5-7 per decade, and always the last.
+MANTISSAS = (1, 1.5, 2, 3, 5, 7)
+CONDENSE_ABOVE = 30
+
+
+def condensed(generations: Sequence[int], limit: int = CONDENSE_ABOVE) -> list[int]:
+    """All generations up to `limit` of them; beyond, log-spaced ones (0,1,2,3,5,7,10,15,20,...,last):
+    early generations change fastest, and a 2,000-generation table stays a screen long."""
+    present = sorted(set(generations))
+    if len(present) <= limit:
+        return present
+    last, marks, decade = present[-1], {present[0], present[-1]}, 1
+    while decade <= last:
+        marks.update(int(m * decade) for m in MANTISSAS)
+        decade *= 10
+    keep = set(present)
+    return sorted(g for g in marks if g in keep)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """`other` minus `reference`, seed by seed, at the last generation every shared-seed run has."""
+
+    reference: Group
+    other: Group
+    seeds: list[int]
+    generation: int
+    by_metric: dict[str, Stat]  # the per-seed differences' mean, std and 95% t-interval
+
+
+def rows_by_generation(run: Run) -> dict[int, dict]:
+    return dict(zip(run.generations(), run.rows))
+
+
+def paired_difference(reference: Group, other: Group, metrics: Sequence[str]) -> Optional[Paired]:
+    """Seeds shared by both groups give paired runs (the same seed draws the same data and initialisation),
+    so their difference varies far less than two independent means; None with fewer than two shared seeds."""
+    ref = {r.seed: rows_by_generation(r) for r in reference.runs if r.seed is not None}
+    oth = {r.seed: rows_by_generation(r) for r in other.runs if r.seed is not None}
+    seeds = sorted(ref.keys() & oth.keys())
+    if len(seeds) < 2:
+        return None
+    common = set.intersection(*(set(rows[s]) for s in seeds for rows in (ref, oth)))
+    if not common:
+        return None
+    generation = max(common)
+    by_metric = {}
+    for metric in metrics:
+        pairs = [(number(oth[s][generation].get(metric)), number(ref[s][generation].get(metric))) for s in seeds]
+        differences = [b - a for b, a in pairs if a is not None and b is not None]
+        if differences:
+            by_metric[metric] = describe(generation, differences)
+    return Paired(reference, other, seeds, generation, by_metric)
+
+
+def paired_differences(groups: Sequence[Group], metrics: Sequence[str]) -> list[Paired]:
+    """Every group against the first (the reference) of its family, where they share seeds."""
+    return [p for p in (paired_difference(groups[0], other, metrics) for other in groups[1:]) if p is not None]

@@ -9,30 +9,67 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+from collapse_cli import environment
 from collapse_cli.config import describe_mix
 from collapse_cli.console import fmt
+from collapse_cli.report.facts import MetricFacts, metric_facts
 from collapse_cli.report.runs import Group, Run, config_mismatches
-from collapse_cli.report.stats import GroupStats, Stat, StatsByMetric, number
+from collapse_cli.report.stats import GroupStats, Stat, StatsByMetric, condensed, number, paired_differences
 
 
-def change_text(value: float, base: Optional[float]) -> str:
-    """Change from generation 0: a percentage, or the difference when generation 0 is zero."""
+def change_text(value: float, base: Optional[float], facts: MetricFacts) -> str:
+    """Change from generation 0, marked worse or better where the metric has a direction.
+
+    A percentage only where both values are positive (a share of a negative or zero base has no meaning:
+    −15.4 → 11.7 is not "−176%"); else the signed difference.
+    """
     if base is None or not math.isfinite(base) or not math.isfinite(value):
         return ""
-    if base == 0:
-        return f"(Δ {value - base:+.3g})"
-    percent = 100 * (value / base - 1)
-    return f"({percent:+.0f}%)" if abs(percent) >= 10 else f"({percent:+.1f}%)"
+    change = value - base
+    if base > 0 and value >= 0:
+        percent = 100 * (value / base - 1)
+        text = f"{percent:+.0f}%" if abs(percent) >= 10 else f"{percent:+.1f}%"
+    else:
+        text = f"Δ {change:+.3g}"
+    verdict = facts.worse(change)
+    return f"({text}{'' if verdict is None else ', worse' if verdict else ', better'})"
 
 
-def stat_cell(stat: Optional[Stat], base: Optional[Stat]) -> str:
-    """'124 ± 3.1 (+58%)'; without ± for one seed, without the change at generation 0."""
+def decimals(values: Sequence[float], digits: int = 4) -> Optional[int]:
+    """One number of decimals for a column: enough for `digits` significant digits of its smallest value,
+    but at most one more than its largest needs (a column of times from 0.05 to 7 s needs no 6 decimals);
+    None where some value needs scientific notation (fmt decides then)."""
+    finite = [abs(v) for v in values if math.isfinite(v) and v != 0]
+    if any(not 1e-3 <= v < 1e6 for v in finite):
+        return None
+    needed = [0 if v == int(v) and v >= 10 ** (digits - 1) else digits - 1 - math.floor(math.log10(v))
+              for v in finite]
+    return max(0, min(max(needed), min(needed) + 1)) if needed else 0
+
+
+def number_text(value: float, places: Optional[int]) -> str:
+    return fmt(value) if places is None or not math.isfinite(value) else f"{value:.{places}f}"
+
+
+def stat_cell(stat: Optional[Stat], base: Optional[Stat], facts: MetricFacts, places: Optional[int] = None) -> str:
+    """'124.0 ± 3.1 (+58%, worse)'; without ± for one seed, without the change at generation 0."""
     if stat is None:
         return ""
-    text = fmt(stat.mean) + (f" ± {fmt(stat.ci, 2)}" if math.isfinite(stat.ci) else "")
+    text = number_text(stat.mean, places) + (f" ± {fmt(stat.ci, 2)}" if math.isfinite(stat.ci) else "")
     if base is not None and base.generation != stat.generation:
-        text += " " + change_text(stat.mean, base.mean)
+        text += " " + change_text(stat.mean, base.mean, facts)
     return text.strip()
+
+
+def column(stats: Sequence[Optional[Stat]], bases: Sequence[Optional[Stat]], facts: MetricFacts) -> list[str]:
+    """A column's cells, its means in one precision."""
+    places = decimals([s.mean for s in stats if s is not None])
+    return [stat_cell(stat, base, facts, places) for stat, base in zip(stats, bases)]
+
+
+def header(metric: str, facts: MetricFacts) -> str:
+    """The key, with its direction: 'ppl_test ↓' when lower is better."""
+    return metric + {True: " ↑", False: " ↓", None: ""}[facts.higher_is_better]
 
 
 @dataclass
@@ -61,27 +98,70 @@ class TextTable:
 
 def final_table(aggregated: GroupStats) -> TextTable:
     """Each group at its last generation: mean ± 95% CI over seeds, and the change from generation 0."""
-    rows, metrics = [], aggregated.metrics
-    for group, stats in aggregated.pairs():
-        final = group.final_generation()
+    facts = [metric_facts(m, aggregated.family) for m in aggregated.metrics]
+    finals = [group.final_generation() for group in aggregated.groups]
+    columns = [column([stats[m].get(final) for (_, stats), final in zip(aggregated.pairs(), finals)],
+                      [stats[m].get(0) for stats in aggregated.by_group], f)
+               for m, f in zip(aggregated.metrics, facts)]
+    rows = []
+    for index, (group, final) in enumerate(zip(aggregated.groups, finals)):
         reached = sum(1 for run in group.runs if final in run.generations())
         seeds = str(reached) if reached == len(group.runs) else f"{reached} of {len(group.runs)}"
-        rows.append([group.label, seeds, group.status_text(), fmt(final),
-                     *(stat_cell(stats[m].get(final), stats[m].get(0)) for m in metrics)])
-    return TextTable("final generation: mean ± 95% CI over seeds (change from generation 0)",
-                     ["group", "seeds", "status", "generation", *metrics], rows)
+        rows.append([group.label, seeds, group.status_text(), fmt(final), *(cells[index] for cells in columns)])
+    return TextTable(f"{family_title(aggregated)}final generation: mean ± 95% CI over seeds (change from generation 0; "
+                     "↑/↓: higher/lower is better)",
+                     ["group", "seeds", "status", "generation", *map(header, aggregated.metrics, facts)], rows)
+
+
+def family_title(aggregated: GroupStats) -> str:
+    return f"{aggregated.family} family — " if aggregated.label_family else ""
+
+
+def condensed_note(shown: Sequence[int], generations: Sequence[int]) -> str:
+    if len(shown) == len(generations):
+        return ""
+    return f"; {len(shown)} of {len(generations)} generations, log-spaced (every one is in metrics.csv)"
 
 
 def generation_tables(aggregated: GroupStats) -> list[TextTable]:
-    """One table per metric: a row per generation, a column per group."""
+    """One table per metric: a row per generation (log-spaced past 30), a column per group."""
     tables = []
     for metric in aggregated.metrics:
+        facts = metric_facts(metric, aggregated.family)
         stats = [by_metric[metric] for by_metric in aggregated.by_group]
         generations = sorted({g for by_gen in stats for g in by_gen})
-        rows = [[str(g), *(stat_cell(by_gen.get(g), by_gen.get(0)) for by_gen in stats)] for g in generations]
+        shown = condensed(generations)
+        columns = [column([by_gen.get(g) for g in shown], [by_gen.get(0)] * len(shown), facts) for by_gen in stats]
+        rows = [[str(g), *(cells[i] for cells in columns)] for i, g in enumerate(shown)]
         headers = ["generation", *(f"{group.label} (n={len(group.runs)})" for group in aggregated.groups)]
-        tables.append(TextTable(f"{metric} by generation: mean ± 95% CI (change from generation 0)", headers, rows))
+        tables.append(TextTable(f"{family_title(aggregated)}{header(metric, facts)} by generation: mean ± 95% CI "
+                                f"(change from generation 0{condensed_note(shown, generations)})", headers, rows))
     return tables
+
+
+def paired_table(aggregated: GroupStats) -> Optional[TextTable]:
+    """Per-seed differences of each group from the family's first group, where they share seeds."""
+    paired = paired_differences(aggregated.groups, aggregated.metrics)
+    if not paired:
+        return None
+    facts = [metric_facts(m, aggregated.family) for m in aggregated.metrics]
+    rows = [[p.other.label, p.reference.label, ",".join(map(str, p.seeds)), str(p.generation),
+             *(paired_cell(p.by_metric.get(m), f) for m, f in zip(aggregated.metrics, facts))] for p in paired]
+    return TextTable(f"{family_title(aggregated)}paired difference (group − reference), seed by seed: "
+                     "mean ± 95% t-CI over shared seeds",
+                     ["group", "reference", "shared seeds", "generation", *map(header, aggregated.metrics, facts)],
+                     rows)
+
+
+def paired_cell(stat: Optional[Stat], facts: MetricFacts) -> str:
+    """'+12.3 ± 4.1 (worse)': 'worse' only when the whole interval lies on the worse side of 0."""
+    if stat is None:
+        return ""
+    text = f"{'+' if stat.mean > 0 else ''}{fmt(stat.mean)} ± {fmt(stat.ci, 2)}"
+    if math.isfinite(stat.ci) and (stat.low > 0 or stat.high < 0):
+        verdict = facts.worse(stat.mean)
+        text += " (CI excludes 0" + ("" if verdict is None else ": worse" if verdict else ": better") + ")"
+    return text
 
 
 def early_warning(run: Run) -> dict:
@@ -134,7 +214,26 @@ def warnings(groups: Sequence[Group]) -> list[str]:
         if keys:
             lines.append(f"group {group.label!r}: same overrides but config.yaml differs in {', '.join(keys[:6])} "
                          "(defaults changed between runs?); its seeds may not be comparable")
-    return lines
+    return lines + environment_notes(groups)
+
+
+def environment_notes(groups: Sequence[Group]) -> list[str]:
+    """Library versions or hardware that differ between the compared runs (environment.json), by group:
+    such runs agree within seed noise, not bit for bit, so a small difference may be the machine's."""
+    seen: dict[str, dict[str, list[str]]] = {}  # key -> value -> groups computed with it
+    for group in groups:
+        for entry in (e for run in group.runs for e in environment.read(run.path)):
+            for key, value in environment.identity(entry).items():
+                holders = seen.setdefault(key, {}).setdefault(str(value), [])
+                if group.label not in holders:
+                    holders.append(group.label)
+    differing = {key: values for key, values in seen.items() if len(values) > 1}
+    if not differing:
+        return []
+    words = "; ".join(f"{key} " + " / ".join(f"{value} ({', '.join(labels)})" for value, labels in values.items())
+                      for key, values in list(differing.items())[:6])
+    return [f"the runs were computed in different environments: {words}. Same machine and versions give "
+            "identical runs; across them expect differences within seed noise (`collapse show RUN` prints a run's)"]
 
 
 # One run in words (`collapse show`)
@@ -187,19 +286,32 @@ def decoding_words(gen: dict) -> str:
             f"{gen.get('new_tokens')} new tokens")
 
 
+# Config keys a family never reads (present for the shared schema): `show` leaves them out. null keys
+# (dataset.means: null, a standard normal) are left out too: the family's default stands in.
+UNREAD_KEYS = {"gmm": ("lr", "epochs", "batch_size", "train")}
+
+
 def config_words(config: dict) -> list[tuple[str, str]]:
     if not config:
         return [("config", "no config.yaml in the run folder")]
     train, generations = config.get("train") or {}, config.get("generations")
     model = config.get("model") or {}
-    if model.get("family", "lm") != "lm":  # decoding and token blocks are the LM's; other families list their keys
+    family = model.get("family", "lm")
+    if family != "lm":  # decoding and token blocks are the LM's; other families list the keys they read
+        unread = UNREAD_KEYS.get(family, ())
+
         def keys(node: dict) -> str:
-            return ", ".join(f"{k} {v}" for k, v in node.items() if k not in ("family", "name"))
-        return [("model", f"{model.get('family')}: {keys(model)}"),
-                ("dataset", f"{(config.get('dataset') or {}).get('name')}: {keys(config.get('dataset') or {})}"),
-                ("mix", mix_words(config.get("mix"))),
-                ("regime", regime_words(config.get("regime"), config.get("mix"))),
-                ("generations", f"{generations} after generation 0"), ("seed", str(config.get("seed")))]
+            return ", ".join(f"{k} {v}" for k, v in node.items()
+                             if k not in ("family", "name", *unread) and v is not None)
+        words = [("model", f"{family}: {keys(model)}"),
+                 ("dataset", f"{(config.get('dataset') or {}).get('name')}: {keys(config.get('dataset') or {})}"),
+                 ("mix", mix_words(config.get("mix"))),
+                 ("regime", regime_words(config.get("regime"), config.get("mix"))),
+                 ("generations", f"{generations} after generation 0"), ("seed", str(config.get("seed")))]
+        if "train" not in unread:
+            words.append(("training", f"{train.get('epochs')} epoch(s), lr {train.get('lr')}, "
+                                      f"batch {train.get('batch_size')}"))
+        return words
     return [("model", model_words(model)),
             ("dataset", dataset_words(config.get("dataset") or {})),
             ("mix", mix_words(config.get("mix"))),
@@ -221,7 +333,12 @@ def training_words(train: dict) -> str:
 
 
 def run_table(run: Run, stats: StatsByMetric) -> TextTable:
-    """Every generation of one run; `stats` is its statistics by metric (GroupStats of its one-run group)."""
-    metrics = list(stats)
-    rows = [[str(g), *(stat_cell(stats[m].get(g), stats[m].get(0)) for m in metrics)] for g in run.generations()]
-    return TextTable("metrics by generation (change from generation 0)", ["generation", *metrics], rows)
+    """One run by generation (log-spaced past 30); `stats` is its statistics by metric (its one-run group's)."""
+    metrics, generations = list(stats), run.generations()
+    shown = condensed(generations)
+    facts = [metric_facts(m, run.family) for m in metrics]
+    columns = [column([stats[m].get(g) for g in shown], [stats[m].get(0)] * len(shown), f)
+               for m, f in zip(metrics, facts)]
+    rows = [[str(g), *(cells[i] for cells in columns)] for i, g in enumerate(shown)]
+    return TextTable(f"metrics by generation (change from generation 0{condensed_note(shown, generations)})",
+                     ["generation", *map(header, metrics, facts)], rows)

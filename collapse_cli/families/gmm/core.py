@@ -281,7 +281,7 @@ def scatter_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray],
     grid = np.column_stack([grid_x.ravel(), grid_y.ravel()])
     marginal = Mixture(truth.weights, truth.means[:, :2], truth.covariances[:, :2, :2])
     density = np.exp(log_density(marginal, grid)).reshape(grid_x.shape)
-    fig, axes = plt.subplots(1, len(generations), figsize=(3 * len(generations), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(generations), figsize=(3 * len(generations), 3.7), squeeze=False)
     for ax, generation in zip(axes[0], generations):
         points = samples_by_generation[generation]
         ax.contour(grid_x, grid_y, density, levels=6, colors="0.6", linewidths=0.7)
@@ -289,10 +289,19 @@ def scatter_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray],
         ax.set_xlim(axis_x[0], axis_x[-1])
         ax.set_ylim(axis_y[0], axis_y[-1])
         ax.set_aspect("equal")
-        ax.set_title(f"generation {generation}", fontsize=9)
+        ax.set_title(f"generation {generation} ({len(points)} points)", fontsize=9)
+        ax.set_xlabel("x₁ (data units)", fontsize=8)
         ax.tick_params(labelsize=7)
-    fig.suptitle("samples over the true density's contours", fontsize=10)
-    fig.tight_layout()
+    axes[0][0].set_ylabel("x₂ (data units)", fontsize=8)
+    from matplotlib.lines import Line2D
+
+    # Proxy handles: a contour set and a 2-pixel scatter make no readable legend entries of their own.
+    fig.legend([Line2D([], [], color="0.6", lw=0.7), Line2D([], [], color="tab:blue", marker="o", lw=0, ms=3)],
+               ["true density, 6 contour levels", "the generation's samples"], loc="lower center", ncol=2,
+               fontsize=8, frameon=False)
+    fig.suptitle("Gaussian mixture: samples of chosen generations over the true density's contours"
+                 + (" (first two coordinates)" if truth.dim > 2 else ""), fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -306,15 +315,23 @@ def curves_figure(rows: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from collapse_cli.report.facts import metric_facts
+    from collapse_cli.report.plots import generation_axis, log_axis_keeping_zero
+
     generations = [row["generation"] for row in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, key in zip(axes, ("component_std", "l2sq_to_gen0")):
-        values = [row.get(key) for row in rows]
-        ax.plot(generations, [np.nan if v is None else v for v in values], lw=1)
-        ax.set_yscale("log")
-        ax.set_xlabel("generation", fontsize=8)
-        ax.set_title(key, fontsize=9)
+        values = np.array([np.nan if row.get(key) is None else row[key] for row in rows], dtype=float)
+        ax.plot(generations, values, lw=1, marker="o" if len(rows) <= 30 else None, ms=3, color="tab:blue")
+        log_axis_keeping_zero(ax, values)  # l2sq_to_gen0 is 0 at generation 0: a plain log axis drops it
+        generation_axis(ax, int(generations[-1]) if generations else 0)
+        facts = metric_facts(key, "gmm")
+        ax.set_title(f"{key}: {facts.title}", fontsize=9, wrap=True)
+        ax.set_ylabel(facts.unit + " (log scale)", fontsize=8)
+        ax.xaxis.label.set_fontsize(8)
         ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Gaussian mixture by generation (one run; the paper's two curves)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -240,11 +240,12 @@ class VAEFamily(Family):
     def figures(self, run_dir: Path, rows: list[dict]) -> list[Path]:
         """figures/vae_real.png and figures/vae_samples_gen_NNN.png: a sample grid per generation."""
         figures = Path(run_dir) / "figures"
-        paths = [core.grid_figure(self.digits.test, figures / "vae_real.png", "real test digits")]
+        paths = [core.grid_figure(self.digits.test, figures / "vae_real.png", "VAE: real test digits (first 60, 8×8)")]
         for row in rows:
             g = int(row["generation"])
             images = self.load_samples(Path(run_dir) / gen_name(g))
-            title = f"generation {g}: latent spread {row.get('latent_spread', float('nan')):.3f}"
+            title = (f"VAE generation {g}: first 60 decoded samples (latent spread "
+                     f"{row.get('latent_spread', float('nan')):.3f})")
             paths.append(core.grid_figure(images, figures / f"vae_samples_{gen_name(g)}.png", title))
         return paths
 

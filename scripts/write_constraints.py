@@ -1,0 +1,45 @@
+"""Write constraints/ci-latest.txt: the exact versions of the environment the test suite last passed in.
+
+Run it in that environment right after the tests pass:
+
+    python -m pytest && python scripts/write_constraints.py
+
+collapse pins nothing it does not need (pyproject.toml gives lower bounds); this file is what to
+install when a result must be reproduced bit for bit, or when a new release breaks something:
+
+    pip install ".[test]" -c constraints/ci-latest.txt
+
+Lines are `pip freeze`'s, less the collapse package itself and packages installed from a local path.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TARGET = Path(__file__).resolve().parents[1] / "constraints" / "ci-latest.txt"
+
+
+def pinned() -> list[str]:
+    frozen = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all"], capture_output=True, text=True,
+                            check=True).stdout.splitlines()
+    return sorted((line for line in frozen
+                   if "==" in line and not line.lower().startswith("collapse==") and " @ " not in line),
+                  key=str.lower)
+
+
+def main() -> None:
+    header = [f"# The versions `python -m pytest` last passed with, written {time.strftime('%Y-%m-%d')} by",
+              "# scripts/write_constraints.py (pip freeze) on", f"# Python {platform.python_version()}, "
+              f"{platform.platform()}. Use: pip install \".[test]\" -c constraints/ci-latest.txt"]
+    lines = pinned()
+    TARGET.parent.mkdir(exist_ok=True)
+    TARGET.write_text("\n".join([*header, *lines]) + "\n")
+    print(f"wrote {TARGET} ({len(lines)} packages)")
+
+
+if __name__ == "__main__":
+    main()
