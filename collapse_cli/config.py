@@ -7,11 +7,15 @@ OmegaConf (unknown keys, wrong types) before `validate` checks value ranges.
 
 from __future__ import annotations
 
+import math
+import os
+import typing
 from collections.abc import Mapping
+from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -334,6 +338,78 @@ def _check(ok: bool, message: str) -> None:
         raise CollapseError(message)
 
 
+# --- numbers: finite everywhere, and sizes this machine can hold (every family's validate uses these) ---
+
+# Counts that only cost time (resamples, sequences scored): above this a value is a typo, not a plan.
+MAX_COUNT = 100_000
+
+
+def _default_of(parent: Any, name: str) -> str:
+    """The schema's default of a field, for the fix in a message ("" when it has none)."""
+    for spec in fields(parent):
+        if spec.name == name:
+            default = spec.default if spec.default is not NO_DEFAULT else None
+            return f" (the default is {default})" if isinstance(default, (int, float)) else ""
+    return ""
+
+
+def check_finite(node: Any, prefix: str = "") -> None:
+    """Every float of the typed config, nested dataclasses and lists included, is finite.
+
+    inf and nan pass OmegaConf's types and most range checks (inf > 0), then surface as a
+    traceback deep inside sklearn or torch, or as a run that "finishes" with inf metrics.
+    """
+    items = ([(spec.name, getattr(node, spec.name)) for spec in fields(node)] if is_dataclass(node)
+             else list(node.items()) if isinstance(node, Mapping)
+             else list(enumerate(node)) if isinstance(node, (list, tuple)) else [])
+    for name, value in items:
+        key = f"{prefix}[{name}]" if isinstance(name, int) else f"{prefix}{'.' if prefix else ''}{name}"
+        if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+            hint = _default_of(node, name) if is_dataclass(node) else ""
+            raise CollapseError(f"{key}={value} is not a finite number; give a finite value{hint}")
+        if isinstance(value, (list, tuple, Mapping)) or is_dataclass(value):
+            check_finite(value, key if not isinstance(name, int) else key)
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes (1 TiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**40
+
+
+def check_memory(need_bytes: float, what: str, fix: str) -> None:
+    """Refuse, before any folder exists, a size whose smallest allocation exceeds the machine's memory:
+    `need_bytes` counts only what the run cannot avoid holding at once, so a refusal is never a false alarm."""
+    have = machine_memory()
+    if need_bytes > have:
+        raise CollapseError(f"{what} needs at least {need_bytes / 2**30:,.0f} GiB of memory, more than this "
+                            f"machine's {have / 2**30:,.0f} GiB; {fix}")
+
+
+def check_count(key: str, value: int, ceiling: int = MAX_COUNT) -> None:
+    """A count that costs time, not memory: the documented ceiling catches a typo (1e8 for 1e3)."""
+    _check(value <= ceiling, f"{key}={value} is above {ceiling:,}, its ceiling; lower it")
+
+
+def _as_float_lists(values: Any, hint: Any) -> Any:
+    """ints where the schema says float, as floats, inside lists too: OmegaConf 2.3 converts a plain float
+    field's int (mix=0) but refuses one in a nested list (`dataset.means=[[-2,0],[2,0]]`)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:  # Optional[X]
+        hint = next((arg for arg in args if arg is not type(None)), Any)
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if is_dataclass(hint) and isinstance(values, dict):
+        hints = typing.get_type_hints(hint)
+        return {key: _as_float_lists(value, hints.get(key, Any)) for key, value in values.items()}
+    if origin is list and args and isinstance(values, list):
+        return [_as_float_lists(value, args[0]) for value in values]
+    if hint is float and is_int(values):
+        return float(values)
+    return values
+
+
 def _validate_model(m: ModelConfig) -> None:
     _check(m.name != "",
            "model.name is empty: use model=tiny, model=smollm2, model=opt125m, model=gpt2 or model.path=/folder")
@@ -351,6 +427,13 @@ def _validate_model(m: ModelConfig) -> None:
     _check(m.hidden_size % m.num_heads == 0,
            f"model.hidden_size={m.hidden_size} must be divisible by model.num_heads={m.num_heads}")
     _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
+    if m.name == "tiny" and m.path is None:  # built from these keys; a hub model's size is the hub's
+        embeddings = (m.bpe_vocab_size + m.max_positions) * m.hidden_size
+        layers = m.num_layers * (4 * m.hidden_size**2 + 2 * m.hidden_size * m.ffn_dim)
+        # fp32 weights, gradients and Adam's two moments: 16 bytes a parameter.
+        check_memory(16 * (embeddings + layers), f"model=tiny (hidden_size={m.hidden_size}, num_layers="
+                     f"{m.num_layers}, ffn_dim={m.ffn_dim}, bpe_vocab_size={m.bpe_vocab_size}, max_positions="
+                     f"{m.max_positions})", "lower them")
 
 
 def _check_seed(key: str, seed: int) -> None:
@@ -367,8 +450,15 @@ def _validate_dataset(d: DatasetConfig) -> None:
         _check(value is None or value > 0, f"dataset.{key}={value} must be positive or null")
     _check(0.0 <= d.successor_weight <= 1.0, f"dataset.successor_weight={d.successor_weight} must be in [0, 1]")
     _check(d.zipf_exponent > 0, f"dataset.zipf_exponent={d.zipf_exponent} must be positive")
+    if d.name == "builtin":  # the language's tables and its token ids (int64) are held at once
+        check_memory(8 * (d.vocab_words * (d.successors + 16) + d.train_tokens + d.valid_tokens + d.test_tokens),
+                     f"dataset.vocab_words={d.vocab_words}, successors={d.successors}, train_tokens={d.train_tokens}, "
+                     f"valid_tokens={d.valid_tokens}, test_tokens={d.test_tokens}", "lower them")
     _check(d.doc_separator in ("blank_line", "line", "row") or d.doc_separator.startswith("literal:"),
            f"dataset.doc_separator={d.doc_separator!r}: use blank_line, line, row or literal:<text>")
+    _check(d.doc_separator != "literal:",
+           "dataset.doc_separator=literal: names no text to split documents on; give one, e.g. "
+           "dataset.doc_separator='literal:<|endoftext|>', or use blank_line, line or row")
     if d.name == "text":
         _check(d.train is not None and d.test is not None,
                "dataset=text needs files: set dataset.train=PATH and dataset.test=PATH (dataset.valid optional)")
@@ -490,6 +580,8 @@ def _validate_generate(g: GenerateConfig, block_size: int) -> None:
            f"prompts are real block prefixes")
     _check(g.new_tokens >= 2, f"generate.new_tokens={g.new_tokens} must be at least 2")
     _check(g.batch_size >= 1, f"generate.batch_size={g.batch_size} must be at least 1")
+    check_count("generate.num_beams", g.num_beams, 1024)
+    check_count("generate.top_k", g.top_k, 10**9)  # above any vocabulary: the same as 0 (off)
 
 
 def check_lengths(cfg: RunConfig, limit: int) -> None:
@@ -549,6 +641,9 @@ def _validate_run(cfg: RunConfig) -> None:
     _check(0.0 < cfg.metrics.sliding_stride <= 1.0,
            f"metrics.sliding_stride={cfg.metrics.sliding_stride} must be in (0, 1]")
     _check(cfg.min_free_disk_mb >= 0, f"min_free_disk_mb={cfg.min_free_disk_mb} must be >= 0")
+    for key in ("bootstrap", "self_bleu_sample"):
+        check_count(f"metrics.{key}", getattr(cfg.metrics, key))
+    check_count("train.epochs", cfg.train.epochs)
 
 
 def validate_lm(cfg: RunConfig) -> None:
@@ -577,6 +672,7 @@ def _validate_family(cfg: RunConfig, family: Any) -> None:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Range checks that the type system cannot express; raises CollapseError."""
+    check_finite(cfg)
     _validate_run(cfg)
     _validate_train(cfg.train)
     validate_curate(cfg.curate)
@@ -624,6 +720,9 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
     expected = RunConfig(model=family.model_schema(), dataset=family.dataset_schema())
     unknown = _unknown_key(values, expected)
     _check(unknown is None, f"{unknown}: no such key (check its spelling; `collapse run --cfg job` lists every key)")
+    for key, typed in (("model", family.model_schema), ("dataset", family.dataset_schema)):
+        if isinstance(values.get(key), dict):
+            cfg = OmegaConf.merge(cfg, {key: _as_float_lists(values[key], typed)})
     run_config = OmegaConf.to_object(OmegaConf.merge(schema(family), cfg))
     assert isinstance(run_config, RunConfig)
     return validate(run_config)

@@ -231,6 +231,8 @@ def scatter_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if truth.dim == 1:
+        return histogram_figure(truth, samples_by_generation, path)
     generations = sorted(samples_by_generation)
     centre = truth.means[:, :2].mean(axis=0)
     spread = extent or 4.0 * float(np.sqrt(np.max(np.linalg.eigvalsh(truth.covariances[:, :2, :2])))) + float(
@@ -252,6 +254,33 @@ def scatter_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray],
         ax.set_title(f"generation {generation}", fontsize=9)
         ax.tick_params(labelsize=7)
     fig.suptitle("samples over the true density's contours", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def histogram_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray], path: Path) -> Path:
+    """dataset.dim=1 (Shumailov's single-Gaussian setting): each chosen generation's samples as a density
+    histogram under the true density's curve, on one x range so the narrowing shows."""
+    import matplotlib.pyplot as plt
+
+    generations = sorted(samples_by_generation)
+    spread = 4.0 * float(np.sqrt(truth.covariances.max())) + float(np.abs(truth.means - truth.means.mean()).max())
+    axis_x = np.linspace(float(truth.means.mean()) - spread, float(truth.means.mean()) + spread, 400)
+    true_density = np.exp(log_density(truth, axis_x[:, None]))
+    fig, axes = plt.subplots(1, len(generations), figsize=(3 * len(generations), 3.2), squeeze=False, sharey=True)
+    for ax, generation in zip(axes[0], generations):
+        ax.hist(samples_by_generation[generation][:, 0], bins=40, range=(axis_x[0], axis_x[-1]), density=True,
+                color="tab:blue", alpha=0.6, label="samples")
+        ax.plot(axis_x, true_density, color="0.3", lw=1, label="true density")
+        ax.set_title(f"generation {generation}", fontsize=9)
+        ax.set_xlabel("x", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("density", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("samples (histogram) under the true density", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

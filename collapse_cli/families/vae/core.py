@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from collapse_cli.families.base import checked_loss
+
 PIXELS = 64  # 8 x 8
 N_CLASSES = 10
 TAIL_MASS = 0.05  # the rare real digits: the lowest-density 5% under the generation-0 model
@@ -51,6 +53,15 @@ class Digits:
     test_labels: np.ndarray
 
 
+N_DIGITS = 1797  # sklearn's digits set
+
+
+def split_sizes(test_fraction: float) -> tuple[int, int]:
+    """(training, test) image counts of load_digits_split, known before loading (validation reads them)."""
+    n_test = int(round(test_fraction * N_DIGITS))
+    return N_DIGITS - n_test, n_test
+
+
 def load_digits_split(test_fraction: float, seed: int) -> Digits:
     """sklearn's 1,797 digits (a stand-in for MNIST), shuffled by `seed`, the last test_fraction held out."""
     from sklearn.datasets import load_digits
@@ -59,7 +70,7 @@ def load_digits_split(test_fraction: float, seed: int) -> Digits:
     images = (bunch.data / 16.0).astype(np.float32)
     labels = bunch.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(images))
-    n_test = int(round(test_fraction * len(images)))
+    n_test = split_sizes(test_fraction)[1]
     train, test = order[n_test:], order[:n_test]
     return Digits(images[train], labels[train], images[test], labels[test])
 
@@ -118,8 +129,10 @@ def negative_elbo(model: VAE, x: torch.Tensor, generator: torch.Generator) -> to
 
 
 def train_vae(model: VAE, images: np.ndarray, epochs: int, batch_size: int, lr: float, seed: int,
-              on_step: Optional[Callable[[int, int], None]] = None) -> dict:
-    """Adam on the mean -ELBO over shuffled minibatches; returns the last epoch's mean loss (nats/image)."""
+              on_step: Optional[Callable[[int, int], None]] = None, generation: int = 0) -> dict:
+    """Adam on the mean -ELBO over shuffled minibatches; returns the last epoch's mean loss (nats/image).
+
+    A nan or inf loss stops with CollapseError naming `generation` and the step (families/base.checked_loss)."""
     generator = torch.Generator().manual_seed(seed)
     data = torch.as_tensor(images, dtype=torch.float32)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -132,6 +145,7 @@ def train_vae(model: VAE, images: np.ndarray, epochs: int, batch_size: int, lr: 
         for start in range(0, len(data), batch_size):
             batch = data[order[start:start + batch_size]]
             loss = negative_elbo(model, batch, generator).mean()
+            checked_loss(float(loss.detach()), epoch * n_batches + start // batch_size + 1, generation)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

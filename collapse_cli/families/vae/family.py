@@ -7,6 +7,7 @@ the generation-0 model (latent spread, rare digits). Runs on the CPU: the model 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -58,6 +59,23 @@ class DigitsDatasetConfig:
     seed: int = 0
 
 
+# Fewest images a split may hold: the rare 5% of the test digits must be at least one digit, and the
+# classifier and generation 0 must see every class several times.
+MIN_TEST_IMAGES, MIN_TRAIN_IMAGES = 20, 100
+
+
+def _check_split(test_fraction: float) -> None:
+    """Refuse a test_fraction that leaves too few images on either side, with the range that works."""
+    n_train, n_test = core.split_sizes(test_fraction)
+    if n_test >= MIN_TEST_IMAGES and n_train >= MIN_TRAIN_IMAGES:
+        return
+    total = n_train + n_test
+    low, high = MIN_TEST_IMAGES / total, 1 - MIN_TRAIN_IMAGES / total
+    raise CollapseError(f"dataset.test_fraction={test_fraction} leaves {n_train} training and {n_test} test images "
+                        f"of the {total:,} digits; use a value from {math.ceil(low * 1000) / 1000} to "
+                        f"{math.floor(high * 1000) / 1000} (the default is 0.2)")
+
+
 @dataclass(frozen=True)
 class ReferenceFigures:
     """What the generation-0 model says about the fixed real test digits: the same every generation."""
@@ -87,6 +105,8 @@ class VAEFamily(Family):
 
     @classmethod
     def validate(cls, cfg: Any) -> None:
+        from collapse_cli.config import check_memory
+
         m, d = cfg.model, cfg.dataset
         for key in ("latent", "hidden", "nll_samples"):
             if getattr(m, key) < 1:
@@ -95,8 +115,17 @@ class VAEFamily(Family):
             raise CollapseError(f"model.pixel_std={m.pixel_std} must be positive")
         if not 0.0 < d.test_fraction < 1.0:
             raise CollapseError(f"dataset.test_fraction={d.test_fraction} must be in (0, 1)")
+        _check_split(d.test_fraction)
         if d.max_train is not None and d.max_train < 1:
             raise CollapseError(f"dataset.max_train={d.max_train} must be positive or null")
+        # fp32 weights, gradients and Adam's moments (16 bytes each); nll_test's K decoder passes over the test digits.
+        weights = m.hidden * (2 * core.PIXELS + m.hidden) + 1.5 * m.latent * m.hidden
+        check_memory(16 * weights, f"model.hidden={m.hidden}, latent={m.latent}",
+                     "lower them (the defaults: hidden 256, latent 20)")
+        n_test = core.split_sizes(d.test_fraction)[1]
+        check_memory(4 * m.nll_samples * n_test * (1.5 * m.hidden + core.PIXELS + m.latent),
+                     f"model.nll_samples={m.nll_samples} (decoder passes over {n_test} test digits)",
+                     "lower it (the default: 64)")
 
     def _pixel_std(self) -> Optional[float]:
         return self.cfg.model.pixel_std if self.cfg.model.likelihood == Likelihood.gaussian else None
@@ -119,7 +148,13 @@ class VAEFamily(Family):
 
     def fit(self, model: core.VAE, train: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
         t = self.cfg.train
-        return core.train_vae(model, train, t.epochs, t.batch_size, t.lr, seed, on_step)
+        stats = core.train_vae(model, train, t.epochs, t.batch_size, t.lr, seed, on_step, generation)
+        # The last step's update can break the weights after its loss was finite: nan samples would reach sklearn.
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise CollapseError(f"generation {generation}: the weights became nan or inf at the last training step "
+                                f"(diverged); lower the learning rate and resume: collapse resume RUN_DIR "
+                                f"train.lr=<lower>")
+        return stats
 
     def sample(self, model: core.VAE, n: int, seed: int, on_batch: Progress) -> np.ndarray:
         images = core.sample_images(model, n, seed)
