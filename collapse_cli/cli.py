@@ -525,7 +525,7 @@ def resume_command(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from collapse_cli.config import to_run_config
-    from collapse_cli.rundir import RunDir, live_state, unwritten_reason, writer_here
+    from collapse_cli.rundir import RunDir, check_resumable, live_state, read_run_text, unwritten_reason, writer_here
 
     if not args or any(arg.startswith("-") for arg in args) or any("=" not in arg for arg in args[1:]):
         return error_line("usage: collapse resume RUN_DIR [key=value ...]")
@@ -537,6 +537,7 @@ def resume_command(args: list[str]) -> int:
     if status.get("state") == "finished":
         print(f"collapse: {path} already finished; nothing to resume")
         return 0
+    check_resumable(path)
     writer = writer_here(status)
     if writer is not None:
         return error_line(still_running(path, writer))
@@ -545,9 +546,10 @@ def resume_command(args: list[str]) -> int:
         print(f"collapse: warning: {path}/status.json says running {unwritten_reason(status)}; resuming, "
               f"so make sure that process has stopped", file=sys.stderr)
     _register()
+    text = read_run_text(saved)  # a folder, unreadable or not UTF-8: the one-line "damaged" error
     try:
-        recorded = OmegaConf.load(saved)
-    except Exception as err:  # YAML syntax, unreadable file
+        recorded = OmegaConf.create(text)
+    except Exception as err:  # YAML syntax
         recorded = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
     if isinstance(recorded, str) or not OmegaConf.is_dict(recorded):
         why = recorded if isinstance(recorded, str) else "not a mapping of keys"

@@ -17,7 +17,7 @@ from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
 from collapse_cli.measure import metrics as M
-from collapse_cli.rundir import RunDir, gen_name
+from collapse_cli.rundir import RunDir, damaged, gen_name, read_run_array
 
 MIXTURE_FILE = "mixture.npz"
 MAX_FIGURE_GENERATIONS = 100  # panels of one figure row
@@ -193,7 +193,10 @@ class GMMFamily(Family):
         RunDir(folder).save_array(self.samples_file, samples.astype(core.SAMPLE_DTYPE))
 
     def load_samples(self, folder: Path) -> np.ndarray:
-        return np.load(folder / self.samples_file)
+        samples = read_run_array(folder / self.samples_file)
+        if samples is None:
+            raise damaged(folder / self.samples_file, "missing")
+        return samples
 
     def save_model(self, model: GMMModel, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

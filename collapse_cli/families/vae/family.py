@@ -20,7 +20,7 @@ from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, ObjectCache, Progress, RealData
 from collapse_cli.families.vae import core
 from collapse_cli.measure import metrics as M
-from collapse_cli.rundir import RunDir, gen_name
+from collapse_cli.rundir import RunDir, damaged, gen_name, read_run_array
 
 MODEL_FILE = "vae.pt"
 SCORES_FILE = "scores.npy"
@@ -210,7 +210,10 @@ class VAEFamily(Family):
         files.save_array(SCORES_FILE, scores.astype(np.float32))
 
     def load_samples(self, folder: Path) -> np.ndarray:
-        return np.load(folder / self.samples_file)
+        samples = read_run_array(folder / self.samples_file)
+        if samples is None:
+            raise damaged(folder / self.samples_file, "missing")
+        return samples
 
     def save_model(self, model: core.VAE, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
