@@ -124,8 +124,9 @@ def is_hydra_override(override: str) -> bool:
     return override.lstrip("+~").startswith("hydra")
 
 
-def check_output_folder(key: str, value: str) -> None:
-    """The folder Hydra will create, checked before it tries (os.makedirs would raise a traceback)."""
+def check_output_folder(key: str, value: str) -> Path:
+    """The folder Hydra will create, checked before it tries (os.makedirs would raise a traceback);
+    returns its nearest existing ancestor (or itself)."""
     import os
     import tempfile
 
@@ -147,6 +148,45 @@ def check_output_folder(key: str, value: str) -> None:
     except OSError as err:
         raise CollapseError(f"{key}={value}: cannot create a folder in {existing} ({err.strerror}); "
                             f"choose a writable {key}") from None
+    return existing
+
+
+def check_free_disk(key: str, value: str, existing: Path, min_free_mb: int) -> None:
+    """A disk already full stops here, before Hydra writes .hydra/ there (its failed write would be a
+    traceback and leave an empty config.yaml); the loop checks the same minimum before every generation."""
+    import shutil
+
+    free_mb = shutil.disk_usage(existing).free / 2**20
+    need_mb = max(min_free_mb, 1)  # Hydra's own files need some
+    if free_mb < need_mb:
+        raise CollapseError(f"{key}={value}: only {free_mb:.0f} MiB free on the disk of {existing}, below the "
+                            f"{need_mb} MiB a run starts with (min_free_disk_mb); free space or choose another {key}")
+
+
+# Launchers of the [slurm] extra (hydra-submitit-launcher), by their `hydra/launcher=` names.
+SUBMITIT_LAUNCHERS = {"slurm": True, "submitit_slurm": True, "local_gpus": False, "submitit_local": False}
+
+
+def check_launcher(overrides: list[str]) -> None:
+    """A sweep's launcher that cannot start here is one line before anything runs: without the extra Hydra
+    cannot find its config, and off a cluster submitit raises 'Could not detect srun'."""
+    import importlib.util
+    import shutil
+
+    for override in overrides:
+        key, _, name = override.partition("=")
+        if key.lstrip("+~") != "hydra/launcher" or name not in SUBMITIT_LAUNCHERS:
+            continue
+        try:
+            installed = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+        except ImportError:
+            installed = False
+        if not installed:
+            raise CollapseError(f'hydra/launcher={name} needs the slurm extra: pip install ".[slurm]" in the '
+                                f"collapse source folder (it installs hydra-submitit-launcher and submitit)")
+        if SUBMITIT_LAUNCHERS[name] and shutil.which("srun") is None:
+            raise CollapseError(f"hydra/launcher={name}: no `srun` on this machine, so it is no SLURM cluster node; "
+                                f"start the sweep on the cluster's login node, or drop hydra/launcher to run here")
 
 
 def expand_sweeps(overrides: list[str]) -> list[list[str]]:
@@ -182,6 +222,8 @@ def preflight(overrides: list[str], multirun: bool) -> Checked:
 
     from collapse_cli.config import to_run_config
 
+    if multirun:
+        check_launcher(overrides)
     job_overrides = [o for o in overrides if not is_hydra_override(o)]
     jobs = expand_sweeps(job_overrides) if multirun else [job_overrides]
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):
@@ -189,7 +231,9 @@ def preflight(overrides: list[str], multirun: bool) -> Checked:
         hydra_overrides = [o for o in overrides if is_hydra_override(o)]
         hydra_cfg = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True).hydra
     where = "sweep" if multirun else "run"
-    check_output_folder(f"hydra.{where}.dir", str(OmegaConf.to_container(hydra_cfg[where], resolve=False)["dir"]))
+    folder = str(OmegaConf.to_container(hydra_cfg[where], resolve=False)["dir"])
+    existing = check_output_folder(f"hydra.{where}.dir", folder)
+    check_free_disk(f"hydra.{where}.dir", folder, existing, max(run.min_free_disk_mb for run in runs))
     return Checked(runs, *resolve_sweep_dir(hydra_cfg)) if multirun else Checked(runs)
 
 
@@ -344,7 +388,8 @@ def run_task(cfg: DictConfig) -> None:
         atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     with gpu_slots.claim_one(path, run_config.device):
         try:
-            code = execute_guarded(run_config, path)
+            in_sweep = multirun and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
+            code = execute_guarded(run_config, path, says_interrupt=not in_sweep)
         except Exception:
             if not multirun:
                 raise
@@ -401,8 +446,9 @@ def with_resume_overrides(cfg: DictConfig, path: Path, overrides: Optional[list[
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist([*resume_overrides(path), *(overrides or [])]))
 
 
-def execute_guarded(run_config, path: Path) -> int:
-    """Run the loop (in worker processes when nproc > 1); turn every way it can stop into a status and an exit code."""
+def execute_guarded(run_config, path: Path, says_interrupt: bool = True) -> int:
+    """Run the loop (in worker processes when nproc > 1); turn every way it can stop into a status and an exit code.
+    `says_interrupt` False: an in-process sweep says the one line for a Ctrl-C itself (how to finish the sweep)."""
     from collapse_cli.experiment import distributed
     from collapse_cli.experiment.loop import execute, execute_rank
     from collapse_cli.experiment.progress import Feedback
@@ -445,7 +491,8 @@ def execute_guarded(run_config, path: Path) -> int:
     except KeyboardInterrupt as err:
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted by the user (Ctrl-C)"
         mark("interrupted", f"{how}; `collapse resume {path}` continues it")
-        print(f"collapse: interrupted; resume with: collapse resume {path}", file=sys.stderr)
+        if says_interrupt:
+            print(f"collapse: interrupted; resume with: collapse resume {path}", file=sys.stderr)
         return INTERRUPTED
     except Exception as err:
         if not _disk_full(err):
@@ -547,6 +594,9 @@ def resume_command(args: list[str]) -> int:
               f"so make sure that process has stopped", file=sys.stderr)
     _register()
     text = read_run_text(saved)  # a folder, unreadable or not UTF-8: the one-line "damaged" error
+    if not text.strip():
+        return error_line(f"{saved}: empty: Hydra could not write the run's config (a full disk?), so the run never "
+                          f"started; start it again with `collapse run`")
     try:
         recorded = OmegaConf.create(text)
     except Exception as err:  # YAML syntax
@@ -555,6 +605,8 @@ def resume_command(args: list[str]) -> int:
         why = recorded if isinstance(recorded, str) else "not a mapping of keys"
         return error_line(f"{saved}: not a run configuration ({why}); the file was edited: restore it or start anew")
     try:
+        for override in overrides:
+            check_resume_override(override, recorded)
         # Overrides fix what stopped the run (a diverging train.lr, say); later generations use them.
         config = with_resume_overrides(recorded, path, overrides)
         run_config = to_run_config(config)
@@ -576,6 +628,19 @@ def resume_command(args: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(), logging.FileHandler(path / "collapse.log")])
     return execute_guarded(run_config, path)
+
+
+def check_resume_override(override: str, recorded: DictConfig) -> None:
+    """A resume changes keys of the recorded run (train.lr=1e-4); it cannot pick another group option
+    (model=vae) or family: those make another run, and would otherwise surface as a baffling type error."""
+    key, _, value = override.partition("=")
+    key = key.lstrip("+~")
+    groups = {folder.name for folder in Path(conf_dir()).iterdir() if folder.is_dir()}
+    recorded_family = str(recorded.get("model", {}).get("family", "lm"))
+    if key.split("/")[0] in groups and "." not in key or key == "model.family" and value != recorded_family:
+        raise CollapseError(f"{override}: a resume continues the recorded run "
+                            f"(model.family={recorded_family}) with changed keys, such as train.lr=1e-4; {key}= "
+                            f"would make another run: start it with `collapse run {override} ...`")
 
 
 def _quiet_libraries() -> None:

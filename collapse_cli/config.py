@@ -468,9 +468,23 @@ def _validate_dataset(d: DatasetConfig) -> None:
         if path is None:
             continue
         file = Path(path).expanduser()
-        _check(file.is_file(), f"dataset.{key}={path}: no such file; give the path of a UTF-8 text file")
+        _check(file.exists(), f"dataset.{key}={path}: no such file; give the path of a UTF-8 text file")
+        _check(file.is_file(), f"dataset.{key}={path}: {_not_a_file(file)}, not a regular file; give the path of "
+                               f"a UTF-8 text file")
+        _check(file.stat().st_size > 0 or not _is_virtual(file),
+               f"dataset.{key}={path}: a virtual file of the kernel (/proc, /sys) that reports size 0; copy its "
+               f"text into a regular file and give that")
         _check(file.stat().st_size > 0,
                f"dataset.{key}={path}: the file is empty; give a text file with at least one document")
+
+
+def _not_a_file(path: Path) -> str:
+    return "a folder" if path.is_dir() else "a device, pipe or socket"
+
+
+def _is_virtual(path: Path) -> bool:
+    """/proc and /sys files report size 0 though they read as text."""
+    return path.resolve().parts[1:2] in (("proc",), ("sys",))
 
 
 # --- curate: values the type system cannot range-check (the filters live in families/lm/curate.py) ---
