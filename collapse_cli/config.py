@@ -436,20 +436,21 @@ def _validate_model(m: ModelConfig) -> None:
                      f"{m.max_positions})", "lower them")
 
 
-def _check_seed(key: str, seed: int) -> None:
+def check_seed(key: str, seed: int) -> None:
     """Seeds feed numpy's SeedSequence and torch.manual_seed: non-negative, and 32 bits is plenty."""
     _check(0 <= seed < 2**32, f"{key}={seed} must be an integer from 0 to {2**32 - 1}")
 
 
 def _validate_dataset(d: DatasetConfig) -> None:
-    _check_seed("dataset.seed", d.seed)
+    check_seed("dataset.seed", d.seed)
     for key in ("vocab_words", "successors", "train_tokens", "valid_tokens", "test_tokens"):
         _check(getattr(d, key) > 0, f"dataset.{key}={getattr(d, key)} must be positive")
     for key in ("max_train_blocks", "max_test_blocks"):
         value = getattr(d, key)
         _check(value is None or value > 0, f"dataset.{key}={value} must be positive or null")
     _check(0.0 <= d.successor_weight <= 1.0, f"dataset.successor_weight={d.successor_weight} must be in [0, 1]")
-    _check(d.zipf_exponent > 0, f"dataset.zipf_exponent={d.zipf_exponent} must be positive")
+    # Above 10 the Zipf law is one word (its powers overflow with warnings); the default is 1.1.
+    _check(0 < d.zipf_exponent <= 10, f"dataset.zipf_exponent={d.zipf_exponent} must be in (0, 10]")
     if d.name == "builtin":  # the language's tables and its token ids (int64) are held at once
         check_memory(8 * (d.vocab_words * (d.successors + 16) + d.train_tokens + d.valid_tokens + d.test_tokens),
                      f"dataset.vocab_words={d.vocab_words}, successors={d.successors}, train_tokens={d.train_tokens}, "
@@ -631,6 +632,9 @@ def check_nproc(nproc: int, device: str, n_gpus: int) -> None:
     _check(nproc == 1 or not on_cuda or nproc <= n_gpus,
            f"nproc={nproc} needs {nproc} GPUs but {n_gpus} CUDA device(s) are visible; "
            f"lower nproc, or set device=cpu for {nproc} CPU processes")
+    cores = os.cpu_count() or 1
+    _check(on_cuda or nproc <= cores, f"nproc={nproc} CPU processes, but this machine has {cores} cores; "
+                                      f"lower nproc to {cores} or fewer")
 
 
 def _validate_run(cfg: RunConfig) -> None:
@@ -638,7 +642,7 @@ def _validate_run(cfg: RunConfig) -> None:
     _check(cfg.generations >= 1,
            f"generations={cfg.generations} must be at least 1 (recursive generations after generation 0)")
     _check(cfg.generations <= MAX_GENERATIONS, f"generations={cfg.generations} is above {MAX_GENERATIONS}; run fewer")
-    _check_seed("seed", cfg.seed)
+    check_seed("seed", cfg.seed)
     _check(not (cfg.regime == "fresh" and cfg.mix == 0.0),
            "regime=fresh draws each generation's real share from unseen data, so it needs mix > 0: set mix=0.1, say")
     _check(not (cfg.regime.startswith("accumulate") and cfg.mix == 0.0),
@@ -665,6 +669,10 @@ def validate_lm(cfg: RunConfig) -> None:
     _validate_model(cfg.model)
     _validate_dataset(cfg.dataset)
     _validate_generate(cfg.generate, cfg.train.block_size)
+    for key in ("near_dedup_n", "repetition_n"):  # a longer n-gram fits in no sequence: nothing to compare
+        n = getattr(cfg.curate, key)
+        _check(n <= cfg.train.block_size, f"curate.{key}={n} is longer than a sequence (train.block_size="
+                                          f"{cfg.train.block_size}); use a shorter n-gram, e.g. curate.{key}=8")
     if cfg.model.name == "tiny" and cfg.model.path is None:
         # `tiny` is built from this config, so its length limit is known before anything loads.
         check_lengths(cfg, cfg.model.max_positions)

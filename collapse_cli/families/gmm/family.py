@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from collapse_cli.config import check_count, check_memory, check_seed
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
@@ -103,9 +104,8 @@ class GMMFamily(Family):
 
     @classmethod
     def validate(cls, cfg: Any) -> None:
-        from collapse_cli.config import check_count, check_memory
-
         m, d = cfg.model, cfg.dataset
+        check_seed("dataset.seed", d.seed)
         for key in ("n_components", "max_iter", "n_init", "figure_generations"):
             if getattr(m, key) < 1:
                 raise CollapseError(f"model.{key}={getattr(m, key)} must be at least 1")

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from collapse_cli.config import StrEnum  # enum.StrEnum, with its Python 3.10 fallback
+from collapse_cli.config import StrEnum, check_memory, check_seed  # StrEnum: with its Python 3.10 fallback
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, ObjectCache, Progress, RealData
 from collapse_cli.families.vae import core
@@ -105,9 +105,8 @@ class VAEFamily(Family):
 
     @classmethod
     def validate(cls, cfg: Any) -> None:
-        from collapse_cli.config import check_memory
-
         m, d = cfg.model, cfg.dataset
+        check_seed("dataset.seed", d.seed)
         for key in ("latent", "hidden", "nll_samples"):
             if getattr(m, key) < 1:
                 raise CollapseError(f"model.{key}={getattr(m, key)} must be at least 1")
