@@ -388,6 +388,11 @@ def check_memory(need_bytes: float, what: str, fix: str) -> None:
                             f"machine's {have / 2**30:,.0f} GiB; {fix}")
 
 
+def keys_text(group: str, node: Any, names: tuple[str, ...]) -> str:
+    """`model.hidden=256, model.latent=20`: the keys a size estimate read, as the user sets them."""
+    return ", ".join(f"{group}.{name}={getattr(node, name)}" for name in names)
+
+
 def check_count(key: str, value: int, ceiling: int = MAX_COUNT) -> None:
     """A count that costs time, not memory: the documented ceiling catches a typo (1e8 for 1e3)."""
     _check(value <= ceiling, f"{key}={value} is above {ceiling:,}, its ceiling; lower it")
@@ -431,9 +436,8 @@ def _validate_model(m: ModelConfig) -> None:
         embeddings = (m.bpe_vocab_size + m.max_positions) * m.hidden_size
         layers = m.num_layers * (4 * m.hidden_size**2 + 2 * m.hidden_size * m.ffn_dim)
         # fp32 weights, gradients and Adam's two moments: 16 bytes a parameter.
-        check_memory(16 * (embeddings + layers), f"model=tiny (hidden_size={m.hidden_size}, num_layers="
-                     f"{m.num_layers}, ffn_dim={m.ffn_dim}, bpe_vocab_size={m.bpe_vocab_size}, max_positions="
-                     f"{m.max_positions})", "lower them")
+        check_memory(16 * (embeddings + layers), "model=tiny with " + keys_text(
+            "model", m, ("hidden_size", "num_layers", "ffn_dim", "bpe_vocab_size", "max_positions")), "lower them")
 
 
 def check_seed(key: str, seed: int) -> None:
@@ -453,8 +457,8 @@ def _validate_dataset(d: DatasetConfig) -> None:
     _check(0 < d.zipf_exponent <= 10, f"dataset.zipf_exponent={d.zipf_exponent} must be in (0, 10]")
     if d.name == "builtin":  # the language's tables and its token ids (int64) are held at once
         check_memory(8 * (d.vocab_words * (d.successors + 16) + d.train_tokens + d.valid_tokens + d.test_tokens),
-                     f"dataset.vocab_words={d.vocab_words}, successors={d.successors}, train_tokens={d.train_tokens}, "
-                     f"valid_tokens={d.valid_tokens}, test_tokens={d.test_tokens}", "lower them")
+                     keys_text("dataset", d, ("vocab_words", "successors", "train_tokens", "valid_tokens",
+                                              "test_tokens")), "lower them")
     _check(d.doc_separator in ("blank_line", "line", "row") or d.doc_separator.startswith("literal:"),
            f"dataset.doc_separator={d.doc_separator!r}: use blank_line, line, row or literal:<text>")
     _check(d.doc_separator != "literal:",

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from collapse_cli.config import check_count, check_memory, check_seed
+from collapse_cli.config import check_count, check_memory, check_seed, keys_text
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
@@ -124,7 +124,7 @@ class GMMFamily(Family):
         kept = d.n_train * (cfg.generations + 1 if cfg.regime == "accumulate" else 1)
         components = max(m.n_components, len(d.weights))
         check_memory(8 * ((kept + d.n_test) * (d.dim + components) + components * d.dim**2),
-                     f"dataset.n_train={d.n_train}, n_test={d.n_test}, dim={d.dim} with {components} components",
+                     keys_text("dataset", d, ("n_train", "n_test", "dim")) + f" with {components} components",
                      "lower them")
         true_mixture(d)
 

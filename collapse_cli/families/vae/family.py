@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from collapse_cli.config import StrEnum, check_memory, check_seed  # StrEnum: with its Python 3.10 fallback
+from collapse_cli.config import StrEnum, check_memory, check_seed, keys_text  # StrEnum: with its Python 3.10 fallback
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, ObjectCache, Progress, RealData
 from collapse_cli.families.vae import core
@@ -119,7 +119,7 @@ class VAEFamily(Family):
             raise CollapseError(f"dataset.max_train={d.max_train} must be positive or null")
         # fp32 weights, gradients and Adam's moments (16 bytes each); nll_test's K decoder passes over the test digits.
         weights = m.hidden * (2 * core.PIXELS + m.hidden) + 1.5 * m.latent * m.hidden
-        check_memory(16 * weights, f"model.hidden={m.hidden}, latent={m.latent}",
+        check_memory(16 * weights, keys_text("model", m, ("hidden", "latent")),
                      "lower them (the defaults: hidden 256, latent 20)")
         n_test = core.split_sizes(d.test_fraction)[1]
         check_memory(4 * m.nll_samples * n_test * (1.5 * m.hidden + core.PIXELS + m.latent),
