@@ -340,6 +340,8 @@ def _check(ok: bool, message: str) -> None:
 
 # --- numbers: finite everywhere, and sizes this machine can hold (every family's validate uses these) ---
 
+# float32 ends at 3.4e38: train.lr=1e39 was an overflow traceback inside torch's Adam.
+MAX_FLOAT = 1e30
 # Counts that only cost time (resamples, sequences scored): above this a value is a typo, not a plan.
 MAX_COUNT = 100_000
 
@@ -354,7 +356,7 @@ def _default_of(parent: Any, name: str) -> str:
 
 
 def check_finite(node: Any, prefix: str = "") -> None:
-    """Every float of the typed config, nested dataclasses and lists included, is finite.
+    """Every float of the typed config, nested dataclasses and lists included, is finite and within ±MAX_FLOAT.
 
     inf and nan pass OmegaConf's types and most range checks (inf > 0), then surface as a
     traceback deep inside sklearn or torch, or as a run that "finishes" with inf metrics.
@@ -364,9 +366,12 @@ def check_finite(node: Any, prefix: str = "") -> None:
              else list(enumerate(node)) if isinstance(node, (list, tuple)) else [])
     for name, value in items:
         key = f"{prefix}[{name}]" if isinstance(name, int) else f"{prefix}{'.' if prefix else ''}{name}"
+        hint = _default_of(node, name) if is_dataclass(node) else ""
         if isinstance(value, (float, np.floating)) and not math.isfinite(value):
-            hint = _default_of(node, name) if is_dataclass(node) else ""
             raise CollapseError(f"{key}={value} is not a finite number; give a finite value{hint}")
+        if isinstance(value, (float, np.floating)) and abs(value) > MAX_FLOAT:
+            raise CollapseError(f"{key}={value} is beyond ±{MAX_FLOAT:g}, where torch's float32 overflows; "
+                                f"give a value of a sensible scale{hint}")
         if isinstance(value, (list, tuple, Mapping)) or is_dataclass(value):
             check_finite(value, key if not isinstance(name, int) else key)
 

@@ -148,10 +148,11 @@ class VAEFamily(Family):
     def fit(self, model: core.VAE, train: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
         t = self.cfg.train
         stats = core.train_vae(model, train, t.epochs, t.batch_size, t.lr, seed, on_step, generation)
-        # The last step's update can break the weights after its loss was finite: nan samples would reach sklearn.
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise CollapseError(f"generation {generation}: the weights became nan or inf at the last training step "
-                                f"(diverged); lower the learning rate and resume: collapse resume RUN_DIR "
+        # The last step's update can leave weights that decode nan after its loss was finite (lr 1e20, one step):
+        # a probe of 64 images stops that here rather than in sklearn's classifier.
+        if not np.isfinite(core.sample_images(model, 64, seed)).all():
+            raise CollapseError(f"generation {generation}: the trained model decodes nan or inf (its last training "
+                                f"step diverged); lower the learning rate and resume: collapse resume RUN_DIR "
                                 f"train.lr=<lower>")
         return stats
 
