@@ -3,7 +3,9 @@ and no run folder that looks finished (none at all when the preflight catches th
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -309,3 +311,56 @@ def test_bad_choice_names_the_key_and_the_choices(tmp_path: Path, capsys, monkey
     assert "\n" not in line and line.startswith("collapse: error: "), line
     assert override.split("=")[0] in line and choices in line, line
     assert not (tmp_path / "outputs").exists()
+
+
+# --- launchers and disks that cannot start a run (issue #21) ----------------------------------------------
+
+
+def test_a_launcher_without_the_slurm_extra_names_the_install(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_submitit_launcher", None)  # as if not installed
+    for launcher in ("slurm", "local_gpus"):
+        assert run_in_process(["run", "-m", *GMM, "seed=0,1", f"hydra/launcher={launcher}"]) == 2
+        line = capsys.readouterr().err.strip()
+        assert "\n" not in line and f'hydra/launcher={launcher} needs the slurm extra: pip install ".[slurm]"' in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_slurm_off_a_cluster_is_one_line_before_any_job(tmp_path: Path, capsys, monkeypatch):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the [slurm] extra is not installed")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun here, whatever the machine has
+    assert run_in_process(["run", "-m", *GMM, "seed=0,1", "hydra/launcher=slurm"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "hydra/launcher=slurm: no `srun` on this machine" in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def full_disk_command(folder: Path, command: list[str]) -> list[str]:
+    """`command` in a private mount namespace where `folder` is a 64 KiB tmpfs filled to the last byte:
+    a real full disk, gone with the process (which lists the disk's files on stdout last). As root directly;
+    otherwise as root of a user namespace."""
+    script = (f'mount -t tmpfs -o size=64k tmpfs "{folder}" && cat /dev/zero > "{folder}/fill" 2>/dev/null; '
+              f'"$@"; code=$?; ls -A "{folder}"; exit $code')
+    as_root = [] if os.geteuid() == 0 else ["--map-root-user"]
+    return ["unshare", *as_root, "--mount", "sh", "-c", script, "sh", *command]
+
+
+@pytest.mark.slow
+def test_a_disk_full_at_start_is_one_line_and_leaves_nothing(tmp_path: Path):
+    import subprocess
+
+    from conftest import collapse_command
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    probe = subprocess.run(full_disk_command(disk, ["df", "--output=avail", str(disk)]), capture_output=True,
+                           text=True)
+    assert probe.returncode == 0 and probe.stdout.split()[-2:] == ["0", "fill"], probe  # mounted, and full
+    args = ["run", *GMM, "min_free_disk_mb=0", f"hydra.run.dir={disk}/run"]
+    result = subprocess.run(full_disk_command(disk, [*collapse_command(), *args]), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result)
+    assert f"hydra.run.dir={disk}/run: only 0 MiB free" in line and "free space" in line
+    assert result.stdout.split()[-1:] == ["fill"]  # no run folder, no half-written .hydra/config.yaml
