@@ -297,13 +297,7 @@ def read_metrics(path: Path) -> list[dict]:
     for number, line in enumerate((read_run_text(file) or "").splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except ValueError as err:
-            raise damaged(file, f"line {number} is not valid JSON ({err})") from None
-        if not isinstance(row, dict):
-            raise damaged(file, f"line {number} is not a metrics object (it holds a JSON {json_kind(row)})")
-        rows.append(row)
+        rows.append(json_object(line, file, f"line {number} "))
     return rows
 
 
@@ -367,14 +361,17 @@ def check_resumable(path: Path) -> None:
 def read_json_object(path: Path) -> Optional[dict]:
     """A JSON object file (status.json, summary.json, a generation's metrics.json); None when absent."""
     text = read_run_text(path)
-    if text is None:
-        return None
+    return None if text is None else json_object(text, path)
+
+
+def json_object(text: str, path: Path, where: str = "") -> dict:
+    """`text` (all of `path`, or its line `where`) parsed as a JSON object; damaged otherwise."""
     try:
         value = json.loads(text)
     except ValueError as err:
-        raise damaged(path, f"not valid JSON ({err})") from None
+        raise damaged(path, f"{where}not valid JSON ({err})") from None
     if not isinstance(value, dict):
-        raise damaged(path, f"holds a JSON {json_kind(value)}, not an object")
+        raise damaged(path, f"{where}holds a JSON {json_kind(value)}, not an object")
     return value
 
 

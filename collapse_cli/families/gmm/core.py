@@ -254,11 +254,7 @@ def scatter_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray],
         ax.set_title(f"generation {generation}", fontsize=9)
         ax.tick_params(labelsize=7)
     fig.suptitle("samples over the true density's contours", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def histogram_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray], path: Path) -> Path:
@@ -281,6 +277,13 @@ def histogram_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray
     axes[0][0].set_ylabel("density", fontsize=8)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("samples (histogram) under the true density", fontsize=10)
+    return _saved(fig, path)
+
+
+def _saved(fig, path: Path) -> Path:
+    """The figure laid out, written to `path` (its folder made) and closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
