@@ -370,7 +370,13 @@ def run_task(cfg: DictConfig) -> None:
     path = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_config = to_run_config(cfg)
-    writer = None if run_config.dry_run else writer_here(RunDir(path).status())
+    try:
+        writer = None if run_config.dry_run else writer_here(RunDir(path).status())
+    except CollapseError as err:  # a damaged status.json in the job's folder: one line, as below
+        if multirun:
+            logging.getLogger("collapse").error(str(err))
+            return
+        raise SystemExit(error_line(str(err))) from None
     if writer is not None:
         if multirun:  # the sweep goes on; its end lists this job among those that did not finish
             logging.getLogger("collapse").error(still_running(path, writer))

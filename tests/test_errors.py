@@ -224,6 +224,8 @@ CASES = [
       for name, file, why in [("metrics_dir_run", "metrics.jsonl", "folder"),
                               ("metrics_garbage_run", "metrics.jsonl", "line 2"),
                               ("summary_list_run", "summary.json", "JSON list")]],
+    ("run-into-a-damaged-folder", ["run", *GMM, "hydra.run.dir={tmp}/status_null_run"],
+     ["status_null_run/status.json", "damaged", "JSON null"], PREFLIGHT),
     ("resume-metrics-dir", ["resume", "{tmp}/metrics_dir_run"], ["metrics_dir_run/metrics.jsonl", "folder"],
      PREFLIGHT),
     ("resume-an-empty-config", ["resume", "{tmp}/empty_config_run"], [".hydra/config.yaml", "empty", "collapse run"],
