@@ -373,7 +373,7 @@ def check_finite(node: Any, prefix: str = "") -> None:
             raise CollapseError(f"{key}={value} is beyond ±{MAX_FLOAT:g}, where torch's float32 overflows; "
                                 f"give a value of a sensible scale{hint}")
         if isinstance(value, (list, tuple, Mapping)) or is_dataclass(value):
-            check_finite(value, key if not isinstance(name, int) else key)
+            check_finite(value, key)
 
 
 def machine_memory() -> int:

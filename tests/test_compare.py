@@ -313,7 +313,7 @@ def test_verdict_table_names_the_likelihood_headline_of_its_runs():
     def run(seed: int, warning) -> report_runs.Run:
         return report_runs.Run(path=Path(f"r{seed}"), name=f"r{seed}", overrides=[], seed=seed,
                                status={"state": "finished"}, summary={"early_warning": warning} if warning else {},
-                               rows=[], config={})
+                               rows=[{"generation": 0}], config={})  # a finished run has its rows
 
     gmm = {"first_tail_gen": 166, "first_ppl_gen": 12, "gap": -154, "headline": "test NLL", "text": "..."}
     old_lm = {"first_tail_gen": 1, "first_ppl_gen": None, "gap": None, "text": "..."}  # before `headline` existed

@@ -54,6 +54,7 @@ def checked_loss(value: float, step: int, generation: int) -> float:
             f"(diverged); lower the learning rate and resume: collapse resume RUN_DIR train.lr=<lower>")
     return value
 
+
 # model.family -> the module whose FAMILY attribute is the Family subclass.
 FAMILY_MODULES = {
     "lm": "collapse_cli.families.lm.family",

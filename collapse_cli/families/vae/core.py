@@ -145,11 +145,11 @@ def train_vae(model: VAE, images: np.ndarray, epochs: int, batch_size: int, lr: 
         for start in range(0, len(data), batch_size):
             batch = data[order[start:start + batch_size]]
             loss = negative_elbo(model, batch, generator).mean()
-            checked_loss(float(loss.detach()), epoch * n_batches + start // batch_size + 1, generation)
+            value = checked_loss(float(loss.detach()), epoch * n_batches + start // batch_size + 1, generation)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(batch)
+            loss_sum += value * len(batch)
             if on_step is not None:
                 on_step(epoch * n_batches + start // batch_size + 1, total_steps)
         epoch_loss = loss_sum / len(data)
