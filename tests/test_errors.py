@@ -71,7 +71,10 @@ DAMAGED_FOLDERS = {"status_list_run": {"status.json": "[1, 2]"}, "status_null_ru
                    "metrics_garbage_run": {"status.json": FAILED, "metrics.jsonl": '{"generation": 0}\ngarbage{\n'},
                    "summary_list_run": {"status.json": '{"state": "finished"}', "summary.json": "[]",
                                         "metrics.jsonl": '{"generation": 0}\n'},
-                   "empty_config_run": {"status.json": FAILED}}
+                   "empty_config_run": {"status.json": FAILED},
+                   "config_shape_run": {"status.json": FAILED, "config.yaml": "model: 5\n"},
+                   "repeated_generation_run": {"status.json": FAILED,
+                                               "metrics.jsonl": '{"generation": 0}\n{"generation": 0}\n'}}
 GMM = ["model=gmm", "dataset=gaussian"]
 VAE = ["model=vae", "dataset=digits"]
 
@@ -223,7 +226,9 @@ CASES = [
       for command in ("compare", "show")
       for name, file, why in [("metrics_dir_run", "metrics.jsonl", "folder"),
                               ("metrics_garbage_run", "metrics.jsonl", "line 2"),
-                              ("summary_list_run", "summary.json", "JSON list")]],
+                              ("summary_list_run", "summary.json", "JSON list"),
+                              ("config_shape_run", "config.yaml", "`model` holds 5"),
+                              ("repeated_generation_run", "metrics.jsonl", "line 2 repeats")]],
     ("run-into-a-damaged-folder", ["run", *GMM, "hydra.run.dir={tmp}/status_null_run"],
      ["status_null_run/status.json", "damaged", "JSON null"], PREFLIGHT),
     ("resume-metrics-dir", ["resume", "{tmp}/metrics_dir_run"], ["metrics_dir_run/metrics.jsonl", "folder"],

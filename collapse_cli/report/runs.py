@@ -33,6 +33,7 @@ from collapse_cli.rundir import (
 )
 
 OVERRIDES = Path(".hydra") / "overrides.yaml"
+CONFIG_GROUPS = ("model", "dataset", "train", "generate", "metrics", "curate", "logger")  # each a mapping
 # Config keys that say how a run was started, not what it computed: never a reason to split a group.
 NOT_EXPERIMENT_KEYS = {"seed", "resume", "dry_run", "device", "min_free_disk_mb"}
 
@@ -152,13 +153,30 @@ def discover(arguments: Sequence[str]) -> list[Path]:
     return list(folders)
 
 
+def checked_config(path: Path) -> dict:
+    """The run's resolved config.yaml (else Hydra's copy): a mapping whose groups are mappings, or {} without one."""
+    file = path / "config.yaml" if (path / "config.yaml").exists() else path / ".hydra" / "config.yaml"
+    config = read_yaml(file)
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise damaged(file, "not a mapping of config keys")
+    for group in CONFIG_GROUPS:
+        if not isinstance(config.get(group) or {}, dict):
+            raise damaged(file, f"`{group}` holds {config[group]!r}, not a mapping of keys")
+    return config
+
+
 def checked_rows(path: Path) -> list[dict]:
     """metrics.jsonl: one JSON object per line (read_metrics), each with an integer generation (if it names one)."""
-    rows = read_metrics(path)
+    rows, last = read_metrics(path), -1
     for number, row in enumerate(rows, start=1):
-        generation = row.get("generation", 0)
+        generation = row.get("generation", number - 1)
         if not isinstance(generation, int) or isinstance(generation, bool):
             raise damaged(path / METRICS, f"line {number} is not a metrics object with an integer generation")
+        if generation <= last:  # one line per generation, in order (rundir.finish_generation)
+            raise damaged(path / METRICS, f"line {number} repeats or goes back to generation {generation}")
+        last = generation
     return rows
 
 
@@ -187,8 +205,7 @@ def load_run(path: Path, name: str) -> Run:
     rows = checked_rows(path)
     overrides = read_yaml(path / OVERRIDES)
     overrides = None if overrides is None else [str(o) for o in (overrides if isinstance(overrides, list) else [])]
-    config = read_yaml(path / "config.yaml") or read_yaml(path / ".hydra" / "config.yaml")
-    config = config if isinstance(config, dict) else {}
+    config = checked_config(path)
     labelled = None if overrides is None else [o for o in overrides if is_label_override(o)]
     return Run(path=path, name=name, overrides=labelled, seed=run_seed(config, overrides or []),
                status=read_json_object(path / STATUS) or {"state": "unknown"}, summary=read_json_object(path / SUMMARY),
