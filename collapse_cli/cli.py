@@ -167,9 +167,10 @@ def check_free_disk(key: str, value: str, existing: Path, min_free_mb: int) -> N
 SUBMITIT_LAUNCHERS = {"slurm": True, "submitit_slurm": True, "local_gpus": False, "submitit_local": False}
 
 
-def check_launcher(overrides: list[str]) -> None:
-    """A sweep's launcher that cannot start here is one line before anything runs: without the extra Hydra
-    cannot find its config, and off a cluster submitit raises 'Could not detect srun'."""
+def check_launcher(overrides: list[str], multirun: bool) -> None:
+    """A launcher that cannot start here is one line before anything runs: without the extra Hydra cannot
+    find its config (even for a single run, which composes it), and off a cluster a sweep's submitit raises
+    'Could not detect srun'."""
     import importlib.util
     import shutil
 
@@ -184,7 +185,7 @@ def check_launcher(overrides: list[str]) -> None:
         if not installed:
             raise CollapseError(f'hydra/launcher={name} needs the slurm extra: pip install ".[slurm]" in the '
                                 f"collapse source folder (it installs hydra-submitit-launcher and submitit)")
-        if SUBMITIT_LAUNCHERS[name] and shutil.which("srun") is None:
+        if multirun and SUBMITIT_LAUNCHERS[name] and shutil.which("srun") is None:
             raise CollapseError(f"hydra/launcher={name}: no `srun` on this machine, so it is no SLURM cluster node; "
                                 f"start the sweep on the cluster's login node, or drop hydra/launcher to run here")
 
@@ -222,8 +223,7 @@ def preflight(overrides: list[str], multirun: bool) -> Checked:
 
     from collapse_cli.config import to_run_config
 
-    if multirun:
-        check_launcher(overrides)
+    check_launcher(overrides, multirun)
     job_overrides = [o for o in overrides if not is_hydra_override(o)]
     jobs = expand_sweeps(job_overrides) if multirun else [job_overrides]
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):

@@ -326,8 +326,8 @@ def test_bad_choice_names_the_key_and_the_choices(tmp_path: Path, capsys, monkey
 def test_a_launcher_without_the_slurm_extra_names_the_install(tmp_path: Path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_submitit_launcher", None)  # as if not installed
-    for launcher in ("slurm", "local_gpus"):
-        assert run_in_process(["run", "-m", *GMM, "seed=0,1", f"hydra/launcher={launcher}"]) == 2
+    for launcher, sweep in (("slurm", ["-m", "seed=0,1"]), ("local_gpus", ["-m", "seed=0,1"]), ("slurm", [])):
+        assert run_in_process(["run", *sweep, *GMM, f"hydra/launcher={launcher}"]) == 2
         line = capsys.readouterr().err.strip()
         assert "\n" not in line and f'hydra/launcher={launcher} needs the slurm extra: pip install ".[slurm]"' in line
     assert not (tmp_path / "outputs").exists()
