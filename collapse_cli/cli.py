@@ -233,7 +233,8 @@ def preflight(overrides: list[str], multirun: bool) -> Checked:
     where = "sweep" if multirun else "run"
     folder = str(OmegaConf.to_container(hydra_cfg[where], resolve=False)["dir"])
     existing = check_output_folder(f"hydra.{where}.dir", folder)
-    check_free_disk(f"hydra.{where}.dir", folder, existing, max(run.min_free_disk_mb for run in runs))
+    if not all(run.dry_run for run in runs):  # a dry run writes nothing it keeps
+        check_free_disk(f"hydra.{where}.dir", folder, existing, max(run.min_free_disk_mb for run in runs))
     return Checked(runs, *resolve_sweep_dir(hydra_cfg)) if multirun else Checked(runs)
 
 
