@@ -128,8 +128,9 @@ def is_hydra_override(override: str) -> bool:
     return override.lstrip("+~").startswith("hydra")
 
 
-def check_output_folder(key: str, value: str) -> None:
-    """The folder Hydra will create, checked before it tries (os.makedirs would raise a traceback)."""
+def check_output_folder(key: str, value: str) -> Path:
+    """The folder Hydra will create, checked before it tries (os.makedirs would raise a traceback);
+    returns its nearest existing ancestor (or itself)."""
     import os
     import tempfile
 
@@ -151,6 +152,46 @@ def check_output_folder(key: str, value: str) -> None:
     except OSError as err:
         raise CollapseError(f"{key}={value}: cannot create a folder in {existing} ({err.strerror}); "
                             f"choose a writable {key}") from None
+    return existing
+
+
+def check_free_disk(key: str, value: str, existing: Path, min_free_mb: int) -> None:
+    """A disk already full stops here, before Hydra writes .hydra/ there (its failed write would be a
+    traceback and leave an empty config.yaml); the loop checks the same minimum before every generation."""
+    import shutil
+
+    free_mb = shutil.disk_usage(existing).free / 2**20
+    need_mb = max(min_free_mb, 1)  # Hydra's own files need some
+    if free_mb < need_mb:
+        raise CollapseError(f"{key}={value}: only {free_mb:.0f} MiB free on the disk of {existing}, below the "
+                            f"{need_mb} MiB a run starts with (min_free_disk_mb); free space or choose another {key}")
+
+
+# Launchers of the [slurm] extra (hydra-submitit-launcher), by their `hydra/launcher=` names.
+SUBMITIT_LAUNCHERS = {"slurm": True, "submitit_slurm": True, "local_gpus": False, "submitit_local": False}
+
+
+def check_launcher(overrides: list[str], multirun: bool) -> None:
+    """A launcher that cannot start here is one line before anything runs: without the extra Hydra cannot
+    find its config (even for a single run, which composes it), and off a cluster a sweep's submitit raises
+    'Could not detect srun'."""
+    import importlib.util
+    import shutil
+
+    for override in overrides:
+        key, _, name = override.partition("=")
+        if key.lstrip("+~") != "hydra/launcher" or name not in SUBMITIT_LAUNCHERS:
+            continue
+        try:
+            installed = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+        except ImportError:
+            installed = False
+        if not installed:
+            raise CollapseError(f'hydra/launcher={name} needs the slurm extra: pip install ".[slurm]" in the '
+                                f"collapse source folder (it installs hydra-submitit-launcher and submitit)")
+        if multirun and SUBMITIT_LAUNCHERS[name] and shutil.which("srun") is None:
+            raise CollapseError(f"hydra/launcher={name}: no `srun` on this machine, so it is no SLURM cluster node; "
+                                f"start the sweep on the cluster's login node, or drop hydra/launcher to run here")
 
 
 def expand_sweeps(overrides: list[str]) -> list[list[str]]:
@@ -186,6 +227,7 @@ def preflight(overrides: list[str], multirun: bool) -> Checked:
 
     from collapse_cli.config import to_run_config
 
+    check_launcher(overrides, multirun)
     job_overrides = [o for o in overrides if not is_hydra_override(o)]
     jobs = expand_sweeps(job_overrides) if multirun else [job_overrides]
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):
@@ -193,7 +235,10 @@ def preflight(overrides: list[str], multirun: bool) -> Checked:
         hydra_overrides = [o for o in overrides if is_hydra_override(o)]
         hydra_cfg = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True).hydra
     where = "sweep" if multirun else "run"
-    check_output_folder(f"hydra.{where}.dir", str(OmegaConf.to_container(hydra_cfg[where], resolve=False)["dir"]))
+    folder = str(OmegaConf.to_container(hydra_cfg[where], resolve=False)["dir"])
+    existing = check_output_folder(f"hydra.{where}.dir", folder)
+    if not all(run.dry_run for run in runs):  # a dry run writes nothing it keeps
+        check_free_disk(f"hydra.{where}.dir", folder, existing, max(run.min_free_disk_mb for run in runs))
     return Checked(runs, *resolve_sweep_dir(hydra_cfg)) if multirun else Checked(runs)
 
 
@@ -330,7 +375,13 @@ def run_task(cfg: DictConfig) -> None:
     path = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_config = to_run_config(cfg)
-    writer = None if run_config.dry_run else writer_here(RunDir(path).status())
+    try:
+        writer = None if run_config.dry_run else writer_here(RunDir(path).status())
+    except CollapseError as err:  # a damaged status.json in the job's folder: one line, as below
+        if multirun:
+            logging.getLogger("collapse").error(str(err))
+            return
+        raise SystemExit(error_line(str(err))) from None
     if writer is not None:
         if multirun:  # the sweep goes on; its end lists this job among those that did not finish
             logging.getLogger("collapse").error(still_running(path, writer))
@@ -348,7 +399,8 @@ def run_task(cfg: DictConfig) -> None:
         atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     with gpu_slots.claim_one(path, run_config.device):
         try:
-            code = execute_guarded(run_config, path)
+            in_sweep = multirun and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
+            code = execute_guarded(run_config, path, says_interrupt=not in_sweep)
         except Exception:
             if not multirun:
                 raise
@@ -405,8 +457,9 @@ def with_resume_overrides(cfg: DictConfig, path: Path, overrides: Optional[list[
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist([*resume_overrides(path), *(overrides or [])]))
 
 
-def execute_guarded(run_config, path: Path) -> int:
-    """Run the loop (in worker processes when nproc > 1); turn every way it can stop into a status and an exit code."""
+def execute_guarded(run_config, path: Path, says_interrupt: bool = True) -> int:
+    """Run the loop (in worker processes when nproc > 1); turn every way it can stop into a status and an exit code.
+    `says_interrupt` False: an in-process sweep says the one line for a Ctrl-C itself (how to finish the sweep)."""
     from collapse_cli.environment import apply_threads
     from collapse_cli.experiment import distributed
     from collapse_cli.experiment.loop import execute, execute_rank
@@ -451,7 +504,8 @@ def execute_guarded(run_config, path: Path) -> int:
     except KeyboardInterrupt as err:
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted by the user (Ctrl-C)"
         mark("interrupted", f"{how}; `collapse resume {path}` continues it")
-        print(f"collapse: interrupted; resume with: collapse resume {path}", file=sys.stderr)
+        if says_interrupt:
+            print(f"collapse: interrupted; resume with: collapse resume {path}", file=sys.stderr)
         return INTERRUPTED
     except Exception as err:
         if not _disk_full(err):
@@ -535,7 +589,7 @@ def resume_command(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from collapse_cli.config import to_run_config
-    from collapse_cli.rundir import RunDir, live_state, unwritten_reason, writer_here
+    from collapse_cli.rundir import RunDir, check_resumable, live_state, read_run_text, unwritten_reason, writer_here
 
     if not args or any(arg.startswith("-") for arg in args) or any("=" not in arg for arg in args[1:]):
         return error_line("usage: collapse resume RUN_DIR [key=value ...]")
@@ -547,6 +601,7 @@ def resume_command(args: list[str]) -> int:
     if status.get("state") == "finished":
         print(f"collapse: {path} already finished; nothing to resume")
         return 0
+    check_resumable(path)
     writer = writer_here(status)
     if writer is not None:
         return error_line(still_running(path, writer))
@@ -555,14 +610,20 @@ def resume_command(args: list[str]) -> int:
         print(f"collapse: warning: {path}/status.json says running {unwritten_reason(status)}; resuming, "
               f"so make sure that process has stopped", file=sys.stderr)
     _register()
+    text = read_run_text(saved)  # a folder, unreadable or not UTF-8: the one-line "damaged" error
+    if not text.strip():
+        return error_line(f"{saved}: empty: Hydra could not write the run's config (a full disk?), so the run never "
+                          f"started; start it again with `collapse run`")
     try:
-        recorded = OmegaConf.load(saved)
-    except Exception as err:  # YAML syntax, unreadable file
+        recorded = OmegaConf.create(text)
+    except Exception as err:  # YAML syntax
         recorded = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
     if isinstance(recorded, str) or not OmegaConf.is_dict(recorded):
         why = recorded if isinstance(recorded, str) else "not a mapping of keys"
         return error_line(f"{saved}: not a run configuration ({why}); the file was edited: restore it or start anew")
     try:
+        for override in overrides:
+            check_resume_override(override, recorded)
         # Overrides fix what stopped the run (a diverging train.lr, say); later generations use them.
         config = with_resume_overrides(recorded, path, overrides)
         run_config = to_run_config(config)
@@ -588,6 +649,19 @@ def resume_command(args: list[str]) -> int:
                                        f"(generations 0 to {done - 1:,} are done and kept)" if done else
                                        f"resuming {path} from generation 0 of {run_config.generations:,}")
     return execute_guarded(run_config, path)
+
+
+def check_resume_override(override: str, recorded: DictConfig) -> None:
+    """A resume changes keys of the recorded run (train.lr=1e-4); it cannot pick another group option
+    (model=vae) or family: those make another run, and would otherwise surface as a baffling type error."""
+    key, _, value = override.partition("=")
+    key = key.lstrip("+~")
+    groups = {folder.name for folder in Path(conf_dir()).iterdir() if folder.is_dir()}
+    recorded_family = str(recorded.get("model", {}).get("family", "lm"))
+    if key.split("/")[0] in groups and "." not in key or key == "model.family" and value != recorded_family:
+        raise CollapseError(f"{override}: a resume continues the recorded run "
+                            f"(model.family={recorded_family}) with changed keys, such as train.lr=1e-4; {key}= "
+                            f"would make another run: start it with `collapse run {override} ...`")
 
 
 def _quiet_libraries() -> None:

@@ -7,11 +7,15 @@ OmegaConf (unknown keys, wrong types) before `validate` checks value ranges.
 
 from __future__ import annotations
 
+import math
+import os
+import typing
 from collections.abc import Mapping
+from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -336,6 +340,88 @@ def _check(ok: bool, message: str) -> None:
         raise CollapseError(message)
 
 
+# --- numbers: finite everywhere, and sizes this machine can hold (every family's validate uses these) ---
+
+# float32 ends at 3.4e38: train.lr=1e39 was an overflow traceback inside torch's Adam.
+MAX_FLOAT = 1e30
+# Counts that only cost time (resamples, sequences scored): above this a value is a typo, not a plan.
+MAX_COUNT = 100_000
+
+
+def _default_of(parent: Any, name: str) -> str:
+    """The schema's default of a field, for the fix in a message ("" when it has none)."""
+    for spec in fields(parent):
+        if spec.name == name:
+            default = spec.default if spec.default is not NO_DEFAULT else None
+            return f" (the default is {default})" if isinstance(default, (int, float)) else ""
+    return ""
+
+
+def check_finite(node: Any, prefix: str = "") -> None:
+    """Every float of the typed config, nested dataclasses and lists included, is finite and within ±MAX_FLOAT.
+
+    inf and nan pass OmegaConf's types and most range checks (inf > 0), then surface as a
+    traceback deep inside sklearn or torch, or as a run that "finishes" with inf metrics.
+    """
+    items = ([(spec.name, getattr(node, spec.name)) for spec in fields(node)] if is_dataclass(node)
+             else list(node.items()) if isinstance(node, Mapping)
+             else list(enumerate(node)) if isinstance(node, (list, tuple)) else [])
+    for name, value in items:
+        key = f"{prefix}[{name}]" if isinstance(name, int) else f"{prefix}{'.' if prefix else ''}{name}"
+        hint = _default_of(node, name) if is_dataclass(node) else ""
+        if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+            raise CollapseError(f"{key}={value} is not a finite number; give a finite value{hint}")
+        if isinstance(value, (float, np.floating)) and abs(value) > MAX_FLOAT:
+            raise CollapseError(f"{key}={value} is beyond ±{MAX_FLOAT:g}, where torch's float32 overflows; "
+                                f"give a value of a sensible scale{hint}")
+        if isinstance(value, (list, tuple, Mapping)) or is_dataclass(value):
+            check_finite(value, key)
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes (1 TiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**40
+
+
+def check_memory(need_bytes: float, what: str, fix: str) -> None:
+    """Refuse, before any folder exists, a size whose smallest allocation exceeds the machine's memory:
+    `need_bytes` counts only what the run cannot avoid holding at once, so a refusal is never a false alarm."""
+    have = machine_memory()
+    if need_bytes > have:
+        raise CollapseError(f"{what} needs at least {need_bytes / 2**30:,.0f} GiB of memory, more than this "
+                            f"machine's {have / 2**30:,.0f} GiB; {fix}")
+
+
+def keys_text(group: str, node: Any, names: tuple[str, ...]) -> str:
+    """`model.hidden=256, model.latent=20`: the keys a size estimate read, as the user sets them."""
+    return ", ".join(f"{group}.{name}={getattr(node, name)}" for name in names)
+
+
+def check_count(key: str, value: int, ceiling: int = MAX_COUNT) -> None:
+    """A count that costs time, not memory: the documented ceiling catches a typo (1e8 for 1e3)."""
+    _check(value <= ceiling, f"{key}={value} is above {ceiling:,}, its ceiling; lower it")
+
+
+def _as_float_lists(values: Any, hint: Any) -> Any:
+    """ints where the schema says float, as floats, inside lists too: OmegaConf 2.3 converts a plain float
+    field's int (mix=0) but refuses one in a nested list (`dataset.means=[[-2,0],[2,0]]`)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:  # Optional[X]
+        hint = next((arg for arg in args if arg is not type(None)), Any)
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if is_dataclass(hint) and isinstance(values, dict):
+        hints = typing.get_type_hints(hint)
+        return {key: _as_float_lists(value, hints.get(key, Any)) for key, value in values.items()}
+    if origin is list and args and isinstance(values, list):
+        return [_as_float_lists(value, args[0]) for value in values]
+    if hint is float and is_int(values):
+        return float(values)
+    return values
+
+
 def _validate_model(m: ModelConfig) -> None:
     _check(m.name != "",
            "model.name is empty: use model=tiny, model=smollm2, model=opt125m, model=gpt2 or model.path=/folder")
@@ -353,24 +439,38 @@ def _validate_model(m: ModelConfig) -> None:
     _check(m.hidden_size % m.num_heads == 0,
            f"model.hidden_size={m.hidden_size} must be divisible by model.num_heads={m.num_heads}")
     _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
+    if m.name == "tiny" and m.path is None:  # built from these keys; a hub model's size is the hub's
+        embeddings = (m.bpe_vocab_size + m.max_positions) * m.hidden_size
+        layers = m.num_layers * (4 * m.hidden_size**2 + 2 * m.hidden_size * m.ffn_dim)
+        # fp32 weights, gradients and Adam's two moments: 16 bytes a parameter.
+        check_memory(16 * (embeddings + layers), "model=tiny with " + keys_text(
+            "model", m, ("hidden_size", "num_layers", "ffn_dim", "bpe_vocab_size", "max_positions")), "lower them")
 
 
-def _check_seed(key: str, seed: int) -> None:
+def check_seed(key: str, seed: int) -> None:
     """Seeds feed numpy's SeedSequence and torch.manual_seed: non-negative, and 32 bits is plenty."""
     _check(0 <= seed < 2**32, f"{key}={seed} must be an integer from 0 to {2**32 - 1}")
 
 
 def _validate_dataset(d: DatasetConfig) -> None:
-    _check_seed("dataset.seed", d.seed)
+    check_seed("dataset.seed", d.seed)
     for key in ("vocab_words", "successors", "train_tokens", "valid_tokens", "test_tokens"):
         _check(getattr(d, key) > 0, f"dataset.{key}={getattr(d, key)} must be positive")
     for key in ("max_train_blocks", "max_test_blocks"):
         value = getattr(d, key)
         _check(value is None or value > 0, f"dataset.{key}={value} must be positive or null")
     _check(0.0 <= d.successor_weight <= 1.0, f"dataset.successor_weight={d.successor_weight} must be in [0, 1]")
-    _check(d.zipf_exponent > 0, f"dataset.zipf_exponent={d.zipf_exponent} must be positive")
+    # Above 10 the Zipf law is one word (its powers overflow with warnings); the default is 1.1.
+    _check(0 < d.zipf_exponent <= 10, f"dataset.zipf_exponent={d.zipf_exponent} must be in (0, 10]")
+    if d.name == "builtin":  # the language's tables and its token ids (int64) are held at once
+        check_memory(8 * (d.vocab_words * (d.successors + 16) + d.train_tokens + d.valid_tokens + d.test_tokens),
+                     keys_text("dataset", d, ("vocab_words", "successors", "train_tokens", "valid_tokens",
+                                              "test_tokens")), "lower them")
     _check(d.doc_separator in ("blank_line", "line", "row") or d.doc_separator.startswith("literal:"),
            f"dataset.doc_separator={d.doc_separator!r}: use blank_line, line, row or literal:<text>")
+    _check(d.doc_separator != "literal:",
+           "dataset.doc_separator=literal: names no text to split documents on; give one, e.g. "
+           "dataset.doc_separator='literal:<|endoftext|>', or use blank_line, line or row")
     if d.name == "text":
         _check(d.train is not None and d.test is not None,
                "dataset=text needs files: set dataset.train=PATH and dataset.test=PATH (dataset.valid optional)")
@@ -380,9 +480,23 @@ def _validate_dataset(d: DatasetConfig) -> None:
         if path is None:
             continue
         file = Path(path).expanduser()
-        _check(file.is_file(), f"dataset.{key}={path}: no such file; give the path of a UTF-8 text file")
+        _check(file.exists(), f"dataset.{key}={path}: no such file; give the path of a UTF-8 text file")
+        _check(file.is_file(), f"dataset.{key}={path}: {_not_a_file(file)}, not a regular file; give the path of "
+                               f"a UTF-8 text file")
+        _check(file.stat().st_size > 0 or not _is_virtual(file),
+               f"dataset.{key}={path}: a virtual file of the kernel (/proc, /sys) that reports size 0; copy its "
+               f"text into a regular file and give that")
         _check(file.stat().st_size > 0,
                f"dataset.{key}={path}: the file is empty; give a text file with at least one document")
+
+
+def _not_a_file(path: Path) -> str:
+    return "a folder" if path.is_dir() else "a device, pipe or socket"
+
+
+def _is_virtual(path: Path) -> bool:
+    """/proc and /sys files report size 0 though they read as text."""
+    return path.resolve().parts[1:2] in (("proc",), ("sys",))
 
 
 # --- curate: values the type system cannot range-check (the filters live in families/lm/curate.py) ---
@@ -492,6 +606,8 @@ def _validate_generate(g: GenerateConfig, block_size: int) -> None:
            f"prompts are real block prefixes")
     _check(g.new_tokens >= 2, f"generate.new_tokens={g.new_tokens} must be at least 2")
     _check(g.batch_size >= 1, f"generate.batch_size={g.batch_size} must be at least 1")
+    check_count("generate.num_beams", g.num_beams, 1024)
+    check_count("generate.top_k", g.top_k, 10**9)  # above any vocabulary: the same as 0 (off)
 
 
 def check_lengths(cfg: RunConfig, limit: int) -> None:
@@ -527,6 +643,9 @@ def check_nproc(nproc: int, device: str, n_gpus: int) -> None:
     _check(nproc == 1 or not on_cuda or nproc <= n_gpus,
            f"nproc={nproc} needs {nproc} GPUs but {n_gpus} CUDA device(s) are visible; "
            f"lower nproc, or set device=cpu for {nproc} CPU processes")
+    cores = os.cpu_count() or 1
+    _check(on_cuda or nproc <= cores, f"nproc={nproc} CPU processes, but this machine has {cores} cores; "
+                                      f"lower nproc to {cores} or fewer")
 
 
 def _validate_run(cfg: RunConfig) -> None:
@@ -534,7 +653,7 @@ def _validate_run(cfg: RunConfig) -> None:
     _check(cfg.generations >= 1,
            f"generations={cfg.generations} must be at least 1 (recursive generations after generation 0)")
     _check(cfg.generations <= MAX_GENERATIONS, f"generations={cfg.generations} is above {MAX_GENERATIONS}; run fewer")
-    _check_seed("seed", cfg.seed)
+    check_seed("seed", cfg.seed)
     _check(not (cfg.regime == "fresh" and cfg.mix == 0.0),
            "regime=fresh draws each generation's real share from unseen data, so it needs mix > 0: set mix=0.1, say")
     _check(not (cfg.regime.startswith("accumulate") and cfg.mix == 0.0),
@@ -551,6 +670,9 @@ def _validate_run(cfg: RunConfig) -> None:
     _check(0.0 < cfg.metrics.sliding_stride <= 1.0,
            f"metrics.sliding_stride={cfg.metrics.sliding_stride} must be in (0, 1]")
     _check(cfg.min_free_disk_mb >= 0, f"min_free_disk_mb={cfg.min_free_disk_mb} must be >= 0")
+    for key in ("bootstrap", "self_bleu_sample"):
+        check_count(f"metrics.{key}", getattr(cfg.metrics, key))
+    check_count("train.epochs", cfg.train.epochs)
 
 
 def validate_lm(cfg: RunConfig) -> None:
@@ -558,6 +680,10 @@ def validate_lm(cfg: RunConfig) -> None:
     _validate_model(cfg.model)
     _validate_dataset(cfg.dataset)
     _validate_generate(cfg.generate, cfg.train.block_size)
+    for key in ("near_dedup_n", "repetition_n"):  # a longer n-gram fits in no sequence: nothing to compare
+        n = getattr(cfg.curate, key)
+        _check(n <= cfg.train.block_size, f"curate.{key}={n} is longer than a sequence (train.block_size="
+                                          f"{cfg.train.block_size}); use a shorter n-gram, e.g. curate.{key}=8")
     if cfg.model.name == "tiny" and cfg.model.path is None:
         # `tiny` is built from this config, so its length limit is known before anything loads.
         check_lengths(cfg, cfg.model.max_positions)
@@ -579,6 +705,7 @@ def _validate_family(cfg: RunConfig, family: Any) -> None:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Range checks that the type system cannot express; raises CollapseError."""
+    check_finite(cfg)
     _validate_run(cfg)
     _check(cfg.threads == "auto" or (cfg.threads.isdigit() and int(cfg.threads) >= 1),
            f"threads={cfg.threads}: use auto (the cores this process may use) or a whole number of threads, e.g. 4")
@@ -628,6 +755,9 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
     expected = RunConfig(model=family.model_schema(), dataset=family.dataset_schema())
     unknown = _unknown_key(values, expected)
     _check(unknown is None, f"{unknown}: no such key (check its spelling; `collapse run --cfg job` lists every key)")
+    for key, typed in (("model", family.model_schema), ("dataset", family.dataset_schema)):
+        if isinstance(values.get(key), dict):
+            cfg = OmegaConf.merge(cfg, {key: _as_float_lists(values[key], typed)})
     run_config = OmegaConf.to_object(OmegaConf.merge(schema(family), cfg))
     assert isinstance(run_config, RunConfig)
     return validate(run_config)

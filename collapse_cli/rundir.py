@@ -181,8 +181,12 @@ class RunDir:
     def write_json(self, relative: str | Path, obj: Any) -> None:
         self._write(relative, (to_json(obj) + "\n").encode())
 
-    def read_json(self, relative: str | Path) -> Any:
-        return json.loads((self.path / relative).read_text())
+    def read_json(self, relative: str | Path) -> dict:
+        """A JSON object the run wrote (a generation's metrics.json); damaged or missing is a one-line error."""
+        value = read_json_object(self.path / relative)
+        if value is None:
+            raise damaged(self.path / relative, "missing")
+        return value
 
     def save_array(self, relative: str | Path, array: np.ndarray) -> None:
         import io
@@ -220,10 +224,7 @@ class RunDir:
         self.write_json(STATUS, status)
 
     def status(self) -> dict:
-        try:
-            return self.read_json(STATUS)
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {"state": "unknown"}
+        return read_json_object(self.path / STATUS) or {"state": "unknown"}
 
     # --- generations --------------------------------------------------------
     def done_generations(self) -> list[int]:
@@ -270,12 +271,13 @@ def read_yaml(path: Path) -> Any:
     """A run folder's YAML file (config, Hydra's overrides, resume record); None when the file is absent."""
     import yaml
 
-    if not path.is_file():
+    text = read_run_text(path)
+    if text is None:
         return None
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise CollapseError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix or remove that run") from err
+        raise damaged(path, f"not valid YAML ({str(err).splitlines()[0]})") from None
 
 
 def resume_overrides(path: Path) -> list[str]:
@@ -294,10 +296,89 @@ def resume_overrides(path: Path) -> list[str]:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's rows, [] without the file; CollapseError (damaged) naming the first line that is not
+    a JSON object."""
     file = Path(path) / METRICS
-    if not file.exists():
-        return []
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate((read_run_text(file) or "").splitlines(), start=1):
+        if not line.strip():
+            continue
+        rows.append(json_object(line, file, f"line {number} "))
+    return rows
+
+
+# --- the one guarded reader of run-folder files (compare, show, resume and a run's own start) ---
+
+
+def damaged(path: Path, why: str) -> CollapseError:
+    """The one-line error for a run-folder file that is there but cannot be used."""
+    return CollapseError(f"{path}: damaged: {why}; fix or remove that run")
+
+
+def json_kind(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+def read_run_text(path: Path) -> Optional[str]:
+    """A run-folder file's UTF-8 text; None when it does not exist. A folder in its place, a file this user
+    cannot read or one that is not UTF-8 is an error naming the file and why, never a traceback."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except IsADirectoryError:
+        why = "a folder stands where this file should be"
+    except PermissionError:
+        why = f"this user (uid {os.getuid()}) may not read it"
+    except UnicodeDecodeError as err:
+        why = f"not UTF-8 text (byte {err.start} is {err.object[err.start:err.start + 1]!r})"
+    except OSError as err:
+        why = f"cannot read it ({err.strerror})"
+    raise damaged(path, why)
+
+
+def read_run_array(path: Path) -> Optional[np.ndarray]:
+    """A run-folder .npy array (no pickles); None when absent; damaged when it is not one."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError) as err:
+        why = getattr(err, "strerror", None) or str(err).split(". ")[0]
+        raise damaged(path, f"not a readable .npy array ({why})") from None
+
+
+def check_resumable(path: Path) -> None:
+    """Before a resume writes anything: the run folder, its .hydra/ and what is directly in them must be this
+    user's to write (another user's run stops here, not halfway through), and no folder may stand where the
+    run rewrites a file."""
+    folders = [Path(path), Path(path) / ".hydra"]
+    entries = [p for folder in folders if folder.is_dir() for p in sorted(folder.iterdir())]
+    for entry in (p for p in [*folders, *entries] if not os.access(p, os.W_OK)):
+        owner = entry.stat().st_uid
+        raise CollapseError(f"{entry}: this user (uid {os.getuid()}) may not write it (owner: uid {owner}); "
+                            f"resume as the run's owner, or copy the folder and resume the copy")
+    for name in (STATUS, METRICS, SUMMARY, "config.yaml", "collapse.log"):
+        if (Path(path) / name).is_dir():
+            raise damaged(Path(path) / name, "a folder stands where this file should be")
+
+
+def read_json_object(path: Path) -> Optional[dict]:
+    """A JSON object file (status.json, summary.json, a generation's metrics.json); None when absent."""
+    text = read_run_text(path)
+    return None if text is None else json_object(text, path)
+
+
+def json_object(text: str, path: Path, where: str = "") -> dict:
+    """`text` (all of `path`, or its line `where`) parsed as a JSON object; damaged otherwise."""
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise damaged(path, f"{where}not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise damaged(path, f"{where}holds a JSON {json_kind(value)}, not an object")
+    return value
 
 
 def read_texts_gz(path: Path) -> list[str]:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
+import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -310,7 +313,7 @@ def test_verdict_table_names_the_likelihood_headline_of_its_runs():
     def run(seed: int, warning) -> report_runs.Run:
         return report_runs.Run(path=Path(f"r{seed}"), name=f"r{seed}", overrides=[], seed=seed,
                                status={"state": "finished"}, summary={"early_warning": warning} if warning else {},
-                               rows=[], config={})
+                               rows=[{"generation": 0}], config={})  # a finished run has its rows
 
     gmm = {"first_tail_gen": 166, "first_ppl_gen": 12, "gap": -154, "headline": "test NLL", "text": "..."}
     old_lm = {"first_tail_gen": 1, "first_ppl_gen": None, "gap": None, "text": "..."}  # before `headline` existed
@@ -320,3 +323,115 @@ def test_verdict_table_names_the_likelihood_headline_of_its_runs():
     assert verdict_table([report_runs.Group("lm", [run(0, old_lm)])]).headers[3] == "test perplexity"
     assert verdict_table([report_runs.Group("lm", [run(0, old_lm)]),
                           report_runs.Group("gmm", [run(1, gmm)])]).headers[3] == "likelihood"
+
+
+# --- damaged and foreign run folders (issue #21): one line naming the file, never a traceback ---------------
+
+OTHER_UID = 65534  # nobody
+
+
+@pytest.fixture(scope="module")
+def gmm_run(tmp_path_factory) -> Path:
+    """A finished GMM run (seconds) in a folder every user may traverse (pytest's tmp root is the owner's alone)."""
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="collapse-shared-"))
+    shared.chmod(0o755)
+    assert cli_main(["run", "model=gmm", "dataset=gaussian", "generations=2", "dataset.n_train=200",
+                     f"hydra.run.dir={shared / 'run'}"]) == 0
+    yield shared / "run"
+    for path in shared.rglob("*"):  # chmod'ed by the tests: make it removable again
+        path.chmod(0o755)
+    shutil.rmtree(shared)
+
+
+def copy_of(run: Path, name: str) -> Path:
+    copy = run.parent / name
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(run, copy)
+    copy.chmod(0o755)
+    return copy
+
+
+def as_another_user(args: list[str]) -> tuple[int, str]:
+    """`collapse ARGS` in a forked child that is not the files' owner: as root, uid and gid 65534 (root reads
+    everything, so a chmod alone tests nothing); otherwise this user, whom a chmod 000 shuts out as well.
+    Forked rather than started: the interpreter may live where the other user may not read (a root pyenv),
+    so what the command needs is imported here, before the fork. Returns (exit code, stderr)."""
+    import collapse_cli.cli  # noqa: F401
+    import collapse_cli.config  # noqa: F401
+    import collapse_cli.report.compare  # noqa: F401
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 99
+        try:
+            os.close(read_end)
+            sys.stderr = open(write_end, "w", closefd=False)
+            sys.stdout = open(os.devnull, "w")
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(OTHER_UID)
+                os.setuid(OTHER_UID)
+            assert os.geteuid() != 0
+            code = cli_main(list(args))
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        errors = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), errors
+
+
+def one_line(code: int, errors: str) -> str:
+    assert "Traceback" not in errors and code == 2, (code, errors[-3000:])
+    (line,) = errors.strip().splitlines()
+    assert line.startswith("collapse: error: ")
+    return line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file", ["status.json", "metrics.jsonl", "summary.json", "config.yaml",
+                                  ".hydra/overrides.yaml"])
+def test_a_file_another_user_may_not_read_is_one_line_in_compare_and_show(gmm_run, file):
+    run = copy_of(gmm_run, f"unreadable_{file.replace('/', '_')}")
+    (run / file).chmod(0o000)
+    uid = OTHER_UID if os.geteuid() == 0 else os.getuid()
+    for command in ("compare", "show"):
+        line = one_line(*as_another_user([command, str(run)]))
+        assert f"{run / file}: damaged: this user (uid {uid}) may not read it" in line, line
+
+
+@pytest.mark.slow
+def test_a_folder_another_user_may_not_search_is_one_line(gmm_run):
+    run = copy_of(gmm_run, "unsearchable")
+    run.chmod(0o000)
+    line = one_line(*as_another_user(["compare", str(run)]))
+    assert f"{run}: cannot look into it (Permission denied)" in line
+
+
+@pytest.mark.slow
+def test_resuming_another_users_run_is_refused_before_it_writes_anything(gmm_run):
+    run = copy_of(gmm_run, "foreign")
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "state": "failed", "reason": "made up"}))
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    run.chmod(0o555)  # root's folder is not nobody's to write either way; a non-root owner is shut out by this
+    line = one_line(*as_another_user(["resume", str(run), "model.tol=1e-4"]))
+    assert f"{run}: this user (uid " in line and "may not write it" in line and "copy the folder" in line
+    run.chmod(0o755)
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+
+
+def test_a_finished_run_whose_metrics_are_gone_gets_no_verdict(gmm_run, capsys):
+    run = copy_of(gmm_run, "emptied")
+    (run / "metrics.jsonl").write_text("")
+    assert cli_main(["show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "no verdict: damaged: metrics.jsonl: no generations in it" in out
+    assert "departed" not in out  # summary.json's verdict is not repeated as if the run stood behind it

@@ -155,3 +155,107 @@ def test_a_wrong_option_is_offered_the_shipped_options_and_no_schema(group: str,
     assert run_in_process(["run", f"{group}=nonesuch", "dry_run=true"]) == 2
     shipped = ", ".join(sorted(p.stem for p in (Path(conf_dir()) / group).glob("*.yaml")))
     assert capsys.readouterr().err.strip().endswith(f"use one of {shipped}")
+
+
+# --- every numeric key (issue #21): finite everywhere, and no size that cannot fit -----------------------
+
+FAMILY_ARGS = {"lm": [], "gmm": ["model=gmm", "dataset=gaussian"], "vae": ["model=vae", "dataset=digits"]}
+# Ints that may be as large as one likes: caps (a cap above the data is the data), batch sizes (clipped to
+# the data), and min_free_disk_mb (preflight compares it with the disk: tests/test_errors.py).
+HUGE_IS_HARMLESS = {"min_free_disk_mb", "dataset.max_train_blocks", "dataset.max_test_blocks", "dataset.max_train",
+                    "train.batch_size", "generate.batch_size", "metrics.eval_batch_size", "model.batch_size"}
+# A model's defaults of train.* (conf/config.yaml interpolates them): the message names the key they feed.
+FEEDS = {"model.epochs": "train.epochs", "model.batch_size": "train.batch_size", "model.lr": "train.lr"}
+# Keys of the shared groups that the GMM and the VAE never read (they train by EM, or on no token blocks).
+NOT_READ_BY = {"gmm": ("generate.", "train.block_size", "curate."), "vae": ("generate.", "train.block_size", "curate.")}
+
+
+def numeric_keys(schema: type, prefix: str = "") -> list[tuple[str, type]]:
+    """(dotted key, int or float) of every number field under a config dataclass, nested ones included."""
+    import typing
+    from dataclasses import fields, is_dataclass
+
+    hints, keys = typing.get_type_hints(schema), []
+    for spec in fields(schema):
+        hint = hints[spec.name]
+        if typing.get_origin(hint) is typing.Union:  # Optional[X]
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        if is_dataclass(hint):
+            keys += numeric_keys(hint, f"{prefix}{spec.name}.")
+        elif hint in (int, float):
+            keys.append((f"{prefix}{spec.name}", hint))
+    return keys
+
+
+def family_keys(family_name: str) -> list[tuple[str, type]]:
+    family = get_family(family_name)
+    shared = [(k, t) for k, t in numeric_keys(RunConfig) if not k.startswith(("model.", "dataset.", "logger."))]
+    return (shared + [(f"model.{k}", t) for k, t in numeric_keys(family.model_schema)]
+            + [(f"dataset.{k}", t) for k, t in numeric_keys(family.dataset_schema)])
+
+
+def refusal(overrides: list[str]) -> str:
+    """The one-line message of the CollapseError the config is refused with (fails the test if it passes)."""
+    with pytest.raises(CollapseError) as caught:
+        composed(overrides)
+    return str(caught.value)
+
+
+def refusals(base: list[str], overrides: list[str]) -> dict[str, str]:
+    """refusal() of base + each override, composed in one Hydra context (a context per config costs seconds)."""
+    _register()
+    messages = {}
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        for override in overrides:
+            with pytest.raises(CollapseError) as caught:
+                to_run_config(compose(config_name="config", overrides=[*base, override]))
+            messages[override] = str(caught.value)
+    return messages
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_ARGS))
+def test_every_float_key_of_every_family_refuses_inf_and_nan(family: str):
+    keys = [key for key, kind in family_keys(family) if kind is float]
+    assert len(keys) >= 5, keys
+    messages = refusals(FAMILY_ARGS[family], [f"{key}={value}" for key in keys for value in ("inf", "nan")])
+    for override, message in messages.items():
+        assert message.startswith(f"{override} is not a finite number"), (override, message)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_ARGS))
+def test_every_size_key_of_every_family_refuses_1e11(family: str):
+    """1e11 of anything the family reads is a typo: refused at the door, never an allocation traceback."""
+    keys = [key for key, kind in family_keys(family) if kind is int and key not in HUGE_IS_HARMLESS
+            and not key.startswith(NOT_READ_BY.get(family, ()))]
+    assert len(keys) >= 5, keys
+    messages = refusals(FAMILY_ARGS[family], [f"{key}=100000000000" for key in keys])
+    for override, message in messages.items():
+        key = override.split("=")[0]
+        assert FEEDS.get(key, key) in message, (override, message)
+
+
+def test_nested_float_keys_are_named_with_their_index():
+    message = refusal([*FAMILY_ARGS["gmm"], "dataset.weights=[0.5,0.5]", "dataset.means=[[0,0],[0,nan]]",
+                       "dataset.covariances=[[[1,0],[0,1]],[[1,0],[0,1]]]"])
+    assert message.startswith("dataset.means[1][1]=nan is not a finite number"), message
+
+
+def test_ints_are_accepted_where_floats_are_and_become_floats():
+    """README's own GMM example: integer means, weights and covariances in float lists."""
+    run = composed([*FAMILY_ARGS["gmm"], "dataset.weights=[1,0]", "dataset.means=[[-2,0],[2,0]]",
+                    "dataset.covariances=[[[1,0],[0,1]],[[2,0],[0,2]]]"])
+    assert run.dataset.means == [[-2.0, 0.0], [2.0, 0.0]]
+    assert run.dataset.covariances[1] == [[2.0, 0.0], [0.0, 2.0]] and run.dataset.weights == [1.0, 0.0]
+    values = [run.dataset.weights, *run.dataset.means, *(row for cov in run.dataset.covariances for row in cov)]
+    assert all(type(number) is float for row in values for number in row)
+
+
+def test_memory_refusal_compares_with_this_machine(monkeypatch):
+    """The estimate is a floor on what the run holds at once: refused only above the machine's memory."""
+    from collapse_cli import config
+
+    fine = [*FAMILY_ARGS["gmm"], "dataset.n_train=1000000"]  # 1e6 x (2 + 2) float64: 32 MB
+    composed(fine)
+    monkeypatch.setattr(config, "machine_memory", lambda: 16 * 2**20)  # a 16 MiB machine
+    message = refusal(fine)
+    assert "dataset.n_train=1000000" in message and "this machine's 0 GiB" in message

@@ -3,7 +3,9 @@ and no run folder that looks finished (none at all when the preflight catches th
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,14 @@ def write_inputs(folder: Path) -> None:
     write_run_folder(folder / "garbled_run", "{{ not: yaml", {})
     write_run_folder(folder / "bad_status_run", "seed: 0\n", {"status.json": "{oops", "metrics.jsonl": ""})
     write_run_folder(folder / "list_metrics_run", "seed: 0\n", {"metrics.jsonl": "[1, 2]\n"})
+    # Damaged run folders (issue #21): each file compare, show and resume read, broken in each way.
+    for name, files in DAMAGED_FOLDERS.items():
+        write_run_folder(folder / name, "seed: 0\n", {"metrics.jsonl": "", **files})
+    (folder / "status_dir_run" / "status.json").mkdir()
+    (folder / "metrics_dir_run" / "metrics.jsonl").unlink()
+    (folder / "metrics_dir_run" / "metrics.jsonl").mkdir()
+    (folder / "status_binary_run" / "status.json").write_bytes(b"\xff\xfe{}")
+    (folder / "empty_config_run" / ".hydra" / "config.yaml").write_text("")
     (folder / "small.txt").write_text("hello world\n\nfoo bar\n")
     (folder / "empty.txt").write_text("")
     (folder / "binary.txt").write_bytes(b"some text\x00\x01\x02 more")
@@ -53,6 +63,20 @@ def write_inputs(folder: Path) -> None:
     words = [f"w{i}" for i in range(200)]
     docs = [" ".join(words[(d * 7 + k) % 200] for k in range(50)) for d in range(60)]
     (folder / "big.txt").write_text("\n\n".join(docs))
+
+
+FAILED = '{"state": "failed"}'
+DAMAGED_FOLDERS = {"status_list_run": {"status.json": "[1, 2]"}, "status_null_run": {"status.json": "null"},
+                   "status_binary_run": {}, "status_dir_run": {}, "metrics_dir_run": {"status.json": FAILED},
+                   "metrics_garbage_run": {"status.json": FAILED, "metrics.jsonl": '{"generation": 0}\ngarbage{\n'},
+                   "summary_list_run": {"status.json": '{"state": "finished"}', "summary.json": "[]",
+                                        "metrics.jsonl": '{"generation": 0}\n'},
+                   "empty_config_run": {"status.json": FAILED},
+                   "config_shape_run": {"status.json": FAILED, "config.yaml": "model: 5\n"},
+                   "repeated_generation_run": {"status.json": FAILED,
+                                               "metrics.jsonl": '{"generation": 0}\n{"generation": 0}\n'}}
+GMM = ["model=gmm", "dataset=gaussian"]
+VAE = ["model=vae", "dataset=digits"]
 
 
 def text(train: str, test: str = "big.txt") -> list[str]:
@@ -134,7 +158,7 @@ CASES = [
     ("unicode-value-unquoted", ["run", "regime=ünï"], ["regime=ünï", "quote"], PREFLIGHT),
     ("unbalanced-override", ["run", "mix=0.1)"], ["mix=0.1)"], PREFLIGHT),
     # Paths of the wrong kind.
-    ("folder-as-text-file", ["run", *text("adir")], ["dataset.train=", "adir", "no such file"], PREFLIGHT),
+    ("folder-as-text-file", ["run", *text("adir")], ["dataset.train=", "adir", "a folder"], PREFLIGHT),
     ("file-as-model-folder", ["run", "model.path={tmp}/small.txt"], ["model.path=", "no such folder"], PREFLIGHT),
     ("folder-without-a-tokenizer", ["run", "model.tokenizer={tmp}/adir"], ["model.tokenizer=", "adir"], RUNTIME),
     # Flags Hydra does not know, or without their value.
@@ -148,6 +172,73 @@ CASES = [
     ("show-without-a-folder", ["show"], ["RUN_DIR"], PREFLIGHT),
     ("resume-a-garbled-config", ["resume", "{tmp}/garbled_run"], [".hydra/config.yaml", "not a run configuration"],
      PREFLIGHT),
+    # Issue #21. Non-finite and huge values, in every family (tests/test_config.py walks every numeric key).
+    ("gmm-reg-covar-inf", ["run", *GMM, "model.reg_covar=inf"], ["model.reg_covar=inf", "finite"], PREFLIGHT),
+    ("gmm-tol-inf", ["run", *GMM, "model.tol=inf"], ["model.tol=inf", "finite"], PREFLIGHT),
+    ("gmm-means-inf", ["run", *GMM, "dataset.means=[[inf,0.0]]"], ["dataset.means[0][0]=inf"], PREFLIGHT),
+    ("gmm-means-far", ["run", *GMM, "dataset.means=[[1e20,0.0]]"], ["dataset.means", "scale them down"],
+     PREFLIGHT),
+    ("float-beyond-float32", ["run", *VAE, "train.lr=1e39"], ["train.lr=1e+39", "float32"], PREFLIGHT),
+    ("gmm-huge-n-train", ["run", *GMM, "dataset.n_train=100000000000"], ["dataset.n_train=100000000000", "GiB"],
+     PREFLIGHT),
+    ("gmm-huge-figure-generations", ["run", *GMM, "model.figure_generations=100000000000"],
+     ["model.figure_generations=100000000000", "100"], PREFLIGHT),
+    ("gmm-negative-data-seed", ["run", *GMM, "dataset.seed=-1"], ["dataset.seed=-1"], PREFLIGHT),
+    ("gmm-ints-for-floats-still-checked", ["run", *GMM, "dataset.means=[[-2,0],[2,0]]"],
+     ["dataset.weights/means/covariances", "one per weight"], PREFLIGHT),
+    ("vae-huge-hidden", ["run", *VAE, "model.hidden=1000000000000"], ["model.hidden=1000000000000", "GiB"],
+     PREFLIGHT),
+    ("vae-huge-nll-samples", ["run", *VAE, "model.nll_samples=100000000"], ["model.nll_samples=100000000", "GiB"],
+     PREFLIGHT),
+    ("vae-pixel-std-inf", ["run", *VAE, "model.pixel_std=inf"], ["model.pixel_std=inf", "finite"], PREFLIGHT),
+    ("vae-no-training-images", ["run", *VAE, "dataset.test_fraction=0.9999"],
+     ["dataset.test_fraction=0.9999", "0 training", "0.012 to 0.944"], PREFLIGHT),
+    ("vae-no-test-images", ["run", *VAE, "dataset.test_fraction=0.0001"],
+     ["dataset.test_fraction=0.0001", "0 test", "0.012 to 0.944"], PREFLIGHT),
+    ("vae-negative-data-seed", ["run", *VAE, "dataset.seed=-1"], ["dataset.seed=-1"], PREFLIGHT),
+    ("vae-diverging", ["run", *VAE, "train.lr=1e6", "generations=1", "train.epochs=1"],
+     ["generation 0: training loss became", "train.lr="], RUNTIME),
+    ("weight-decay-inf-is-not-the-learning-rate", ["run", "train.weight_decay=inf"],
+     ["train.weight_decay=inf", "finite"], PREFLIGHT),
+    ("lm-huge-hidden", ["run", "model.hidden_size=1000000000"], ["model.hidden_size=1000000000", "GiB"], PREFLIGHT),
+    ("lm-huge-corpus", ["run", "dataset.train_tokens=1000000000000"], ["train_tokens=1000000000000", "GiB"],
+     PREFLIGHT),
+    ("huge-bootstrap", ["run", "metrics.bootstrap=100000000"], ["metrics.bootstrap=100000000"], PREFLIGHT),
+    ("huge-zipf", ["run", "dataset.zipf_exponent=1e11"], ["dataset.zipf_exponent"], PREFLIGHT),
+    ("ngram-longer-than-a-block", ["run", "curate.repetition_n=100000000000"], ["curate.repetition_n", "block_size"],
+     PREFLIGHT),
+    ("nproc-above-the-cores", ["run", "nproc=100000", "device=cpu"], ["nproc=100000", "cores"], PREFLIGHT),
+    ("empty-literal-separator", ["run", "dataset.doc_separator=literal:"], ["dataset.doc_separator=literal:"],
+     PREFLIGHT),
+    ("proc-file-as-text", ["run", "dataset=text", "dataset.train=/proc/cpuinfo", "dataset.test={tmp}/big.txt"],
+     ["dataset.train=/proc/cpuinfo", "virtual file"], PREFLIGHT),
+    ("device-as-text", ["run", "dataset=text", "dataset.train=/dev/null", "dataset.test={tmp}/big.txt"],
+     ["dataset.train=/dev/null", "not a regular file"], PREFLIGHT),
+    ("disk-below-the-minimum", ["run", "min_free_disk_mb=1000000000000"], ["hydra.run.dir", "MiB free"], PREFLIGHT),
+    # Damaged run folders: one line naming the file and why, in compare, show and resume alike.
+    *[(f"{command}-{name}", [command, f"{{tmp}}/{name}"], [f"{name}/{file}", "damaged", why], PREFLIGHT)
+      for command in ("compare", "show", "resume")
+      for name, file, why in [("status_list_run", "status.json", "JSON list"),
+                              ("status_null_run", "status.json", "JSON null"),
+                              ("status_binary_run", "status.json", "not UTF-8"),
+                              ("status_dir_run", "status.json", "folder")]],
+    *[(f"{command}-{name}", [command, f"{{tmp}}/{name}"], [f"{name}/{file}", "damaged", why], PREFLIGHT)
+      for command in ("compare", "show")
+      for name, file, why in [("metrics_dir_run", "metrics.jsonl", "folder"),
+                              ("metrics_garbage_run", "metrics.jsonl", "line 2"),
+                              ("summary_list_run", "summary.json", "JSON list"),
+                              ("config_shape_run", "config.yaml", "`model` holds 5"),
+                              ("repeated_generation_run", "metrics.jsonl", "line 2 repeats")]],
+    ("run-into-a-damaged-folder", ["run", *GMM, "hydra.run.dir={tmp}/status_null_run"],
+     ["status_null_run/status.json", "damaged", "JSON null"], PREFLIGHT),
+    ("resume-metrics-dir", ["resume", "{tmp}/metrics_dir_run"], ["metrics_dir_run/metrics.jsonl", "folder"],
+     PREFLIGHT),
+    ("resume-an-empty-config", ["resume", "{tmp}/empty_config_run"], [".hydra/config.yaml", "empty", "collapse run"],
+     PREFLIGHT),
+    ("resume-with-another-model", ["resume", "{tmp}/negative_seed_run", "model=vae"],
+     ["model=vae", "collapse run model=vae"], PREFLIGHT),
+    ("resume-with-another-family", ["resume", "{tmp}/negative_seed_run", "model.family=gmm"],
+     ["model.family=gmm", "model.family=lm"], PREFLIGHT),
 ]
 
 
@@ -227,3 +318,56 @@ def test_bad_choice_names_the_key_and_the_choices(tmp_path: Path, capsys, monkey
     assert "\n" not in line and line.startswith("collapse: error: "), line
     assert override.split("=")[0] in line and choices in line, line
     assert not (tmp_path / "outputs").exists()
+
+
+# --- launchers and disks that cannot start a run (issue #21) ----------------------------------------------
+
+
+def test_a_launcher_without_the_slurm_extra_names_the_install(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_submitit_launcher", None)  # as if not installed
+    for launcher, sweep in (("slurm", ["-m", "seed=0,1"]), ("local_gpus", ["-m", "seed=0,1"]), ("slurm", [])):
+        assert run_in_process(["run", *sweep, *GMM, f"hydra/launcher={launcher}"]) == 2
+        line = capsys.readouterr().err.strip()
+        assert "\n" not in line and f'hydra/launcher={launcher} needs the slurm extra: pip install ".[slurm]"' in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_slurm_off_a_cluster_is_one_line_before_any_job(tmp_path: Path, capsys, monkeypatch):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the [slurm] extra is not installed")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun here, whatever the machine has
+    assert run_in_process(["run", "-m", *GMM, "seed=0,1", "hydra/launcher=slurm"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "hydra/launcher=slurm: no `srun` on this machine" in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def full_disk_command(folder: Path, command: list[str]) -> list[str]:
+    """`command` in a private mount namespace where `folder` is a 64 KiB tmpfs filled to the last byte:
+    a real full disk, gone with the process (which lists the disk's files on stdout last). As root directly;
+    otherwise as root of a user namespace."""
+    script = (f'mount -t tmpfs -o size=64k tmpfs "{folder}" && cat /dev/zero > "{folder}/fill" 2>/dev/null; '
+              f'"$@"; code=$?; ls -A "{folder}"; exit $code')
+    as_root = [] if os.geteuid() == 0 else ["--map-root-user"]
+    return ["unshare", *as_root, "--mount", "sh", "-c", script, "sh", *command]
+
+
+@pytest.mark.slow
+def test_a_disk_full_at_start_is_one_line_and_leaves_nothing(tmp_path: Path):
+    import subprocess
+
+    from conftest import collapse_command
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    probe = subprocess.run(full_disk_command(disk, ["df", "--output=avail", str(disk)]), capture_output=True,
+                           text=True)
+    assert probe.returncode == 0 and probe.stdout.split()[-2:] == ["0", "fill"], probe  # mounted, and full
+    args = ["run", *GMM, "min_free_disk_mb=0", f"hydra.run.dir={disk}/run"]
+    result = subprocess.run(full_disk_command(disk, [*collapse_command(), *args]), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result)
+    assert f"hydra.run.dir={disk}/run: only 0 MiB free" in line and "free space" in line
+    assert result.stdout.split()[-1:] == ["fill"]  # no run folder, no half-written .hydra/config.yaml

@@ -278,3 +278,54 @@ def test_shumailov_gmm_is_the_notebooks_setting_and_the_default_is_sklearns():
     assert (paper.model.tol, paper.model.max_iter, paper.model.n_components) == (1e-5, 2000, 2)
     assert (paper.mix, paper.generations, paper.dataset.n_train, paper.dataset.dim) == (0.0, 2000, 1000, 2)
     assert (default.model.tol, default.model.max_iter, default.model.variance) == (1e-3, 100, "mle")
+
+def _gmm_family(*overrides: str) -> GMMFamily:
+    from hydra import compose, initialize_config_dir
+
+    from collapse_cli.cli import _register, conf_dir
+
+    _register()
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        cfg = to_run_config(compose(config_name="config", overrides=["model=gmm", "dataset=gaussian", *overrides]))
+    return GMMFamily(cfg, None)
+
+
+def test_a_fit_that_cannot_go_on_stops_with_one_line_naming_the_generation():
+    """The GMM's nan guard: non-finite points, and an EM fit sklearn gives up on, are one line."""
+    from collapse_cli.errors import CollapseError
+
+    family = _gmm_family("model.reg_covar=1e-300")
+    line = np.random.default_rng(0).standard_normal(50).astype(np.float32)
+    rows = np.stack([line, line], axis=1)  # points on a line: a 2-D covariance with no inverse
+    with pytest.raises(CollapseError, match=r"^generation 3: the EM fit failed \(.*\); raise model.reg_covar"):
+        family.fit(family.build_base_model(0), rows, seed=0, generation=3, on_step=lambda done, total: None)
+    rows[0, 0] = np.nan
+    with pytest.raises(CollapseError, match=r"^generation 4: the training points hold nan or inf"):
+        family.fit(family.build_base_model(0), rows, seed=0, generation=4, on_step=lambda done, total: None)
+
+
+@pytest.mark.slow
+def test_a_one_dimensional_run_finishes_with_a_histogram_per_generation(tmp_path):
+    """dataset.dim=1, Shumailov's single-Gaussian setting: every generation, then the 1-D figure."""
+    import matplotlib.image
+
+    run_dir = tmp_path / "run"
+    code = run_in_process(["run", "model=gmm", "dataset=gaussian", "dataset.dim=1", "generations=4",
+                           "dataset.n_train=200", f"hydra.run.dir={run_dir}"])
+    assert code == 0
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+    rows = read_metrics(run_dir)
+    assert len(rows) == 5 and all(math.isfinite(row["component_std"]) for row in rows)
+    figure = matplotlib.image.imread(run_dir / "figures" / "gmm_scatter.png")
+    # One panel per chosen generation (0, 1, 2, 4, as core.chosen_generations picks), side by side.
+    assert core.chosen_generations(4) == [0, 1, 2, 4] and figure.shape[1] > 3 * figure.shape[0]
+
+
+def test_the_1d_figure_draws_the_samples_it_is_given(tmp_path):
+    """Histograms of the samples: narrower samples give a taller peak, so the two images differ."""
+    truth = core.standard_normal(1)
+    wide = {0: core.sample(truth, 500, seed=0)}
+    narrow = {0: (0.2 * wide[0]).astype(np.float32)}
+    first = core.scatter_figure(truth, wide, tmp_path / "wide.png").read_bytes()
+    second = core.scatter_figure(truth, narrow, tmp_path / "narrow.png").read_bytes()
+    assert first[:8] == b"\x89PNG\r\n\x1a\n" and first != second

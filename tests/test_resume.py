@@ -243,6 +243,9 @@ def test_ctrl_c_stops_an_in_process_sweep_and_the_same_command_finishes_it(tmp_p
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "the sweep stopped" in err
+    # One line says it: the sweep's (how to finish it), not the job's as well (issue #21).
+    assert [line for line in err.splitlines() if line.startswith("collapse:")] == [
+        line for line in err.splitlines() if "the sweep stopped" in line]
     # The basic launcher runs jobs one after another: the jobs after the interrupted one never start.
     assert read_status(sweep / "0")["state"] == "interrupted"
     assert not (sweep / "1").exists() and not (sweep / "2").exists()

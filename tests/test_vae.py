@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -242,3 +243,43 @@ def test_a_fresh_run_killed_after_a_generation_resumes_from_the_saved_decoder(tm
     assert stable(read_metrics(killed)) == stable(read_metrics(whole))
     rows = read_metrics(whole)
     assert all(0 < row["latent_std_flat"] for row in rows)
+
+def test_a_diverging_vae_stops_with_one_line_naming_the_generation_and_step(digits):
+    """The README's promise for every family: a nan/inf loss stops the run with one line (families/base.py)."""
+    from collapse_cli.errors import CollapseError
+    from collapse_cli.families.vae.family import VAEFamily
+
+    family = VAEFamily(_vae_config("train.lr=1e6", "train.epochs=1"), torch.device("cpu"))
+    with pytest.raises(CollapseError, match=r"^generation 2: training loss became (nan|inf) at step \d+ "
+                                            r"\(diverged\); lower the learning rate .* train.lr=<lower>$"):
+        family.fit(family.build_base_model(0), digits.train, seed=0, generation=2, on_step=lambda done, total: None)
+
+
+def test_weights_broken_by_the_last_step_are_caught_before_sampling(digits):
+    """One step at lr 1e20 (Adam moves each weight by ~lr): its loss was finite, what the model decodes is not."""
+    from collapse_cli.errors import CollapseError
+    from collapse_cli.families.vae.family import VAEFamily
+
+    family = VAEFamily(_vae_config("train.lr=1e20", "train.epochs=1", "train.batch_size=128"), torch.device("cpu"))
+    with pytest.raises(CollapseError, match=r"^generation 1: the trained model decodes nan or inf"):
+        family.fit(family.build_base_model(0), digits.train[:100], seed=0, generation=1,
+                   on_step=lambda done, total: None)
+
+
+def test_the_range_of_test_fractions_the_message_gives_is_accepted_and_its_surroundings_refused():
+    """The message rounds its range inwards (to 3 decimals), so its own bounds always work."""
+    from collapse_cli.errors import CollapseError
+    from collapse_cli.families.vae.family import MIN_TEST_IMAGES, MIN_TRAIN_IMAGES, _check_split
+
+    with pytest.raises(CollapseError) as caught:
+        _check_split(0.9999)
+    low, high = map(float, re.search(r"from ([\d.]+) to ([\d.]+)", str(caught.value)).groups())
+    for fraction in (low, 0.2, high):
+        _check_split(fraction)
+        n_train, n_test = core.split_sizes(fraction)
+        assert n_train >= MIN_TRAIN_IMAGES and n_test >= MIN_TEST_IMAGES and n_train + n_test == 1797
+    for fraction in (low - 0.002, high + 0.002, 0.0001):
+        with pytest.raises(CollapseError, match=rf"dataset.test_fraction={fraction} leaves"):
+            _check_split(fraction)
+    split = core.load_digits_split(0.2, seed=0)
+    assert core.split_sizes(0.2) == (len(split.train), len(split.test))

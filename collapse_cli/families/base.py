@@ -30,6 +30,7 @@ INTERFACE READY
 from __future__ import annotations
 
 import importlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,17 @@ from collapse_cli.errors import CollapseError
 from collapse_cli.measure import metrics as M
 
 Progress = Callable[[int, int], None]
+
+
+def checked_loss(value: float, step: int, generation: int) -> float:
+    """The one stop for a diverging fit, in every family that trains by gradient steps (README: a run stops
+    with one line when its loss becomes nan or inf): the value itself when finite."""
+    if not math.isfinite(value):
+        raise CollapseError(
+            f"generation {generation}: training loss became {value} at step {step} "
+            f"(diverged); lower the learning rate and resume: collapse resume RUN_DIR train.lr=<lower>")
+    return value
+
 
 # model.family -> the module whose FAMILY attribute is the Family subclass.
 FAMILY_MODULES = {

@@ -21,7 +21,7 @@ from collapse_cli.report.facts import metric_facts, se_key
 from collapse_cli.report.runs import Group, natural_key
 from collapse_cli.report.stats import GroupStats, number
 from collapse_cli.report.tables import TextTable, verdict_text
-from collapse_cli.rundir import gen_name
+from collapse_cli.rundir import gen_name, read_run_array
 
 
 def write_metrics_csv(path: Path, groups: Sequence[Group]) -> None:
@@ -83,16 +83,16 @@ def seq_ppl_by_generation(group: Group) -> dict[int, np.ndarray]:
     pooled: dict[int, list[np.ndarray]] = {}
     for run in group.runs:
         for generation in run.generations():
-            file = run.path / gen_name(generation) / "seq_ppl.npy"
-            if file.is_file():
-                pooled.setdefault(generation, []).append(np.load(file))
+            array = read_run_array(run.path / gen_name(generation) / "seq_ppl.npy")
+            if array is not None:
+                pooled.setdefault(generation, []).append(array)
     return {g: np.concatenate(arrays) for g, arrays in sorted(pooled.items())}
 
 
 def real_seq_ppl(group: Group) -> Optional[np.ndarray]:
     """The real test blocks' perplexities under each run's generation-0 model, pooled over seeds."""
-    files = (run.path / "reference_test_seq_ppl.npy" for run in group.runs)
-    arrays = [np.load(file) for file in files if file.is_file()]
+    found = (read_run_array(run.path / "reference_test_seq_ppl.npy") for run in group.runs)
+    arrays = [array for array in found if array is not None]
     return np.concatenate(arrays) if arrays else None
 
 

@@ -7,7 +7,6 @@ generations; a file that is there but unreadable is an error naming it.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 from collections import Counter
@@ -23,8 +22,10 @@ from collapse_cli.rundir import (
     METRICS,
     STATUS,
     SUMMARY,
+    damaged,
     flatten,
     live_state,
+    read_json_object,
     read_metrics,
     read_yaml,
     resume_overrides,
@@ -32,6 +33,7 @@ from collapse_cli.rundir import (
 )
 
 OVERRIDES = Path(".hydra") / "overrides.yaml"
+CONFIG_GROUPS = ("model", "dataset", "train", "generate", "metrics", "curate", "logger")  # each a mapping
 # Config keys that say how a run was started, not what it computed: never a reason to split a group.
 NOT_EXPERIMENT_KEYS = {"seed", "resume", "dry_run", "device", "min_free_disk_mb", "threads"}
 
@@ -54,7 +56,8 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return self.state == "finished" and self.summary is not None
+        """Finished, and its files say so: a summary, and the generations it summarises in metrics.jsonl."""
+        return self.state == "finished" and self.summary is not None and bool(self.rows)
 
     def generations(self) -> list[int]:
         return [int(row.get("generation", index)) for index, row in enumerate(self.rows)]
@@ -68,6 +71,8 @@ class Run:
     def short_state(self) -> str:
         if self.finished:
             return "finished"
+        if self.state == "finished" and self.summary is not None:
+            return f"damaged: {METRICS}: no generations in it"
         return {"unknown": "no status.json", "finished": "no summary.json"}.get(self.state, self.state)
 
     def status_text(self) -> str:
@@ -117,7 +122,11 @@ def natural_key(path: Path) -> list:
 
 
 def is_run_folder(path: Path) -> bool:
-    return (path / STATUS).is_file() or (path / METRICS).is_file() or (path / OVERRIDES).is_file()
+    """Whether `path` holds any file a run writes (a folder in a file's place counts: it is read as damaged)."""
+    try:
+        return any((path / name).exists() for name in (STATUS, METRICS, OVERRIDES))
+    except OSError as err:  # a folder this user may not search
+        raise CollapseError(f"{path}: cannot look into it ({err.strerror}); give folders you may read") from None
 
 
 def find_run_folders(root: Path) -> list[Path]:
@@ -165,30 +174,30 @@ def discover(arguments: Sequence[str]) -> list[Path]:
     return list(folders)
 
 
-def read_json_file(path: Path) -> Optional[dict]:
-    """A JSON object (status.json, summary.json); None when the file is absent."""
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CollapseError(f"{path}: not valid JSON ({err}); fix or remove that run") from err
-    if not isinstance(value, dict):
-        raise CollapseError(f"{path}: holds a JSON {type(value).__name__}, not an object; fix or remove that run")
-    return value
+def checked_config(path: Path) -> dict:
+    """The run's resolved config.yaml (else Hydra's copy): a mapping whose groups are mappings, or {} without one."""
+    file = path / "config.yaml" if (path / "config.yaml").exists() else path / ".hydra" / "config.yaml"
+    config = read_yaml(file)
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise damaged(file, "not a mapping of config keys")
+    for group in CONFIG_GROUPS:
+        if not isinstance(config.get(group) or {}, dict):
+            raise damaged(file, f"`{group}` holds {config[group]!r}, not a mapping of keys")
+    return config
 
 
 def checked_rows(path: Path) -> list[dict]:
-    """metrics.jsonl: one JSON object per line, each with an integer generation (if it names one)."""
-    try:
-        rows = read_metrics(path)
-    except ValueError as err:  # json.JSONDecodeError
-        raise CollapseError(f"{path / METRICS}: not valid JSON lines ({err}); fix or remove that run") from err
+    """metrics.jsonl: one JSON object per line (read_metrics), each with an integer generation (if it names one)."""
+    rows, last = read_metrics(path), -1
     for number, row in enumerate(rows, start=1):
-        generation = row.get("generation", 0) if isinstance(row, dict) else None
+        generation = row.get("generation", number - 1)
         if not isinstance(generation, int) or isinstance(generation, bool):
-            raise CollapseError(f"{path / METRICS}: line {number} is not a metrics object with an integer "
-                                f"generation; fix or remove that run")
+            raise damaged(path / METRICS, f"line {number} is not a metrics object with an integer generation")
+        if generation <= last:  # one line per generation, in order (rundir.finish_generation)
+            raise damaged(path / METRICS, f"line {number} repeats or goes back to generation {generation}")
+        last = generation
     return rows
 
 
@@ -217,11 +226,10 @@ def load_run(path: Path, name: str) -> Run:
     rows = checked_rows(path)
     overrides = read_yaml(path / OVERRIDES)
     overrides = None if overrides is None else [str(o) for o in (overrides if isinstance(overrides, list) else [])]
-    config = read_yaml(path / "config.yaml") or read_yaml(path / ".hydra" / "config.yaml")
-    config = config if isinstance(config, dict) else {}
+    config = checked_config(path)
     labelled = None if overrides is None else [o for o in overrides if is_label_override(o)]
     return Run(path=path, name=name, overrides=labelled, seed=run_seed(config, overrides or []),
-               status=read_json_file(path / STATUS) or {"state": "unknown"}, summary=read_json_file(path / SUMMARY),
+               status=read_json_object(path / STATUS) or {"state": "unknown"}, summary=read_json_object(path / SUMMARY),
                rows=rows, config=config, resumed=resumed_overrides(path))
 
 

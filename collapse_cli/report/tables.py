@@ -165,8 +165,8 @@ def paired_cell(stat: Optional[Stat], facts: MetricFacts) -> str:
 
 
 def early_warning(run: Run) -> dict:
-    """summary.json's verdict; {} when the run has none (unfinished, or an edited summary)."""
-    warning = (run.summary or {}).get("early_warning")
+    """summary.json's verdict; {} when the run has none (unfinished, damaged, or an edited summary)."""
+    warning = (run.summary or {}).get("early_warning") if run.finished else None
     return warning if isinstance(warning, dict) else {}
 
 
@@ -174,7 +174,9 @@ def verdict_text(run: Run) -> str:
     warning = early_warning(run)
     if warning.get("text"):
         return str(warning["text"])
-    return "no verdict: the run has not finished" if not run.finished else "no verdict in summary.json"
+    if not run.finished:
+        return f"no verdict: {run.short_state()}" if run.state == "finished" else "no verdict: the run has not finished"
+    return "no verdict in summary.json"
 
 
 def verdict_headline(warning: dict) -> str:

@@ -271,6 +271,8 @@ def scatter_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if truth.dim == 1:
+        return histogram_figure(truth, samples_by_generation, path)
     generations = sorted(samples_by_generation)
     centre = truth.means[:, :2].mean(axis=0)
     spread = extent or 4.0 * float(np.sqrt(np.max(np.linalg.eigvalsh(truth.covariances[:, :2, :2])))) + float(
@@ -301,7 +303,38 @@ def scatter_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray],
                fontsize=8, frameon=False)
     fig.suptitle("Gaussian mixture: samples of chosen generations over the true density's contours"
                  + (" (first two coordinates)" if truth.dim > 2 else ""), fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return _saved(fig, path, rect=(0, 0.07, 1, 1))  # room for the legend below
+
+
+def histogram_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray], path: Path) -> Path:
+    """dataset.dim=1 (Shumailov's single-Gaussian setting): each chosen generation's samples as a density
+    histogram under the true density's curve, on one x range so the narrowing shows."""
+    import matplotlib.pyplot as plt
+
+    generations = sorted(samples_by_generation)
+    spread = 4.0 * float(np.sqrt(truth.covariances.max())) + float(np.abs(truth.means - truth.means.mean()).max())
+    axis_x = np.linspace(float(truth.means.mean()) - spread, float(truth.means.mean()) + spread, 400)
+    true_density = np.exp(log_density(truth, axis_x[:, None]))
+    fig, axes = plt.subplots(1, len(generations), figsize=(3 * len(generations), 3.2), squeeze=False, sharey=True)
+    for ax, generation in zip(axes[0], generations):
+        ax.hist(samples_by_generation[generation][:, 0], bins=40, range=(axis_x[0], axis_x[-1]), density=True,
+                color="tab:blue", alpha=0.6, label="samples")
+        ax.plot(axis_x, true_density, color="0.3", lw=1, label="true density")
+        ax.set_title(f"generation {generation}", fontsize=9)
+        ax.set_xlabel("x (data units)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("density", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("1-D Gaussian mixture: samples of chosen generations (histogram) under the true density",
+                 fontsize=10)
+    return _saved(fig, path)
+
+
+def _saved(fig, path: Path, rect: tuple = (0, 0, 1, 1)) -> Path:
+    """The figure laid out (within `rect`), written to `path` (its folder made) and closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(rect=rect)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -332,8 +365,4 @@ def curves_figure(rows: list[dict], path: Path) -> Path:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle("Gaussian mixture by generation (one run; the paper's two curves)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)

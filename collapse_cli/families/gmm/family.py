@@ -14,14 +14,16 @@ from typing import Any, Optional
 
 import numpy as np
 
-from collapse_cli.config import StrEnum  # enum.StrEnum, with its Python 3.10 fallback
+from collapse_cli.config import StrEnum, check_count, check_memory, check_seed, keys_text  # StrEnum: 3.10 too
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
 from collapse_cli.measure import metrics as M
-from collapse_cli.rundir import RunDir, gen_name
+from collapse_cli.rundir import RunDir, damaged, gen_name, read_run_array
 
 MIXTURE_FILE = "mixture.npz"
+MAX_FIGURE_GENERATIONS = 100  # panels of one figure row
+MAX_COORDINATE = 1e15
 
 
 class Variance(StrEnum):
@@ -83,6 +85,10 @@ def true_mixture(d: GaussianDatasetConfig) -> core.Mixture:
                             f"or on the command line") from None
     if truth.dim != d.dim:
         raise CollapseError(f"dataset.dim={d.dim} but dataset.means have dimension {truth.dim}: make them agree")
+    reach = np.abs(truth.means).max() + 10 * np.sqrt(np.linalg.eigvalsh(truth.covariances).max())
+    if not reach < MAX_COORDINATE:  # samples are float32, and EM squares them in float64
+        raise CollapseError(f"dataset.means/covariances put points as far as {reach:.3g} from 0, beyond "
+                            f"{MAX_COORDINATE:g}; scale them down")
     return truth
 
 
@@ -111,9 +117,13 @@ class GMMFamily(Family):
     @classmethod
     def validate(cls, cfg: Any) -> None:
         m, d = cfg.model, cfg.dataset
+        check_seed("dataset.seed", d.seed)
         for key in ("n_components", "max_iter", "n_init", "figure_generations"):
             if getattr(m, key) < 1:
                 raise CollapseError(f"model.{key}={getattr(m, key)} must be at least 1")
+        for key in ("max_iter", "n_init"):  # EM iterations and restarts: time per generation
+            check_count(f"model.{key}", getattr(m, key))
+        check_count("model.figure_generations", m.figure_generations, MAX_FIGURE_GENERATIONS)
         for key in ("tol", "reg_covar"):
             if not getattr(m, key) > 0:
                 raise CollapseError(f"model.{key}={getattr(m, key)} must be positive")
@@ -122,6 +132,12 @@ class GMMFamily(Family):
                 raise CollapseError(f"dataset.{key}={getattr(d, key)} must be at least 1")
         if d.n_train < m.n_components:
             raise CollapseError(f"dataset.n_train={d.n_train} must be at least model.n_components={m.n_components}")
+        # float64 points (the accumulate regime keeps every generation's), responsibilities, covariances.
+        kept = d.n_train * (cfg.generations + 1 if cfg.regime == "accumulate" else 1)
+        components = max(m.n_components, len(d.weights))
+        check_memory(8 * ((kept + d.n_test) * (d.dim + components) + components * d.dim**2),
+                     keys_text("dataset", d, ("n_train", "n_test", "dim")) + f" with {components} components",
+                     "lower them")
         true_mixture(d)
 
     def real_data(self, pool_cap: Optional[int]) -> RealData:
@@ -142,8 +158,15 @@ class GMMFamily(Family):
 
     def fit(self, model: GMMModel, train: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
         m = self.cfg.model
-        model.mixture, stats = core.fit(train, m.n_components, seed, m.tol, m.max_iter, m.n_init, m.reg_covar,
-                                        unbiased=m.variance == Variance.unbiased)
+        if not np.isfinite(train).all():  # the GMM's nan guard: EM would stop in sklearn with a traceback
+            raise CollapseError(f"generation {generation}: the training points hold nan or inf (the previous fit "
+                                f"diverged); raise model.reg_covar and start the run again")
+        try:
+            model.mixture, stats = core.fit(train, m.n_components, seed, m.tol, m.max_iter, m.n_init, m.reg_covar,
+                                            unbiased=m.variance == Variance.unbiased)
+        except ValueError as error:  # sklearn: "ill-defined empirical covariance ... increase reg_covar"
+            raise CollapseError(f"generation {generation}: the EM fit failed ({str(error).split('.')[0]}); "
+                                f"raise model.reg_covar (now {m.reg_covar:g}) or lower model.n_components") from None
         on_step(1, 1)
         return stats
 
@@ -188,7 +211,10 @@ class GMMFamily(Family):
         RunDir(folder).save_array(self.samples_file, samples.astype(core.SAMPLE_DTYPE))
 
     def load_samples(self, folder: Path) -> np.ndarray:
-        return np.load(folder / self.samples_file)
+        samples = read_run_array(folder / self.samples_file)
+        if samples is None:
+            raise damaged(folder / self.samples_file, "missing")
+        return samples
 
     def save_model(self, model: GMMModel, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from collapse_cli.config import TrainConfig
-from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import distributed
+from collapse_cli.families.base import checked_loss
 
 # How often the GPU path looks at the loss: each look is a host sync.
 CHECK_EVERY = 50
@@ -154,9 +154,4 @@ class _Selection:
 
 
 def _checked_mean(mean_loss: torch.Tensor, step: int, generation: int) -> float:
-    value = float(mean_loss)
-    if not math.isfinite(value):
-        raise CollapseError(
-            f"generation {generation}: training loss became {value} at step {step} "
-            f"(diverged); lower the learning rate and resume: collapse resume RUN_DIR train.lr=<lower>")
-    return value
+    return checked_loss(float(mean_loss), step, generation)

@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from collapse_cli.families.base import checked_loss
+
 PIXELS = 64  # 8 x 8
 N_CLASSES = 10
 TAIL_MASS = 0.05  # the rare real digits: the lowest-density 5% under the generation-0 model
@@ -68,6 +70,15 @@ class Digits:
     test_labels: np.ndarray
 
 
+N_DIGITS = 1797  # sklearn's digits set
+
+
+def split_sizes(test_fraction: float) -> tuple[int, int]:
+    """(training, test) image counts of load_digits_split, known before loading (validation reads them)."""
+    n_test = int(round(test_fraction * N_DIGITS))
+    return N_DIGITS - n_test, n_test
+
+
 def load_digits_split(test_fraction: float, seed: int) -> Digits:
     """sklearn's 1,797 digits (a stand-in for MNIST), shuffled by `seed`, the last test_fraction held out."""
     from sklearn.datasets import load_digits
@@ -76,7 +87,7 @@ def load_digits_split(test_fraction: float, seed: int) -> Digits:
     images = (bunch.data / 16.0).astype(np.float32)
     labels = bunch.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(images))
-    n_test = int(round(test_fraction * len(images)))
+    n_test = split_sizes(test_fraction)[1]
     train, test = order[n_test:], order[:n_test]
     return Digits(images[train], labels[train], images[test], labels[test])
 
@@ -153,11 +164,12 @@ def epoch_batches(data: torch.Tensor, batch_size: int, generator: torch.Generato
 
 def train_vae(model: VAE, images: np.ndarray, epochs: int, batch_size: int, lr: float, seed: int,
               on_step: Optional[Callable[[int, int], None]] = None, weight_decay: float = 0.0,
-              source: Optional[VAE] = None) -> dict:
+              source: Optional[VAE] = None, generation: int = 0) -> dict:
     """Adam on the mean -ELBO over minibatches (epoch_batches: of `images`, or decoded from `source`).
 
     Returns the last epoch's mean loss (nats/image). One generator, seeded by `seed`, draws the
-    shuffles, the fresh latents and the reparameterisation noise, in that order.
+    shuffles, the fresh latents and the reparameterisation noise, in that order. A nan or inf loss
+    stops with CollapseError naming `generation` and the step (families/base.checked_loss).
     """
     generator = torch.Generator().manual_seed(seed)
     data = torch.as_tensor(images, dtype=torch.float32)
@@ -169,10 +181,11 @@ def train_vae(model: VAE, images: np.ndarray, epochs: int, batch_size: int, lr: 
         loss_sum = 0.0
         for step, batch in enumerate(epoch_batches(data, batch_size, generator, source)):
             loss = negative_elbo(model, batch, generator).mean()
+            value = checked_loss(float(loss.detach()), epoch * n_batches + step + 1, generation)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(batch)
+            loss_sum += value * len(batch)
             if on_step is not None:
                 on_step(epoch * n_batches + step + 1, total_steps)
         epoch_loss = loss_sum / len(data)

@@ -7,6 +7,7 @@ the generation-0 model (latent spread, rare digits). Runs on the CPU: the model 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -14,12 +15,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from collapse_cli.config import StrEnum  # enum.StrEnum, with its Python 3.10 fallback
+from collapse_cli.config import StrEnum, check_memory, check_seed, keys_text  # StrEnum: with its Python 3.10 fallback
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, ObjectCache, Progress, RealData
 from collapse_cli.families.vae import core
 from collapse_cli.measure import metrics as M
-from collapse_cli.rundir import RunDir, gen_name
+from collapse_cli.rundir import RunDir, damaged, gen_name, read_run_array
 
 MODEL_FILE = "vae.pt"
 SCORES_FILE = "scores.npy"
@@ -69,6 +70,23 @@ class DigitsDatasetConfig:
     seed: int = 0
 
 
+# Fewest images a split may hold: the rare 5% of the test digits must be at least one digit, and the
+# classifier and generation 0 must see every class several times.
+MIN_TEST_IMAGES, MIN_TRAIN_IMAGES = 20, 100
+
+
+def _check_split(test_fraction: float) -> None:
+    """Refuse a test_fraction that leaves too few images on either side, with the range that works."""
+    n_train, n_test = core.split_sizes(test_fraction)
+    if n_test >= MIN_TEST_IMAGES and n_train >= MIN_TRAIN_IMAGES:
+        return
+    total = n_train + n_test
+    low, high = MIN_TEST_IMAGES / total, 1 - MIN_TRAIN_IMAGES / total
+    raise CollapseError(f"dataset.test_fraction={test_fraction} leaves {n_train} training and {n_test} test images "
+                        f"of the {total:,} digits; use a value from {math.ceil(low * 1000) / 1000} to "
+                        f"{math.floor(high * 1000) / 1000} (the default is 0.2)")
+
+
 @dataclass(frozen=True)
 class ReferenceFigures:
     """What the generation-0 model says about the fixed real test digits: the same every generation."""
@@ -104,6 +122,7 @@ class VAEFamily(Family):
     @classmethod
     def validate(cls, cfg: Any) -> None:
         m, d = cfg.model, cfg.dataset
+        check_seed("dataset.seed", d.seed)
         for key in ("latent", "hidden", "nll_samples"):
             if getattr(m, key) < 1:
                 raise CollapseError(f"model.{key}={getattr(m, key)} must be at least 1")
@@ -111,6 +130,7 @@ class VAEFamily(Family):
             raise CollapseError(f"model.pixel_std={m.pixel_std} must be positive")
         if not 0.0 < d.test_fraction < 1.0:
             raise CollapseError(f"dataset.test_fraction={d.test_fraction} must be in (0, 1)")
+        _check_split(d.test_fraction)
         if d.max_train is not None and d.max_train < 1:
             raise CollapseError(f"dataset.max_train={d.max_train} must be positive or null")
         # With mix=0 only regime=replace passes the shared checks, so mix is the one key to name.
@@ -118,6 +138,14 @@ class VAEFamily(Family):
             raise CollapseError(f"model.train_data=fresh trains each generation on its parent's decoder alone (the "
                                 f"paper's notebook), so it needs mix=0, not mix={cfg.mix}: set mix=0, or "
                                 f"model.train_data=fixed")
+        # fp32 weights, gradients and Adam's moments (16 bytes each); nll_test's K decoder passes over the test digits.
+        weights = m.hidden * (2 * core.PIXELS + m.hidden) + 1.5 * m.latent * m.hidden
+        check_memory(16 * weights, keys_text("model", m, ("hidden", "latent")),
+                     "lower them (the defaults: hidden 256, latent 20)")
+        n_test = core.split_sizes(d.test_fraction)[1]
+        check_memory(4 * m.nll_samples * n_test * (1.5 * m.hidden + core.PIXELS + m.latent),
+                     f"model.nll_samples={m.nll_samples} (decoder passes over {n_test} test digits)",
+                     "lower it (the default: 64)")
 
     def _pixel_std(self) -> Optional[float]:
         return self.cfg.model.pixel_std if self.cfg.model.likelihood == Likelihood.gaussian else None
@@ -143,7 +171,15 @@ class VAEFamily(Family):
         fresh = self.cfg.model.train_data == TrainData.fresh and generation > 0
         source = self._parent(generation) if fresh else None
         with core.one_thread():
-            return core.train_vae(model, train, t.epochs, t.batch_size, t.lr, seed, on_step, t.weight_decay, source)
+            stats = core.train_vae(model, train, t.epochs, t.batch_size, t.lr, seed, on_step, t.weight_decay, source,
+                                   generation)
+            # The last step's update can leave weights that decode nan after its loss was finite (lr 1e20, one
+            # step): a probe of 64 images stops that here rather than in sklearn's classifier.
+            if not np.isfinite(core.sample_images(model, 64, seed)).all():
+                raise CollapseError(f"generation {generation}: the trained model decodes nan or inf (its last "
+                                    f"training step diverged); lower the learning rate and resume: collapse resume "
+                                    f"RUN_DIR train.lr=<lower>")
+        return stats
 
     def _parent(self, generation: int) -> core.VAE:
         """The model that sampled generation - 1: in memory, or read back beside its samples on a resume."""
@@ -226,7 +262,10 @@ class VAEFamily(Family):
 
     def load_samples(self, folder: Path) -> np.ndarray:
         self._sampler, self._sampler_folder = None, Path(folder)
-        return np.load(folder / self.samples_file)
+        samples = read_run_array(folder / self.samples_file)
+        if samples is None:
+            raise damaged(folder / self.samples_file, "missing")
+        return samples
 
     def save_model(self, model: core.VAE, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
