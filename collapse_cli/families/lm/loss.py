@@ -1,0 +1,89 @@
+"""Next-token NLL from the final hidden states, a chunk of tokens at a time.
+
+A plain forward makes [tokens, V] logits and the loss an fp32 copy of them: at batch 128 x 64 tokens
+with OPT's 50k vocabulary that is about 10 GB a step. Here lm_head runs on one chunk of tokens at a
+time and only each token's NLL is kept; under autograd every chunk is checkpointed, so backward
+recomputes its logits instead of keeping them. Memory stays at one chunk's logits whatever the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# Logits held at once: 2^24 fp32 values (64 MB), e.g. 333 tokens of OPT's vocabulary, 4,096 of a 4k one.
+CHUNK_ELEMENTS = 1 << 24
+IGNORE = -100  # label of a token that is not scored (the rows padding a short last batch)
+
+# Config keys of heads that scale or cap the logits after lm_head (Gemma, Cohere, Granite, ...): such a
+# model is scored through its own forward, which knows its transform.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
+
+
+def _linear_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """lm_head when logits are exactly lm_head(final hidden state), else None."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or getattr(model, "base_model", model) is model:
+        return None
+    if any(getattr(model.config, key, None) not in (None, 1, 1.0) for key in _LOGIT_TRANSFORMS):
+        return None
+    return head
+
+
+def chunk_tokens(vocab_size: int) -> int:
+    return max(1, CHUNK_ELEMENTS // vocab_size)
+
+
+def logit_chunks(model: torch.nn.Module, input_ids: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(tokens, fp32 logits) for every chunk of the positions that predict tokens 1..L-1, flattened row-major.
+
+    For scoring without gradients (evaluation); training uses `next_token_nll`."""
+    head = _linear_head(model)
+    if head is None:
+        logits = model(input_ids=input_ids).logits[:, :-1]
+        yield slice(0, logits.shape[0] * logits.shape[1]), logits.reshape(-1, logits.shape[-1]).float()
+        return
+    hidden = _final_hidden(model, input_ids)[:, :-1].reshape(-1, head.in_features)
+    step = chunk_tokens(head.out_features)
+    for first in range(0, hidden.shape[0], step):
+        tokens = slice(first, first + step)
+        yield tokens, F.linear(hidden[tokens], head.weight, head.bias).float()
+
+
+def next_token_nll(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 NLL of every token given the ones before it, [b, L]: position j scores token j+1, so the last
+    column is 0, as is every position whose label is IGNORE. Differentiable: a chunk's logits are recomputed
+    in backward, never kept. The layout is the HF loss's (labels shifted left, IGNORE appended), so its
+    gradients are the HF loss's own."""
+    labels = input_ids if labels is None else labels
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE).reshape(-1)
+    head = _linear_head(model)
+    if head is None:
+        logits = model(input_ids=input_ids).logits
+        return _nll(logits.reshape(-1, logits.shape[-1]), targets).view(input_ids.shape)
+    hidden = _final_hidden(model, input_ids).reshape(-1, head.in_features)
+    step = chunk_tokens(head.out_features)
+    pieces = []
+    for first in range(0, hidden.shape[0], step):
+        args = (hidden[first:first + step], head.weight, head.bias, targets[first:first + step])
+        pieces.append(checkpoint(_chunk_nll, *args, use_reentrant=False) if torch.is_grad_enabled()
+                      else _chunk_nll(*args))
+    return torch.cat(pieces).view(input_ids.shape)
+
+
+def _final_hidden(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """The final hidden states, [b, L, H]: what lm_head turns into logits."""
+    return model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
+
+
+def _chunk_nll(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               targets: torch.Tensor) -> torch.Tensor:
+    return _nll(F.linear(hidden, weight, bias), targets)
+
+
+def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # In fp32 as the HF loss does (bf16 logits under autocast); cross_entropy fuses log-softmax and gather.
+    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="none")
