@@ -4,6 +4,7 @@ A plain forward makes [tokens, V] logits and the loss an fp32 copy of them: at b
 with OPT's 50k vocabulary that is about 10 GB a step. Here lm_head runs on one chunk of tokens at a
 time and only each token's NLL is kept; under autograd every chunk is checkpointed, so backward
 recomputes its logits instead of keeping them. Memory stays at one chunk's logits whatever the batch.
+A batch that fits in one chunk (the default CPU run's) keeps its logits for backward: no recomputation.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def chunk_tokens(vocab_size: int) -> int:
 def logit_chunks(model: torch.nn.Module, input_ids: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
     """(tokens, fp32 logits) for every chunk of the positions that predict tokens 1..L-1, flattened row-major.
 
-    For scoring without gradients (evaluation); training uses `next_token_nll`."""
+    For scoring without gradients (evaluation); training uses `summed_nll`."""
     head = _linear_head(model)
     if head is None:
         logits = model(input_ids=input_ids).logits[:, :-1]
@@ -53,25 +54,28 @@ def logit_chunks(model: torch.nn.Module, input_ids: torch.Tensor) -> Iterator[tu
         yield tokens, F.linear(hidden[tokens], head.weight, head.bias).float()
 
 
-def next_token_nll(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """fp32 NLL of every token given the ones before it, [b, L]: position j scores token j+1, so the last
-    column is 0, as is every position whose label is IGNORE. Differentiable: a chunk's logits are recomputed
-    in backward, never kept. The layout is the HF loss's (labels shifted left, IGNORE appended), so its
-    gradients are the HF loss's own."""
+def summed_nll(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 sum of the NLL of every token given the ones before it, positions labelled IGNORE left out.
+
+    The HF loss's layout and reduction (labels shifted left with IGNORE appended; cross_entropy's own sum),
+    so sum / scored tokens is the HF loss and its gradients bit for bit when the batch is one chunk.
+    Several chunks are checkpointed: backward recomputes each chunk's logits instead of keeping them."""
     labels = input_ids if labels is None else labels
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE).reshape(-1)
     head = _linear_head(model)
     if head is None:
         logits = model(input_ids=input_ids).logits
-        return _nll(logits.reshape(-1, logits.shape[-1]), targets).view(input_ids.shape)
+        return _ce_sum(logits.reshape(-1, logits.shape[-1]), targets)
     hidden = _final_hidden(model, input_ids).reshape(-1, head.in_features)
     step = chunk_tokens(head.out_features)
-    pieces = []
+    if step >= hidden.shape[0]:  # one chunk: its logits are the whole batch's anyway, so backward keeps them
+        return _chunk_sum(hidden, head.weight, head.bias, targets)
+    total = hidden.new_zeros((), dtype=torch.float32)
     for first in range(0, hidden.shape[0], step):
         args = (hidden[first:first + step], head.weight, head.bias, targets[first:first + step])
-        pieces.append(checkpoint(_chunk_nll, *args, use_reentrant=False) if torch.is_grad_enabled()
-                      else _chunk_nll(*args))
-    return torch.cat(pieces).view(input_ids.shape)
+        total = total + (checkpoint(_chunk_sum, *args, use_reentrant=False) if torch.is_grad_enabled()
+                         else _chunk_sum(*args))
+    return total
 
 
 def _final_hidden(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
@@ -79,11 +83,11 @@ def _final_hidden(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tens
     return model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
 
 
-def _chunk_nll(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+def _chunk_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                targets: torch.Tensor) -> torch.Tensor:
-    return _nll(F.linear(hidden, weight, bias), targets)
+    return _ce_sum(F.linear(hidden, weight, bias), targets)
 
 
-def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     # In fp32 as the HF loss does (bf16 logits under autocast); cross_entropy fuses log-softmax and gather.
-    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="none")
+    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")

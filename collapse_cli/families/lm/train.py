@@ -22,7 +22,7 @@ import torch
 from collapse_cli.config import TrainConfig
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import distributed
-from collapse_cli.families.lm.loss import IGNORE, next_token_nll
+from collapse_cli.families.lm.loss import IGNORE, summed_nll
 
 # How often the GPU path looks at the loss: each look is a host sync.
 CHECK_EVERY = 50
@@ -122,9 +122,10 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
             # Filler rows serve only a compiled step's shapes: the eager CPU step does not pay for them.
             batch, labels, n_rows = _batch(data, order, first, cfg.batch_size, fill=compiled)
             # The mean NLL over the global batch's real tokens; DDP's mean over ranks undoes the world size.
-            scale = distributed.world_size() / (n_rows * tokens_per_row)
+            # A division, as the HF loss's mean: one process's loss is then that loss, bit for bit.
+            per_rank_tokens = n_rows * tokens_per_row / distributed.world_size()
             with regions.on(), autocast(device):
-                loss = forward(batch, labels) * scale
+                loss = forward(batch, labels) / per_rank_tokens
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -178,7 +179,7 @@ class _SummedNLL(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return next_token_nll(self.model, input_ids, labels).sum()
+        return summed_nll(self.model, input_ids, labels)
 
 
 class _CompiledRegions:
