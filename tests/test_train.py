@@ -3,6 +3,11 @@ one, and a compiled run compiles one graph, the short last batch included."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -201,3 +206,15 @@ def test_a_compiled_run_compiles_one_graph_the_short_last_batch_included():
     assert stats.loss_last == pytest.approx(plain.loss_last, rel=1e-5)
     for (key, value), other in zip(compiled.state_dict().items(), eager.state_dict().values()):
         torch.testing.assert_close(value, other, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["regional", "whole"])
+def test_compile_time_script_compiles_one_graph(mode):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compile_time.py"
+    done = subprocess.run([sys.executable, str(script), "--mode", mode, "--backend", "eager", "--layers", "2",
+                           "--hidden", "64", "--vocab", "300", "--batch", "4", "--steps", "5"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["graphs"] == 1 and result["steps"] == 5 and result["steady_tok_s"] > 0
