@@ -160,14 +160,11 @@ def _batch(data: torch.Tensor, order: torch.Tensor, first: int, batch_size: int,
     nothing). Rows are whole blocks under a causal mask, so a filler row never reaches a real one.
     """
     n_rows = min(batch_size, len(order) - first)
-    size = batch_size if fill else n_rows
-    positions = torch.arange(size, device=order.device)
-    rows, scored = order[(first + positions) % len(order)], positions < n_rows
-    mine = slice(distributed.rank(), None, distributed.world_size())
-    rows, scored = rows[mine], scored[mine]
-    if len(rows) == 0:  # a global batch smaller than the world: this rank runs one row that scores nothing
-        rows, scored = order[:1], scored.new_zeros(1)
-    batch = data[rows]
+    # Positions in the global batch; past the order's end they wrap to its start (the filler rows).
+    positions, share = distributed.shard_batch(torch.arange(batch_size if fill else n_rows, device=order.device))
+    # share 0: a global batch smaller than the world, whose rows this rank runs without scoring any.
+    scored = positions < (n_rows if share > 0 else 0)
+    batch = data[order[(first + positions) % len(order)]]
     return batch, batch.masked_fill(~scored[:, None], IGNORE), n_rows
 
 
@@ -185,24 +182,23 @@ class _SummedNLL(torch.nn.Module):
 class _CompiledRegions:
     """torch.compile on each repeated block of the model (its decoder layers), switched on for training steps.
 
-    Compiling one layer's code serves every layer (their weights are the graph's inputs), and it compiles in
-    a fraction of the whole model's time. The compiled call is attached only inside `on()`: validation,
+    Compiling one layer's code serves every layer (their weights are the graph's inputs), so the compiler
+    sees one layer, not all of them. The compiled call is attached only inside `on()`: validation,
     generation and copies of the model run it uncompiled, at their own shapes, without recompiling.
     Without a repeated block (an unknown architecture) the whole model is the region.
     """
 
     def __init__(self, model: torch.nn.Module | None, backend: str | Callable = "inductor"):
-        if model is None:
-            self.regions = []
-            return
-        block_names = set(getattr(model, "_no_split_modules", None) or ())
-        self.regions = [m for m in model.modules() if type(m).__name__ in block_names] or [model.base_model]
+        self.regions: list[torch.nn.Module] = []  # None: nothing compiled
+        if model is not None:
+            block_names = set(getattr(model, "_no_split_modules", None) or ())
+            self.regions = [m for m in model.modules() if type(m).__name__ in block_names] or [model.base_model]
         # What nn.Module.compile does, kept aside so it can be attached and detached.
         self.compiled = [torch.compile(region._call_impl, backend=backend, dynamic=False) for region in self.regions]
 
     @contextmanager
     def on(self):
-        for region, compiled in zip(self.regions, self.compiled if self.regions else ()):
+        for region, compiled in zip(self.regions, self.compiled):
             region._compiled_call_impl = compiled
         try:
             yield
