@@ -2,8 +2,9 @@
 
 A plain forward makes [tokens, V] logits and the loss an fp32 copy of them: at batch 128 x 64 tokens
 with OPT's 50k vocabulary that is about 10 GB a step. Here lm_head runs on one chunk of tokens at a
-time and only each token's NLL is kept; under autograd every chunk is checkpointed, so backward
-recomputes its logits instead of keeping them. Memory stays at one chunk's logits whatever the batch.
+time and only each token's NLL is kept; under autograd each chunk's gradients are computed right there in
+the forward pass (`_FusedChunks`), so no logits are kept or recomputed. Memory stays at one chunk's logits
+whatever the batch.
 A batch that fits in one chunk (the default CPU run's) keeps its logits for backward: no recomputation.
 """
 
@@ -13,7 +14,6 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 # Logits held at once: 2^26 fp32 values (256 MB), 1,334 tokens of OPT's vocabulary: GEMMs big enough to keep
 # a GPU busy (a chunk's matmul is about 100 GFLOP for OPT-125m), 40x less than a batch of 128 x 64 tokens.
@@ -60,7 +60,7 @@ def summed_nll(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Te
 
     The HF loss's layout and reduction (labels shifted left with IGNORE appended; cross_entropy's own sum),
     so sum / scored tokens is the HF loss and its gradients bit for bit when the batch is one chunk.
-    Several chunks are checkpointed: backward recomputes each chunk's logits instead of keeping them."""
+    Several chunks get their gradients in the forward pass (`_FusedChunks`): no chunk's logits are kept."""
     labels = input_ids if labels is None else labels
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE).reshape(-1)
     head = _linear_head(model)
@@ -71,12 +71,45 @@ def summed_nll(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Te
     step = chunk_tokens(head.out_features)
     if step >= hidden.shape[0]:  # one chunk: its logits are the whole batch's anyway, so backward keeps them
         return _chunk_sum(hidden, head.weight, head.bias, targets)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for first in range(0, hidden.shape[0], step):
-        args = (hidden[first:first + step], head.weight, head.bias, targets[first:first + step])
-        total = total + (checkpoint(_chunk_sum, *args, use_reentrant=False) if torch.is_grad_enabled()
-                         else _chunk_sum(*args))
-    return total
+    if not torch.is_grad_enabled():
+        return sum(_chunk_sum(hidden[first:first + step], head.weight, head.bias, targets[first:first + step])
+                   for first in range(0, hidden.shape[0], step))
+    return _FusedChunks.apply(hidden, head.weight, head.bias, targets, step)
+
+
+class _FusedChunks(torch.autograd.Function):
+    """lm_head + cross-entropy summed over chunks of tokens, each chunk's gradients computed in the forward
+    pass (Liger's fused linear cross-entropy): no logits are kept, and none are recomputed in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, step):
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        grad_bias = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
+        for first in range(0, hidden.shape[0], step):
+            chunk, chunk_targets = hidden[first:first + step], targets[first:first + step]
+            logits = F.linear(chunk, weight, bias).float()
+            total += F.cross_entropy(logits, chunk_targets, ignore_index=IGNORE, reduction="sum")
+            # d(sum of NLL)/d(logits) = softmax - one-hot on scored rows, 0 on ignored ones.
+            scored = chunk_targets != IGNORE
+            grad_logits = torch.softmax(logits, dim=-1)
+            grad_logits[torch.arange(len(chunk), device=chunk.device), chunk_targets.clamp_min(0)] -= 1
+            grad_logits = (grad_logits * scored[:, None]).to(chunk.dtype)
+            grad_hidden[first:first + step] = grad_logits @ weight.to(chunk.dtype)
+            grad_weight += (grad_logits.t() @ chunk).float()
+            if grad_bias is not None:
+                grad_bias += grad_logits.float().sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        weight_dtype, bias_dtype = ctx.dtypes
+        return (grad_hidden * grad_total.to(grad_hidden.dtype), (grad_weight * grad_total).to(weight_dtype),
+                None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype), None, None)
 
 
 def _final_hidden(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
