@@ -166,15 +166,18 @@ def test_experiments_are_shipped():
 @pytest.mark.parametrize("name", LM_EXPERIMENTS)
 def test_every_experiment_composes(name: str, wiki_files):
     cfg = composed([f"+experiment={name}"])
-    # Shumailov et al.: lr 2e-5 cosine-annealed to 1e-6, best-validation epoch, 64-token blocks, beam search.
+    # Shumailov et al.: lr 2e-5 cosine-annealed to 1e-6, best-validation epoch, 64-token blocks in batches of 128,
+    # beam search.
     t = cfg.train
-    assert (t.lr, t.min_lr, t.schedule, t.select, t.block_size) == (2e-5, 1e-6, "cosine", "best_valid", 64)
+    assert (t.lr, t.min_lr, t.schedule, t.select, t.block_size, t.batch_size) == (
+        2e-5, 1e-6, "cosine", "best_valid", 64, 128)
     assert cfg.generate.preset == "shumailov" and cfg.generate.num_beams == 5
     assert cfg.dataset.name == "wikitext2"
     # Offline: the local model and local text files replace the hub.
     offline = composed([f"+experiment={name}", "model=smollm2", *wiki_files])
     assert offline.model.name == "smollm2" and offline.dataset.valid.endswith("wiki.valid.raw")
     assert offline.train.schedule == "cosine" and offline.train.epochs == t.epochs and offline.mix == cfg.mix
+    assert offline.train.batch_size == 128
 
 
 def test_experiments_set_the_papers_settings():

@@ -221,6 +221,12 @@ def test_tiny_llama_runs_end_to_end_through_the_gguf_path(tiny_gguf: Path, tmp_p
         assert "ce_truth" not in row and "kl_truth" not in row
     saved = json.loads((run_dir / "gen_001" / "model" / "config.json").read_text())
     assert saved["model_type"] == "llama" and saved["num_hidden_layers"] == 2
+    # The checkpoint carries the tokenizer the run used: the GGUF's, as converted.
+    from transformers import AutoTokenizer
+
+    used = AutoTokenizer.from_pretrained(converted_folder(str(tiny_gguf), str(tmp_path / "cache")))
+    assert AutoTokenizer.from_pretrained(run_dir / "gen_001" / "model").get_vocab() == used.get_vocab()
+    assert "<|im_end|>" in used.get_vocab()
 
 
 def test_incomplete_cache_folder_is_named_not_overwritten(tiny_gguf: Path, tmp_path: Path):

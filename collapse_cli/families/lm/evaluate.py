@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from collapse_cli.experiment import distributed
+from collapse_cli.families.lm.loss import logit_chunks
 from collapse_cli.families.lm.train import autocast, inference_model
 
 OnBatch = Optional[Callable[[int, int], None]]
@@ -20,17 +21,22 @@ def _batches(n: int, batch_size: int):
         yield first, min(first + batch_size, n)
 
 
-def _next_token_logits(model: torch.nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """float32 logits that predict tokens 1..L-1 of each row, shape [b, L-1, V]."""
+def _score_batch(model: torch.nn.Module, batch: torch.Tensor, device: torch.device,
+                 truth: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, float, float]:
+    """NLL of tokens 1..L-1 of each row, [b, L-1] fp32, and with the true law the sums of H(p, q) and H(p)
+    over those positions. The logits exist one chunk of tokens at a time (loss.logit_chunks)."""
+    targets, prev = batch[:, 1:].reshape(-1), batch[:, :-1].reshape(-1)
+    nll = torch.empty(targets.shape, dtype=torch.float32, device=batch.device)
+    ce_sum = h_sum = 0.0
     with autocast(device):
-        logits = model(input_ids=batch).logits[:, :-1]
-    return logits.float()
-
-
-def _token_losses(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-    """NLL of tokens 1..L-1; cross_entropy fuses log-softmax and gather (no [b, L, V] copy)."""
-    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
-    return flat.view(len(batch), -1)
+        for tokens, logits in logit_chunks(model, batch):
+            nll[tokens] = F.cross_entropy(logits, targets[tokens], reduction="none")
+            if truth is not None:
+                true_probs = truth[0][prev[tokens]]
+                ce_sum += float(-(true_probs * F.log_softmax(logits[:, : true_probs.shape[1]], dim=-1)).sum())
+    if truth is not None:
+        h_sum = float(truth[1][prev].sum())
+    return nll.view(len(batch), -1), ce_sum, h_sum
 
 
 def token_nll(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, device: torch.device,
@@ -63,14 +69,8 @@ def score_blocks(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, de
     for k in distributed.my_items(len(batches)):
         first, last = batches[k]
         batch = torch.from_numpy(blocks[first:last]).to(device)
-        logits = _next_token_logits(model, batch, device)
-        ce_sum = h_sum = 0.0
-        if truth is not None:
-            true_probs, row_entropy = truth
-            prev = batch[:, :-1]
-            log_probs = F.log_softmax(logits[..., : true_probs.shape[1]], dim=-1)
-            ce_sum, h_sum = float(-(true_probs[prev] * log_probs).sum()), float(row_entropy[prev].sum())
-        scored.append((_token_losses(logits, batch).cpu().numpy(), ce_sum, h_sum))
+        nll, ce_sum, h_sum = _score_batch(model, batch, device, truth)
+        scored.append((nll.cpu().numpy(), ce_sum, h_sum))
         if on_batch is not None:
             on_batch(last, len(blocks))
     scored = distributed.gather_items(scored, len(batches))  # every batch, in order, on every rank
@@ -110,7 +110,7 @@ def sliding_nll(model: torch.nn.Module, stream: np.ndarray, window: int, stride:
     window_sums = []  # per group of this rank (r, r+N, ... under nproc=N): each window's (NLL sum, tokens)
     for k in distributed.my_items(len(groups)):
         batch = torch.from_numpy(np.stack([stream[s:e] for s, e, _ in groups[k]])).to(device)
-        token_nlls = _token_losses(_next_token_logits(model, batch, device), batch)
+        token_nlls = _score_batch(model, batch, device, None)[0]
         # Position j of token_nlls predicts stream[start + j + 1].
         scored = [token_nlls[row, first_scored - start - 1:] for row, (start, _, first_scored) in enumerate(groups[k])]
         window_sums.append([(float(tokens.sum()), tokens.numel()) for tokens in scored])

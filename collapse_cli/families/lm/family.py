@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from collapse_cli.config import DatasetConfig, ModelConfig, RunConfig, check_lengths, validate_lm
+from collapse_cli.experiment import distributed
 from collapse_cli.families.base import Curated, Family, ObjectCache, Progress, RealData
 from collapse_cli.families.lm import profile
 from collapse_cli.families.lm.curate import curate
@@ -24,6 +25,7 @@ from collapse_cli.families.lm.data import load_corpus, make_blocks
 from collapse_cli.families.lm.decode import describe as describe_decoder
 from collapse_cli.families.lm.evaluate import token_nll
 from collapse_cli.families.lm.generate import generate, prompts_for
+from collapse_cli.families.lm.gguf import cache_root
 from collapse_cli.families.lm.models import (
     build_base_model,
     load_tokenizer,
@@ -33,7 +35,7 @@ from collapse_cli.families.lm.models import (
     n_parameters,
 )
 from collapse_cli.families.lm.quiet import no_library_bars
-from collapse_cli.families.lm.train import Validate, inference_model, train
+from collapse_cli.families.lm.train import Validate, compiles, inference_model, keep_compile_cache, train
 from collapse_cli.measure.metrics import perplexity
 from collapse_cli.rundir import RunDir
 
@@ -63,6 +65,8 @@ class LMFamily(Family):
         self._decoded = ObjectCache()  # a sample array's texts
         self._reference_copy = ObjectCache()  # the generation-0 model's inference weights: see _scoring_reference
         self._trained_copy = ObjectCache()  # this generation's model's inference weights: see _inference_weights
+        if compiles(cfg.train, device):
+            keep_compile_cache(cache_root(cfg.model.cache_dir) / "torch-compile")
 
     @classmethod
     def validate(cls, cfg: RunConfig) -> None:
@@ -185,6 +189,8 @@ class LMFamily(Family):
         return {"reference_test_seq_ppl.npy": self.reference.test_seq_ppl.astype(np.float32)}
 
     def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
+        # `folder` is the run's gen_k: the run folder's tokenizer/ is written beside it, once.
+        self._save_run_tokenizer(folder.parent / "tokenizer")
         files = RunDir(folder)
         files.save_ids(self.samples_file, samples)
         files.save_texts_gz("synthetic.txt.gz", self._texts(samples))
@@ -194,9 +200,22 @@ class LMFamily(Family):
         return RunDir(folder).load_ids(self.samples_file)
 
     def save_model(self, model: torch.nn.Module, folder: Path) -> None:
+        """Weights, config and the tokenizer they were trained with: the folder loads in any HF tool alone."""
         shutil.rmtree(folder, ignore_errors=True)
         with no_library_bars():
             model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+
+    def _save_run_tokenizer(self, folder: Path) -> None:
+        """The run's tokenizer (for tiny: the BPE trained on the run's text, or the builtin words), which the
+        corpora's token ids mean; written through a temporary folder, so it is whole or absent."""
+        if folder.is_dir() or not distributed.is_main():
+            return
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with no_library_bars():
+            self.tokenizer.save_pretrained(tmp)
+        tmp.rename(folder)
 
     def load_model(self, folder: Path) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM

@@ -1,11 +1,20 @@
-"""Causal-LM training on packed fixed-length blocks (no padding, no attention mask)."""
+"""Causal-LM training on packed fixed-length blocks (no attention mask: every row is a whole block).
+
+Every step has the same shapes: the short last batch of an epoch is filled up with rows whose labels
+are ignored, so a compiled step is compiled once per run. With train.compile, each decoder layer is
+compiled (regional compilation: one small graph serves every layer), and the compiled code is cached on
+disk (`keep_compile_cache`), so a later generation or run loads it instead of compiling again.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +22,7 @@ import torch
 from collapse_cli.config import TrainConfig
 from collapse_cli.experiment import distributed
 from collapse_cli.families.base import checked_loss
+from collapse_cli.families.lm.loss import IGNORE, summed_nll
 
 # How often the GPU path looks at the loss: each look is a host sync.
 CHECK_EVERY = 50
@@ -71,18 +81,26 @@ def compiles(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.compile if cfg.compile is not None else device.type == "cuda"
 
 
+def keep_compile_cache(folder: Path) -> None:
+    """Inductor's and Triton's caches under `folder` (a user's own TORCHINDUCTOR_CACHE_DIR wins), so
+    compiled kernels outlive /tmp and later processes load them. Call before the process's first compile."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
+
+
 def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: int, device: torch.device,
           generation: int, on_step: Callable[[int, int], None] | None = None,
-          validate: Validate | None = None) -> TrainStats:
+          validate: Validate | None = None, compile_backend: str | Callable = "inductor") -> TrainStats:
     """Train `model` in place for cfg.epochs over `blocks` ([n, block_size] token ids).
 
     With `validate`, the model is scored after the last epoch, and after every epoch when
     cfg.select is best_valid: then the epoch with the lowest validation loss is the one kept.
     cfg.batch_size is the global batch: under `nproc=N` every rank takes its share of each batch
     of the same permutation (DDP), so steps, schedule and updates are those of one process.
+    `compile_backend` is torch.compile's backend when cfg.compile is on (tests count graphs with their own).
     """
     data = torch.from_numpy(blocks).to(device)  # the whole set lives on the device
-    n_blocks = len(data)
+    n_blocks, tokens_per_row = len(data), blocks.shape[1] - 1  # the first token of a block is never predicted
+    compiled = compiles(cfg, device)
     steps_per_epoch = math.ceil(n_blocks / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = max(1, int(cfg.warmup_ratio * total_steps))
@@ -92,19 +110,22 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
         optimizer, lambda step: lr_at(step, total_steps, warmup_steps, cfg.schedule, floor))
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    # DDP and the compiled module share the model's parameters: training them trains `model`.
-    forward = distributed.wrap(model, device)
-    forward = torch.compile(forward, dynamic=False) if compiles(cfg, device) else forward
+    # DDP and the loss module share the model's parameters: training them trains `model`.
+    forward = distributed.wrap(_SummedNLL(model), device)
+    regions = _CompiledRegions(model if compiled else None, compile_backend)
     start, step, losses = time.perf_counter(), 0, []
     window, window_steps = torch.zeros((), device=device), 0
     selection = _Selection(cfg.select == "best_valid", cfg.epochs)
     for epoch in range(1, cfg.epochs + 1):
         order = torch.randperm(n_blocks, generator=generator).to(device)
         for first in range(0, n_blocks, cfg.batch_size):
-            rows, weight = distributed.shard_batch(order[first:first + cfg.batch_size])
-            batch = data[rows]
-            with autocast(device):
-                loss = forward(input_ids=batch, labels=batch).loss * weight
+            # Filler rows serve only a compiled step's shapes: the eager CPU step does not pay for them.
+            batch, labels, n_rows = _batch(data, order, first, cfg.batch_size, fill=compiled)
+            # The mean NLL over the global batch's real tokens; DDP's mean over ranks undoes the world size.
+            # A division, as the HF loss's mean: one process's loss is then that loss, bit for bit.
+            per_rank_tokens = n_rows * tokens_per_row / distributed.world_size()
+            with regions.on(), autocast(device):
+                loss = forward(batch, labels) / per_rank_tokens
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -114,20 +135,76 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
             window += loss.detach()
             step, window_steps = step + 1, window_steps + 1
             if device.type == "cpu" or step % CHECK_EVERY == 0 or step == total_steps:
-                # Averaged over ranks, weighted losses make the global batch's loss; every rank checks the same value.
+                # Averaged over ranks, the scaled sums make the global mean loss; every rank checks the same value.
                 losses.append(_checked_mean(distributed.mean_over_ranks(window) / window_steps, step, generation))
                 window.zero_()
                 window_steps = 0
             if on_step is not None:
                 on_step(step, total_steps)
         if validate is not None and (selection.every_epoch or epoch == cfg.epochs):
-            selection.end_of_epoch(model, epoch, validate(model, epoch))
+            selection.end_of_epoch(model, epoch, validate(model, epoch))  # uncompiled: other shapes, no grad
             model.train()
     model.eval()
     selection.restore(model)
     return TrainStats(steps=step, tokens=n_blocks * blocks.shape[1] * cfg.epochs,
                       loss_first=losses[0], loss_last=losses[-1], seconds=time.perf_counter() - start,
                       valid_loss=selection.best_loss, kept_epoch=selection.best_epoch)
+
+
+def _batch(data: torch.Tensor, order: torch.Tensor, first: int, batch_size: int,
+           fill: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """This rank's rows of the global batch at `first` of `order`, their labels, and the global batch's real rows.
+
+    With `fill`, a short last batch is filled up to batch_size with rows from the start of the order whose
+    labels are all IGNORE: the step keeps its shapes (one compiled graph) and its loss (those rows score
+    nothing). Rows are whole blocks under a causal mask, so a filler row never reaches a real one.
+    """
+    n_rows = min(batch_size, len(order) - first)
+    # Positions in the global batch; past the order's end they wrap to its start (the filler rows).
+    positions, share = distributed.shard_batch(torch.arange(batch_size if fill else n_rows, device=order.device))
+    # share 0: a global batch smaller than the world, whose rows this rank runs without scoring any.
+    scored = positions < (n_rows if share > 0 else 0)
+    batch = data[order[(first + positions) % len(order)]]
+    return batch, batch.masked_fill(~scored[:, None], IGNORE), n_rows
+
+
+class _SummedNLL(torch.nn.Module):
+    """The summed next-token NLL of a batch (chunked: no [tokens, V] logits): the module DDP wraps."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return summed_nll(self.model, input_ids, labels)
+
+
+class _CompiledRegions:
+    """torch.compile on each repeated block of the model (its decoder layers), switched on for training steps.
+
+    Compiling one layer's code serves every layer (their weights are the graph's inputs), so the compiler
+    sees one layer, not all of them. The compiled call is attached only inside `on()`: validation,
+    generation and copies of the model run it uncompiled, at their own shapes, without recompiling.
+    Without a repeated block (an unknown architecture) the whole model is the region.
+    """
+
+    def __init__(self, model: torch.nn.Module | None, backend: str | Callable = "inductor"):
+        self.regions: list[torch.nn.Module] = []  # None: nothing compiled
+        if model is not None:
+            block_names = set(getattr(model, "_no_split_modules", None) or ())
+            self.regions = [m for m in model.modules() if type(m).__name__ in block_names] or [model.base_model]
+        # What nn.Module.compile does, kept aside so it can be attached and detached.
+        self.compiled = [torch.compile(region._call_impl, backend=backend, dynamic=False) for region in self.regions]
+
+    @contextmanager
+    def on(self):
+        for region, compiled in zip(self.regions, self.compiled):
+            region._compiled_call_impl = compiled
+        try:
+            yield
+        finally:
+            for region in self.regions:
+                region._compiled_call_impl = None
 
 
 class _Selection:
