@@ -306,7 +306,7 @@ def other_run_to_replace(folder: Path, task: DictConfig, key: str) -> bool:
         raise CollapseError(still_running(folder, writer))
     if not task.get("overwrite", False):
         raise CollapseError(f"{folder} holds another run ({described(differences)}): give a new {key}, or add "
-                            f"overwrite=true to move that run aside to {folder.name}.replaced-<time> "
+                            f"overwrite=true to move that run aside to {folder.name}.replaced-<date>-<time> "
                             f"(nothing is deleted)")
     return True
 
@@ -667,7 +667,12 @@ def _run_command(args: list[str]) -> int:
         return error_line(hydra_message(err))
     STARTING.check()
     for folder in checked.replaced:
-        print(f"collapse: overwrite=true: the run that was in {folder} is now in {move_aside(folder)}", file=sys.stderr)
+        try:
+            aside = move_aside(folder)
+        except OSError as err:
+            return error_line(f"overwrite=true: cannot move the run in {folder} aside ({err.strerror}); move or "
+                              f"remove it yourself, or give a new hydra.run.dir")
+        print(f"collapse: overwrite=true: the run that was in {folder} is now in {aside}", file=sys.stderr)
     sweep_dir = checked.sweep_dir
     if sweep_dir is not None:
         argv = [a for a in argv if not a.startswith("hydra.sweep.dir=")] + [f"hydra.sweep.dir={quoted(str(sweep_dir))}"]
