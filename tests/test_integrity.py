@@ -21,6 +21,7 @@ from collapse_cli.killpoint import ENV, WRITES
 from collapse_cli.rundir import RunDir
 
 GMM = ["model=gmm", "dataset=gaussian", "dataset.n_train=300", "dataset.n_test=300"]
+VAE = ["model=vae", "dataset=digits", "model.epochs=2", "model.hidden=32", "model.latent=4", "model.nll_samples=4"]
 
 
 def files_of(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
@@ -156,6 +157,8 @@ KILL_RUNS = {
     "lm-base-last": [*TINY, "generations=2", "checkpoints=last"],
     "gmm-previous-last": [*GMM, "generations=2", "train.init=previous", "checkpoints=last"],
     "gmm-base-all": [*GMM, "generations=2", "checkpoints=all"],
+    # The GMM's EM starts afresh whatever model it is given; the VAE, like the LM, trains on from the previous one.
+    "vae-previous-none": [*VAE, "generations=2", "train.init=previous", "checkpoints=none"],
 }
 LAST = 2
 ONCE_AT_THE_END = ("summary", "figures", "reference_delete")
