@@ -546,8 +546,9 @@ RESUME_MAY_CHANGE = ("train.", "generations", "device", "nproc", "checkpoints", 
 RESUME_KEEPS = ("train.init", "train.block_size")
 
 
-def check_resume_changes(path: Path, before: DictConfig, after: DictConfig) -> None:
-    """Refuse a resume override that would change what the run's finished generations mean."""
+def check_resume_changes(path: Path, before: DictConfig, after: DictConfig, overrides: list[str]) -> None:
+    """Refuse a resume override that would change what the run's finished generations mean; the line names
+    the overrides as given (`model=vae`), else the keys they changed through an interpolation."""
     from omegaconf import OmegaConf
 
     from collapse_cli.rundir import RunDir, flatten
@@ -560,7 +561,10 @@ def check_resume_changes(path: Path, before: DictConfig, after: DictConfig) -> N
     refused = [key for key in changed if key in RESUME_KEEPS or not any(
         key.startswith(allowed) if allowed.endswith(".") else key == allowed for allowed in RESUME_MAY_CHANGE)]
     if refused:
-        raise CollapseError(f"collapse resume {path}: {', '.join(f'{key}={new.get(key)}' for key in refused[:3])} "
+        given = [o for o in overrides if any(k == o.split("=", 1)[0] or k.startswith(o.split("=", 1)[0] + ".")
+                                             for k in refused)]
+        named = given or [f"{key}={new.get(key)}" for key in refused]
+        raise CollapseError(f"collapse resume {path}: {', '.join(named[:3])} "
                             f"would change what its {done} finished generation(s) are; a resume may change "
                             f"train.* (not train.init or train.block_size), generations, device, nproc, "
                             f"checkpoints, logger.* and batch sizes; for another setting start a new run")
@@ -730,8 +734,8 @@ def resume_command(args: list[str]) -> int:
     try:
         # Overrides fix what stopped the run (a diverging train.lr, say); later generations use them.
         config = with_resume_overrides(recorded, path, overrides)
+        check_resume_changes(path, with_resume_overrides(recorded, path), config, overrides)
         run_config = to_run_config(config)
-        check_resume_changes(path, with_resume_overrides(recorded, path), config)
     except CollapseError as err:
         return error_line(str(err))
     except Exception as err:  # OmegaConf: a bad value or type in an override

@@ -112,11 +112,12 @@ def killed_at_gen_3(tmp_path_factory) -> Path:
     ("generations=2", "generations=2, but generations 0-3 are finished"),
     ("seed=3", "seed=3 would change what its 4 finished generation(s) are"),
     ("mix=0.5", "mix=0.5 would change"),
-    ("regime=fresh mix=0.1", "mix=0.1, regime=fresh would change"),
+    ("regime=fresh mix=0.1", "regime=fresh, mix=0.1 would change"),
+    ("model=vae", "model=vae would change"),  # named as given, not by the keys it changes
     ("dataset.n_train=500", "dataset.n_train=500 would change"),
     ("model.n_components=3", "model.n_components=3 would change"),
     ("train.init=previous", "train.init=previous would change"),
-    ("overwrite=true", "overwrite=True would change"),
+    ("overwrite=true", "overwrite=true would change"),
 ])
 def test_a_resume_that_would_change_finished_generations_is_refused(tmp_path: Path, killed_at_gen_3: Path,
                                                                       override: str, needle: str, capsys):
