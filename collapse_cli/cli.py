@@ -2,19 +2,67 @@
 
 from __future__ import annotations
 
-import errno
-import itertools
-import logging
-import re
-import secrets
 import signal
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Optional
 
-from collapse_cli import __version__
-from collapse_cli.errors import CollapseError
+
+class StartupInterrupt:
+    """Ctrl-C while libraries load and Hydra composes is noted, not raised: a KeyboardInterrupt inside an
+    import is a traceback, and Hydra and OmegaConf turn one raised inside their composition into an error
+    of their own (exit 1). The noted Ctrl-C is raised at the next safe point (`check`, `release`) and
+    handled as usual: one line, exit 130."""
+
+    def __init__(self) -> None:
+        self.pending, self.previous = False, None
+
+    def defer(self) -> StartupInterrupt:
+        if self.previous is None:  # already deferring (since the module was imported): keep the first handler
+            self.previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    __enter__ = defer
+
+    def __exit__(self, *exc_info) -> None:
+        self._restore()
+
+    def _note(self, signum, frame) -> None:
+        self.pending = True
+
+    def _restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def check(self) -> None:
+        """Raise a noted Ctrl-C now; keep deferring later ones."""
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def release(self) -> None:
+        """The work proper starts: Ctrl-C raises again (a no-op in a launcher's job process, which never deferred)."""
+        self._restore()
+        self.check()
+
+
+STARTING = StartupInterrupt()
+if __name__ == "__main__" or sys.argv[0].endswith(("/collapse", "\\collapse.exe")):
+    # The `collapse` command itself (not a test or a library importing this module): defer Ctrl-C from
+    # here on, before this module's own imports, so one at any moment of start-up is one line, not a traceback.
+    STARTING.defer()
+
+import errno  # noqa: E402
+import itertools  # noqa: E402
+import logging  # noqa: E402
+import re  # noqa: E402
+import secrets  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, Optional  # noqa: E402
+
+from collapse_cli import __version__  # noqa: E402
+from collapse_cli.errors import CollapseError  # noqa: E402
 
 if TYPE_CHECKING:  # omegaconf, hydra, torch: imported by the commands that use them, so `--help` starts fast
     from omegaconf import DictConfig
@@ -216,12 +264,12 @@ class Checked:
     runs: list  # every job's RunConfig
     sweep_dir: Optional[Path] = None  # multirun: the sweep folder, resolved once (see resolve_sweep_dir)
     by_job_number: bool = True  # is each job's subfolder its job number?
+    replaced: list[Path] = field(default_factory=list)  # folders whose other run `overwrite=true` moves aside
 
 
 def preflight(overrides: list[str], multirun: bool) -> Checked:
-    """Compose and validate every job, and check the output folder, before Hydra starts any job,
-    so bad input costs nothing; one composition of Hydra's own config serves the folder check
-    and the sweep folder."""
+    """Compose and validate every job, and check the output folders, before Hydra starts any job
+    (or writes its .hydra/ into a folder), so bad input costs nothing and no run is overwritten."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -229,17 +277,103 @@ def preflight(overrides: list[str], multirun: bool) -> Checked:
 
     check_launcher(overrides, multirun)
     job_overrides = [o for o in overrides if not is_hydra_override(o)]
+    hydra_overrides = [o for o in overrides if is_hydra_override(o)]
     jobs = expand_sweeps(job_overrides) if multirun else [job_overrides]
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        runs = [to_run_config(compose(config_name="config", overrides=job)) for job in jobs]
-        hydra_overrides = [o for o in overrides if is_hydra_override(o)]
-        hydra_cfg = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True).hydra
+        # Each job with Hydra's config too: a folder may depend on the job's keys (hydra.sweep.subdir=seed_${seed}).
+        composed = [compose(config_name="config", overrides=[*hydra_overrides, *job], return_hydra_config=True)
+                    for job in jobs]
+    tasks = [task_config(job) for job in composed]
+    runs = [to_run_config(task) for task in tasks]
+    hydra_cfg = composed[0].hydra
     where = "sweep" if multirun else "run"
+    key = f"hydra.{where}.dir"
     folder = str(OmegaConf.to_container(hydra_cfg[where], resolve=False)["dir"])
-    existing = check_output_folder(f"hydra.{where}.dir", folder)
+    existing = check_output_folder(key, folder)
     if not all(run.dry_run for run in runs):  # a dry run writes nothing it keeps
-        check_free_disk(f"hydra.{where}.dir", folder, existing, max(run.min_free_disk_mb for run in runs))
-    return Checked(runs, *resolve_sweep_dir(hydra_cfg)) if multirun else Checked(runs)
+        check_free_disk(key, folder, existing, max(run.min_free_disk_mb for run in runs))
+    sweep_dir, by_job_number = resolve_sweep_dir(hydra_cfg) if multirun else (None, True)
+    folders = [job_folder(job, num, sweep_dir) for num, job in enumerate(composed)]
+    return Checked(runs, sweep_dir, by_job_number, check_job_folders(folders, tasks, key))
+
+
+def task_config(composed: DictConfig) -> DictConfig:
+    """A job's config as its task receives it: Hydra's own node removed (as hydra.core.utils.run_job does)."""
+    import copy
+
+    from omegaconf import open_dict, read_write
+
+    task = copy.deepcopy(composed)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def job_folder(composed: DictConfig, num: int, sweep_dir: Optional[Path]) -> Optional[Path]:
+    """The folder Hydra will run job `num` in (hydra.run.dir, or the sweep folder's subdir for that job);
+    None when only the launcher can tell (an interpolation of keys it sets)."""
+    import os
+
+    from omegaconf import open_dict, read_write
+
+    node = composed.hydra
+    try:
+        if sweep_dir is None:
+            return Path(os.path.abspath(str(node.run.dir)))
+        with read_write(node), open_dict(node):
+            node.job.num = num  # what the launcher sets before the subdir is resolved
+        return Path(os.path.abspath(sweep_dir / str(node.sweep.subdir)))
+    except Exception:  # noqa: BLE001 - any resolution error: the job itself checks its folder (run_task)
+        return None
+
+
+def check_job_folders(folders: list[Optional[Path]], tasks: list[DictConfig], key: str) -> list[Path]:
+    """One run per folder: jobs of a sweep that would share one are refused; a folder that holds another
+    run is refused, or (overwrite=true) listed to be moved aside. The same run again is fine: a relaunched
+    sweep or a requeued job continues it (run_task)."""
+    first_job: dict[Path, int] = {}
+    for num, folder in enumerate(folders):
+        if folder is not None and folder in first_job:
+            raise CollapseError(f"jobs {first_job[folder]} and {num} of the sweep would both write {folder}, the "
+                                f"later replacing the earlier's run: give hydra.sweep.subdir a value that differs "
+                                f"by job (the default ${{hydra.job.num}}, or e.g. seed_${{seed}})")
+        if folder is not None:
+            first_job[folder] = num
+    return [folder for folder, task in zip(folders, tasks) if folder is not None and other_run_to_replace(folder,
+                                                                                                      task, key)]
+
+
+def other_run_to_replace(folder: Path, task: DictConfig, key: str) -> bool:
+    """Whether `folder` holds another run that overwrite=true moves aside; refused without it, or while it runs."""
+    from collapse_cli.rundir import RunDir, writer_here
+
+    earlier, _, differences = earlier_run(folder, task)
+    if earlier != "other":
+        return False
+    writer = writer_here(RunDir(folder).status())
+    if writer is not None:
+        raise CollapseError(still_running(folder, writer))
+    if not task.get("overwrite", False):
+        raise CollapseError(f"{folder} holds another run ({described(differences)}): give a new {key}, or add "
+                            f"overwrite=true to move that run aside to {folder.name}.replaced-<date>-<time> "
+                            f"(nothing is deleted)")
+    return True
+
+
+def described(differences: list[str]) -> str:
+    return "; ".join(differences[:3]) + (f"; {len(differences) - 3} more" if len(differences) > 3 else "")
+
+
+def move_aside(folder: Path) -> Path:
+    """overwrite=true: the old run goes to a sibling folder, whole (nothing a user made is deleted)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = folder.with_name(f"{folder.name}.replaced-{stamp}")
+    for n in itertools.count(2):
+        if not aside.exists():
+            break
+        aside = folder.with_name(f"{folder.name}.replaced-{stamp}-{n}")
+    folder.rename(aside)
+    return aside
 
 
 def resolve_sweep_dir(hydra_cfg: DictConfig) -> tuple[Path, bool]:
@@ -320,44 +454,6 @@ class SweepInterrupted(BaseException):
     """Raised out of Hydra's basic launcher (which catches only Exception) to end an in-process sweep."""
 
 
-class StartupInterrupt:
-    """Ctrl-C while libraries load and Hydra composes is noted, not raised: Hydra and OmegaConf turn an
-    exception raised inside their composition into an error of their own (a traceback, exit 1). The noted
-    Ctrl-C is raised at the next safe point, after preflight or as the task starts, and handled as usual."""
-
-    def __init__(self) -> None:
-        self.pending, self.previous = False, None
-
-    def __enter__(self) -> StartupInterrupt:
-        self.previous = signal.signal(signal.SIGINT, self._note)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._restore()
-
-    def _note(self, signum, frame) -> None:
-        self.pending = True
-
-    def _restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
-
-    def check(self) -> None:
-        """Raise a noted Ctrl-C now; keep deferring later ones."""
-        if self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
-
-    def release(self) -> None:
-        """The run proper starts: Ctrl-C raises again (a no-op in a launcher's job process, which never deferred)."""
-        self._restore()
-        self.check()
-
-
-STARTING = StartupInterrupt()
-
-
 def run_task(cfg: DictConfig) -> None:
     """The Hydra task. Under submitit it runs in the launcher's job process, and again there when the job
     is requeued."""
@@ -388,7 +484,11 @@ def run_task(cfg: DictConfig) -> None:
             return
         raise SystemExit(error_line(still_running(path, writer)))
     if not run_config.dry_run:
-        earlier, cfg = earlier_run(path, cfg)
+        earlier, cfg, differences = earlier_run(path, cfg)
+        if earlier == "other":  # one preflight could not foresee (another process started it since)
+            restore_hydra_record(path)
+            raise SystemExit(error_line(f"{path} holds another run ({described(differences)}), started after "
+                                        f"this command began; give this job another folder"))
         if earlier == "finished":
             logging.getLogger("collapse").info(f"{path} already holds this run, finished; nothing to do")
             return
@@ -397,6 +497,7 @@ def run_task(cfg: DictConfig) -> None:
         run_config = to_run_config(cfg)
         run_config.resume = earlier == "unfinished"
         atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+        keep_hydra_record(path)
     with gpu_slots.claim_one(path, run_config.device):
         try:
             in_sweep = multirun and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
@@ -422,8 +523,13 @@ def still_running(path: Path, pid: int) -> str:
             f"folder: stop it first (Ctrl-C, or kill {pid})")
 
 
-def earlier_run(path: Path, cfg: DictConfig) -> tuple[Optional[str], DictConfig]:
-    """("finished" or "unfinished", its config) when `path` already holds a run of this job, else (None, cfg).
+# Keys that say how a run was started, not what it is: a requeued `overwrite=true` job is the same run.
+NOT_THE_RUN = ("overwrite",)
+
+
+def earlier_run(path: Path, cfg: DictConfig) -> tuple[Optional[str], DictConfig, list[str]]:
+    """What `path` holds for this job: (None, cfg, []) nothing (no config.yaml: no run was started there);
+    ("finished" or "unfinished", its config, []) this job's run; ("other", cfg, the differences) another run.
 
     A requeued job (preemption, timeout) and a relaunched sweep start the same job again in the same
     folder: an unfinished run there continues from its last finished generation. The job's own
@@ -433,19 +539,48 @@ def earlier_run(path: Path, cfg: DictConfig) -> tuple[Optional[str], DictConfig]
     import yaml
     from omegaconf import OmegaConf
 
-    from collapse_cli.rundir import RunDir
+    from collapse_cli.rundir import RunDir, flatten
 
     saved = path / "config.yaml"
-    if not (path / "status.json").is_file() or not saved.is_file():
-        return None, cfg
+    if not saved.is_file():
+        return None, cfg, []
     continued = with_resume_overrides(cfg, path)
     try:  # compared as data: a resume writes `lr: 1` where the job's typed config writes `lr: 1.0`
-        same = yaml.safe_load(saved.read_text()) == yaml.safe_load(OmegaConf.to_yaml(continued, resolve=True))
-    except yaml.YAMLError:  # an edited config.yaml: not a run this job can continue
-        same = False
-    if not same:
-        return None, cfg
-    return ("finished" if RunDir(path).status().get("state") == "finished" else "unfinished"), continued
+        there = yaml.safe_load(saved.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:  # an edited or damaged config.yaml
+        return "other", cfg, [f"its config.yaml is unreadable: {type(err).__name__}"]
+    if not isinstance(there, dict):
+        return "other", cfg, ["its config.yaml is not a mapping of keys"]
+    here = flatten(yaml.safe_load(OmegaConf.to_yaml(continued, resolve=True)))
+    there = flatten(there)
+    differences = [f"{key}={here.get(key)} here, {there.get(key)} there" for key in sorted(set(here) | set(there))
+                   if key not in NOT_THE_RUN and here.get(key) != there.get(key)]
+    if differences:
+        return "other", cfg, differences
+    return ("finished" if RunDir(path).status().get("state") == "finished" else "unfinished"), continued, []
+
+
+# Hydra writes a job's .hydra/ files into its folder before the job runs; a copy of the run's own lets a
+# job that finds another run there (run_task) put that run's back.
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+HYDRA_KEPT = Path(".hydra") / "kept"
+
+
+def keep_hydra_record(path: Path) -> None:
+    import shutil
+
+    (path / HYDRA_KEPT).mkdir(parents=True, exist_ok=True)
+    for name in HYDRA_FILES:
+        if (path / ".hydra" / name).is_file():
+            shutil.copyfile(path / ".hydra" / name, path / HYDRA_KEPT / name)
+
+
+def restore_hydra_record(path: Path) -> None:
+    import shutil
+
+    for name in HYDRA_FILES:
+        if (path / HYDRA_KEPT / name).is_file():
+            shutil.copyfile(path / HYDRA_KEPT / name, path / ".hydra" / name)
 
 
 def with_resume_overrides(cfg: DictConfig, path: Path, overrides: Optional[list[str]] = None) -> DictConfig:
@@ -455,6 +590,43 @@ def with_resume_overrides(cfg: DictConfig, path: Path, overrides: Optional[list[
     from collapse_cli.rundir import resume_overrides
 
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist([*resume_overrides(path), *(overrides or [])]))
+
+
+# What `collapse resume RUN_DIR key=value` may change (README "Reliability"): how the rest of the run trains,
+# how long it goes on, where it runs and what it keeps, never what its finished generations were made of
+# or measured with. A key ending in "." stands for every key under it.
+RESUME_MAY_CHANGE = ("train.", "generations", "device", "nproc", "threads", "checkpoints", "min_free_disk_mb",
+                     "logger.", "generate.batch_size", "generate.decoder", "generate.cuda_graph",
+                     "metrics.eval_batch_size", "model.cache_dir")
+# train.* keys that are not how one generation trains: the chain of models, the rows of the real data.
+RESUME_KEEPS = ("train.init", "train.block_size")
+
+
+def check_resume_changes(path: Path, before: DictConfig, after: DictConfig, overrides: list[str]) -> None:
+    """Refuse a resume override that would change what the run's finished generations mean; the line names
+    the overrides as given (`model=vae`), else the keys they changed through an interpolation."""
+    from omegaconf import OmegaConf
+
+    from collapse_cli.rundir import RunDir, flatten
+
+    done = len(RunDir(path).done_generations())
+    if not done:  # nothing finished yet: nothing a change could contradict
+        return
+    old, new = (flatten(OmegaConf.to_container(c, resolve=True)) for c in (before, after))
+    changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    refused = [key for key in changed if key in RESUME_KEEPS or not any(
+        key.startswith(allowed) if allowed.endswith(".") else key == allowed for allowed in RESUME_MAY_CHANGE)]
+    if refused:
+        given = [o for o in overrides if any(k == o.split("=", 1)[0] or k.startswith(o.split("=", 1)[0] + ".")
+                                             for k in refused)]
+        named = given or [f"{key}={new.get(key)}" for key in refused]
+        raise CollapseError(f"collapse resume {path}: {', '.join(named[:3])} "
+                            f"would change what its {done} finished generation(s) are; a resume may change "
+                            f"train.* (not train.init or train.block_size), generations, device, nproc, threads, "
+                            f"checkpoints, logger.* and batch sizes; for another setting start a new run")
+    if new["generations"] < done - 1:
+        raise CollapseError(f"collapse resume {path}: generations={new['generations']}, but generations 0-{done - 1} "
+                            f"are finished; a resume can only go on from there (generations={done - 1} or more)")
 
 
 def execute_guarded(run_config, path: Path, says_interrupt: bool = True) -> int:
@@ -561,6 +733,13 @@ def _run_command(args: list[str]) -> int:
     except Exception as err:  # Hydra/OmegaConf composition errors
         return error_line(hydra_message(err))
     STARTING.check()
+    for folder in checked.replaced:
+        try:
+            aside = move_aside(folder)
+        except OSError as err:
+            return error_line(f"overwrite=true: cannot move the run in {folder} aside ({err.strerror}); move or "
+                              f"remove it yourself, or give a new hydra.run.dir")
+        print(f"collapse: overwrite=true: the run that was in {folder} is now in {aside}", file=sys.stderr)
     sweep_dir = checked.sweep_dir
     if sweep_dir is not None:
         argv = [a for a in argv if not a.startswith("hydra.sweep.dir=")] + [f"hydra.sweep.dir={quoted(str(sweep_dir))}"]
@@ -626,6 +805,7 @@ def resume_command(args: list[str]) -> int:
             check_resume_override(override, recorded)
         # Overrides fix what stopped the run (a diverging train.lr, say); later generations use them.
         config = with_resume_overrides(recorded, path, overrides)
+        check_resume_changes(path, with_resume_overrides(recorded, path), config, overrides)
         run_config = to_run_config(config)
     except CollapseError as err:
         return error_line(str(err))
@@ -706,17 +886,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if argv is None and prints_only(args):
         end_quietly_when_the_reader_leaves()
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
-    if args[0] in ("--version", "-V"):
-        from collapse_cli.environment import git_commit, package_version
-
-        commit = git_commit()
-        print(f"collapse {package_version('collapse') or __version__}" + (f" (git {commit})" if commit else ""))
-        return 0
-    command, rest = args[0], args[1:]
+    command, rest = (args[0], args[1:]) if args else ("help", [])
     try:
+        if command != "run":  # `run` defers Ctrl-C until its config is composed (run_command)
+            STARTING.release()  # a Ctrl-C noted while this module loaded is raised here
+        if command in ("-h", "--help", "help"):
+            print(USAGE)
+            return 0
+        if command in ("--version", "-V"):
+            from collapse_cli.environment import git_commit, package_version
+
+            commit = git_commit()
+            print(f"collapse {package_version('collapse') or __version__}" + (f" (git {commit})" if commit else ""))
+            return 0
         if command == "run":
             return run_command(rest)
         if command == "resume":

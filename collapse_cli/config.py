@@ -329,6 +329,9 @@ class RunConfig:
     checkpoints: Checkpoints = Checkpoints.none
     dry_run: bool = False
     resume: bool = False
+    # A folder (hydra.run.dir) that holds another run is refused; overwrite=true moves that run aside to
+    # <folder>.replaced-<date>-<time> first (cli.py check_job_folders). Not part of the run: a requeue is the same run.
+    overwrite: bool = False
     # Minimum free disk, in MiB, checked before each generation.
     min_free_disk_mb: int = 200
     # Math threads (torch, BLAS): auto = the cores this process may use, shared among a local sweep's jobs.

@@ -1,7 +1,7 @@
 """The run folder: every file written atomically, every generation marked when done.
 
 The format both sides share: experiment/ writes run folders and report/ reads them, and both import
-this module, which imports neither (ranks.py alone, for which process writes).
+this module, which imports neither (ranks.py alone, for which process writes, and the test hook killpoint.py).
 
 Layout (see README "Output layout"):
     status.json            running | finished | failed | interrupted, with reason
@@ -28,6 +28,7 @@ from typing import Any, Optional
 import numpy as np
 
 from collapse_cli.errors import CollapseError
+from collapse_cli.killpoint import written
 from collapse_cli.ranks import is_main
 
 STATUS = "status.json"
@@ -37,6 +38,11 @@ DONE = "DONE"
 PROGRESS_KEYS = ("generations_done", "generations_total")
 # The overrides of every `collapse resume` of the run, in order (a list of key=value; later ones win).
 RESUME_OVERRIDES = "resume_overrides.yaml"
+# status.json is padded to this size, so that on a full disk the last state (failed: the disk is full)
+# can still be written over it in place: an atomic rename needs a new file, an overwrite no new space.
+STATUS_BYTES = 4096
+# Temporary names: `.<name>.tmp<pid>` files (atomic_write_bytes), `<folder>.tmp` checkpoint folders.
+TMP_MARK = ".tmp"
 
 
 def live_state(status: dict) -> str:
@@ -113,18 +119,31 @@ def atomic_write_bytes(path: Path, payload: bytes, sync: bool = True) -> None:
     """
     if not is_main():
         return
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
         handle = open(tmp, "wb")
     except FileNotFoundError:  # the first file of a folder (a mkdir per write costs a syscall each time)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(tmp, "wb")
-    with handle:
-        handle.write(payload)
-        if sync:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with handle:
+            handle.write(payload)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a signal: no half-written temporary stays behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_in_place(path: Path, payload: bytes) -> None:
+    """Overwrite an existing file's bytes without allocating (when `payload` fits): the one write a full
+    disk still allows. `payload` is padded with spaces to the file's size (JSON allows trailing whitespace)."""
+    with open(path, "r+b") as handle:
+        handle.write(payload.ljust(path.stat().st_size, b" "))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _json_default(value: Any) -> Any:
@@ -221,7 +240,15 @@ class RunDir:
                   "pid": os.getpid(), "started": process_start(os.getpid()), "process_started_at": PROCESS_STARTED_AT,
                   "host": socket.gethostname(),
                   **progress, **extra}
-        self.write_json(STATUS, status)
+        payload = (to_json(status) + "\n").encode().ljust(STATUS_BYTES, b" ")
+        try:
+            self._write(STATUS, payload)
+        except OSError:
+            if not is_main() or not (self.path / STATUS).is_file():
+                raise
+            # No space for a new file: overwrite the padded one (a reason longer than the padding is cut).
+            status["reason"] = (reason or "")[:STATUS_BYTES // 2] or None
+            write_in_place(self.path / STATUS, (to_json(status) + "\n").encode())
 
     def status(self) -> dict:
         return read_json_object(self.path / STATUS) or {"state": "unknown"}
@@ -243,17 +270,35 @@ class RunDir:
         redone = (self.gen(generation) / DONE).exists()
         line = to_json(metrics)
         self._write(Path(gen_name(generation)) / "metrics.json", (line + "\n").encode())  # write_json's bytes
+        written("metrics_json", generation)
         self._write(Path(gen_name(generation)) / DONE, b"")
+        written("DONE", generation)
         if redone:  # its old line is in the file: only a rebuild keeps one line per generation
             self.rebuild_metrics()
-            return
-        with open(self.path / METRICS, "ab") as handle:
-            handle.write((line + "\n").encode())  # one write: readers never see half a line in practice
+        else:
+            with open(self.path / METRICS, "ab") as handle:
+                handle.write((line + "\n").encode())  # one write: readers never see half a line in practice
+        written("metrics_jsonl", generation)
 
     def rebuild_metrics(self) -> None:
         """metrics.jsonl from the done generations' metrics.json (also on resume: a kill can land between the two)."""
         lines = [to_json(self.read_json(Path(gen_name(g)) / "metrics.json")) for g in self.done_generations()]
         atomic_write_bytes(self.path / METRICS, "".join(line + "\n" for line in lines).encode())
+
+    def remove_temporaries(self) -> list[Path]:
+        """The temporary files and checkpoint folders a killed process or a full disk left behind."""
+        if not is_main():
+            return []
+        # Where the run writes: its root, figures/ and the generation folders (not trackers' own folders).
+        folders = [self.path, self.path / "figures", *self.path.glob("gen_*")]
+        left = [p for folder in folders for p in folder.glob(f"*{TMP_MARK}*")
+                if re.fullmatch(rf"\..+{re.escape(TMP_MARK)}\d+", p.name) or p.name.endswith(TMP_MARK)]
+        for leftover in left:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        return left
 
     def discard_unfinished(self, generation: int) -> None:
         """Remove a generation folder that was started but never marked done."""

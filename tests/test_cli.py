@@ -62,6 +62,19 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path: Path, delay: f
     assert len(lines) == 1 and lines[0].startswith("collapse: interrupted"), errors[-3000:]
 
 
+@pytest.mark.parametrize("command", [["show", "no-such-run"], ["run", "dry_run=true", *TINY]])
+def test_ctrl_c_right_after_the_entry_point_is_imported_is_one_line(tmp_path: Path, command: list[str]):
+    """What the installed `collapse` script does, with a Ctrl-C the moment its import of collapse_cli.cli returns
+    and the heavy imports still to come: the handler is in place from the module's first lines."""
+    script = ("import os, signal, sys; sys.argv[0] = os.path.join('bin', 'collapse'); "
+              "from collapse_cli.cli import main; os.kill(os.getpid(), signal.SIGINT); import torch; "
+              f"sys.exit(main({command!r}))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode in (130, -signal.SIGINT), result.stderr[-3000:]
+    assert result.stderr.strip() == f"collapse: interrupted (Ctrl-C) before `{command[0]}` started any work"
+    assert not (tmp_path / "outputs").exists()
+
+
 @pytest.mark.parametrize("args,overrides,hydra_argv,multirun,info_only", [
     # Overrides after a flag still reach Hydra, whose argparse takes them in one run only.
     (["mix=0.1", "-m", "seed=0,1"], ["mix=0.1", "seed=0,1"], ["-m", "mix=0.1", "seed=0,1"], True, False),

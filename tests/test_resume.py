@@ -37,7 +37,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return run
 
 
-def signal_when(proc, marker: Path, signum: int, timeout: float = 120) -> None:
+def signal_when(proc, marker: Path, signum: int, timeout: float = 600) -> None:
     """Send `signum` the moment `marker` exists, so the signal lands in the stage that follows it."""
     deadline = time.monotonic() + timeout
     while not marker.exists():
@@ -223,16 +223,32 @@ def test_a_relaunch_after_a_resume_with_an_override_continues_the_run(tmp_path: 
     assert (run / "metrics.jsonl").stat().st_mtime_ns == finished
 
 
-def test_a_relaunch_with_other_overrides_starts_afresh_without_the_earlier_resume_overrides(tmp_path: Path):
+def test_a_relaunch_with_other_overrides_is_refused_and_overwrite_moves_the_old_run_aside(tmp_path: Path, capsys):
     run = tmp_path / "run"
     launch = ["run", *TINY, f"hydra.run.dir={run}"]
     assert run_collapse([*launch, "train.lr=1e6"], cwd=tmp_path).returncode == 2  # diverges: failed
     assert run_in_process(["resume", str(run), "train.lr=2e-3"]) == 0
-    assert "lr: 0.002" in (run / "config.yaml").read_text()
-    assert run_in_process([*launch, "seed=5"]) == 0  # another job in that folder: a new run, with its own config
+    capsys.readouterr()
+    before = files_of(run)
+    assert run_in_process([*launch, "seed=5"]) == 2  # another job in that folder: refused, nothing written
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"{run} holds another run (seed=5 here, 0 there)" in err, err
+    assert "hydra.run.dir" in err and "overwrite=true" in err
+    assert files_of(run) == before  # .hydra/ too: the refusal comes before Hydra writes anything
+
+    assert run_in_process([*launch, "seed=5", "overwrite=true"]) == 0  # said explicitly: the old run moves aside
+    (aside,) = tmp_path.glob("run.replaced-*")
+    assert files_of(aside) == before
+    assert f"the run that was in {run} is now in {aside}" in capsys.readouterr().err
     config = (run / "config.yaml").read_text()
     assert "seed: 5" in config and "lr: 0.003" in config  # the model's default, not the old run's override
-    assert not (run / "resume_overrides.yaml").exists()
+    assert not (run / "resume_overrides.yaml").exists() and read_status(run)["state"] == "finished"
+    assert run_in_process(["resume", str(aside)]) == 0  # the old run is whole where it went: still a run
+    assert "already finished" in capsys.readouterr().out
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_ctrl_c_stops_an_in_process_sweep_and_the_same_command_finishes_it(tmp_path: Path):

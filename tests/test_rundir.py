@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import gone_pid
 
-from collapse_cli.rundir import RunDir, flatten, live_state, read_metrics, read_texts_gz
+from collapse_cli.rundir import RunDir, atomic_write_bytes, flatten, live_state, read_metrics, read_texts_gz
 
 
 def test_texts_round_trip_with_newlines_and_backslashes(tmp_path: Path):
@@ -101,3 +103,35 @@ def test_a_running_status_whose_process_is_gone_reads_stopped(tmp_path: Path):
     # A live pid that started at another time is another process that got the number: the run is stopped.
     assert status["started"] is not None  # Linux: /proc gives the start time
     assert live_state({**status, "started": str(int(status["started"]) + 1)}) == "stopped"
+
+
+def test_a_write_that_fails_leaves_no_temporary_and_the_old_file_whole(tmp_path: Path):
+    run_dir = RunDir(tmp_path)
+    run_dir.write_json("x.json", {"old": 1})
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(OSError):
+        patch.setattr(os, "fsync", no_space)  # the temporary exists, its bytes do not fit: a full disk
+        atomic_write_bytes(tmp_path / "x.json", b'{"new": 2}', sync=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+    assert run_dir.read_json("x.json") == {"old": 1}
+
+
+def test_a_resume_removes_the_temporaries_a_killed_process_left(tmp_path: Path):
+    run_dir = RunDir(tmp_path)
+    left = [tmp_path / ".status.json.tmp123", tmp_path / "gen_002" / ".samples.npy.tmp9", tmp_path / "figures" /
+            ".gmm_scatter.png.tmp77"]
+    for path in left:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half")
+    (tmp_path / "gen_002" / "model.tmp").mkdir()
+    (tmp_path / "gen_002" / "model.tmp" / "weights").write_bytes(b"half")
+    kept = [tmp_path / "notes.tmpl", tmp_path / "gen_002" / "samples.npy", tmp_path / "wandb" / ".x.tmp1"]
+    for path in kept:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"whole")
+    assert sorted(run_dir.remove_temporaries()) == sorted([*left, tmp_path / "gen_002" / "model.tmp"])
+    assert all(not path.exists() for path in left) and not (tmp_path / "gen_002" / "model.tmp").exists()
+    assert all(path.exists() for path in kept)  # a user's file, a tracker's own folder: not the run's temporaries

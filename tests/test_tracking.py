@@ -256,12 +256,12 @@ def test_a_resume_override_reaches_every_tracker(tmp_path: Path, capsys):
     proc = start_collapse(["run", *TINY, "generations=2", "logger=[tensorboard,mlflow,wandb]", f"hydra.run.dir={run}"],
                           cwd=tmp_path)
     interrupt_when(proc, run / "gen_001" / "composition.json")
-    assert run_in_process(["resume", str(run), "train.lr=2e-3", "metrics.bootstrap=50"]) == 0
+    assert run_in_process(["resume", str(run), "train.lr=2e-3", "train.epochs=2"]) == 0
     assert "collapse: warning" not in capsys.readouterr().err
-    noted = {"resumed.train.lr": "0.002 (generation 1 on)", "resumed.metrics.bootstrap": "50 (generation 1 on)"}
+    noted = {"resumed.train.lr": "0.002 (generation 1 on)", "resumed.train.epochs": "2 (generation 1 on)"}
     (resumed,) = mlflow_runs(tmp_path / "mlruns").values()
     assert resumed.info.status == "FINISHED"
-    assert resumed.data.params["train.lr"] == "0.003" and resumed.data.params["metrics.bootstrap"] == "200"
+    assert resumed.data.params["train.lr"] == "0.003" and resumed.data.params["train.epochs"] == "1"
     assert {k: v for k, v in resumed.data.tags.items() if k.startswith("resumed.")} == noted
 
     events = tensorboard_events(run)

@@ -24,7 +24,7 @@ REAL = -1
 
 @dataclass
 class TrainingSet:
-    origin: np.ndarray  # int16 [n]: REAL or the generation that wrote the row
+    origin: np.ndarray  # int32 [n]: REAL or the generation that wrote the row (generations reach 100,000)
     index: np.ndarray  # int32 [n]: row in the real pool or in that generation's corpus
 
     def __len__(self) -> int:
@@ -46,7 +46,7 @@ class TrainingSet:
 
 
 def _part(origin: int, index: np.ndarray) -> TrainingSet:
-    return TrainingSet(np.full(len(index), origin, dtype=np.int16), np.asarray(index, dtype=np.int32))
+    return TrainingSet(np.full(len(index), origin, dtype=np.int32), np.asarray(index, dtype=np.int32))
 
 
 def _concat(parts: list[TrainingSet]) -> TrainingSet:

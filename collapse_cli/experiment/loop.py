@@ -28,6 +28,7 @@ from collapse_cli.experiment import distributed, tracking
 from collapse_cli.experiment.progress import Feedback
 from collapse_cli.experiment.seeds import compose_seed, stage_seed, torch_global_rng, torch_global_seed
 from collapse_cli.families.base import Family, RealData, family_name, get_family
+from collapse_cli.killpoint import written
 from collapse_cli.rundir import RunDir, gen_name, read_metrics
 
 log = logging.getLogger("collapse")
@@ -123,7 +124,9 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     train_rows = training_set.rows(setup.real.train, state.samples)
     manifest = _manifest(g, training_set, cfg, family)
     run_dir.write_json(Path(gen_name(g)) / "composition.json", manifest)
+    written("composition", g)
     run_dir.save_array(Path(gen_name(g)) / "train_origin.npy", _provenance(training_set, state.kept))
+    written("train_origin", g)
 
     start_from = state.previous_model if (cfg.train.init == "previous" and g > 0) else setup.base_model
     model = copy.deepcopy(start_from)
@@ -143,7 +146,9 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     evaluated = time.perf_counter()
 
     family.save_samples(run_dir.gen(g), samples, scores)
+    written("samples", g)
     run_dir.save_array(Path(gen_name(g)) / "curated_index.npy", curated.indices.astype(np.int32))
+    written("curated_index", g)
     metrics.update(curated.report)
     metrics.update(stats)
     sizes = _sizes(family, len(training_set), manifest["by_origin"].get("real", 0))
@@ -156,6 +161,7 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
         _save_model(family, model, run_dir.path / "reference")
         for name, array in family.reference_files().items():
             run_dir.save_array(name, array)
+        written("reference", g)
     state.previous_model = model
     _keep_checkpoint(g, model, run_dir, cfg, family)
     metrics["wall_time_s"] = time.perf_counter() - started
@@ -203,13 +209,31 @@ def _save_model(family: Family, model: Any, folder: Path) -> None:
 
 
 def _keep_checkpoint(g: int, model: Any, run_dir: RunDir, cfg: RunConfig, family: Family) -> None:
-    if not distributed.is_main():
-        return
-    needs_previous = cfg.train.init == "previous"
-    if cfg.checkpoints == "all" or cfg.checkpoints == "last" or needs_previous:
+    if cfg.checkpoints != "none" or cfg.train.init == "previous":
         _save_model(family, model, run_dir.gen(g) / "model")
-    if g > 0 and (cfg.checkpoints == "last" or (cfg.checkpoints == "none" and needs_previous)):
+        written("model", g)
+
+
+def _keeps_last_model_only(cfg: RunConfig) -> bool:
+    """checkpoints=last, or none with train.init=previous (which needs the last model to go on)."""
+    return cfg.checkpoints == "last" or (cfg.checkpoints == "none" and cfg.train.init == "previous")
+
+
+def _drop_previous_model(g: int, run_dir: RunDir, cfg: RunConfig) -> None:
+    """Once generation g is DONE, its predecessor's model is no longer needed, by the loop or a resume.
+    Deleting it any earlier would leave a kill in between with neither generation's model to go on from."""
+    if g > 0 and _keeps_last_model_only(cfg) and distributed.is_main():
         shutil.rmtree(run_dir.gen(g - 1) / "model", ignore_errors=True)
+        written("previous_model_delete", g)
+
+
+def _drop_stale_models(run_dir: RunDir, cfg: RunConfig, last_done: int) -> None:
+    """On resume: models before the last done generation that a kill left undeleted (_drop_previous_model)."""
+    if not _keeps_last_model_only(cfg) or not distributed.is_main():
+        return
+    for folder in run_dir.path.glob("gen_*/model"):
+        if int(folder.parent.name[4:]) < last_done:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def restore(setup: Setup, run_dir: RunDir) -> tuple[LoopState, int]:
@@ -229,6 +253,9 @@ def restore(setup: Setup, run_dir: RunDir) -> tuple[LoopState, int]:
         if setup.cfg.train.init == "previous":
             state.previous_model = _load_model(family, run_dir.gen(done[-1]) / "model")
     run_dir.discard_unfinished(len(done))
+    run_dir.remove_temporaries()
+    if done:
+        _drop_stale_models(run_dir, setup.cfg, done[-1])
     run_dir.rebuild_metrics()
     return state, len(done)
 
@@ -253,7 +280,9 @@ def finish(setup: Setup, run_dir: RunDir) -> dict:
     summary.setdefault("generations", len(rows) - 1)
     summary.setdefault("wall_time_s", sum(row.get("wall_time_s", 0.0) for row in rows))
     run_dir.write_json("summary.json", summary)
+    written("summary", setup.cfg.generations)
     setup.family.figures(run_dir.path, rows)
+    written("figures", setup.cfg.generations)
     return summary
 
 
@@ -269,14 +298,16 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
     state, first = restore(setup, run_dir) if cfg.resume else (LoopState(), 0)
     total = cfg.generations + 1
     run_dir.set_status("running", generations_done=first, generations_total=total)
-    status_written = time.monotonic()
+    status_written = -float("inf")  # the first generation's count is written at once, later ones once a second
     with tracking.start(cfg, run_dir.path, first) as trackers:  # closes the tracker runs however this ends
         for g in range(first, total):
             check_disk(run_dir, cfg, g)
             metrics = run_generation(g, setup, state, run_dir, feedback)
             run_dir.finish_generation(g, metrics)
+            _drop_previous_model(g, run_dir, cfg)
             if time.monotonic() - status_written >= STATUS_EVERY_S:
                 run_dir.set_status("running", generations_done=g + 1, generations_total=total)
+                written("status", g)
                 status_written = time.monotonic()
             log.info(feedback.generation_line(metrics, family.table_keys))
             trackers.log_generation(metrics)
@@ -285,6 +316,7 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
         summary = finish(setup, run_dir)
         # The generation-0 copy only serves scoring and resumes; `checkpoints=all` keeps it as gen_000/model.
         shutil.rmtree(run_dir.path / "reference", ignore_errors=True)
+        written("reference_delete", cfg.generations)
         run_dir.set_status("finished", generations_done=total, generations_total=total)
         trackers.finish(summary)
     feedback.show_summary(run_dir, summary, family.table_keys)
