@@ -51,9 +51,10 @@ def rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def fit_ols(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least squares weights [d] (or [d, chains] for y [n, chains]); ValueError when X'X is singular."""
-    if np.linalg.matrix_rank(x) < x.shape[1]:
+    weights, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
+    if rank < x.shape[1]:
         raise ValueError(f"the {len(x)} training rows span fewer than d={x.shape[1]} dimensions")
-    return np.linalg.lstsq(x, y, rcond=None)[0]
+    return weights
 
 
 def param_error(weights: np.ndarray, truth: np.ndarray) -> np.ndarray:
