@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from collapse_cli.families import plots
 from collapse_cli.measure.metrics import binomial_se
 
 SAMPLE_DTYPE = np.int64
@@ -95,11 +96,7 @@ def kl_model_truth(p_hat: np.ndarray, truth: np.ndarray) -> float:
 
 def rank_frequency_figure(truth: np.ndarray, freqs_by_generation: dict[int, np.ndarray], path: Path) -> Path:
     """Frequency against rank (log-log), the truth and each chosen generation's samples."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ranks = np.arange(1, len(truth) + 1)
     ax.plot(ranks, truth, color="k", lw=1.5, label="truth (Zipf)")
@@ -111,38 +108,16 @@ def rank_frequency_figure(truth: np.ndarray, freqs_by_generation: dict[int, np.n
                 label=f"generation {generation} ({int(alive.sum())} outcomes)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("rank", fontsize=8)
-    ax.set_ylabel("frequency in the generation's samples", fontsize=8)
-    ax.set_title("rank-frequency by generation", fontsize=9)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plots.finish(fig, ax, path, "rank (log scale)", "frequency in the generation's samples (log scale)",
+                        "rank-frequency by generation")
 
 
 def survivors_figure(rows: list[dict], path: Path) -> Path:
     """Surviving outcomes by generation beside the Wright-Fisher expectation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    fig, ax = plots.pyplot().subplots(figsize=(5, 3.4))
     generations = [row["generation"] for row in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.4))
     ax.plot(generations, [row["survivors"] for row in rows], lw=1, label="measured")
     theory = [np.nan if row.get("survivors_theory") is None else row["survivors_theory"] for row in rows]
     if np.isfinite(theory).any():
         ax.plot(generations, theory, "--", color="k", lw=1, label="Wright-Fisher expectation")
-    ax.set_xlabel("generation", fontsize=8)
-    ax.set_ylabel("outcomes with p_hat > 0", fontsize=8)
-    ax.set_title("surviving outcomes vs theory", fontsize=9)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plots.finish(fig, ax, path, "generation", "outcomes with p_hat > 0", "surviving outcomes vs theory")

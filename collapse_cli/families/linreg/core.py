@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from collapse_cli.families import plots
 from collapse_cli.measure.metrics import binomial_se
 
 TAIL_MASS = 0.05  # the rare inputs: the test design's outer 5% by norm
@@ -98,13 +99,8 @@ def tail_coverage(weights: np.ndarray, truth: np.ndarray, rare_x: np.ndarray, no
 
 def error_figure(rows: list[dict], path: Path) -> Path:
     """||w_hat - w*||^2 by generation beside the closed forms (given this design and over designs)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    fig, ax = plots.pyplot().subplots(figsize=(5, 3.4))
     generations = [row["generation"] for row in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.4))
     ax.plot(generations, [row["param_error"] for row in rows], lw=1, label="measured ||w_hat - w*||^2")
     for key, style, label in (("mse_theory", "--", "closed form, this design"),
                               ("mse_theory_avg", ":", "closed form, over designs")):
@@ -112,13 +108,5 @@ def error_figure(rows: list[dict], path: Path) -> Path:
         if np.isfinite(values).any():
             ax.plot(generations, values, style, color="k", lw=1, label=label)
     ax.set_yscale("log")
-    ax.set_xlabel("generation", fontsize=8)
-    ax.set_ylabel("||w_hat - w*||^2", fontsize=8)
-    ax.set_title("linear regression: parameter error vs theory", fontsize=9)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plots.finish(fig, ax, path, "generation", "||w_hat - w*||^2 (log scale)",
+                        "linear regression: parameter error vs theory")
