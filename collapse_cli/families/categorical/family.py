@@ -81,10 +81,11 @@ class CategoricalFamily(Family):
         d = cfg.dataset
         if not 0 <= d.seed < 2**32:
             raise CollapseError(f"dataset.seed={d.seed} must be an integer from 0 to {2**32 - 1}")
-        for key in ("n_outcomes", "n_train", "n_test", "figure_generations"):
-            value = getattr(d if hasattr(d, key) else cfg.model, key)
+        counts = {f"dataset.{key}": getattr(d, key) for key in ("n_outcomes", "n_train", "n_test")}
+        counts["model.figure_generations"] = cfg.model.figure_generations
+        for key, value in counts.items():
             if value < 1:
-                raise CollapseError(f"{'dataset' if hasattr(d, key) else 'model'}.{key}={value} must be at least 1")
+                raise CollapseError(f"{key}={value} must be at least 1")
         if not (math.isfinite(d.exponent) and d.exponent >= 0):
             raise CollapseError(f"dataset.exponent={d.exponent} must be a finite number >= 0 (0: uniform)")
 
