@@ -21,7 +21,7 @@ def finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) 
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(title, fontsize=9)
-    ax.tick_params(labelsize=7)
+    ax.tick_params(which="both", labelsize=7)  # log axes label minor ticks too
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
