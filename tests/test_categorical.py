@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pytest
 from conftest import read_metrics, run_in_process
-from scipy import stats
 from test_config import composed
-from test_linreg import kill_and_resume
+from test_linreg import kill_and_resume, within_99
 
 from collapse_cli.families.categorical import core
 from collapse_cli.families.categorical.family import CategoricalFamily
@@ -55,11 +54,6 @@ def simulated_survivors(start_counts: np.ndarray, generations: int, seed: int) -
     return out
 
 
-def within_ci(values: np.ndarray, expected: float) -> bool:
-    half_width = stats.t.ppf(0.995, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return abs(values.mean() - expected) < half_width
-
-
 def test_mean_survivors_over_chains_match_wright_fisher_given_the_real_counts():
     """2,000 chains from the family's own real draws, 200 generations: the mean within its 99% CI of
     survivors_theory at every checked generation, and the fitted estimate is the counts' share."""
@@ -70,9 +64,9 @@ def test_mean_survivors_over_chains_match_wright_fisher_given_the_real_counts():
     survivors = simulated_survivors(np.tile(real_counts, (2000, 1)), 200, seed=5)
     assert np.all(survivors[0] == family.survivors_theory[0])  # generation 0: the real support, exactly
     for g in (1, 5, 20, 80, 200):
-        assert within_ci(survivors[g], family.survivors_theory[g]), g
+        assert within_99(survivors[g], family.survivors_theory[g]), g
     # A chain that ignored the coupling's marginals (say, survivors halving) would be far outside.
-    assert not within_ci(survivors[20], family.survivors_theory[20] * 0.9)
+    assert not within_99(survivors[20], family.survivors_theory[20] * 0.9)
 
 
 def test_mean_survivors_over_real_samples_match_the_averaged_form():
@@ -82,7 +76,7 @@ def test_mean_survivors_over_real_samples_match_the_averaged_form():
     survivors = simulated_survivors(starts, 60, seed=4)
     _, averaged = core.expected_survivors(starts[0], truth, 60)
     for g in (0, 10, 60):
-        assert within_ci(survivors[g], averaged[g]), g
+        assert within_99(survivors[g], averaged[g]), g
 
 
 def test_tail_coverage_and_divergences_on_constructed_estimates():

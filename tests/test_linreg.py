@@ -184,3 +184,31 @@ def test_gerstgrasser_linreg_is_the_papers_setting():
     assert (paper.regime, paper.mix, paper.generations) == ("accumulate", 1.0, 99)
     replace = composed(["+experiment=gerstgrasser_linreg", "regime=replace", "mix=0"])
     assert LinregFamily(replace, None).theory(99)[1] == pytest.approx(8.642, abs=5e-4)
+
+
+def test_the_familys_own_fit_and_sample_follow_the_replace_law_given_generation_0():
+    """Through LinregFamily.fit / .sample with the loop's stage seeds, 300 run seeds sharing the design and
+    the real labels (a `seed=` sweep): E||e_g||^2 = ||e_0||^2 + g sigma^2 tr((X'X)^-1), within its 99% CI."""
+    from collapse_cli.experiment.seeds import stage_seed
+
+    family = family_of("regime=replace")
+    ignore = lambda done, total: None  # noqa: E731  (progress callbacks)
+    real = family.real_data(None).train
+    generations, errors = 8, []
+    for run_seed in range(300):
+        rows, chain = real, []
+        for g in range(generations + 1):
+            model = family.build_base_model(run_seed)
+            family.fit(model, rows, stage_seed(run_seed, g, "train"), g, ignore)
+            chain.append(float(core.param_error(model.weights, family.truth)))
+            rows = family.sample(model, len(real), stage_seed(run_seed, g, "generate"), ignore)
+        errors.append(chain)
+    errors = np.array(errors)
+    assert np.all(errors[:, 0] == errors[0, 0])  # generation 0 is the shared real fit
+    expected = errors[0, 0] + generations * core.inverse_gram_trace(family.design)
+    assert within_99(errors[:, generations], expected)
+
+
+def within_99(values: np.ndarray, expected: float) -> bool:
+    half_width = stats.t.ppf(0.995, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return abs(values.mean() - expected) < half_width
