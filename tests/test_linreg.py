@@ -57,6 +57,7 @@ def test_kazdans_defaults_give_the_papers_numbers():
     accumulate = core.theory_factor("accumulate", 1.0, 99) * over_designs
     assert accumulate == pytest.approx(0.1413, abs=5e-5) and accumulate < math.pi ** 2 / 6 * over_designs
     assert math.isnan(core.theory_factor("accumulate_subsample", 1.0, 3))
+    assert core.theory_factor("accumulate_subsample", 0.5, 0) == 1.0  # generation 0 fits real labels in every loop
     assert math.isnan(core.theory_factor("replace", 0.5, 3)) and core.theory_factor("fresh", 1.0, 7) == 1.0
 
 

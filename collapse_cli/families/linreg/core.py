@@ -70,7 +70,7 @@ def theory_factor(regime: str, mix: float, generation: int) -> float:
     Exact only when every source in the training set is a full copy of the design (mix 0 or 1):
     a random subset of rows (0 < mix < 1, accumulate_subsample) weights the sources unequally.
     """
-    if mix == 1.0 and regime in ("replace", "fresh"):
+    if generation == 0 or (mix == 1.0 and regime in ("replace", "fresh")):  # a fit of real labels only
         return 1.0
     if mix == 0.0 and regime == "replace":
         return float(generation + 1)
