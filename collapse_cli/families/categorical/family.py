@@ -89,7 +89,7 @@ class CategoricalFamily(Family):
         if not (math.isfinite(d.exponent) and d.exponent >= 0):
             raise CollapseError(f"dataset.exponent={d.exponent} must be a finite number >= 0 (0: uniform)")
 
-    def _rows(self, probs: np.ndarray, n: int, seed: Any) -> np.ndarray:
+    def _rows(self, probs: np.ndarray, n: int, seed: int | list[int]) -> np.ndarray:
         rng = np.random.default_rng(seed)
         return core.rows_from_counts(core.draw_counts(probs, n, rng), rng)
 

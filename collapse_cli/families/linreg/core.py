@@ -18,6 +18,7 @@ fitted error e_g = w_g - w* of generation g (g + 1 fits so far) is a sum of z's,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +28,15 @@ from collapse_cli.measure.metrics import binomial_se
 
 TAIL_MASS = 0.05  # the rare inputs: the test design's outer 5% by norm
 BAND_Z = 1.6448536269514722  # a prediction "covers" a rare input within the true labels' central 90%
+Seed = int | Sequence[int]  # anything numpy's SeedSequence takes: [dataset.seed, part] keeps streams apart
 
 
-def gaussian_design(n: int, d: int, seed: int) -> np.ndarray:
+def gaussian_design(n: int, d: int, seed: Seed) -> np.ndarray:
     """n rows iid N(0, I_d), float64."""
     return np.random.default_rng(seed).standard_normal((n, d))
 
 
-def labels(design: np.ndarray, weights: np.ndarray, noise_std: float, seed: int) -> np.ndarray:
+def labels(design: np.ndarray, weights: np.ndarray, noise_std: float, seed: Seed) -> np.ndarray:
     """design @ weights + N(0, noise_std^2) noise; weights [d] gives [n], weights [d, chains] gives [n, chains]."""
     mean = design @ weights
     return mean + noise_std * np.random.default_rng(seed).standard_normal(mean.shape)
