@@ -159,8 +159,8 @@ def test_schedule_and_selection_values_are_checked():
 
 
 def test_experiments_are_shipped():
-    assert EXPERIMENTS == ["shumailov_10pct", "shumailov_gmm", "shumailov_no_data", "shumailov_smoke",
-                           "shumailov_vae"]
+    assert EXPERIMENTS == ["gerstgrasser_linreg", "shumailov_10pct", "shumailov_gmm", "shumailov_no_data",
+                           "shumailov_smoke", "shumailov_vae"]
 
 
 @pytest.mark.parametrize("name", LM_EXPERIMENTS)

@@ -60,6 +60,8 @@ FAMILY_MODULES = {
     "lm": "collapse_cli.families.lm.family",
     "gmm": "collapse_cli.families.gmm.family",
     "vae": "collapse_cli.families.vae.family",
+    "linreg": "collapse_cli.families.linreg.family",
+    "categorical": "collapse_cli.families.categorical.family",
 }
 
 
@@ -255,7 +257,7 @@ def get_family(name: str) -> type[Family]:
     """The Family subclass registered as `name`, imported now (and only now)."""
     if name not in FAMILY_MODULES:
         raise CollapseError(f"model.family={name!r}: use one of {', '.join(FAMILY_MODULES)} "
-                            f"(model=tiny for the LM, model=gmm, model=vae)")
+                            f"(model=tiny for the LM, model=gmm, model=vae, model=linreg, model=categorical)")
     try:
         module = importlib.import_module(FAMILY_MODULES[name])
     except ModuleNotFoundError as error:
