@@ -77,6 +77,25 @@ FACTS: dict[tuple[str, str], MetricFacts] = {
     ("", "latent_spread_real"): MetricFacts("Spread of the real digits in the latent space", "latent std"),
     ("", "class_share_max"): MetricFacts("Largest digit class among the samples", "share of samples (0.1 balanced)",
                                          LOWER),
+    ("linreg", "tail_coverage"): MetricFacts("Tail coverage: outer-5% test inputs predicted within 1.645 sigma",
+                                             "share of tail inputs covered", HIGHER),
+    ("", "param_error"): MetricFacts("Parameter error ||w_hat - w*||^2", "squared error of the weights", LOWER),
+    ("", "param_error_to_gen0"): MetricFacts("Drift of the weights from generation 0", "squared distance", LOWER),
+    ("", "mse_theory"): MetricFacts("Closed-form expected parameter error, this design", "squared error of the weights",
+                                    LOWER),
+    ("", "mse_theory_avg"): MetricFacts("Closed-form expected parameter error, over designs",
+                                        "squared error of the weights", LOWER),
+    ("", "test_mse"): MetricFacts("Test mean squared error", "squared error per test point", LOWER),
+    ("", "train_mse"): MetricFacts("Training mean squared error", "squared error per training row"),
+    ("categorical", "tail_coverage"): MetricFacts("Tail coverage: rarest outcomes (10% of the mass) still alive",
+                                                  "share of rare outcomes surviving", HIGHER),
+    ("", "survivors"): MetricFacts("Outcomes still alive (p_hat > 0)", "outcomes", HIGHER),
+    ("", "survivors_theory"): MetricFacts("Expected survivors, Wright-Fisher closed form", "outcomes", HIGHER),
+    ("", "survivors_theory_avg"): MetricFacts("Expected survivors over real samples, closed form", "outcomes",
+                                              HIGHER),
+    ("", "test_covered"): MetricFacts("Real test draws the model still gives mass to", "share of test draws", HIGHER),
+    ("", "tv_truth"): MetricFacts("Total variation distance to the true distribution", "TV distance (0 to 1)", LOWER),
+    ("", "kl_model_truth"): MetricFacts("KL divergence of the model from the truth", "nats", LOWER),
     ("", "class_entropy"): MetricFacts("Entropy of the samples' digit classes", "nats (ln 10 = 2.30 balanced)",
                                        HIGHER),
 }
@@ -102,4 +121,4 @@ def metric_facts(key: str, family: str = "") -> MetricFacts:
 
 def se_key(key: str) -> Optional[str]:
     """The metrics.jsonl key holding a run's own standard error of `key`, where the loop writes one."""
-    return f"{key}_se" if key in ("ppl_test", "tail_coverage", "nll_test") else None
+    return f"{key}_se" if key in ("ppl_test", "tail_coverage", "nll_test", "test_mse", "test_covered") else None

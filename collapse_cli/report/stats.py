@@ -13,7 +13,9 @@ from collapse_cli.report.runs import Group, Run
 # Each family's headline metrics (docs/metrics.md), those a run lacks skipped; a family not listed gets the LM's.
 FAMILY_DEFAULTS = {"lm": ("ppl_test", "tail_coverage", "seq_ppl_q50", "kl_truth"),
                    "gmm": ("nll_test", "tail_coverage", "component_std", "l2sq_to_gen0"),
-                   "vae": ("nll_test", "tail_coverage", "latent_std_flat", "latent_spread", "class_share_max")}
+                   "vae": ("nll_test", "tail_coverage", "latent_std_flat", "latent_spread", "class_share_max"),
+                   "linreg": ("param_error", "mse_theory", "test_mse", "tail_coverage"),
+                   "categorical": ("survivors", "survivors_theory", "tail_coverage", "tv_truth")}
 # Two-sided 95% Student t quantiles, t_{0.975, df} for df = 1..30.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
