@@ -86,14 +86,19 @@ def tree_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
         torch.mul(grouped, scaling, out=q.view(grouped.shape))
     else:
         q.view(grouped.shape).copy_(grouped)
-    prompt_scores = torch.matmul(q, cache.prompt_keys[layer].transpose(-1, -2))
-    live_keys = cache.keys[layer, :, :, :live].view(n_prompts, heads_kv, live * beams, head_dim)
-    every_row = torch.matmul(q, live_keys.transpose(-1, -2)).view(n_prompts, heads_kv, queries, live, beams)
+    # The prompt's scores and each query's own generated scores, written side by side into one buffer
+    # (bmm and gather write into its slices, as cuBLAS and TensorIterator do in place): no cat after.
+    scores = torch.empty((n_prompts * heads_kv, queries, prompt_len + live), dtype=query.dtype, device=query.device)
+    batched_q = q.view(n_prompts * heads_kv, queries, head_dim)
+    prompt_keys = cache.prompt_keys[layer].view(n_prompts * heads_kv, prompt_len, head_dim)
+    torch.bmm(batched_q, prompt_keys.transpose(1, 2), out=scores[:, :, :prompt_len])
+    live_keys = cache.keys[layer, :, :, :live].view(n_prompts * heads_kv, live * beams, head_dim)
+    every_row = torch.bmm(batched_q, live_keys.transpose(1, 2)).view(n_prompts, heads_kv, queries, live, beams)
     source = cache.source.expand(n_prompts, heads_kv, queries, live, 1)
-    generated_scores = every_row.gather(-1, source).squeeze(-1)
+    torch.gather(every_row, -1, source, out=scores[:, :, prompt_len:].view(n_prompts, heads_kv, queries, live, 1))
     # Softmax in the scores' dtype: it accumulates in fp32 inside and writes bf16 weights once, where an
     # fp32 output then a cast wrote and read them twice more (fp32 on the CPU: the very same op).
-    weights = torch.cat([prompt_scores, generated_scores], dim=-1).softmax(dim=-1)
+    weights = scores.softmax(dim=-1).view(n_prompts, heads_kv, queries, prompt_len + live)
     prompt_weights, generated_weights = weights.split([prompt_len, live], dim=-1)
     from_prompt = torch.matmul(prompt_weights, cache.prompt_values[layer])
     # Each query's weight placed at the row its ancestry names (zero at the others): one matmul for all rows.
