@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 from collapse_cli.config import GenerateConfig
+from collapse_cli.families.lm.fused_mlp import relu_in_gemm
 from collapse_cli.families.lm.kvcache import TreeCache, attending
 from collapse_cli.families.lm.select import Beams, penalize_seen
 
@@ -139,7 +140,7 @@ class TreeDecoder:
             self.tokens.copy_(then(self.logits).view(-1, 1))
 
     def _forward(self, slot: int) -> None:
-        with attending(self.model, self.cache):
+        with attending(self.model, self.cache), relu_in_gemm(self.model):
             self.cache.prepare(slot)
             hidden = self.model.base_model(input_ids=self.tokens, use_cache=False,
                                            position_ids=self.position.view(1, 1).expand(self.rows, 1))

@@ -43,9 +43,12 @@ class TreeCache:
         self.keys = torch.zeros((config.num_hidden_layers, n_prompts, heads_kv, new_tokens, beams, head_dim), **like)
         self.values = torch.zeros_like(self.keys)
         self.ancestry = torch.zeros((n_prompts * beams, new_tokens), dtype=torch.long, device=device)
+        # Each query's generated weights, placed at the row its ancestry names and zero at the other rows:
+        # [prompts, kv heads, queries, new_tokens, beams]. Zeroed once a step; every layer then writes the
+        # same (chosen) entries, so the zeros hold for all layers (a per-layer `where` wrote all entries).
+        self.spread = torch.zeros((n_prompts, heads_kv, beams * (heads // heads_kv), new_tokens, beams), **like)
         self.slot = 0  # the generated position the running step writes; it attends to slots 0..slot
         self.source = None  # per step: the ancestry as a gather index over the group's rows (see `prepare`)
-        self.chosen = None  # per step: the same as a one-hot mask over the group's rows
 
     def load_prompts(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
         for layer, (layer_keys, layer_values) in enumerate(zip(keys, values)):
@@ -54,7 +57,7 @@ class TreeCache:
         self.ancestry.zero_()
 
     def prepare(self, slot: int) -> None:
-        """Before a step's forward: the index each layer's attention picks generated scores with."""
+        """Before a step's forward: the index each layer's attention picks generated scores with; spread zeroed."""
         self.slot = slot
         _, n_prompts, heads_kv, _, _ = self.prompt_keys.shape
         beams, live, query_heads_per_kv = self.beams, slot + 1, self.query_heads // heads_kv
@@ -62,7 +65,7 @@ class TreeCache:
         source = self.ancestry[:, :live].view(n_prompts, beams, 1, live)
         source = source.expand(n_prompts, beams, query_heads_per_kv, live)
         self.source = source.reshape(n_prompts, 1, beams * query_heads_per_kv, live, 1)
-        self.chosen = self.source == torch.arange(beams, device=self.source.device)
+        self.spread[:, :, :, :live].zero_()
 
 
 def tree_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -102,7 +105,8 @@ def tree_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     prompt_weights, generated_weights = weights.split([prompt_len, live], dim=-1)
     from_prompt = torch.matmul(prompt_weights, cache.prompt_values[layer])
     # Each query's weight placed at the row its ancestry names (zero at the others): one matmul for all rows.
-    spread = torch.where(cache.chosen, generated_weights.unsqueeze(-1), 0.0)
+    spread = cache.spread[:, :, :, :live]
+    spread.scatter_(-1, source, generated_weights.unsqueeze(-1))
     live_values = cache.values[layer, :, :, :live].view(n_prompts, heads_kv, live * beams, head_dim)
     from_generated = torch.matmul(spread.view(n_prompts, heads_kv, queries, live * beams), live_values)
     # The sum written straight in the model's [rows, 1, heads, dim] layout: no reordering copy after it.
