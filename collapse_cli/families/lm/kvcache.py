@@ -70,49 +70,55 @@ class TreeCache:
 
 def tree_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    attention_mask, scaling: float | None = None, dropout: float = 0.0, **kwargs):
-    """One decode step's attention (transformers' attention-function signature). Returns [rows, 1, heads, dim]."""
+    """One decode step's attention (transformers' attention-function signature). Returns [rows, 1, heads, dim].
+
+    Inside the model the rows are beam-major (row = beam x prompts + prompt; TreeDecoder feeds them so):
+    then a [rows, heads x dim] activation, seen as [prompts x heads, beams, dim], is one strided batch
+    of matrices (batch stride head_dim, leading dimension prompts x hidden), so the batched matmuls read
+    the queries and write the output where the model keeps them, with no reordering copy.
+    """
     cache, layer = _active, module.layer_idx
     rows, heads, _, head_dim = query.shape
     _, n_prompts, heads_kv, prompt_len, _ = cache.prompt_keys.shape
     beams, group, live = cache.beams, heads // heads_kv, cache.slot + 1
+    queries, batch = beams * group, n_prompts * heads_kv
     scaling = head_dim ** -0.5 if scaling is None else scaling
     # Write this token's key and value into its own row's slot: the cache's only write.
     for new, store in ((key, cache.keys), (value, cache.values)):
-        store[layer, :, :, cache.slot] = new.reshape(n_prompts, beams, heads_kv, head_dim).transpose(1, 2)
-    # Queries of one prompt and KV head: beams x group of them, ordered (beam, head in group). Written
-    # once into a contiguous block (with the scaling, if any), which both matmuls read as it is (a
-    # strided one each matmul would copy for itself).
-    queries = beams * group
-    q = torch.empty((n_prompts, heads_kv, queries, head_dim), dtype=query.dtype, device=query.device)
-    grouped = query.reshape(n_prompts, beams, heads_kv, group, head_dim).transpose(1, 2)
-    if scaling != 1.0:  # on the few queries, not on the scores (OPT scales its queries itself: 1.0)
-        torch.mul(grouped, scaling, out=q.view(grouped.shape))
+        store[layer, :, :, cache.slot] = new.reshape(beams, n_prompts, heads_kv, head_dim).permute(1, 2, 0, 3)
+    # Queries of one prompt and KV head: beams x group of them, ordered (beam, head in group). Read where
+    # they are when the model scaled them itself (OPT) and has no GQA; else written once, scaled, into a
+    # block (GQA's (beam, head) pairs are no single stride).
+    grouped = query.reshape(beams, n_prompts, heads_kv, group, head_dim).permute(1, 2, 0, 3, 4)
+    if scaling != 1.0:
+        batched_q = torch.mul(grouped, scaling, out=query.new_empty(grouped.shape)).view(batch, queries, head_dim)
     else:
-        q.view(grouped.shape).copy_(grouped)
+        batched_q = grouped.reshape(batch, queries, head_dim)  # a view without GQA, a copy with it
     # The prompt's scores and each query's own generated scores, written side by side into one buffer
     # (bmm and gather write into its slices, as cuBLAS and TensorIterator do in place): no cat after.
-    scores = torch.empty((n_prompts * heads_kv, queries, prompt_len + live), dtype=query.dtype, device=query.device)
-    batched_q = q.view(n_prompts * heads_kv, queries, head_dim)
-    prompt_keys = cache.prompt_keys[layer].view(n_prompts * heads_kv, prompt_len, head_dim)
+    scores = torch.empty((batch, queries, prompt_len + live), dtype=query.dtype, device=query.device)
+    prompt_keys = cache.prompt_keys[layer].view(batch, prompt_len, head_dim)
     torch.bmm(batched_q, prompt_keys.transpose(1, 2), out=scores[:, :, :prompt_len])
-    live_keys = cache.keys[layer, :, :, :live].view(n_prompts * heads_kv, live * beams, head_dim)
+    live_keys = cache.keys[layer, :, :, :live].view(batch, live * beams, head_dim)
     every_row = torch.bmm(batched_q, live_keys.transpose(1, 2)).view(n_prompts, heads_kv, queries, live, beams)
     source = cache.source.expand(n_prompts, heads_kv, queries, live, 1)
     torch.gather(every_row, -1, source, out=scores[:, :, prompt_len:].view(n_prompts, heads_kv, queries, live, 1))
     # Softmax in the scores' dtype: it accumulates in fp32 inside and writes bf16 weights once, where an
     # fp32 output then a cast wrote and read them twice more (fp32 on the CPU: the very same op).
-    weights = scores.softmax(dim=-1).view(n_prompts, heads_kv, queries, prompt_len + live)
-    prompt_weights, generated_weights = weights.split([prompt_len, live], dim=-1)
-    from_prompt = torch.matmul(prompt_weights, cache.prompt_values[layer])
+    weights = scores.softmax(dim=-1)
     # Each query's weight placed at the row its ancestry names (zero at the others): one matmul for all rows.
     spread = cache.spread[:, :, :, :live]
-    spread.scatter_(-1, source, generated_weights.unsqueeze(-1))
-    live_values = cache.values[layer, :, :, :live].view(n_prompts, heads_kv, live * beams, head_dim)
-    from_generated = torch.matmul(spread.view(n_prompts, heads_kv, queries, live * beams), live_values)
-    # The sum written straight in the model's [rows, 1, heads, dim] layout: no reordering copy after it.
+    spread.scatter_(-1, source, weights[:, :, prompt_len:].view(n_prompts, heads_kv, queries, live, 1))
+    # The prompt's values, then the generated ones accumulated onto them (beta = 1: no separate add),
+    # straight into the model's [rows, 1, heads, dim] layout without GQA; with it, into a block copied once.
     out = torch.empty((rows, 1, heads, head_dim), dtype=query.dtype, device=query.device)
-    in_groups = out.view(n_prompts, beams, heads_kv, group, head_dim).transpose(1, 2)
-    torch.add(from_prompt.view(in_groups.shape), from_generated.view(in_groups.shape), out=in_groups)
+    in_groups = out.view(beams, n_prompts, heads_kv, group, head_dim).permute(1, 2, 0, 3, 4)
+    total = in_groups.view(batch, queries, head_dim) if group == 1 else query.new_empty((batch, queries, head_dim))
+    torch.bmm(weights[:, :, :prompt_len], cache.prompt_values[layer].view(batch, prompt_len, head_dim), out=total)
+    live_values = cache.values[layer, :, :, :live].view(batch, live * beams, head_dim)
+    total.baddbmm_(spread.view(batch, queries, live * beams), live_values)
+    if group != 1:
+        in_groups.copy_(total.view(in_groups.shape))
     return out, None
 
 
