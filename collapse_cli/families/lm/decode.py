@@ -147,8 +147,9 @@ class TreeDecoder:
         self.model_tokens.view(self.beams, self.n_prompts).copy_(self.tokens.view(self.n_prompts, self.beams).t())
         with attending(self.model, self.cache), relu_in_gemm(self.model):
             self.cache.prepare(slot)
+            # One position for all rows, broadcast: the position embedding (or rotary angle) is made once.
             hidden = self.model.base_model(input_ids=self.model_tokens, use_cache=False,
-                                           position_ids=self.position.view(1, 1).expand(self.rows, 1))
+                                           position_ids=self.position.view(1, 1))
         beam_major = hidden.last_hidden_state[:, -1].view(self.beams, self.n_prompts, -1)
         torch.mm(beam_major.transpose(0, 1).reshape(self.rows, -1), self.head.weight.t(), out=self.logits)
         if self.head.bias is not None:
