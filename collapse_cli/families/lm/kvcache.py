@@ -111,6 +111,9 @@ def tree_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     spread.scatter_(-1, source, weights[:, :, prompt_len:].view(n_prompts, heads_kv, queries, live, 1))
     # The prompt's values, then the generated ones accumulated onto them (beta = 1: no separate add),
     # straight into the model's [rows, 1, heads, dim] layout without GQA; with it, into a block copied once.
+    # The sum is rounded once, where two products then an add rounded three times: in fp32 the tokens
+    # stayed the same in every case tried, in bf16 they can differ from that older form's (neither is
+    # transformers' SDPA summation order, which no exactness test holds bf16 to).
     out = torch.empty((rows, 1, heads, head_dim), dtype=query.dtype, device=query.device)
     in_groups = out.view(beams, n_prompts, heads_kv, group, head_dim).permute(1, 2, 0, 3, 4)
     total = in_groups.view(batch, queries, head_dim) if group == 1 else query.new_empty((batch, queries, head_dim))
