@@ -70,7 +70,7 @@ GATHERS = {"index_select", "gather", "embedding", "index", "take"}
 MOVES = {"copy_", "index_select", "index_copy_", "index_copy", "gather", "index", "index_put_", "index_put",
          "_index_put_impl_", "clone", "contiguous", "cat", "repeat_interleave", "_to_copy", "scatter", "scatter_",
          "take", "stack", "expand_copy", "narrow_copy", "slice_scatter", "select_scatter", "roll", "_unsafe_index"}
-GEMMS = {"linear", "mm", "addmm", "bmm", "baddbmm", "matmul"}
+GEMMS = {"linear", "mm", "addmm", "addmm_", "_addmm_activation", "bmm", "baddbmm", "baddbmm_", "matmul"}
 
 
 @dataclass(frozen=True)
@@ -183,11 +183,17 @@ def op_bytes(func, args, kwargs, outputs: list[torch.Tensor]) -> tuple[int, int]
 def op_flops(func, args, kwargs, out) -> int:
     """FLOPs of matrix multiplies and attention (torch's flop_counter formulas, plus the composites it lacks)."""
     base = op_base(func)
-    if func.overloadpacket in flop_counter.flop_registry:
-        return int(flop_counter.flop_registry[func.overloadpacket](*args, **(kwargs or {}), out_val=out))
+    packet = func.overloadpacket
+    if base.endswith("_") and hasattr(aten, base[:-1]):  # in place (baddbmm_): the FLOPs of its out-of-place form
+        packet = getattr(aten, base[:-1])
+    if packet in flop_counter.flop_registry:
+        return int(flop_counter.flop_registry[packet](*args, **(kwargs or {}), out_val=out))
     if base == "linear":
         x, weight = args[0], args[1]
         return 2 * (x.numel() // x.shape[-1]) * weight.shape[0] * weight.shape[1]
+    if base == "_addmm_activation":  # addmm with its activation in the epilogue: (bias, x, weight^T)
+        x, weight_t = args[1], args[2]
+        return 2 * x.shape[0] * x.shape[1] * weight_t.shape[1]
     if base == "matmul":
         return 2 * out.numel() * args[0].shape[-1]
     if "attention" in base:

@@ -14,10 +14,6 @@ roofline = load_script("roofline")
 # A small OPT: the gates read the shape of the decode step, which does not depend on the model's size.
 SMALL = roofline.Shape(hidden=64, layers=2, heads=4, ffn=128, vocab=1000, prompts=4, beams=5, prompt_len=8,
                        new_tokens=8, train_batch=4, block=16)
-# Today's decoder (StaticCache, reorder by index_select + copy_, SDPA over every slot, fp32 selection
-# over [rows, V]) fails every gate; remove this marker when the new decoder of issue #22 lands.
-TODAYS_DECODER = pytest.mark.xfail(strict=True, reason="issue #22: today's decoder moves KV, attends to "
-                                   "unwritten slots and makes 12 passes over [rows, V]")
 
 
 def record(fn, shape: roofline.Shape = SMALL, kv_heads: int = 4) -> list:
@@ -38,6 +34,18 @@ def test_matmul_counts_2mnk_flops_and_its_operands_bytes():
     assert op.flops == 2 * 32 * 48 * 16
     assert (op.read, op.written) == ((32 * 48 + 48 * 16) * 4, 32 * 16 * 4)
     assert op.kind == "gemm"
+
+
+def test_gemms_in_place_or_with_an_epilogue_count_as_gemms():
+    """baddbmm_ (the decoder accumulates attention outputs with it) and _addmm_activation (OPT's fc1 + ReLU)."""
+    total, weights, values = meta(6, 5, 16), meta(6, 5, 40), meta(6, 40, 16)
+    x, weight, bias = meta(32, 48), meta(64, 48), meta(64)
+    accumulate, fused = record(lambda: (total.baddbmm_(weights, values),
+                                        torch._addmm_activation(bias, x, weight.t())))
+    assert (accumulate.kind, accumulate.flops) == ("gemm", 2 * 6 * 5 * 40 * 16)
+    assert (accumulate.read, accumulate.written) == ((6 * 5 * 16 + 6 * 5 * 40 + 6 * 40 * 16) * 4, 6 * 5 * 16 * 4)
+    assert (fused.kind, fused.flops) == ("gemm", 2 * 32 * 48 * 64)
+    assert (fused.read, fused.written) == ((64 + 32 * 48 + 64 * 48) * 4, 32 * 64 * 4)
 
 
 def test_copy_reads_its_source_once_and_writes_its_destination():
@@ -137,7 +145,6 @@ def test_gate_no_attention_over_unwritten_slots(small_decode):
 
 
 @pytest.mark.slow
-@TODAYS_DECODER
 def test_gate_at_most_3_mb_per_row_step_at_the_shumailov_shape():
     """At the default shape (5,120 rows, 64 + 64 tokens): meta tensors make it cost what the small one does."""
     shape = roofline.Shape()

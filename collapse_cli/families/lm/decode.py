@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 from collapse_cli.config import GenerateConfig
+from collapse_cli.families.lm.fused_mlp import relu_in_gemm
 from collapse_cli.families.lm.kvcache import TreeCache, attending
 from collapse_cli.families.lm.select import Beams, penalize_seen
 
@@ -92,6 +93,8 @@ class TreeDecoder:
         self.logits = torch.empty((self.rows, self.head.weight.shape[0]), dtype=parameter.dtype,
                                   device=parameter.device)
         self.tokens = torch.zeros((self.rows, 1), dtype=torch.long, device=parameter.device)  # the step's input
+        # The same tokens beam-major, as the model sees them (kvcache.tree_attention says why).
+        self.model_tokens = torch.zeros((self.rows, 1), dtype=torch.long, device=parameter.device)
         self.position = torch.zeros((), dtype=torch.long, device=parameter.device)  # where that token sits
         self.n_prompts, self.cache = n_prompts, None
         self.search: Beams | None = None  # beam search's buffers, made once: a captured step reads them
@@ -139,11 +142,16 @@ class TreeDecoder:
             self.tokens.copy_(then(self.logits).view(-1, 1))
 
     def _forward(self, slot: int) -> None:
-        with attending(self.model, self.cache):
+        # Rows are prompt-major here and in the selection (row = prompt x beams + beam), beam-major inside
+        # the model: the reorder is of the token ids in, and of the last hidden state out (once a step).
+        self.model_tokens.view(self.beams, self.n_prompts).copy_(self.tokens.view(self.n_prompts, self.beams).t())
+        with attending(self.model, self.cache), relu_in_gemm(self.model):
             self.cache.prepare(slot)
-            hidden = self.model.base_model(input_ids=self.tokens, use_cache=False,
-                                           position_ids=self.position.view(1, 1).expand(self.rows, 1))
-        torch.mm(hidden.last_hidden_state[:, -1], self.head.weight.t(), out=self.logits)
+            # One position for all rows, broadcast: the position embedding (or rotary angle) is made once.
+            hidden = self.model.base_model(input_ids=self.model_tokens, use_cache=False,
+                                           position_ids=self.position.view(1, 1))
+        beam_major = hidden.last_hidden_state[:, -1].view(self.beams, self.n_prompts, -1)
+        torch.mm(beam_major.transpose(0, 1).reshape(self.rows, -1), self.head.weight.t(), out=self.logits)
         if self.head.bias is not None:
             self.logits.add_(self.head.bias)
 

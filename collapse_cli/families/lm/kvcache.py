@@ -43,9 +43,12 @@ class TreeCache:
         self.keys = torch.zeros((config.num_hidden_layers, n_prompts, heads_kv, new_tokens, beams, head_dim), **like)
         self.values = torch.zeros_like(self.keys)
         self.ancestry = torch.zeros((n_prompts * beams, new_tokens), dtype=torch.long, device=device)
+        # Each query's generated weights, placed at the row its ancestry names and zero at the other rows:
+        # [prompts, kv heads, queries, new_tokens, beams]. Zeroed once a step; every layer then writes the
+        # same (chosen) entries, so the zeros hold for all layers (a per-layer `where` wrote all entries).
+        self.spread = torch.zeros((n_prompts, heads_kv, beams * (heads // heads_kv), new_tokens, beams), **like)
         self.slot = 0  # the generated position the running step writes; it attends to slots 0..slot
         self.source = None  # per step: the ancestry as a gather index over the group's rows (see `prepare`)
-        self.chosen = None  # per step: the same as a one-hot mask over the group's rows
 
     def load_prompts(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
         for layer, (layer_keys, layer_values) in enumerate(zip(keys, values)):
@@ -54,7 +57,7 @@ class TreeCache:
         self.ancestry.zero_()
 
     def prepare(self, slot: int) -> None:
-        """Before a step's forward: the index each layer's attention picks generated scores with."""
+        """Before a step's forward: the index each layer's attention picks generated scores with; spread zeroed."""
         self.slot = slot
         _, n_prompts, heads_kv, _, _ = self.prompt_keys.shape
         beams, live, query_heads_per_kv = self.beams, slot + 1, self.query_heads // heads_kv
@@ -62,48 +65,63 @@ class TreeCache:
         source = self.ancestry[:, :live].view(n_prompts, beams, 1, live)
         source = source.expand(n_prompts, beams, query_heads_per_kv, live)
         self.source = source.reshape(n_prompts, 1, beams * query_heads_per_kv, live, 1)
-        self.chosen = self.source == torch.arange(beams, device=self.source.device)
+        self.spread[:, :, :, :live].zero_()
 
 
 def tree_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    attention_mask, scaling: float | None = None, dropout: float = 0.0, **kwargs):
-    """One decode step's attention (transformers' attention-function signature). Returns [rows, 1, heads, dim]."""
+    """One decode step's attention (transformers' attention-function signature). Returns [rows, 1, heads, dim].
+
+    Inside the model the rows are beam-major (row = beam x prompts + prompt; TreeDecoder feeds them so):
+    then a [rows, heads x dim] activation, seen as [prompts x heads, beams, dim], is one strided batch
+    of matrices (batch stride head_dim, leading dimension prompts x hidden), so the batched matmuls read
+    the queries and write the output where the model keeps them, with no reordering copy.
+    """
     cache, layer = _active, module.layer_idx
     rows, heads, _, head_dim = query.shape
     _, n_prompts, heads_kv, prompt_len, _ = cache.prompt_keys.shape
     beams, group, live = cache.beams, heads // heads_kv, cache.slot + 1
+    queries, batch = beams * group, n_prompts * heads_kv
     scaling = head_dim ** -0.5 if scaling is None else scaling
     # Write this token's key and value into its own row's slot: the cache's only write.
     for new, store in ((key, cache.keys), (value, cache.values)):
-        store[layer, :, :, cache.slot] = new.reshape(n_prompts, beams, heads_kv, head_dim).transpose(1, 2)
-    # Queries of one prompt and KV head: beams x group of them, ordered (beam, head in group). Written
-    # once into a contiguous block (with the scaling, if any), which both matmuls read as it is (a
-    # strided one each matmul would copy for itself).
-    queries = beams * group
-    q = torch.empty((n_prompts, heads_kv, queries, head_dim), dtype=query.dtype, device=query.device)
-    grouped = query.reshape(n_prompts, beams, heads_kv, group, head_dim).transpose(1, 2)
-    if scaling != 1.0:  # on the few queries, not on the scores (OPT scales its queries itself: 1.0)
-        torch.mul(grouped, scaling, out=q.view(grouped.shape))
+        store[layer, :, :, cache.slot] = new.reshape(beams, n_prompts, heads_kv, head_dim).permute(1, 2, 0, 3)
+    # Queries of one prompt and KV head: beams x group of them, ordered (beam, head in group). Read where
+    # they are when the model scaled them itself (OPT) and has no GQA; else written once, scaled, into a
+    # block (GQA's (beam, head) pairs are no single stride).
+    grouped = query.reshape(beams, n_prompts, heads_kv, group, head_dim).permute(1, 2, 0, 3, 4)
+    if scaling != 1.0:
+        batched_q = torch.mul(grouped, scaling, out=query.new_empty(grouped.shape)).view(batch, queries, head_dim)
     else:
-        q.view(grouped.shape).copy_(grouped)
-    prompt_scores = torch.matmul(q, cache.prompt_keys[layer].transpose(-1, -2))
-    live_keys = cache.keys[layer, :, :, :live].view(n_prompts, heads_kv, live * beams, head_dim)
-    every_row = torch.matmul(q, live_keys.transpose(-1, -2)).view(n_prompts, heads_kv, queries, live, beams)
+        batched_q = grouped.reshape(batch, queries, head_dim)  # a view without GQA, a copy with it
+    # The prompt's scores and each query's own generated scores, written side by side into one buffer
+    # (bmm and gather write into its slices, as cuBLAS and TensorIterator do in place): no cat after.
+    scores = torch.empty((batch, queries, prompt_len + live), dtype=query.dtype, device=query.device)
+    prompt_keys = cache.prompt_keys[layer].view(batch, prompt_len, head_dim)
+    torch.bmm(batched_q, prompt_keys.transpose(1, 2), out=scores[:, :, :prompt_len])
+    live_keys = cache.keys[layer, :, :, :live].view(batch, live * beams, head_dim)
+    every_row = torch.bmm(batched_q, live_keys.transpose(1, 2)).view(n_prompts, heads_kv, queries, live, beams)
     source = cache.source.expand(n_prompts, heads_kv, queries, live, 1)
-    generated_scores = every_row.gather(-1, source).squeeze(-1)
+    torch.gather(every_row, -1, source, out=scores[:, :, prompt_len:].view(n_prompts, heads_kv, queries, live, 1))
     # Softmax in the scores' dtype: it accumulates in fp32 inside and writes bf16 weights once, where an
     # fp32 output then a cast wrote and read them twice more (fp32 on the CPU: the very same op).
-    weights = torch.cat([prompt_scores, generated_scores], dim=-1).softmax(dim=-1)
-    prompt_weights, generated_weights = weights.split([prompt_len, live], dim=-1)
-    from_prompt = torch.matmul(prompt_weights, cache.prompt_values[layer])
+    weights = scores.softmax(dim=-1)
     # Each query's weight placed at the row its ancestry names (zero at the others): one matmul for all rows.
-    spread = torch.where(cache.chosen, generated_weights.unsqueeze(-1), 0.0)
-    live_values = cache.values[layer, :, :, :live].view(n_prompts, heads_kv, live * beams, head_dim)
-    from_generated = torch.matmul(spread.view(n_prompts, heads_kv, queries, live * beams), live_values)
-    # The sum written straight in the model's [rows, 1, heads, dim] layout: no reordering copy after it.
+    spread = cache.spread[:, :, :, :live]
+    spread.scatter_(-1, source, weights[:, :, prompt_len:].view(n_prompts, heads_kv, queries, live, 1))
+    # The prompt's values, then the generated ones accumulated onto them (beta = 1: no separate add),
+    # straight into the model's [rows, 1, heads, dim] layout without GQA; with it, into a block copied once.
+    # The sum is rounded once, where two products then an add rounded three times: in fp32 the tokens
+    # stayed the same in every case tried, in bf16 they can differ from that older form's (neither is
+    # transformers' SDPA summation order, which no exactness test holds bf16 to).
     out = torch.empty((rows, 1, heads, head_dim), dtype=query.dtype, device=query.device)
-    in_groups = out.view(n_prompts, beams, heads_kv, group, head_dim).transpose(1, 2)
-    torch.add(from_prompt.view(in_groups.shape), from_generated.view(in_groups.shape), out=in_groups)
+    in_groups = out.view(beams, n_prompts, heads_kv, group, head_dim).permute(1, 2, 0, 3, 4)
+    total = in_groups.view(batch, queries, head_dim) if group == 1 else query.new_empty((batch, queries, head_dim))
+    torch.bmm(weights[:, :, :prompt_len], cache.prompt_values[layer].view(batch, prompt_len, head_dim), out=total)
+    live_values = cache.values[layer, :, :, :live].view(batch, live * beams, head_dim)
+    total.baddbmm_(spread.view(batch, queries, live * beams), live_values)
+    if group != 1:
+        in_groups.copy_(total.view(in_groups.shape))
     return out, None
 
 
