@@ -1,7 +1,10 @@
 """One run across several processes (`collapse run nproc=N`): one per GPU, or gloo processes on the CPU.
 
 The parent composes the config and creates the run folder; it then starts N workers with
-`spawn`, hands each the validated RunConfig (pickled) and the folder, and watches them. Every
+`spawn`, through torchelastic's `elastic_launch` (the engine under torchrun), hands each the
+validated RunConfig (pickled) and the folder, and the agent watches them. With nnodes=M one such
+parent runs on each of M machines; they meet at rdzv_endpoint (c10d), and every rank runs the
+arguments of global rank 0. Every
 worker runs the same loop on the same data with the same seeds, so they agree on everything
 without being told; they differ in three places, each of which ends in a collective:
 
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 # a straggler's last chunk); past this the process group gives up instead of hanging forever.
 TIMEOUT = timedelta(minutes=30)
 # After the first failure, the other workers get this long to exit on SIGTERM before SIGKILL.
-GRACE_S = 5.0
+GRACE_S = 5  # torchelastic takes whole seconds; torch < 2.5 waits its own 30 s
 
 
 class WorkerFailed(CollapseError):
@@ -136,13 +139,14 @@ AGENT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 def launch_config(nproc: int, log_dir: str, nnodes: int = 1, rdzv_endpoint: str = ""):
     """torchrun's settings for N workers per node: no restarts (a failed rank fails the run, which
     `collapse resume` continues), the c10d rendezvous, and on one node a loopback store on a port the kernel
-    picks as it binds (torchrun --standalone): held until the run ends, so no other process can take it."""
+    picks as it binds (torchrun --standalone): held until the run ends, so no other process can take it.
+    The run id names the rendezvous at the endpoint: the same on every machine, or they never meet."""
     import dataclasses
 
     from torch.distributed.launcher.api import LaunchConfig
 
     settings: dict[str, Any] = dict(
-        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id=f"collapse-{os.getpid()}",
+        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id="collapse",
         rdzv_backend="c10d", rdzv_endpoint=rdzv_endpoint or "127.0.0.1:0", max_restarts=0,
         monitor_interval=0.1, start_method="spawn", shutdown_timeout=int(GRACE_S))
     if nnodes == 1:
@@ -177,7 +181,7 @@ def spawn(target: Callable[..., Any], nproc: int, args: Sequence = (), device_ch
     with tempfile.TemporaryDirectory(prefix="collapse-workers-") as log_dir, _quiet_agent():
         try:
             config = launch_config(nproc, log_dir, nnodes, rdzv_endpoint)
-            by_rank = elastic_launch(config, _worker)(device_choice, target, tuple(args))
+            by_rank = elastic_launch(config, _worker)(device_choice, target, tuple(args), nnodes > 1)
         except ChildFailedError as err:
             raise _failure(err.failures, log_dir, nproc * nnodes) from None
         except SignalException as err:
@@ -195,15 +199,19 @@ def spawn(target: Callable[..., Any], nproc: int, args: Sequence = (), device_ch
 class _quiet_agent:
     """The agent logs each worker's start and stop to stderr; collapse reports failures in one line of its own."""
 
+    LOGGERS = ("torch.distributed", "torch.multiprocessing")
+
     def __enter__(self) -> None:
         import logging
 
-        self.logger = logging.getLogger("torch.distributed")
-        self.saved = self.logger.propagate, list(self.logger.handlers)
-        self.logger.propagate, self.logger.handlers = False, [logging.NullHandler()]
+        self.loggers = [logging.getLogger(name) for name in self.LOGGERS]
+        self.saved = [(logger.propagate, list(logger.handlers)) for logger in self.loggers]
+        for logger in self.loggers:
+            logger.propagate, logger.handlers = False, [logging.NullHandler()]
 
     def __exit__(self, *exc) -> None:
-        self.logger.propagate, self.logger.handlers = self.saved
+        for logger, (propagate, handlers) in zip(self.loggers, self.saved):
+            logger.propagate, logger.handlers = propagate, handlers
 
 
 def _failure(failures: dict, log_dir: str, n_ranks: int) -> BaseException:
@@ -241,8 +249,11 @@ class _Interrupted(Exception):
     """A worker's KeyboardInterrupt, on its way to the parent; an Exception, so that its process fails."""
 
 
-def _worker(device_choice: str, target: Callable[..., Any], args: tuple) -> Any:
+def _worker(device_choice: str, target: Callable[..., Any], args: tuple, args_of_rank0: bool) -> Any:
     """One rank, started by the agent with RANK, WORLD_SIZE, MASTER_ADDR/PORT set: join the group, run, leave.
+
+    On several machines each machine's parent composed its own arguments (config, resume or not); with
+    `args_of_rank0` every rank runs global rank 0's, so that all agree.
 
     A failure leaves as an exception: torchelastic writes its class, message and traceback to the
     rank's error file, which the parent reads (`_failure`).
@@ -250,6 +261,10 @@ def _worker(device_choice: str, target: Callable[..., Any], args: tuple) -> Any:
     _exit_with_parent()
     try:
         init(device_choice)
+        if args_of_rank0:
+            shared = [args]
+            _group().broadcast_object_list(shared, src=0)
+            args = shared[0]
         result = target(*args)
     except CollapseError as err:  # already one line for the user
         raise _Refused(str(err)) from None
@@ -264,14 +279,17 @@ def _exit_with_parent() -> None:
     """End this worker as soon as its parent is gone (SIGKILLed, OOM-killed): nobody would collect its
     result, and it would hold its GPU and CPUs until the process group's timeout.
 
-    multiprocessing's sentinel of the parent is a pipe whose other end only the parent holds: it
-    becomes readable the moment the parent dies, so a thread waiting on it costs nothing meanwhile.
+    torch.multiprocessing asks Linux for a SIGINT when the parent dies (PR_SET_PDEATHSIG), but Python
+    acts on it only when the main thread is back in the interpreter: a rank blocked in a collective (a
+    barrier waiting for rank 0's checkpoint) would sit there until TIMEOUT. multiprocessing's sentinel of
+    the parent is a pipe whose other end only the parent holds: it becomes readable the moment the parent
+    dies, and a thread waiting on it ends the process from outside the blocked call.
     """
     import multiprocessing
     import threading
 
     parent = multiprocessing.parent_process()
-    if parent is None:  # not started by spawn(): nothing to watch
+    if parent is None:  # not started by multiprocessing: nothing to watch
         return
 
     def watch() -> None:
