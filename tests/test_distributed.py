@@ -7,6 +7,7 @@ float sums; a whole run leaves one finished folder; failures and signals end eve
 
 from __future__ import annotations
 
+import ast
 import copy
 import os
 import re
@@ -377,6 +378,15 @@ def test_workers_run_under_torchelastic_and_leave_the_parent_as_it_was(tmp_path:
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # the agent's signal handlers are gone
 
 
+def _start_script(folder: Path, source: str, *args: str) -> subprocess.Popen:
+    """`source` run as a script file (spawned workers import their target from it), with collapse importable."""
+    script = folder / f"script{len(list(folder.glob('script*.py')))}.py"
+    script.write_text(source)
+    return subprocess.Popen([sys.executable, str(script), *args], cwd=folder, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+
 NODE = """
 import sys
 from collapse_cli.experiment import distributed
@@ -398,18 +408,18 @@ def test_two_machines_meet_at_the_rendezvous_endpoint_and_run_the_arguments_of_r
     """Two launchers (as `srun` starts one per node), here on one machine: one group of 2 ranks."""
     import socket
 
-    script = tmp_path / "node.py"
-    script.write_text(NODE)
     with socket.socket() as probe:  # a free port for the endpoint, as a user picks one (the race is the test's)
         probe.bind(("127.0.0.1", 0))
         endpoint = f"127.0.0.1:{probe.getsockname()[1]}"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    nodes = [subprocess.Popen([sys.executable, str(script), name, endpoint], cwd=tmp_path, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in ("a", "b")]
-    outputs = [node.communicate(timeout=300) for node in nodes]
+    nodes = [_start_script(tmp_path, NODE, name, endpoint) for name in ("a", "b")]
+    try:
+        outputs = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
     assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
-    (rank_a, world_a, name_a), = eval(outputs[0][0])
-    (rank_b, world_b, name_b), = eval(outputs[1][0])
+    (rank_a, world_a, name_a), = ast.literal_eval(outputs[0][0])
+    (rank_b, world_b, name_b), = ast.literal_eval(outputs[1][0])
     assert {rank_a, rank_b} == {0, 1} and world_a == world_b == 2
     assert name_a == name_b == ("a" if rank_a == 0 else "b")  # every rank runs global rank 0's arguments
 
@@ -447,12 +457,9 @@ if __name__ == "__main__":
 @pytest.mark.slow
 @pytest.mark.parametrize("signum,said", [(signal.SIGTERM, "terminated"), (signal.SIGINT, "interrupted")])
 def test_a_signal_to_the_parent_stops_the_workers_then_reaches_its_own_handler(tmp_path: Path, signum, said):
-    script, pids = tmp_path / "stopped.py", tmp_path / "pids"
-    script.write_text(STOPPED_FROM_OUTSIDE)
+    pids = tmp_path / "pids"
     pids.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, str(script), str(pids)], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = _start_script(tmp_path, STOPPED_FROM_OUTSIDE, str(pids))
     deadline = time.monotonic() + 120
     while len(list(pids.iterdir())) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, "the workers never started"

@@ -139,7 +139,8 @@ AGENT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 def launch_config(nproc: int, log_dir: str, nnodes: int = 1, rdzv_endpoint: str = ""):
     """torchrun's settings for N workers per node: no restarts (a failed rank fails the run, which
     `collapse resume` continues), the c10d rendezvous, and on one node a loopback store on a port the kernel
-    picks as it binds (torchrun --standalone): held until the run ends, so no other process can take it.
+    picks as it binds (torchrun --standalone): held until the run ends, so no other process can take it
+    (torch >= 2.4, whose workers share the agent's store; before, the agent probed a free port for them).
     The run id names the rendezvous at the endpoint: the same on every machine, or they never meet."""
     import dataclasses
 
@@ -229,9 +230,10 @@ def _failure(failures: dict, log_dir: str, n_ranks: int) -> BaseException:
             return KeyboardInterrupt()  # stopped from outside (a scheduler, `kill`): resumable
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         return WorkerFailed(f"rank {silent[0]} of {n_ranks} died ({how}) without a report")
-    # DefaultLogsSpecs' layout: <log_dir>/<run>/attempt_0/<local rank>/error.json (one node: the rank).
+    # DefaultLogsSpecs' layout: <log_dir>/<run>/attempt_0/<local rank>/error.json; global = local + this node's first.
     first = min(Path(log_dir).glob("*/attempt_*/*/error.json"), key=lambda path: path.stat().st_mtime_ns)
-    worker_rank, report = int(first.parent.name), json.loads(first.read_text())["message"]
+    node_start = next(r - int(Path(failure.error_file).parent.name) for r, failure in failures.items())
+    worker_rank, report = node_start + int(first.parent.name), json.loads(first.read_text())["message"]
     outcome, _, message = report["message"].partition(": ")
     if outcome == _Interrupted.__name__:
         return KeyboardInterrupt()
