@@ -378,6 +378,15 @@ def test_workers_run_under_torchelastic_and_leave_the_parent_as_it_was(tmp_path:
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # the agent's signal handlers are gone
 
 
+def _free_endpoint() -> str:
+    """A loopback HOST:PORT free now, as a user picks one for rdzv_endpoint (the race is the test's)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
 def _start_script(folder: Path, source: str, *args: str) -> subprocess.Popen:
     """`source` run as a script file (spawned workers import their target from it), with collapse importable."""
     script = folder / f"script{len(list(folder.glob('script*.py')))}.py"
@@ -406,11 +415,7 @@ if __name__ == "__main__":
 @pytest.mark.slow
 def test_two_machines_meet_at_the_rendezvous_endpoint_and_run_the_arguments_of_rank_0(tmp_path: Path):
     """Two launchers (as `srun` starts one per node), here on one machine: one group of 2 ranks."""
-    import socket
-
-    with socket.socket() as probe:  # a free port for the endpoint, as a user picks one (the race is the test's)
-        probe.bind(("127.0.0.1", 0))
-        endpoint = f"127.0.0.1:{probe.getsockname()[1]}"
+    endpoint = _free_endpoint()
     nodes = [_start_script(tmp_path, NODE, name, endpoint) for name in ("a", "b")]
     try:
         outputs = [node.communicate(timeout=300) for node in nodes]
@@ -422,6 +427,25 @@ def test_two_machines_meet_at_the_rendezvous_endpoint_and_run_the_arguments_of_r
     (rank_b, world_b, name_b), = ast.literal_eval(outputs[1][0])
     assert {rank_a, rank_b} == {0, 1} and world_a == world_b == 2
     assert name_a == name_b == ("a" if rank_a == 0 else "b")  # every rank runs global rank 0's arguments
+
+
+@pytest.mark.slow
+def test_two_launchers_of_one_run_as_srun_starts_them_finish_the_run_of_two_processes(tmp_path: Path,
+                                                                                      runs: dict[int, Path]):
+    """README's SLURM recipe on one machine: `collapse run nnodes=2 nproc=1` twice, one folder named alike."""
+    endpoint = _free_endpoint()
+    run = tmp_path / "run"
+    args = ["run", "nnodes=2", "nproc=1", f"rdzv_endpoint={endpoint}", "device=cpu", *TINY, f"hydra.run.dir={run}"]
+    launchers = [start_collapse(args, cwd=tmp_path) for _ in range(2)]
+    try:
+        errors = [launcher.communicate(timeout=300)[1] for launcher in launchers]
+    finally:
+        for launcher in launchers:
+            launcher.kill()
+    assert [launcher.returncode for launcher in launchers] == [0, 0], [err[-2000:] for err in errors]
+    assert read_status(run)["state"] == "finished"
+    assert (run / "collapse.log").read_text().count("gen 1:") == 1  # global rank 0 alone wrote
+    assert_close_metrics(run, runs[2], rtol=0)  # 2 ranks on 2 machines: the bits of 2 ranks on one
 
 
 STOPPED_FROM_OUTSIDE = """
