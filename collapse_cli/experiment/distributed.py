@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 # a straggler's last chunk); past this the process group gives up instead of hanging forever.
 TIMEOUT = timedelta(minutes=30)
 # After the first failure, the other workers get this long to exit on SIGTERM before SIGKILL.
-GRACE_S = 5  # torchelastic takes whole seconds; torch < 2.5 waits its own 30 s
+GRACE_S = 5  # whole seconds for torchelastic; a torch whose LaunchConfig lacks shutdown_timeout waits 30
 
 
 class WorkerFailed(CollapseError):
