@@ -657,7 +657,7 @@ def execute_guarded(run_config, path: Path, says_interrupt: bool = True) -> int:
 
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        if run_config.nproc > 1 and not run_config.dry_run:
+        if (run_config.nproc > 1 or run_config.nnodes > 1) and not run_config.dry_run:
             distributed.launch(execute_rank, run_config, path)
         else:
             execute(run_config, path, Feedback())

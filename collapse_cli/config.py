@@ -325,6 +325,10 @@ class RunConfig:
     device: Device = Device.auto
     # Processes of one run (README "Scaling out"): one per GPU, or gloo processes on the CPU.
     nproc: int = 1
+    # Machines of one run, each running `collapse run` with the same keys (README "Scaling out"): nproc
+    # processes per machine; they meet at rdzv_endpoint, host:port of the first machine (torchrun's c10d).
+    nnodes: int = 1
+    rdzv_endpoint: str = ""
     # none | last | all: which generations keep their model weights on disk.
     checkpoints: Checkpoints = Checkpoints.none
     dry_run: bool = False
@@ -651,6 +655,17 @@ def check_nproc(nproc: int, device: str, n_gpus: int) -> None:
                                       f"lower nproc to {cores} or fewer")
 
 
+def check_nodes(nnodes: int, rdzv_endpoint: str) -> None:
+    """nnodes=M needs the address where the M machines meet; one machine meets on a loopback port of its own."""
+    _check(nnodes >= 1, f"nnodes={nnodes} must be at least 1 (machines of one run)")
+    host, _, port = rdzv_endpoint.rpartition(":")
+    _check(nnodes == 1 or (host and port.isdigit() and 0 < int(port) < 65536),
+           f"nnodes={nnodes} needs rdzv_endpoint=HOST:PORT, the first machine's address and a free port "
+           f"(e.g. rdzv_endpoint=node001:29400); got '{rdzv_endpoint}'")
+    _check(nnodes > 1 or not rdzv_endpoint,
+           f"rdzv_endpoint={rdzv_endpoint} is only for nnodes > 1; drop it, or set nnodes to the number of machines")
+
+
 def _validate_run(cfg: RunConfig) -> None:
     _check(0.0 <= cfg.mix <= 1.0, f"mix={cfg.mix} must be in [0, 1] (the real fraction of each later generation)")
     _check(cfg.generations >= 1,
@@ -663,6 +678,7 @@ def _validate_run(cfg: RunConfig) -> None:
            f"regime={cfg.regime} keeps real data in its pool, which mix=0 empties: set mix=1 "
            f"(all real data kept, as Gerstgrasser et al.) or a fraction such as mix=0.5")
     check_nproc(cfg.nproc, cfg.device, _cuda_count())
+    check_nodes(cfg.nnodes, cfg.rdzv_endpoint)
     _check(cfg.device != "cuda" or _cuda_visible(),
            "device=cuda but no CUDA device is visible; use device=auto or device=cpu")
     _check(cfg.metrics.eval_batch_size is None or cfg.metrics.eval_batch_size >= 1,

@@ -7,6 +7,7 @@ float sums; a whole run leaves one finished folder; failures and signals end eve
 
 from __future__ import annotations
 
+import ast
 import copy
 import os
 import re
@@ -34,7 +35,7 @@ from test_errors import one_error_line
 from test_resume import signal_when
 from transformers import OPTConfig, OPTForCausalLM
 
-from collapse_cli.config import GenerateConfig, TrainConfig, check_nproc
+from collapse_cli.config import GenerateConfig, TrainConfig, check_nodes, check_nproc
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import distributed
 from collapse_cli.experiment.distributed import WorkerFailed
@@ -157,8 +158,21 @@ def test_nproc_checks():
             check_nproc(nproc, device, n_gpus)
 
 
+def test_node_checks():
+    check_nodes(1, "")
+    check_nodes(2, "node001:29400")
+    for nnodes, endpoint, needle in [(0, "", "nnodes=0 must be at least 1"),
+                                     (2, "", "nnodes=2 needs rdzv_endpoint=HOST:PORT"),
+                                     (2, "node001", "nnodes=2 needs rdzv_endpoint=HOST:PORT"),
+                                     (2, "node001:0", "got 'node001:0'"),
+                                     (1, "node001:29400", "rdzv_endpoint=node001:29400 is only for nnodes > 1")]:
+        with pytest.raises(CollapseError, match=re.escape(needle)):
+            check_nodes(nnodes, endpoint)
+
+
 @pytest.mark.parametrize("args,needle", [([*TINY, "nproc=0"], "nproc=0 must be at least 1"),
                                          ([*TINY, "nproc=2", "device=cuda"], "nproc=2 needs 2 GPUs but 0 CUDA"),
+                                         ([*TINY, "nnodes=2"], "nnodes=2 needs rdzv_endpoint=HOST:PORT"),
                                          (["model=gmm", "dataset=gaussian", "nproc=2"],
                                           "use nproc=1 with model.family=gmm")])
 def test_bad_nproc_is_one_line(tmp_path: Path, args: list[str], needle: str):
@@ -350,3 +364,138 @@ def test_workers_leave_no_semaphore_behind(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "['done', 'done']"
     assert "leaked" not in result.stderr, result.stderr[-3000:]
+
+
+def _elastic_env() -> dict:
+    return {key: os.environ.get(key) for key in ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE", "RANK", "GROUP_RANK")}
+
+
+@pytest.mark.slow
+def test_workers_run_under_torchelastic_and_leave_the_parent_as_it_was(tmp_path: Path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the agent's log folder goes
+    handlers = {sig: signal.getsignal(sig) for sig in distributed.AGENT_SIGNALS}
+    envs = distributed.spawn(_elastic_env, 2)
+    assert [env["RANK"] for env in envs] == ["0", "1"]
+    for env in envs:  # started by torchrun's agent, one group of 2 on this machine
+        assert env["TORCHELASTIC_RUN_ID"] and env["LOCAL_WORLD_SIZE"] == "2" and env["GROUP_RANK"] == "0"
+    assert list(tmp_path.iterdir()) == []  # no torchelastic_* folder per run left in /tmp
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # the agent's signal handlers are gone
+
+
+def _free_endpoint() -> str:
+    """A loopback HOST:PORT free now, as a user picks one for rdzv_endpoint (the race is the test's)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def _start_script(folder: Path, source: str, *args: str) -> subprocess.Popen:
+    """`source` run as a script file (spawned workers import their target from it), with collapse importable."""
+    script = folder / f"script{len(list(folder.glob('script*.py')))}.py"
+    script.write_text(source)
+    return subprocess.Popen([sys.executable, str(script), *args], cwd=folder, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+
+NODE = """
+import sys
+from collapse_cli.experiment import distributed
+
+
+def who(name):
+    from collapse_cli import ranks
+
+    return ranks.rank(), ranks.world_size(), name
+
+
+if __name__ == "__main__":
+    print(distributed.spawn(who, 1, (sys.argv[1],), nnodes=2, rdzv_endpoint=sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+def test_two_machines_meet_at_the_rendezvous_endpoint_and_run_the_arguments_of_rank_0(tmp_path: Path):
+    """Two launchers (as `srun` starts one per node), here on one machine: one group of 2 ranks."""
+    endpoint = _free_endpoint()
+    nodes = [_start_script(tmp_path, NODE, name, endpoint) for name in ("a", "b")]
+    try:
+        outputs = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    (rank_a, world_a, name_a), = ast.literal_eval(outputs[0][0])
+    (rank_b, world_b, name_b), = ast.literal_eval(outputs[1][0])
+    assert {rank_a, rank_b} == {0, 1} and world_a == world_b == 2
+    assert name_a == name_b == ("a" if rank_a == 0 else "b")  # every rank runs global rank 0's arguments
+
+
+@pytest.mark.slow
+def test_two_launchers_of_one_run_as_srun_starts_them_finish_the_run_of_two_processes(tmp_path: Path,
+                                                                                      runs: dict[int, Path]):
+    """README's SLURM recipe on one machine: `collapse run nnodes=2 nproc=1` twice, one folder named alike."""
+    endpoint = _free_endpoint()
+    run = tmp_path / "run"
+    args = ["run", "nnodes=2", "nproc=1", f"rdzv_endpoint={endpoint}", "device=cpu", *TINY, f"hydra.run.dir={run}"]
+    launchers = [start_collapse(args, cwd=tmp_path) for _ in range(2)]
+    try:
+        errors = [launcher.communicate(timeout=300)[1] for launcher in launchers]
+    finally:
+        for launcher in launchers:
+            launcher.kill()
+    assert [launcher.returncode for launcher in launchers] == [0, 0], [err[-2000:] for err in errors]
+    assert read_status(run)["state"] == "finished"
+    assert (run / "collapse.log").read_text().count("gen 1:") == 1  # global rank 0 alone wrote
+    assert_close_metrics(run, runs[2], rtol=0)  # 2 ranks on 2 machines: the bits of 2 ranks on one
+
+
+STOPPED_FROM_OUTSIDE = """
+import os, signal, sys, time
+from pathlib import Path
+from collapse_cli.experiment import distributed
+
+
+class Terminated(KeyboardInterrupt):
+    pass
+
+
+def on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def nap(folder):
+    Path(folder, str(os.getpid())).touch()
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, on_sigterm)  # as cli.execute_guarded
+    try:
+        distributed.spawn(nap, 2, (sys.argv[1],))
+    except Terminated:
+        print("terminated")
+    except KeyboardInterrupt:
+        print("interrupted")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum,said", [(signal.SIGTERM, "terminated"), (signal.SIGINT, "interrupted")])
+def test_a_signal_to_the_parent_stops_the_workers_then_reaches_its_own_handler(tmp_path: Path, signum, said):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    proc = _start_script(tmp_path, STOPPED_FROM_OUTSIDE, str(pids))
+    deadline = time.monotonic() + 120
+    while len(list(pids.iterdir())) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert out.strip() == said, err[-2000:]
+    for pid in [int(p.name) for p in pids.iterdir()]:
+        assert not _alive(pid)
