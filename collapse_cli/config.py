@@ -650,9 +650,11 @@ def check_nproc(nproc: int, device: str, n_gpus: int) -> None:
     _check(nproc == 1 or not on_cuda or nproc <= n_gpus,
            f"nproc={nproc} needs {nproc} GPUs but {n_gpus} CUDA device(s) are visible; "
            f"lower nproc, or set device=cpu for {nproc} CPU processes")
+    # A typo guard, not a policy: more gloo processes than cores is slow but legal (a test of nproc=4 on a
+    # 2-core laptop); thousands of them would only exhaust the machine.
     cores = os.cpu_count() or 1
-    _check(on_cuda or nproc <= cores, f"nproc={nproc} CPU processes, but this machine has {cores} cores; "
-                                      f"lower nproc to {cores} or fewer")
+    _check(on_cuda or nproc <= 4 * cores, f"nproc={nproc} CPU processes, but this machine has {cores} cores; "
+                                          f"lower nproc to {cores} or fewer (at most {4 * cores})")
 
 
 def check_nodes(nnodes: int, rdzv_endpoint: str) -> None:
