@@ -833,15 +833,17 @@ def resume_command(args: list[str]) -> int:
 
 def check_resume_override(override: str, recorded: DictConfig) -> None:
     """A resume changes keys of the recorded run (train.lr=1e-4); it cannot pick another group option
-    (model=vae) or family: those make another run, and would otherwise surface as a baffling type error."""
+    (model=vae) or family: those make another run, and would otherwise surface as a baffling type error.
+    Checked before the overrides are merged, so also before any generation is finished, where
+    check_resume_changes (values against finished generations) has nothing to hold them to."""
     key, _, value = override.partition("=")
     key = key.lstrip("+~")
     groups = {folder.name for folder in Path(conf_dir()).iterdir() if folder.is_dir()}
     recorded_family = str(recorded.get("model", {}).get("family", "lm"))
     if key.split("/")[0] in groups and "." not in key or key == "model.family" and value != recorded_family:
-        raise CollapseError(f"{override}: a resume continues the recorded run "
-                            f"(model.family={recorded_family}) with changed keys, such as train.lr=1e-4; {key}= "
-                            f"would make another run: start it with `collapse run {override} ...`")
+        raise CollapseError(f"{override} would change what the recorded run is (model.family={recorded_family}): "
+                            f"a resume changes keys, such as train.lr=1e-4, never a group option or the family; "
+                            f"start another run with `collapse run {override} ...`")
 
 
 def _quiet_libraries() -> None:
