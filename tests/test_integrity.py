@@ -204,7 +204,9 @@ def _run_with_kill_at(args: list[str], kill_at: str) -> None:
 
 
 # Files whose bytes depend on the machine's clock or the folder's path; everything else must be identical.
-VARYING = (".hydra", "collapse.log", "status.json", "metrics.json", "metrics.jsonl", "summary.json", "figures")
+# Files whose bytes record when or how often a process ran: environment.json gains an entry per start and resume.
+VARYING = (".hydra", "collapse.log", "status.json", "metrics.json", "metrics.jsonl", "summary.json", "figures",
+           "environment.json")
 
 
 @pytest.mark.slow
