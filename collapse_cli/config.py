@@ -92,7 +92,7 @@ class Prompt(StrEnum):
 
 
 class Decoder(StrEnum):
-    own = "own"  # the static-cache decoder for OPT, GPT-2 and Llama; other models get transformers'
+    own = "own"  # the tree-cache decoder for OPT, GPT-2 and Llama; other models get transformers'
     transformers = "transformers"  # transformers' generate() / dynamic KV cache for every model
 
 
@@ -205,7 +205,7 @@ class GenerateConfig:
     prompt_tokens: int = 16
     new_tokens: int = 64
     batch_size: int = 256
-    # own: the static-cache decoder (same tokens as transformers' generate(), tested); transformers:
+    # own: the tree-cache decoder (same tokens as transformers' generate(), tested); transformers:
     # generate() itself, to cross-check the own decoder or to run a model or GPU it has not met.
     decoder: Decoder = Decoder.own
     # On CUDA the own decoder replays each fixed-shape step as a CUDA graph; false decodes eagerly.

@@ -130,7 +130,7 @@ def test_other_architectures_fall_back_to_generate():
     assert not has_own_decoder(model) and has_own_decoder(build("llama"))
     beams = GenerateConfig(**SHUMAILOV, new_tokens=8, batch_size=15)
     assert "generate()" in describe(model, beams, CPU) and "gpt_neox" in describe(model, beams, CPU)
-    assert describe(build("opt"), beams, CPU) == "own static-cache decoder (opt)"
+    assert describe(build("opt"), beams, CPU) == "own tree-cache decoder (opt)"
     ours = generate(model, prompt_ids, beams, seed=0, device=CPU)
     assert np.array_equal(ours, reference(model, prompt_ids, 8, num_beams=5, repetition_penalty=3.0))
     greedy = generate(model, prompt_ids, GenerateConfig(do_sample=False, new_tokens=8), seed=0, device=CPU)

@@ -90,7 +90,7 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path: Path, capsys, tiny
     n_real = json.loads((tiny_finished / "gen_000" / "composition.json").read_text())["blocks"]
     assert "on cpu" in out
     assert "M parameters" in out
-    assert "decoder: own static-cache decoder (opt)" in out
+    assert "decoder: own tree-cache decoder (opt)" in out
     assert "each generation trains on 25% real / 75% synthetic data" in out
     # The plan table: generation 1 trains on N blocks (N*64 tokens), round(N/4) of them real.
     plan_rows = [line.split() for line in out.splitlines() if line.count("│") >= 5]

@@ -49,7 +49,7 @@ def describe(model: torch.nn.Module, cfg: GenerateConfig, device: torch.device) 
     """One line for the run's plan: which decoder writes the synthetic corpus."""
     if uses_own_decoder(model, cfg):
         graph = ", CUDA graphs" if uses_cuda_graph(cfg, device) else ""
-        return f"own static-cache decoder ({model.config.model_type}{graph})"
+        return f"own tree-cache decoder ({model.config.model_type}{graph})"
     fallback = "transformers generate()" if cfg.num_beams > 1 else "transformers' dynamic KV cache"
     if cfg.decoder == "transformers":
         return f"{fallback} (generate.decoder=transformers)"
