@@ -16,8 +16,10 @@ from collapse_cli.config import TrainConfig
 from collapse_cli.families.lm.train import lr_at, train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(conf_dir()) / "experiment").glob("*.yaml"))
-FAMILY_EXPERIMENTS = ("shumailov_gmm", "shumailov_vae")  # the other families' (tests/test_gmm.py, test_vae.py)
-LM_EXPERIMENTS = [name for name in EXPERIMENTS if name not in FAMILY_EXPERIMENTS]
+# Tested where their family is: test_gmm.py, test_vae.py, test_linreg.py; `smoke` (the default loop, shorter) in
+# test_reads.py. The rest are the Shumailov LM configs this file holds to the paper's settings.
+OTHER_EXPERIMENTS = ("shumailov_gmm", "shumailov_vae", "gerstgrasser_linreg", "smoke")
+LM_EXPERIMENTS = [name for name in EXPERIMENTS if name not in OTHER_EXPERIMENTS]
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +162,8 @@ def test_schedule_and_selection_values_are_checked():
 
 def test_experiments_are_shipped():
     assert EXPERIMENTS == ["gerstgrasser_linreg", "shumailov_10pct", "shumailov_gmm", "shumailov_no_data",
-                           "shumailov_smoke", "shumailov_vae"]
+                           "shumailov_smoke", "shumailov_vae", "smoke"]
+    assert LM_EXPERIMENTS == ["shumailov_10pct", "shumailov_no_data", "shumailov_smoke"]
 
 
 @pytest.mark.parametrize("name", LM_EXPERIMENTS)
