@@ -15,6 +15,7 @@ Lines are `pip freeze`'s, less the collapse package itself and packages installe
 from __future__ import annotations
 
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -26,8 +27,12 @@ TARGET = Path(__file__).resolve().parents[1] / "constraints" / "ci-latest.txt"
 def pinned() -> list[str]:
     frozen = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all"], capture_output=True, text=True,
                             check=True).stdout.splitlines()
-    return sorted((line for line in frozen
-                   if "==" in line and not line.lower().startswith("collapse==") and " @ " not in line),
+    # pip's own comments ("# Editable Git install ... (collapse==0.1.0)") and collapse itself are no pins. A local
+    # build label goes (torch==2.13.0+cpu -> torch==2.13.0): a pin without one matches any build of the version,
+    # the CPU index's or PyPI's, where the label would match only the index this machine used.
+    return sorted((re.sub(r"\+[\w.]+$", "", line) for line in frozen
+                   if "==" in line and not line.startswith("#") and not line.lower().startswith("collapse==")
+                   and " @ " not in line),
                   key=str.lower)
 
 
