@@ -23,8 +23,14 @@ def finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) 
     ax.set_title(title, fontsize=9)
     ax.tick_params(which="both", labelsize=7)  # log axes label minor ticks too
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    return save(fig, path)
+
+
+def save(fig: Any, path: Path, rect: tuple = (0, 0, 1, 1), dpi: int = 110) -> Path:
+    """Lay the figure out within `rect` (room left for a legend outside it), write the PNG at `path` (folders
+    made) and free the figure: the one tail of every family's figure."""
+    fig.tight_layout(rect=rect)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     pyplot().close(fig)
     return path

@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 from scipy.special import logsumexp
 
+from collapse_cli.families.plots import pyplot, save
 from collapse_cli.measure.metrics import binomial_se
 
 SAMPLE_DTYPE = np.float32
@@ -266,10 +267,7 @@ def chosen_generations(last: int, count: int = 6) -> list[int]:
 def scatter_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray], path: Path,
                    extent: Optional[float] = None) -> Path:
     """Samples of chosen generations (first two coordinates) over the true density's contours."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if truth.dim == 1:
         return histogram_figure(truth, samples_by_generation, path)
@@ -303,13 +301,13 @@ def scatter_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray],
                fontsize=8, frameon=False)
     fig.suptitle("Gaussian mixture: samples of chosen generations over the true density's contours"
                  + (" (first two coordinates)" if truth.dim > 2 else ""), fontsize=10)
-    return _saved(fig, path, rect=(0, 0.07, 1, 1))  # room for the legend below
+    return save(fig, path, rect=(0, 0.07, 1, 1))  # room for the legend below
 
 
 def histogram_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray], path: Path) -> Path:
     """dataset.dim=1 (Shumailov's single-Gaussian setting): each chosen generation's samples as a density
     histogram under the true density's curve, on one x range so the narrowing shows."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     generations = sorted(samples_by_generation)
     spread = 4.0 * float(np.sqrt(truth.covariances.max())) + float(np.abs(truth.means - truth.means.mean()).max())
@@ -327,26 +325,13 @@ def histogram_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray
     axes[0][0].legend(fontsize=7)
     fig.suptitle("1-D Gaussian mixture: samples of chosen generations (histogram) under the true density",
                  fontsize=10)
-    return _saved(fig, path)
+    return save(fig, path)
 
-
-def _saved(fig, path: Path, rect: tuple = (0, 0, 1, 1)) -> Path:
-    """The figure laid out (within `rect`), written to `path` (its folder made) and closed."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout(rect=rect)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def curves_figure(rows: list[dict], path: Path) -> Path:
     """The paper's two curves by generation: component_std and l2sq_to_gen0, both on log scales."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from collapse_cli.report.facts import metric_facts
     from collapse_cli.report.plots import generation_axis, log_axis_keeping_zero
@@ -365,4 +350,4 @@ def curves_figure(rows: list[dict], path: Path) -> Path:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle("Gaussian mixture by generation (one run; the paper's two curves)", fontsize=10)
-    return _saved(fig, path)
+    return save(fig, path)

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from collapse_cli.families.base import checked_loss
+from collapse_cli.families.plots import pyplot, save
 
 PIXELS = 64  # 8 x 8
 N_CLASSES = 10
@@ -341,10 +342,7 @@ def share_entropy(shares: np.ndarray) -> float:
 
 def grid_figure(images: np.ndarray, path: Path, title: str, columns: int = 10, rows: int = 6) -> Path:
     """The first rows x columns images as one grey grid PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     shown = np.asarray(images[:rows * columns]).reshape(-1, 8, 8)
     canvas = np.zeros((rows * 9 + 1, columns * 9 + 1), dtype=np.float32)  # white gaps under gray_r
@@ -355,8 +353,4 @@ def grid_figure(images: np.ndarray, path: Path, title: str, columns: int = 10, r
     ax.imshow(canvas, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=100)
