@@ -136,7 +136,7 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
             step, window_steps = step + 1, window_steps + 1
             if device.type == "cpu" or step % CHECK_EVERY == 0 or step == total_steps:
                 # Averaged over ranks, the scaled sums make the global mean loss; every rank checks the same value.
-                losses.append(_checked_mean(distributed.mean_over_ranks(window) / window_steps, step, generation))
+                losses.append(checked_loss(float(distributed.mean_over_ranks(window) / window_steps), step, generation))
                 window.zero_()
                 window_steps = 0
             if on_step is not None:
@@ -229,6 +229,3 @@ class _Selection:
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
 
-
-def _checked_mean(mean_loss: torch.Tensor, step: int, generation: int) -> float:
-    return checked_loss(float(mean_loss), step, generation)
