@@ -29,6 +29,7 @@ from collapse_cli.experiment.progress import Feedback
 from collapse_cli.experiment.seeds import compose_seed, stage_seed, torch_global_rng, torch_global_seed
 from collapse_cli.families.base import Family, RealData, family_name, get_family
 from collapse_cli.killpoint import written
+from collapse_cli.report.facts import FACTS_FILE
 from collapse_cli.rundir import RunDir, gen_name, read_metrics
 
 log = logging.getLogger("collapse")
@@ -286,15 +287,24 @@ def finish(setup: Setup, run_dir: RunDir) -> dict:
     return summary
 
 
+def record_facts(run_dir: RunDir, family: Family) -> None:
+    """family.json: what the run's metrics mean (report/facts.py reads it). Written once, at the start; a
+    resume keeps what the run began with, and adds it to a folder from before family.json."""
+    if not (run_dir.path / FACTS_FILE).exists():
+        run_dir.write_json(FACTS_FILE, family.run_facts().to_dict())
+
+
 def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
     """Run (or resume) the whole loop in `path`; returns the summary, or None for a dry run."""
     setup = prepare(cfg)
     family = setup.family
     feedback.show_plan(cfg, setup.device, family.describe(), family.n_parameters(setup.base_model), plan(setup),
-                       describe_mix(cfg.regime, cfg.mix), family.describe_sampling(setup.base_model))
+                       describe_mix(cfg.regime, cfg.mix), family.describe_sampling(setup.base_model),
+                       family.describe_precision())
     if cfg.dry_run:
         return None
     run_dir = RunDir(path)
+    record_facts(run_dir, family)
     state, first = restore(setup, run_dir) if cfg.resume else (LoopState(), 0)
     total = cfg.generations + 1
     run_dir.set_status("running", generations_done=first, generations_total=total)

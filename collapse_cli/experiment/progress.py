@@ -62,9 +62,10 @@ class Feedback:
             yield update
 
     def show_plan(self, cfg, device, model: str, n_params: int, rows: list[dict], mix_words: str,
-                  decoder: str = "") -> None:
+                  decoder: str = "", precision: str = "") -> None:
+        """`precision`: the family's describe_precision() (the LM on CUDA: bf16); empty says nothing."""
         self.console.print(f"[bold]collapse run[/]: model {model} ({n_params / 1e6:.2f}M parameters) "
-                           f"on {device.type}{' (bf16)' if device.type == 'cuda' else ''}, dataset {cfg.dataset.name}, "
+                           f"on {device.type}{f' ({precision})' if precision else ''}, dataset {cfg.dataset.name}, "
                            f"regime {cfg.regime}, seed {cfg.seed}")
         self.last_generation = cfg.generations
         self.console.print(f"{cfg.generations} recursive generations after generation 0; {mix_words}")

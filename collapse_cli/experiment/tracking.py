@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional
 from collapse_cli import environment
 from collapse_cli.config import MlflowConfig, TensorBoardConfig, WandbConfig
 from collapse_cli.ranks import is_main
+from collapse_cli.report.facts import run_facts
 from collapse_cli.rundir import RunDir, flatten, read_metrics, to_json
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class RunInfo:
     config: dict[str, Any]  # the resolved config, nested, without the tracking sections
     first_generation: int = 0  # the first generation this process runs: above 0 on a resume
     environment: dict[str, Any] = field(default_factory=dict)  # this process's entry of environment.json
+    headline: tuple[str, ...] = ()  # the family's headline metrics, from the run folder's family.json
 
     def params(self) -> dict[str, str]:
         """The config flattened to dotted keys with string values (MLflow params, TensorBoard hparams)."""
@@ -102,7 +104,7 @@ def run_info(cfg: RunConfig, path: Path, first_generation: int = 0) -> RunInfo:
     config = _plain({k: v for k, v in asdict(cfg).items() if k not in NOT_HYPERPARAMETERS})
     return RunInfo(path=path, name=f"{path.parent.name}/{path.name}" if in_sweep else path.name,
                    group=path.parent.name if in_sweep else None, tags=run_tags(path), config=config,
-                   first_generation=first_generation)
+                   first_generation=first_generation, headline=run_facts(path, cfg.model.family).headline)
 
 
 def _numbers(values: dict) -> dict[str, float]:
@@ -141,7 +143,7 @@ class TensorBoardTracker:
             from torch.utils.tensorboard.summary import hparams
 
             # The HParams dashboard shows, per run, the last value of these scalar tags.
-            for summary in hparams(info.params(), {"ppl_test": float("nan"), "tail_coverage": float("nan")}):
+            for summary in hparams(info.params(), dict.fromkeys(info.headline, float("nan"))):
                 self.writer._get_file_writer().add_summary(summary)
             self.writer.add_text("run_dir", str(info.path))
             self.writer.add_text("tags", " ".join(f"{k}={v}" for k, v in info.tags.items()) or "(none)")

@@ -41,6 +41,7 @@ import numpy as np
 
 from collapse_cli.errors import CollapseError
 from collapse_cli.measure import metrics as M
+from collapse_cli.report.facts import FamilyFacts
 
 Progress = Callable[[int, int], None]
 
@@ -134,6 +135,27 @@ class Family(ABC):
     table_keys: ClassVar[tuple[str, ...]] = ("nll_test", "tail_coverage")
     # Curate presets this family accepts besides `none` (LM: all; others: none).
     curates: ClassVar[bool] = False
+    # The family's facts, from its folder's facts.py (docs/families.md, "Facts"): when a family sets them, the
+    # attributes above that they hold (unit, headline, summary_keys, likelihood_*, table_keys) come from them.
+    facts: ClassVar[Optional[FamilyFacts]] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("facts")
+        if own is not None:  # one place declares them; the loop and summarize read the class attributes
+            cls.unit, cls.headline, cls.summary_keys, cls.table_keys = (own.unit, own.headline, own.summary_keys,
+                                                                        own.table_keys)
+            cls.likelihood_key, cls.likelihood_se_key, cls.likelihood_name = (
+                own.likelihood_key, own.likelihood_se_key, own.likelihood_name)
+
+    @classmethod
+    def run_facts(cls) -> FamilyFacts:
+        """What the loop records in the run folder (family.json): the family's facts, or for a family that
+        declares none, those its class attributes give (its metrics then shown by their keys)."""
+        return cls.facts or FamilyFacts(cls.name, unit=cls.unit, headline=cls.headline,
+                                        summary_keys=cls.summary_keys, table_keys=cls.table_keys,
+                                        likelihood_key=cls.likelihood_key, likelihood_se_key=cls.likelihood_se_key,
+                                        likelihood_name=cls.likelihood_name)
 
     def __init__(self, cfg: Any, device: Any):
         """cfg: the validated RunConfig (cfg.model / cfg.dataset typed by this family's schemas)."""
@@ -196,6 +218,10 @@ class Family(ABC):
     def describe(self) -> str:
         """The model's name in the plan line."""
         return self.name
+
+    def describe_precision(self) -> str:
+        """The number format training and sampling run in, for the plan line ("bf16"); empty: full precision."""
+        return ""
 
     def describe_sampling(self, model: Any) -> str:
         """How `sample` draws, for the plan (LM: the decoder and its settings); empty: nothing to say."""

@@ -17,7 +17,7 @@ from collapse_cli.console import make_console
 from collapse_cli.errors import CollapseError
 from collapse_cli.report.export import write_outputs
 from collapse_cli.report.runs import Group, discover, group_runs, load_runs
-from collapse_cli.report.stats import GroupStats, by_family, choose_metrics, family_defaults
+from collapse_cli.report.stats import GroupStats, by_family, choose_metrics, report_defaults
 from collapse_cli.report.tables import (
     TextTable,
     config_words,
@@ -30,9 +30,6 @@ from collapse_cli.report.tables import (
     verdict_text,
     warnings,
 )
-
-# `collapse show`'s columns beyond the family's headline keys, where the run has them.
-SHOW_EXTRA = ("ppl_valid", "seq_ppl_q99", "train_loss_last")
 
 
 class Parser(argparse.ArgumentParser):
@@ -120,7 +117,7 @@ def single_run_folder(argument: str) -> Path:
 def show_main(args: list[str]) -> int:
     options = show_parser().parse_args(args)
     run = load_runs([single_run_folder(options.run)])[0]
-    defaults = (*family_defaults(run.family), *SHOW_EXTRA)
+    defaults = (*report_defaults([run]), *run.facts.table_keys)  # the family's report keys, then its log line's
     metrics = choose_metrics(options.metrics, [run], defaults) if run.rows else []
     described = config_words(run.config)
     if run.resumed:  # the keys a `collapse resume` changed: later generations ran with these

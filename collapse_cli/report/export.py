@@ -17,7 +17,7 @@ import numpy as np
 
 from collapse_cli.console import fmt
 from collapse_cli.errors import CollapseError
-from collapse_cli.report.facts import metric_facts, se_key
+from collapse_cli.report.facts import ratio_parts
 from collapse_cli.report.runs import Group, natural_key
 from collapse_cli.report.stats import GroupStats, number
 from collapse_cli.report.tables import TextTable, verdict_text
@@ -67,7 +67,7 @@ def metric_series(aggregated: GroupStats, metric: str):
             continue
         generations, mean = [s.generation for s in stats], [s.mean for s in stats]
         low, high, band = [s.low for s in stats], [s.high for s in stats], Band.seeds
-        se = se_key(metric)
+        se = aggregated.facts.se_key(metric)
         if len(group.runs) == 1 and se:
             by_generation = dict(zip(group.runs[0].generations(), group.runs[0].rows))
             errors = [number(by_generation[g].get(se)) for g in generations]
@@ -138,9 +138,12 @@ def write_plots(out: Path, families: Sequence[GroupStats], note: str) -> list[Im
             if series:
                 file = f"metric_{prefix}{slug(metric)}.png"
                 family_note = "\n".join(filter(None, [f"{family} family" if prefix else "", note]))
-                figure = plots.metric_figure(metric, series, family_note, family)
+                theory = aggregated.theory(metric)
+                closed_form = metric_series(aggregated, theory) if theory else []
+                figure = plots.metric_figure(aggregated.facts.metric(metric), series, family_note, closed_form,
+                                             1.0 if ratio_parts(metric) else None)
                 png = plots.write_png(figure, out / file, "metric", metric)
-                title = metric_facts(metric, family).title
+                title = aggregated.facts.metric(metric).title
                 images.append(Image("metric", f"{family}: {title}" if prefix else title, file, png))
     groups = [group for aggregated in families for group in aggregated.groups]
     for index, group in enumerate(groups, start=1):

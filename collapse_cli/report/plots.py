@@ -31,7 +31,7 @@ from matplotlib.ticker import (
     NullLocator,
 )
 
-from collapse_cli.report.facts import metric_facts
+from collapse_cli.report.facts import MetricFacts
 
 DPI = 100
 GROUP_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
@@ -115,10 +115,14 @@ def add_legend(figure: Figure, axes, title: str, columns: int) -> None:
                   title_fontsize=8, frameon=False)
 
 
-def metric_figure(metric: str, series: Sequence[Series], note: str = "", family: str = "") -> Figure:
+def metric_figure(facts: MetricFacts, series: Sequence[Series], note: str = "",
+                  closed_form: Sequence[Series] = (), reference: Optional[float] = None) -> Figure:
     """One metric against generation: a line per group, with its band (95% CI over 2+ seeds, or a
-    one-seed run's own standard error) where it has one; title and unit from the metric's facts."""
-    labels, columns, rows = legend_layout([f"{s.label} (n={s.n_seeds})" for s in series])
+    one-seed run's own standard error) where it has one; title and unit from the metric's facts.
+    `closed_form`: each group's theory curve (its mean over seeds), dashed in the group's colour;
+    `reference`: a value the metric has on theory (a measured/closed-form ratio's 1), dotted in black."""
+    labels, columns, rows = legend_layout([f"{s.label} (n={s.n_seeds})" for s in series]
+                                          + [f"{s.label}: closed form" for s in closed_form])
     figure = new_figure(rows)
     axes = figure.add_subplot()
     bands = set()
@@ -132,7 +136,12 @@ def metric_figure(metric: str, series: Sequence[Series], note: str = "", family:
         if np.isfinite(low).any():
             axes.fill_between(x, low, high, color=style["color"], alpha=0.18, linewidth=0)
             bands.add(curve.band)
-    facts = metric_facts(metric, family)
+    colours = {curve.label: group_style(index)["color"] for index, curve in enumerate(series)}
+    for curve, label in zip(closed_form, labels[len(series):]):
+        axes.plot(curve.generations, curve.mean, linestyle="--", linewidth=1.4,
+                  color=colours.get(curve.label, "black"), label=label)
+    if reference is not None:
+        axes.axhline(reference, color="black", linestyle=":", linewidth=1.2, label=f"closed form ({reference:g})")
     add_titles(figure, axes, facts.title, note)
     last = max((max(curve.generations) for curve in series if len(curve.generations)), default=0)
     generation_axis(axes, last)
@@ -140,7 +149,8 @@ def metric_figure(metric: str, series: Sequence[Series], note: str = "", family:
     axes.grid(alpha=0.3)
     nudged = "; groups nudged apart along x" if len(series) > 1 and last < LOG_X_FROM else ""
     band_text = "; band: " + " or ".join(b.value for b in Band if b in bands) if bands else ""
-    add_legend(figure, axes, f"group (n = seeds); line: mean{band_text}{nudged}", columns)
+    dashed = "; dashed: closed form" if closed_form else ""
+    add_legend(figure, axes, f"group (n = seeds); line: mean{band_text}{dashed}{nudged}", columns)
     return figure
 
 

@@ -18,6 +18,7 @@ from typing import Optional
 import yaml
 
 from collapse_cli.errors import CollapseError
+from collapse_cli.report.facts import FamilyFacts, builtin_facts, run_facts
 from collapse_cli.rundir import (
     METRICS,
     STATUS,
@@ -49,6 +50,11 @@ class Run:
     rows: list[dict]  # metrics.jsonl, one dict per finished generation
     config: dict
     resumed: list[str] = field(default_factory=list)  # `collapse resume` overrides of experiment keys
+    facts: Optional[FamilyFacts] = None  # what its metrics mean: its family.json (report/facts.py run_facts)
+
+    def __post_init__(self):
+        if self.facts is None:  # a Run made without its folder's family.json: its family's builtin facts
+            self.facts = builtin_facts(self.family) or FamilyFacts(self.family)
 
     @property
     def state(self) -> str:
@@ -64,9 +70,7 @@ class Run:
 
     @property
     def family(self) -> str:
-        """model.family of its config; the LM for folders from before families (or without a config)."""
-        model = self.config.get("model")
-        return str(model.get("family", "lm")) if isinstance(model, dict) else "lm"
+        return config_family(self.config)
 
     def short_state(self) -> str:
         if self.finished:
@@ -97,6 +101,12 @@ class Run:
         return re.sub(r"`collapse resume (\S+)` continues it", hint, reason) if reason else reason
 
 
+def config_family(config: dict) -> str:
+    """model.family of a run's config; the LM for folders from before families (or without a config)."""
+    model = config.get("model")
+    return str(model.get("family", "lm")) if isinstance(model, dict) else "lm"
+
+
 @dataclass
 class Group:
     label: str
@@ -109,6 +119,10 @@ class Group:
     @property
     def family(self) -> str:  # runs of one group share their config, so their family
         return self.runs[0].family if self.runs else "lm"
+
+    @property
+    def facts(self) -> FamilyFacts:  # and their family's facts
+        return self.runs[0].facts if self.runs else FamilyFacts(self.family)
 
     def final_generation(self) -> Optional[int]:
         generations = [g for run in self.runs for g in run.generations()]
@@ -230,7 +244,7 @@ def load_run(path: Path, name: str) -> Run:
     labelled = None if overrides is None else [o for o in overrides if is_label_override(o)]
     return Run(path=path, name=name, overrides=labelled, seed=run_seed(config, overrides or []),
                status=read_json_object(path / STATUS) or {"state": "unknown"}, summary=read_json_object(path / SUMMARY),
-               rows=rows, config=config, resumed=resumed_overrides(path))
+               rows=rows, config=config, resumed=resumed_overrides(path), facts=run_facts(path, config_family(config)))
 
 
 def run_seed(config: dict, overrides: Sequence[str]) -> Optional[int]:

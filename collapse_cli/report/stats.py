@@ -8,14 +8,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from collapse_cli.errors import CollapseError
+from collapse_cli.report.facts import FamilyFacts, ratio_parts
 from collapse_cli.report.runs import Group, Run
 
-# Each family's headline metrics (docs/metrics.md), those a run lacks skipped; a family not listed gets the LM's.
-FAMILY_DEFAULTS = {"lm": ("ppl_test", "tail_coverage", "seq_ppl_q50", "kl_truth"),
-                   "gmm": ("nll_test", "tail_coverage", "component_std", "l2sq_to_gen0"),
-                   "vae": ("nll_test", "tail_coverage", "latent_std_flat", "latent_spread", "class_share_max"),
-                   "linreg": ("param_error", "mse_theory", "test_mse", "tail_coverage"),
-                   "categorical": ("survivors", "survivors_theory", "tail_coverage", "tv_truth")}
 # Two-sided 95% Student t quantiles, t_{0.975, df} for df = 1..30.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -66,11 +61,21 @@ def describe(generation: int, values: Sequence[float]) -> Stat:
     return Stat(generation, n, mean, std, t_critical(n - 1) * std / math.sqrt(n))
 
 
+def row_value(row: dict, metric: str) -> Optional[float]:
+    """A metric of one generation; for "<measured>/<theory>", the run's measured value over its own closed
+    form (each seed's theory is its expectation given that seed's data, so the ratio's mean is 1 on theory)."""
+    pair = ratio_parts(metric)
+    if pair is None:
+        return number(row.get(metric))
+    measured, theory = (number(row.get(key)) for key in pair)
+    return None if measured is None or not theory else measured / theory
+
+
 def values_by_generation(runs: Iterable[Run], metric: str) -> dict[int, list[float]]:
     values: dict[int, list[float]] = {}
     for run in runs:
         for generation, row in zip(run.generations(), run.rows):
-            value = number(row.get(metric))
+            value = row_value(row, metric)
             if value is not None:
                 values.setdefault(generation, []).append(value)
     return values
@@ -101,37 +106,63 @@ class GroupStats:
 
     @classmethod
     def of(cls, groups: Sequence[Group], metrics: Sequence[str], label_family: bool = False) -> GroupStats:
-        return cls(groups, metrics, [stats_by_metric(group.runs, metrics) for group in groups], label_family)
+        """Statistics of `metrics`, and of the closed forms of those the facts pair with one (plots draw them)."""
+        theory = [groups[0].facts.theory[m] for m in metrics if groups and m in groups[0].facts.theory]
+        computed = list(dict.fromkeys([*metrics, *theory]))
+        return cls(groups, metrics, [stats_by_metric(group.runs, computed) for group in groups], label_family)
 
     @property
     def family(self) -> str:
         """The groups' model family (compare aggregates each family apart)."""
         return self.groups[0].family if self.groups else "lm"
 
+    @property
+    def facts(self) -> FamilyFacts:
+        """What the groups' run folders say their metrics mean (family.json)."""
+        return self.groups[0].facts if self.groups else FamilyFacts(self.family)
+
+    def theory(self, metric: str) -> Optional[str]:
+        """The closed-form key paired with `metric`, where the runs have it."""
+        key = self.facts.theory.get(metric)
+        return key if key and any(stats.get(key) for stats in self.by_group) else None
+
     def pairs(self) -> Iterable[tuple[Group, StatsByMetric]]:
         return zip(self.groups, self.by_group)
 
 
-def available_metrics(runs: Iterable[Run]) -> list[str]:
+def available_metrics(runs: Sequence[Run]) -> list[str]:
+    """Numeric keys of the runs' rows, then "<measured>/<theory>" for each theory pair of their facts."""
     seen: dict[str, None] = {}
     for run in runs:
         for row in run.rows:
             seen.update((k, None) for k, v in row.items() if k != "generation" and number(v) is not None)
-    return list(seen)
+    ratios = [key for facts in facts_of(runs) for key in facts.ratio_keys(list(seen))]
+    return list(dict.fromkeys([*seen, *ratios]))
 
 
-def family_defaults(family: str) -> tuple[str, ...]:
-    return FAMILY_DEFAULTS.get(family, FAMILY_DEFAULTS["lm"])
+def report_defaults(runs: Sequence[Run]) -> list[str]:
+    """The keys show and compare pick without --metrics: each family's report keys (its facts), then the
+    measured/closed-form ratios of its theory pairs."""
+    return [key for facts in facts_of(runs)
+            for key in (*facts.compare_keys, *facts.ratio_keys([*facts.theory, *facts.theory.values()]))]
+
+
+def facts_of(runs: Iterable[Run]) -> list[FamilyFacts]:
+    """Each family's facts once, in order of first appearance (the first run's, for runs of one family)."""
+    by_family: dict[str, FamilyFacts] = {}
+    for run in runs:
+        by_family.setdefault(run.family, run.facts)
+    return list(by_family.values())
 
 
 def choose_metrics(option: Optional[str], runs: Sequence[Run], defaults: Sequence[str] = ()) -> list[str]:
     """--metrics a,b,seq_ppl_q* (shell-style patterns allowed); by default the headline ones present
-    (`defaults`, else the headline keys of the runs' families)."""
+    (`defaults`, else those the runs' facts name)."""
     from fnmatch import fnmatchcase
 
     available = available_metrics(runs)
     if not option:
-        defaults = defaults or [k for family in dict.fromkeys(r.family for r in runs) for k in family_defaults(family)]
+        defaults = defaults or report_defaults(runs)
         return list(dict.fromkeys(m for m in defaults if m in available)) or available[:4]
     chosen: dict[str, None] = {}
     for item in (part.strip() for part in option.split(",") if part.strip()):
@@ -199,7 +230,7 @@ def paired_difference(reference: Group, other: Group, metrics: Sequence[str]) ->
     generation = max(common)
     by_metric = {}
     for metric in metrics:
-        pairs = [(number(oth[s][generation].get(metric)), number(ref[s][generation].get(metric))) for s in seeds]
+        pairs = [(row_value(oth[s][generation], metric), row_value(ref[s][generation], metric)) for s in seeds]
         differences = [b - a for b, a in pairs if a is not None and b is not None]
         if differences:
             by_metric[metric] = describe(generation, differences)

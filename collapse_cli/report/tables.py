@@ -12,7 +12,7 @@ from typing import Optional
 from collapse_cli import environment
 from collapse_cli.config import describe_mix
 from collapse_cli.console import fmt
-from collapse_cli.report.facts import MetricFacts, metric_facts
+from collapse_cli.report.facts import MetricFacts
 from collapse_cli.report.runs import Group, Run, config_mismatches
 from collapse_cli.report.stats import GroupStats, Stat, StatsByMetric, condensed, number, paired_differences
 
@@ -98,7 +98,7 @@ class TextTable:
 
 def final_table(aggregated: GroupStats) -> TextTable:
     """Each group at its last generation: mean ± 95% CI over seeds, and the change from generation 0."""
-    facts = [metric_facts(m, aggregated.family) for m in aggregated.metrics]
+    facts = [aggregated.facts.metric(m) for m in aggregated.metrics]
     finals = [group.final_generation() for group in aggregated.groups]
     columns = [column([stats[m].get(final) for (_, stats), final in zip(aggregated.pairs(), finals)],
                       [stats[m].get(0) for stats in aggregated.by_group], f)
@@ -127,7 +127,7 @@ def generation_tables(aggregated: GroupStats) -> list[TextTable]:
     """One table per metric: a row per generation (log-spaced past 30), a column per group."""
     tables = []
     for metric in aggregated.metrics:
-        facts = metric_facts(metric, aggregated.family)
+        facts = aggregated.facts.metric(metric)
         stats = [by_metric[metric] for by_metric in aggregated.by_group]
         generations = sorted({g for by_gen in stats for g in by_gen})
         shown = condensed(generations)
@@ -144,7 +144,7 @@ def paired_table(aggregated: GroupStats) -> Optional[TextTable]:
     paired = paired_differences(aggregated.groups, aggregated.metrics)
     if not paired:
         return None
-    facts = [metric_facts(m, aggregated.family) for m in aggregated.metrics]
+    facts = [aggregated.facts.metric(m) for m in aggregated.metrics]
     rows = [[p.other.label, p.reference.label, ",".join(map(str, p.seeds)), str(p.generation),
              *(paired_cell(p.by_metric.get(m), f) for m, f in zip(aggregated.metrics, facts))] for p in paired]
     return TextTable(f"{family_title(aggregated)}paired difference (group − reference), seed by seed: "
@@ -338,7 +338,7 @@ def run_table(run: Run, stats: StatsByMetric) -> TextTable:
     """One run by generation (log-spaced past 30); `stats` is its statistics by metric (its one-run group's)."""
     metrics, generations = list(stats), run.generations()
     shown = condensed(generations)
-    facts = [metric_facts(m, run.family) for m in metrics]
+    facts = [run.facts.metric(m) for m in metrics]
     columns = [column([stats[m].get(g) for g in shown], [stats[m].get(0)] * len(shown), f)
                for m, f in zip(metrics, facts)]
     rows = [[str(g), *(cells[i] for cells in columns)] for i, g in enumerate(shown)]

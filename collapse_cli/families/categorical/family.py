@@ -17,6 +17,7 @@ import numpy as np
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.categorical import core
+from collapse_cli.families.categorical.facts import FACTS
 from collapse_cli.families.gmm.core import chosen_generations
 from collapse_cli.measure import metrics as M
 from collapse_cli.rundir import RunDir, gen_name
@@ -58,14 +59,8 @@ class CategoricalFamily(Family):
     model_schema = CategoricalModelConfig
     dataset_schema = ZipfDatasetConfig
     datasets = ("zipf",)
-    unit = "draws"
-    headline = ("survivors", "tail_coverage", "test_covered")
-    summary_keys = ("survivors_theory", "tv_truth")
-    likelihood_key = "test_covered"
-    likelihood_se_key = "test_covered_se"
-    likelihood_name = "test draws covered"
+    facts = FACTS
     leading_keys = ("generation", "survivors", "survivors_theory", "tail_coverage", "test_covered", "tv_truth")
-    table_keys = ("survivors", "survivors_theory", "tail_coverage", "test_covered", "tv_truth")
 
     def __init__(self, cfg: Any, device: Any):
         super().__init__(cfg, device)

@@ -333,7 +333,7 @@ def curves_figure(rows: list[dict], path: Path) -> Path:
     """The paper's two curves by generation: component_std and l2sq_to_gen0, both on log scales."""
     plt = pyplot()
 
-    from collapse_cli.report.facts import metric_facts
+    from collapse_cli.families.gmm.facts import FACTS
     from collapse_cli.report.plots import generation_axis, log_axis_keeping_zero
 
     generations = [row["generation"] for row in rows]
@@ -343,7 +343,7 @@ def curves_figure(rows: list[dict], path: Path) -> Path:
         ax.plot(generations, values, lw=1, marker="o" if len(rows) <= 30 else None, ms=3, color="tab:blue")
         log_axis_keeping_zero(ax, values)  # l2sq_to_gen0 is 0 at generation 0: a plain log axis drops it
         generation_axis(ax, int(generations[-1]) if generations else 0)
-        facts = metric_facts(key, "gmm")
+        facts = FACTS.metric(key)
         ax.set_title(f"{key}: {facts.title}", fontsize=9, wrap=True)
         ax.set_ylabel(facts.unit + " (log scale)", fontsize=8)
         ax.xaxis.label.set_fontsize(8)

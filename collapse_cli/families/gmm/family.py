@@ -18,6 +18,7 @@ from collapse_cli.config import StrEnum, check_count, check_memory, check_seed, 
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
+from collapse_cli.families.gmm.facts import FACTS
 from collapse_cli.measure import metrics as M
 from collapse_cli.rundir import RunDir, damaged, gen_name, read_run_array
 
@@ -101,12 +102,9 @@ class GMMFamily(Family):
     model_schema = GMMModelConfig
     dataset_schema = GaussianDatasetConfig
     datasets = ("gaussian",)
-    unit = "points"
+    facts = FACTS
     samples_file = "samples.npy"
-    headline = ("nll_test", "tail_coverage")
-    summary_keys = ("component_std", "l2sq_to_gen0")
     leading_keys = ("generation", "nll_test", "tail_coverage", "component_std", "l2sq_to_gen0")
-    table_keys = ("nll_test", "tail_coverage", "component_std", "l2sq_to_gen0")
 
     def __init__(self, cfg: Any, device: Any):
         super().__init__(cfg, device)

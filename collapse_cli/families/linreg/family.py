@@ -18,6 +18,7 @@ import numpy as np
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.linreg import core
+from collapse_cli.families.linreg.facts import FACTS
 from collapse_cli.measure import metrics as M
 from collapse_cli.rundir import RunDir
 
@@ -56,14 +57,8 @@ class LinregFamily(Family):
     model_schema = LinregModelConfig
     dataset_schema = RegressionDatasetConfig
     datasets = ("regression",)
-    unit = "rows"
-    headline = ("param_error", "test_mse", "tail_coverage")
-    summary_keys = ("mse_theory", "mse_theory_avg")
-    likelihood_key = "test_mse"
-    likelihood_se_key = "test_mse_se"
-    likelihood_name = "test MSE"
+    facts = FACTS
     leading_keys = ("generation", "param_error", "mse_theory", "test_mse", "tail_coverage")
-    table_keys = ("param_error", "mse_theory", "test_mse", "tail_coverage")
 
     def __init__(self, cfg: Any, device: Any):
         super().__init__(cfg, device)

@@ -24,6 +24,7 @@ from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import load_corpus, make_blocks
 from collapse_cli.families.lm.decode import describe as describe_decoder
 from collapse_cli.families.lm.evaluate import token_nll
+from collapse_cli.families.lm.facts import FACTS
 from collapse_cli.families.lm.generate import generate, prompts_for
 from collapse_cli.families.lm.gguf import cache_root
 from collapse_cli.families.lm.models import (
@@ -47,13 +48,9 @@ class LMFamily(Family):
     model_schema = ModelConfig
     dataset_schema = DatasetConfig
     datasets = ("builtin", "text", "wikitext2", "tinystories")
-    unit = "blocks"
+    facts = FACTS
     samples_file = "synthetic_ids.npz"
-    headline = ("ppl_test", "tail_coverage")
-    likelihood_key, likelihood_se_key, likelihood_name = "ppl_test", "ppl_test_se", "test perplexity"
     leading_keys = profile.LEADING_KEYS
-    table_keys = ("ppl_test", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth", "distinct2_tok",
-                  "train_loss_last")
     curates = True
 
     def __init__(self, cfg: RunConfig, device: torch.device):
@@ -181,6 +178,10 @@ class LMFamily(Family):
 
     def describe(self) -> str:
         return self.cfg.model.path or self.cfg.model.name
+
+    def describe_precision(self) -> str:
+        # train.autocast and train.inference_model: bf16 on CUDA only, fp32 on the CPU
+        return "bf16 autocast, bf16 sampling and scoring" if self.device.type == "cuda" else ""
 
     def describe_sampling(self, model: torch.nn.Module) -> str:
         return describe_decoder(model, self.cfg.generate, self.device)

@@ -19,6 +19,7 @@ from collapse_cli.config import StrEnum, check_memory, check_seed, keys_text  # 
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, ObjectCache, Progress, RealData
 from collapse_cli.families.vae import core
+from collapse_cli.families.vae.facts import FACTS
 from collapse_cli.measure import metrics as M
 from collapse_cli.rundir import RunDir, damaged, gen_name, read_run_array
 
@@ -100,14 +101,10 @@ class VAEFamily(Family):
     model_schema = VAEModelConfig
     dataset_schema = DigitsDatasetConfig
     datasets = ("digits",)
-    unit = "images"
+    facts = FACTS
     samples_file = "samples.npy"
-    headline = ("nll_test", "tail_coverage")
-    summary_keys = ("latent_spread", "class_share_max")
     leading_keys = ("generation", "nll_test", "tail_coverage", "latent_spread", "latent_std_flat",
                     "class_share_max")
-    table_keys = ("nll_test", "tail_coverage", "latent_spread", "latent_std_flat", "class_share_max",
-                  "class_entropy", "train_loss_last")
 
     def __init__(self, cfg: Any, device: Any):
         super().__init__(cfg, device)
