@@ -24,6 +24,7 @@ from collapse_cli.cli import main as cli_main
 from collapse_cli.errors import CollapseError
 from collapse_cli.report import plots, stats
 from collapse_cli.report import runs as report_runs
+from collapse_cli.report.facts import builtin_facts
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def test_figure_counts_only_what_is_drawn():
     """figure_contents reads the figure, so a dropped series or band shows up."""
     one_seed = plots.Series("a", [0, 1], [1.0, 2.0], [math.nan] * 2, [math.nan] * 2, 1)
     two_seeds = plots.Series("b", [0, 1], [1.0, 2.0], [0.5, 1.5], [1.5, 2.5], 2)
-    figure = plots.metric_figure("ppl_test", [one_seed, two_seeds, two_seeds])
+    figure = plots.metric_figure(builtin_facts("lm").metric("ppl_test"), [one_seed, two_seeds, two_seeds])
     assert plots.figure_contents(figure) == {"lines": 3, "bands": 2, "histograms": 0}
     assert figure.axes[0].get_xlabel() == "generation"
     assert all(float(t).is_integer() for t in figure.axes[0].get_xticks())

@@ -21,7 +21,7 @@ from collapse_cli import environment
 from collapse_cli.cli import main as cli_main
 from collapse_cli.errors import CollapseError
 from collapse_cli.report import plots, stats, tables
-from collapse_cli.report.facts import metric_facts
+from collapse_cli.report.facts import FamilyFacts, builtin_facts
 from collapse_cli.report.runs import Group, Run
 
 
@@ -35,32 +35,32 @@ def hand_run(seed: int, values: list[float], key: str = "nll_test", family: str 
 
 def test_a_change_from_a_negative_base_is_a_signed_difference_that_reads_worse():
     """The VAE's nll_test from −15.41 to 11.72 is 27.13 nats worse, not "−176%"."""
-    text = tables.change_text(11.72, -15.41, metric_facts("nll_test", "vae"))
+    text = tables.change_text(11.72, -15.41, builtin_facts("vae").metric("nll_test"))
     assert text == "(Δ +27.1, worse)"
-    assert tables.change_text(-20.0, -15.41, metric_facts("nll_test", "vae")) == "(Δ -4.59, better)"
+    assert tables.change_text(-20.0, -15.41, builtin_facts("vae").metric("nll_test")) == "(Δ -4.59, better)"
 
 
 def test_a_change_from_a_positive_base_is_a_percentage_with_the_metrics_direction():
-    assert tables.change_text(171.8, 78.17, metric_facts("ppl_test", "lm")) == "(+120%, worse)"
-    assert tables.change_text(0.52, 0.79, metric_facts("tail_coverage", "lm")) == "(-34%, worse)"
-    assert tables.change_text(0.5, 0.9, metric_facts("component_std", "gmm")) == "(-44%)"  # no direction
-    assert tables.change_text(0.3, 0.0, metric_facts("l2_to_gen0", "gmm")) == "(Δ +0.3, worse)"
+    assert tables.change_text(171.8, 78.17, builtin_facts("lm").metric("ppl_test")) == "(+120%, worse)"
+    assert tables.change_text(0.52, 0.79, builtin_facts("lm").metric("tail_coverage")) == "(-34%, worse)"
+    assert tables.change_text(0.5, 0.9, builtin_facts("gmm").metric("component_std")) == "(-44%)"  # no direction
+    assert tables.change_text(0.3, 0.0, builtin_facts("gmm").metric("l2_to_gen0")) == "(Δ +0.3, worse)"
 
 
 def test_metric_facts_name_each_familys_tail_coverage():
-    assert "token" in metric_facts("tail_coverage", "lm").title
-    assert "token" not in metric_facts("tail_coverage", "gmm").title
-    assert "digit" in metric_facts("tail_coverage", "vae").title
-    assert metric_facts("seq_ppl_q95").title.endswith("95th percentile")
-    assert metric_facts("made_up_key").title == "made_up_key"
+    assert "token" in builtin_facts("lm").metric("tail_coverage").title
+    assert "token" not in builtin_facts("gmm").metric("tail_coverage").title
+    assert "digit" in builtin_facts("vae").metric("tail_coverage").title
+    assert builtin_facts("lm").metric("seq_ppl_q95").title.endswith("95th percentile")
+    assert FamilyFacts("lm").metric("made_up_key").title == "made_up_key"
 
 
 def test_a_column_has_one_precision():
     stat = [stats.describe(0, [1.0]), stats.describe(1, [0.86])]
-    cells = tables.column(stat, [None, None], metric_facts("tail_coverage", "lm"))
+    cells = tables.column(stat, [None, None], builtin_facts("lm").metric("tail_coverage"))
     assert cells == ["1.0000", "0.8600"]
     wide = tables.column([stats.describe(0, [171.8]), stats.describe(1, [78.17])], [None, None],
-                         metric_facts("ppl_test"))
+                         builtin_facts("lm").metric("ppl_test"))
     assert wide == ["171.80", "78.17"]
 
 
@@ -122,23 +122,25 @@ def legend_title(figure) -> str:
 
 def test_one_seed_draws_the_runs_own_se_and_its_legend_says_so():
     one = plots.Series("a", [0, 1, 2], [1.0, 2.0, 3.0], [0.8, 1.8, 2.8], [1.2, 2.2, 3.2], 1, plots.Band.run_se)
-    figure = plots.metric_figure("ppl_test", [one])
+    figure = plots.metric_figure(builtin_facts("lm").metric("ppl_test"), [one])
     assert "over seeds" not in legend_title(figure) and "standard error" in legend_title(figure)
     assert plots.figure_contents(figure)["bands"] == 1
-    bare = plots.metric_figure("ppl_test", [plots.Series("a", [0, 1], [1.0, 2.0], [math.nan] * 2, [math.nan] * 2, 1)])
+    flat = plots.Series("a", [0, 1], [1.0, 2.0], [math.nan] * 2, [math.nan] * 2, 1)
+    bare = plots.metric_figure(builtin_facts("lm").metric("ppl_test"), [flat])
     assert "band" not in legend_title(bare)
 
 
 def test_long_curves_get_a_symlog_axis_that_keeps_generation_zero_and_no_markers():
     generations = list(range(2001))
     series = plots.Series("g", generations, list(np.linspace(3, 6, 2001)), [math.nan] * 2001, [math.nan] * 2001, 1)
-    figure = plots.metric_figure("nll_test", [series], family="gmm")
+    figure = plots.metric_figure(builtin_facts("gmm").metric("nll_test"), [series])
     axes = figure.axes[0]
     assert axes.get_xscale() == "symlog" and axes.get_xlim()[0] == 0
     assert axes.get_lines()[0].get_marker() in (None, "None", "")
     assert axes.get_ylabel() == "nats per real test point"
     assert figure._suptitle.get_text() == "Test negative log-likelihood"
-    short = plots.metric_figure("nll_test", [plots.Series("g", [0, 1], [3, 4], [math.nan] * 2, [math.nan] * 2, 1)])
+    two = plots.Series("g", [0, 1], [3, 4], [math.nan] * 2, [math.nan] * 2, 1)
+    short = plots.metric_figure(builtin_facts("gmm").metric("nll_test"), [two])
     assert short.axes[0].get_xscale() == "linear" and short.axes[0].get_lines()[0].get_marker() == "o"
 
 
