@@ -59,6 +59,7 @@ def assert_same_as(run: Path, reference: Path) -> None:
     for g in range(GENERATIONS):
         name = f"gen_{g:03d}/synthetic_ids.npz"
         assert np.array_equal(RunDir(run).load_ids(name), RunDir(reference).load_ids(name)), name
+    assert (run / "family.json").read_bytes() == (reference / "family.json").read_bytes()
     summary, expected = (json.loads((p / "summary.json").read_text()) for p in (run, reference))
     summary.pop("wall_time_s"), expected.pop("wall_time_s")
     assert summary == expected
