@@ -12,8 +12,8 @@ by file path: the facts are data, and loading them runs no family code (no torch
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,9 +130,14 @@ class FamilyFacts:
         """The metrics.jsonl key holding a run's own standard error of `key`, where the loop writes one."""
         return {self.likelihood_key: self.likelihood_se_key, "tail_coverage": "tail_coverage_se"}.get(key)
 
+    @property
+    def ratios(self) -> list[str]:
+        """"<measured>/<theory>" for each theory pair: the report's measured/closed-form ratio keys."""
+        return [f"{m}{RATIO}{t}" for m, t in self.theory.items()]
+
     def ratio_keys(self, available: Sequence[str]) -> list[str]:
-        """"<measured>/<theory>" for each theory pair whose two keys are both `available`."""
-        return [f"{m}{RATIO}{t}" for m, t in self.theory.items() if m in available and t in available]
+        """The ratio keys whose two keys are both `available`."""
+        return [key for key in self.ratios if set(ratio_parts(key)) <= set(available)]
 
     def to_dict(self) -> dict:
         return {"version": FACTS_VERSION, "family": self.family, "unit": self.unit,
@@ -194,6 +199,7 @@ FAMILIES = Path(__file__).resolve().parent.parent / "families"
 FAMILY_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 
+@functools.cache  # once per family, however many old folders are read
 def builtin_facts(family: str) -> Optional[FamilyFacts]:
     """FACTS of collapse_cli/families/<family>/facts.py, loaded by path (no family package, no torch);
     None when no builtin family of that name declares facts."""
@@ -223,7 +229,3 @@ def run_facts(run_dir: Path, family: str) -> FamilyFacts:
     """What the run says of itself (family.json); for a folder from before it, the builtin facts of the
     family its config names; else the defaults every family starts from."""
     return read_facts_file(Path(run_dir) / FACTS_FILE) or builtin_facts(family) or FamilyFacts(family)
-
-
-def facts_json(facts: FamilyFacts) -> str:
-    return json.dumps(facts.to_dict(), indent=2, ensure_ascii=False)

@@ -143,8 +143,7 @@ def available_metrics(runs: Sequence[Run]) -> list[str]:
 def report_defaults(runs: Sequence[Run]) -> list[str]:
     """The keys show and compare pick without --metrics: each family's report keys (its facts), then the
     measured/closed-form ratios of its theory pairs."""
-    return [key for facts in facts_of(runs)
-            for key in (*facts.compare_keys, *facts.ratio_keys([*facts.theory, *facts.theory.values()]))]
+    return [key for facts in facts_of(runs) for key in (*facts.compare_keys, *facts.ratios)]
 
 
 def facts_of(runs: Iterable[Run]) -> list[FamilyFacts]:
