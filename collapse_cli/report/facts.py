@@ -58,6 +58,7 @@ LOWER, HIGHER, NEUTRAL = Better.lower, Better.higher, Better.neither
 # What a key means in every family that writes it; a family's own entry of the same key wins.
 SHARED: dict[str, MetricFacts] = {
     "tail_coverage": MetricFacts("Tail coverage", "share of the real tail kept", HIGHER),
+    "tail_coverage_se": MetricFacts("Standard error of tail coverage", "share (binomial SE)"),
     "train_loss_last": MetricFacts("Final training loss", "loss on the training mix"),
     "disk_bytes": MetricFacts("Disk use per generation", "bytes"),
 }

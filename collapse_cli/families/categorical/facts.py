@@ -13,7 +13,6 @@ FACTS = FamilyFacts(
     metrics={
         "tail_coverage": MetricFacts("Tail coverage: rarest outcomes (10% of the mass) still alive",
                                      "share of rare outcomes surviving", HIGHER),
-        "tail_coverage_se": MetricFacts("Standard error of tail coverage", "share (binomial SE)"),
         "survivors": MetricFacts("Outcomes still alive (p_hat > 0)", "outcomes", HIGHER),
         "survivors_theory": MetricFacts("Expected survivors, Wright-Fisher closed form", "outcomes", HIGHER),
         "survivors_theory_avg": MetricFacts("Expected survivors over real samples, closed form", "outcomes", HIGHER),

@@ -13,7 +13,6 @@ FACTS = FamilyFacts(
         "nll_test_se": MetricFacts("Standard error of test NLL", "nats (SE over test points)"),
         "tail_coverage": MetricFacts("Tail coverage: samples' share of the true density's outer 5%",
                                      "min(1, tail mass ratio)", HIGHER),
-        "tail_coverage_se": MetricFacts("Standard error of tail coverage", "share (binomial SE)"),
         "component_std": MetricFacts("Spread of the fitted mixture's components",
                                      "weighted component std (truth: 1)"),
         "l2sq_to_gen0": MetricFacts("Squared L2 distance to the generation-0 density (the paper's curve)",

@@ -12,7 +12,6 @@ FACTS = FamilyFacts(
     metrics={
         "tail_coverage": MetricFacts("Tail coverage: outer-5% test inputs predicted within 1.645 sigma",
                                      "share of tail inputs covered", HIGHER),
-        "tail_coverage_se": MetricFacts("Standard error of tail coverage", "share (binomial SE)"),
         "param_error": MetricFacts("Parameter error ||w_hat - w*||^2", "squared error of the weights", LOWER),
         "param_error_to_gen0": MetricFacts("Drift of the weights from generation 0", "squared distance", LOWER),
         "mse_theory": MetricFacts("Closed-form expected parameter error, this design", "squared error of the weights",

@@ -18,7 +18,6 @@ FACTS = FamilyFacts(
         "ppl_test_se": MetricFacts("Standard error of test perplexity", "perplexity (bootstrap SE)"),
         "tail_coverage": MetricFacts("Tail coverage: rare real token types (count ≤ 5) still generated",
                                      "share of rare types present", HIGHER),
-        "tail_coverage_se": MetricFacts("Standard error of tail coverage", "share (binomial SE)"),
         "kl_truth": MetricFacts("KL divergence from the true language", "KL(true ‖ model), nats/token", LOWER),
         "ce_truth": MetricFacts("Cross-entropy against the true language", "nats/token", LOWER),
         "entropy_truth": MetricFacts("Entropy of the true language", "nats/token"),

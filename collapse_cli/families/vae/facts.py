@@ -17,7 +17,6 @@ FACTS = FamilyFacts(
         "elbo_nll_test": MetricFacts("Test negative ELBO", "nats per real test digit", LOWER),
         "tail_coverage": MetricFacts("Tail coverage: rare real digits a sample still reaches",
                                      "share of rare digits covered", HIGHER),
-        "tail_coverage_se": MetricFacts("Standard error of tail coverage", "share (binomial SE)"),
         "latent_spread": MetricFacts("Spread of the samples in the generation-0 latent space",
                                      "latent std (real digits: latent_spread_real)", HIGHER),
         "latent_std_flat": MetricFacts("Std of the flattened generation-0 encoder means (the paper's statistic)",
