@@ -130,6 +130,17 @@ def test_facts_are_written_once_and_a_resume_keeps_what_the_run_began_with(tmp_p
     assert run_facts(tmp_path, "categorical").metric("survivors").title == "as the run began"
 
 
+def test_the_trackers_take_the_headline_from_the_run_folder(tmp_path):
+    from test_config import composed
+
+    from collapse_cli.experiment import tracking
+
+    cfg = composed(["model=linreg", "dataset=regression"])
+    assert tracking.run_info(cfg, tmp_path).headline == builtin_facts("linreg").headline  # no family.json yet
+    (tmp_path / FACTS_FILE).write_text(json.dumps(FamilyFacts("linreg", headline=("a", "b")).to_dict()))
+    assert tracking.run_info(cfg, tmp_path).headline == ("a", "b")
+
+
 def test_only_the_lm_on_cuda_says_bf16():
     from collapse_cli.families.lm.family import LMFamily
 

@@ -35,5 +35,9 @@ FACTS = FamilyFacts(
         "compression_ratio": MetricFacts("Compression ratio of the synthetic text", "raw / zlib-compressed bytes",
                                          LOWER),
         "self_bleu4_tok": MetricFacts("Self-BLEU-4 of the synthetic text", "BLEU (0 to 1)", LOWER),
+        "distinct{n}_tok": MetricFacts("Distinct token {n}-grams of the synthetic text", "distinct / all {n}-grams",
+                                       HIGHER),
+        "rep4_tok": MetricFacts("Repeated 4-grams within a synthetic sequence (degenerate loops)",
+                                "share of repeated 4-grams", LOWER),
     },
 )
