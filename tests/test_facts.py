@@ -48,6 +48,17 @@ def test_each_family_runs_on_the_facts_its_folder_declares(name):
     assert [key for key in described if facts.metric(key).title == key] == []  # each has a title
 
 
+@pytest.mark.parametrize("module", sorted((ROOT / "collapse_cli" / "families").glob("*/facts.py")),
+                         ids=lambda path: path.parent.name)
+def test_a_facts_module_is_data_that_imports_only_the_facts_types(module):
+    """What lets the report read it by path without loading the family (torch) or its package."""
+    from test_layers import imported_modules
+
+    imported = imported_modules(module.read_text())
+    types = "collapse_cli.report.facts"
+    assert imported and all(name == types or name.startswith(types + ".") for name in imported), imported
+
+
 def test_a_family_without_a_facts_module_records_its_class_attributes():
     class Bare(Family):
         name, unit, headline, table_keys = "bare", "dots", ("score",), ("score", "other")

@@ -20,7 +20,8 @@ BELOW_ALL = ("collapse_cli.cli", "collapse_cli.experiment", "collapse_cli.report
 FORBIDDEN = {
     "rundir.py": BELOW_ALL,  # the run-folder format: experiment/ writes it, report/ reads it
     "ranks.py": (*BELOW_ALL, "collapse_cli.rundir"),  # which process writes: what rundir.py asks
-    "report": ("collapse_cli.cli", "collapse_cli.experiment"),  # experiment -> report only, never back
+    # experiment -> report only, never back; a family's facts reach the report as data (report/facts.py)
+    "report": ("collapse_cli.cli", "collapse_cli.experiment", "collapse_cli.families"),
 }
 
 
