@@ -161,7 +161,7 @@ def test_the_trackers_take_the_headline_from_the_run_folder(tmp_path):
 def test_only_the_lm_on_cuda_says_bf16():
     from collapse_cli.families.lm.family import LMFamily
 
-    assert "bf16" in LMFamily.describe_precision(SimpleNamespace(device=SimpleNamespace(type="cuda")))
+    assert LMFamily.describe_precision(SimpleNamespace(device=SimpleNamespace(type="cuda"))) == "bf16"
     assert LMFamily.describe_precision(SimpleNamespace(device=SimpleNamespace(type="cpu"))) == ""
     others = [name for name in BUILTIN if name != "lm"]
     assert all(get_family(n).describe_precision is Family.describe_precision for n in others)

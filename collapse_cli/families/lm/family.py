@@ -181,7 +181,7 @@ class LMFamily(Family):
 
     def describe_precision(self) -> str:
         # train.autocast and train.inference_model: bf16 on CUDA only, fp32 on the CPU
-        return "bf16 autocast, bf16 sampling and scoring" if self.device.type == "cuda" else ""
+        return "bf16" if self.device.type == "cuda" else ""
 
     def describe_sampling(self, model: torch.nn.Module) -> str:
         return describe_decoder(model, self.cfg.generate, self.device)
