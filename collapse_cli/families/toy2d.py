@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy as np
 from collapse_cli.config import StrEnum, check_count, check_seed  # StrEnum: 3.10 too
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import RealData
+from collapse_cli.rundir import RunDir, damaged, read_run_array
 
 SAMPLE_DTYPE = np.float32
 RING_RADIUS = 2.0
@@ -114,3 +116,19 @@ def real_data(d: Toy2DDatasetConfig, pool_cap: Optional[int]) -> RealData:
     """The run's real points: a train pool of pool_cap (or n_train) rows and n_test independent test rows."""
     return RealData(train=make_toy(d.name, pool_cap or d.n_train, d.noise, data_seed(d.seed, 0)),
                     test=make_toy(d.name, d.n_test, d.noise, data_seed(d.seed, 1)))
+
+
+class PointFiles:
+    """save_samples / load_samples of float32 point rows [n, d], for the point families (GMM, KDE); put it
+    before Family among the bases. float32 on disk is what the next generation reads, exactly."""
+
+    samples_file = "samples.npy"
+
+    def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
+        RunDir(folder).save_array(self.samples_file, samples.astype(SAMPLE_DTYPE))
+
+    def load_samples(self, folder: Path) -> np.ndarray:
+        samples = read_run_array(folder / self.samples_file)
+        if samples is None:
+            raise damaged(folder / self.samples_file, "missing")
+        return samples

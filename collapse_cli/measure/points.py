@@ -29,7 +29,7 @@ HIGH_QUALITY_SIGMAS = 3.0  # a high-quality sample lies within 3 sigma of a mode
 CHUNK_CELLS = 4_000_000  # distance-matrix cells held at once (32 MB of float64)
 
 
-def _squared_distance_chunks(queries: np.ndarray, points: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+def squared_distance_chunks(queries: np.ndarray, points: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
     """(rows, squared distances [rows, len(points)]) over row chunks of `queries`: memory stays bounded."""
     step = max(1, CHUNK_CELLS // max(1, len(points)))
     for start in range(0, len(queries), step):
@@ -50,7 +50,7 @@ def knn_radii(points: np.ndarray, k: int = NEAREST_K) -> np.ndarray:
     if not 1 <= k < len(points):
         raise ValueError(f"k={k} must be from 1 to n - 1 = {len(points) - 1}")
     radii = np.empty(len(points))
-    for rows, d2 in _squared_distance_chunks(points, points):
+    for rows, d2 in squared_distance_chunks(points, points):
         radii[rows] = np.partition(d2, k, axis=1)[:, k]  # index 0 holds the point itself (distance 0)
     return np.sqrt(radii)
 
@@ -61,7 +61,7 @@ def _inside_counts(queries: np.ndarray, centres: np.ndarray, radii: np.ndarray) 
     counts = np.zeros(len(queries), dtype=np.int64)
     hit = np.zeros(len(centres), dtype=bool)
     squared = radii**2
-    for rows, d2 in _squared_distance_chunks(queries, centres):
+    for rows, d2 in squared_distance_chunks(queries, centres):
         inside = d2 <= squared[None, :]
         counts[rows] = inside.sum(axis=1)
         hit |= inside.any(axis=0)

@@ -18,8 +18,9 @@ from collapse_cli.config import StrEnum, check_count, check_memory, check_seed, 
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
+from collapse_cli.families.toy2d import PointFiles
 from collapse_cli.measure import metrics as M
-from collapse_cli.rundir import RunDir, damaged, gen_name, read_run_array
+from collapse_cli.rundir import gen_name
 
 MIXTURE_FILE = "mixture.npz"
 MAX_FIGURE_GENERATIONS = 100  # panels of one figure row
@@ -96,13 +97,12 @@ def _data_seed(seed: int, part: int) -> int:
     return int(np.random.SeedSequence([seed, part]).generate_state(1)[0])
 
 
-class GMMFamily(Family):
+class GMMFamily(PointFiles, Family):
     name = "gmm"
     model_schema = GMMModelConfig
     dataset_schema = GaussianDatasetConfig
     datasets = ("gaussian",)
     unit = "points"
-    samples_file = "samples.npy"
     headline = ("nll_test", "tail_coverage")
     summary_keys = ("component_std", "l2sq_to_gen0")
     leading_keys = ("generation", "nll_test", "tail_coverage", "component_std", "l2sq_to_gen0")
@@ -206,15 +206,6 @@ class GMMFamily(Family):
         m = self.cfg.model
         return (f"gmm ({m.n_components} full-covariance components, {m.variance} covariances, "
                 f"dim {self.cfg.dataset.dim}, EM tol {m.tol:g}, max_iter {m.max_iter})")
-
-    def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
-        RunDir(folder).save_array(self.samples_file, samples.astype(core.SAMPLE_DTYPE))
-
-    def load_samples(self, folder: Path) -> np.ndarray:
-        samples = read_run_array(folder / self.samples_file)
-        if samples is None:
-            raise damaged(folder / self.samples_file, "missing")
-        return samples
 
     def save_model(self, model: GMMModel, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
