@@ -86,7 +86,7 @@ def test_generation_0_fitted_on_the_test_points_scores_them_as_itself():
     assert metrics["frechet"] == pytest.approx(0.0, abs=1e-9)
     assert metrics["modes_covered"] == 8 and metrics["high_quality"] > 0.97  # 1 - exp(-4.5) = 0.989
     assert metrics["nll_test"] == pytest.approx(float(np.mean(scores)))
-    assert metrics["tail_coverage_se"] == 0.0 and len(family.rare) == 40
+    assert metrics["tail_coverage_se"] == 0.0 and len(family.reference.rare) == 40
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ import numpy as np
 from collapse_cli.config import StrEnum, check_count, check_seed  # StrEnum: 3.10 too
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import RealData
+from collapse_cli.measure.points import NEAREST_K
 from collapse_cli.rundir import RunDir, damaged, read_run_array
 
 SAMPLE_DTYPE = np.float32
@@ -100,8 +101,8 @@ def validate(d: Toy2DDatasetConfig) -> None:
         raise CollapseError(f"dataset.name={d.name!r}: use one of {', '.join(TOY_NAMES)}")
     check_seed("dataset.seed", d.seed)
     for key in ("n_train", "n_test"):
-        if getattr(d, key) < 2:
-            raise CollapseError(f"dataset.{key}={getattr(d, key)} must be at least 2")
+        if getattr(d, key) <= NEAREST_K:  # the point metrics' k-NN balls need k + 1 points
+            raise CollapseError(f"dataset.{key}={getattr(d, key)} must be at least {NEAREST_K + 1}")
         check_count(f"dataset.{key}", getattr(d, key))
     if d.noise is not None and not (math.isfinite(d.noise) and d.noise >= 0):
         raise CollapseError(f"dataset.noise={d.noise} must be a finite number >= 0 (null: the toy's default)")

@@ -20,6 +20,7 @@ from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
 from collapse_cli.families.toy2d import PointFiles
 from collapse_cli.measure import metrics as M
+from collapse_cli.measure import points as P
 from collapse_cli.rundir import gen_name
 
 MIXTURE_FILE = "mixture.npz"
@@ -104,14 +105,16 @@ class GMMFamily(PointFiles, Family):
     datasets = ("gaussian",)
     unit = "points"
     headline = ("nll_test", "tail_coverage")
-    summary_keys = ("component_std", "l2sq_to_gen0")
+    # The last three only where one component fits one true Gaussian (+experiment=kazdan_gaussian).
+    summary_keys = ("component_std", "l2sq_to_gen0", "mean_sq_error", "cov_det_ratio", "cov_trace_ratio")
     leading_keys = ("generation", "nll_test", "tail_coverage", "component_std", "l2sq_to_gen0")
-    table_keys = ("nll_test", "tail_coverage", "component_std", "l2sq_to_gen0")
+    table_keys = ("nll_test", "tail_coverage", "component_std", "l2sq_to_gen0", "mean_sq_error", "cov_det_ratio")
 
     def __init__(self, cfg: Any, device: Any):
         super().__init__(cfg, device)
         self.truth = true_mixture(cfg.dataset)
         self.test: Optional[np.ndarray] = None
+        self.reference: Optional[P.RealReference] = None
         self.threshold = float("nan")
 
     @classmethod
@@ -152,6 +155,7 @@ class GMMFamily(PointFiles, Family):
     def prepare(self, real: RealData, n_train: int) -> None:
         self.test = real.test
         self.threshold = core.rare_threshold(self.truth, real.test)
+        self.reference = P.real_reference(real.test)
 
     def build_base_model(self, seed: int) -> GMMModel:
         return GMMModel()
@@ -195,8 +199,23 @@ class GMMFamily(PointFiles, Family):
             "l2_to_truth": core.l2_distance(self.truth, fitted),
             "sample_std": float(np.sqrt(np.trace(np.atleast_2d(np.cov(samples.T))) / samples.shape[1])),
         }
+        if self.reference is not None:  # the shared point metrics; tail_coverage stays the true density's
+            metrics.update(self.reference.measure(samples, tail=False))
+        if len(fitted.weights) == 1 and len(self.truth.weights) == 1:  # Kazdan et al.'s multivariate Gaussian
+            metrics.update(core.single_gaussian_metrics(self.truth, fitted))
+            metrics.update(self.single_gaussian_theory(generation))
         on_progress(1, 1)
         return metrics, -true_log_p  # core.nll under the truth
+
+    def single_gaussian_theory(self, generation: int) -> dict[str, float]:
+        """The closed forms where they hold (replace, mix 0: each fit sees only the previous fit's N samples);
+        NaN for the other loops, whose pools mix real and earlier data."""
+        cfg = self.cfg
+        theory = core.single_gaussian_replace_theory(self.truth, cfg.dataset.n_train, generation + 1,
+                                                     unbiased=cfg.model.variance == Variance.unbiased)
+        if cfg.regime == "replace" and cfg.mix == 0.0 or generation == 0:
+            return theory
+        return {key: float("nan") for key in theory}
 
     def n_parameters(self, model: GMMModel) -> int:
         k, d = self.cfg.model.n_components, self.cfg.dataset.dim

@@ -66,8 +66,7 @@ class KDEFamily(toy2d.PointFiles, Family):
         super().__init__(cfg, device)
         self.centres = toy2d.mode_centres(cfg.dataset.name)
         self.test: Optional[np.ndarray] = None
-        self.test_radii: Optional[np.ndarray] = None
-        self.rare: Optional[np.ndarray] = None
+        self.reference: Optional[P.RealReference] = None
 
     @classmethod
     def validate(cls, cfg: Any) -> None:
@@ -91,8 +90,7 @@ class KDEFamily(toy2d.PointFiles, Family):
 
     def prepare(self, real: RealData, n_train: int) -> None:
         self.test = real.test.astype(np.float64)
-        self.test_radii = P.knn_radii(self.test)
-        self.rare = P.rare_points(self.test)
+        self.reference = P.real_reference(self.test)  # never None: toy2d.validate asks for enough test points
 
     def build_base_model(self, seed: int) -> KDEModel:
         return KDEModel()
@@ -116,16 +114,10 @@ class KDEFamily(toy2d.PointFiles, Family):
     def measure(self, generation: int, model: KDEModel, reference_model: KDEModel, samples: np.ndarray, seed: int,
                 on_progress: Progress) -> tuple[dict, np.ndarray]:
         test_nll = -core.log_density(model.points, model.h, self.test)
-        coverage, coverage_se = P.tail_coverage(self.test, samples, self.rare, radii=self.test_radii)
-        precision, recall = P.precision_recall(self.test, samples)
-        density, covered = P.density_coverage(self.test, samples, radii=self.test_radii)
         metrics = {
             "nll_test": float(test_nll.mean()),
             "nll_test_se": M.mean_se(test_nll),
-            "tail_coverage": coverage,
-            "tail_coverage_se": coverage_se,
-            "precision": precision, "recall": recall, "density": density, "coverage": covered,
-            "frechet": P.frechet_distance(self.test, samples),
+            **self.reference.measure(samples),
             "bandwidth": model.h,
             "sample_std": core.pooled_std(samples.astype(np.float64)),
         }
