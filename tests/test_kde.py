@@ -42,6 +42,26 @@ def test_bandwidth_rules_by_hand():
     assert core.bandwidth(points, BandwidthRule.fixed, 9.0) == 9.0
 
 
+def test_the_leave_one_out_likelihood_by_hand():
+    points = np.array([[0.0], [1.5]])  # each point scored by the other alone: log N(1.5; 0, h^2)
+    h = 0.7
+    expected = -1.5**2 / (2 * h * h) - 0.5 * math.log(2 * math.pi * h * h)
+    assert core.loo_log_likelihoods(points, np.array([h]))[0] == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(core.logsumexp_rows(np.array([[0.0, -np.inf], [-1000.0, -1000.0]])),
+                               [0.0, -1000.0 + math.log(2)])
+
+
+def test_cross_validation_follows_the_ring_where_the_rules_of_thumb_smear_it():
+    ring = toy2d.make_toy("ring8", 1000, None, seed=0).astype(np.float64)
+    scott = core.bandwidth(ring, BandwidthRule.scott, 0.0)
+    cv = core.bandwidth(ring, BandwidthRule.cv, 0.0, seed=5)
+    assert cv == core.bandwidth(ring, BandwidthRule.cv, 0.0, seed=5)  # seeded
+    assert scott > 0.4 and 0.005 < cv < 0.05  # each mode's std is 0.02
+    # The chosen h scores the held-out real points better than Scott's.
+    test = toy2d.make_toy("ring8", 500, None, seed=1)
+    assert core.log_density(ring, cv, test).mean() > core.log_density(ring, scott, test).mean() + 2
+
+
 def test_a_sample_has_the_points_mean_and_their_covariance_plus_h_squared():
     points = np.array([[0.0, 0], [3, 1], [-1, 2]])
     h, n = 0.5, 200_000
@@ -97,8 +117,9 @@ def test_a_run_measures_every_generation_and_draws_its_figures(tmp_path):
     assert [row["generation"] for row in rows] == [0, 1, 2, 3]
     family = prepared()
     real = family.real_data(None)
-    h0 = core.bandwidth(real.train.astype(np.float64), BandwidthRule.scott, 0.1)
-    assert rows[0]["bandwidth"] == pytest.approx(h0)
+    h0 = rows[0]["bandwidth"]  # the default rule, cv: one of its grid's values, scaled from 500 points to 1,000
+    scott = core.bandwidth(real.train.astype(np.float64), BandwidthRule.scott, 0.1)
+    assert 0.02 * scott * 0.8 < h0 < 0.5 * scott
     assert rows[0]["nll_test"] == pytest.approx(-core.log_density(real.train.astype(np.float64), h0,
                                                                   family.test).mean())
     samples = np.load(run_dir / "gen_001" / "samples.npy")

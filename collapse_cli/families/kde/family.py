@@ -38,7 +38,7 @@ class KDEModelConfig:
 
     family: str = "kde"
     name: str = "kde"
-    bandwidth_rule: BandwidthRule = BandwidthRule.scott
+    bandwidth_rule: BandwidthRule = BandwidthRule.cv
     bandwidth: float = 0.1  # h when bandwidth_rule=fixed (data units)
     figure_generations: int = 6  # generations drawn in figures/kde_scatter.png, log-spaced from 0 to the last
 
@@ -98,7 +98,7 @@ class KDEFamily(toy2d.PointFiles, Family):
     def fit(self, model: KDEModel, train: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
         m = self.cfg.model
         points = train.astype(np.float64)
-        h = core.bandwidth(points, m.bandwidth_rule, m.bandwidth)
+        h = core.bandwidth(points, m.bandwidth_rule, m.bandwidth, seed)
         if not (np.isfinite(points).all() and h > 0):  # the rules' spread is 0 when every point is one point
             raise CollapseError(f"generation {generation}: the training points give bandwidth {h:g} (no spread, "
                                 f"or nan); use model.bandwidth_rule=fixed and start the run again")
