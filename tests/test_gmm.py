@@ -352,7 +352,8 @@ def test_replace_follows_the_single_gaussian_closed_forms(unbiased):
     # of each of Kazdan et al.'s three figures lies within its 99% CI of the closed form.
     dim, n, fits, chains = 3, 20, 4, 400
     truth = core.make_mixture([1.0], [[0.0] * dim], [np.diag([1.0, 2.0, 0.5])])
-    figures = {key: np.empty(chains) for key in ("mean_sq_error", "cov_det_ratio", "cov_trace_ratio")}
+    figures = {key: np.empty(chains) for key in ("mean_sq_error", "cov_det_ratio", "cov_log_det_ratio",
+                                                 "cov_trace_ratio")}
     for chain in range(chains):
         rows = core.sample(truth, n, seed=chain)
         for fit in range(fits):
@@ -376,5 +377,7 @@ def test_kazdan_gaussian_is_one_component_in_ten_dimensions_and_reports_theory_u
     assert theory["cov_trace_ratio_theory"] == pytest.approx(0.99 ** 10)
     assert theory["cov_det_ratio_theory"] == pytest.approx(np.prod(1 - np.arange(1, 11) / 100) ** 10)
     assert theory["mean_sq_error_theory"] == pytest.approx(10 / 100 * sum(0.99 ** j for j in range(10)))
+    assert theory["cov_log_det_ratio_theory"] == pytest.approx(
+        10 * sum(special.digamma((100 - i) / 2) + math.log(2 / 100) for i in range(1, 11)))
     accumulate = GMMFamily(cfg, None).single_gaussian_theory(9)
     assert all(math.isnan(value) for value in accumulate.values())
