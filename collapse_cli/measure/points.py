@@ -6,11 +6,12 @@ docs/metrics.md gives each definition and its source.
 
 - precision, recall: Kynkäänniemi et al. 2019 (k-NN manifolds: the union of balls around each point
   reaching its k-th nearest neighbour in its own set);
-- density, coverage: Naeem et al. 2020 (the real manifold only, robust to real outliers);
+- density, coverage: Naeem et al. 2020 (the real points' balls only, so fake outliers cannot inflate them);
 - frechet_distance: the Fréchet (2-Wasserstein) distance between Gaussians fitted to two feature sets (FID's);
-- modes_covered, high_quality_share: mixtures with known mode centres, a sample within 3 sigma of a
+- mode_metrics (high_quality, modes_covered): mixtures with known mode centres, a sample within 3 sigma of a
   centre is high quality (Srivastava et al. 2017, VEEGAN; Metz et al. 2017);
-- tail_coverage: coverage restricted to the rare real points, with its binomial standard error.
+- tail_coverage: coverage restricted to the rare real points, with its binomial standard error;
+- RealReference: a family's fixed real points prepared once, all of the above from one distance matrix.
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ class GMMFamily(PointFiles, Family):
         cfg = self.cfg
         theory = core.single_gaussian_replace_theory(self.truth, cfg.dataset.n_train, generation + 1,
                                                      unbiased=cfg.model.variance == Variance.unbiased)
-        if cfg.regime == "replace" and cfg.mix == 0.0 or generation == 0:
+        if (cfg.regime == "replace" and cfg.mix == 0.0) or generation == 0:
             return theory
         return {key: float("nan") for key in theory}
 
