@@ -63,6 +63,7 @@ FAMILY_MODULES = {
     "vae": "collapse_cli.families.vae.family",
     "linreg": "collapse_cli.families.linreg.family",
     "categorical": "collapse_cli.families.categorical.family",
+    "kde": "collapse_cli.families.kde.family",
 }
 
 

@@ -61,6 +61,15 @@ SHARED: dict[str, MetricFacts] = {
     "tail_coverage_se": MetricFacts("Standard error of tail coverage", "share (binomial SE)"),
     "train_loss_last": MetricFacts("Final training loss", "loss on the training mix"),
     "disk_bytes": MetricFacts("Disk use per generation", "bytes"),
+    # measure/points.py: the point and image families' manifold metrics (docs/metrics.md).
+    "precision": MetricFacts("Precision: samples inside the real k-NN manifold", "share of samples", HIGHER),
+    "recall": MetricFacts("Recall: real points inside the samples' k-NN manifold", "share of real points", HIGHER),
+    "density": MetricFacts("Density: real k-NN balls per sample (Naeem et al.)", "mean count / k (real: ~1)"),
+    "coverage": MetricFacts("Coverage: real points with a sample in their k-NN ball", "share of real points", HIGHER),
+    "frechet": MetricFacts("Fréchet distance to the real test data", "squared distance of Gaussian fits", LOWER),
+    "frechet_se": MetricFacts("Standard error of the Fréchet distance", "bootstrap SE"),
+    "modes_covered": MetricFacts("Known modes with a high-quality sample", "modes", HIGHER),
+    "high_quality": MetricFacts("Samples within 3 sigma of a known mode", "share of samples", HIGHER),
 }
 
 

@@ -6,8 +6,9 @@ FACTS = FamilyFacts(
     family="gmm",
     unit="points",
     headline=("nll_test", "tail_coverage"),
-    summary_keys=("component_std", "l2sq_to_gen0"),
-    table_keys=("nll_test", "tail_coverage", "component_std", "l2sq_to_gen0"),
+    # The kazdan keys only where one component fits one true Gaussian (+experiment=kazdan_gaussian).
+    summary_keys=("component_std", "l2sq_to_gen0", "mean_sq_error", "cov_det_ratio", "cov_trace_ratio"),
+    table_keys=("nll_test", "tail_coverage", "component_std", "l2sq_to_gen0", "mean_sq_error", "cov_det_ratio"),
     metrics={
         "nll_test": MetricFacts("Test negative log-likelihood", "nats per real test point", LOWER),
         "nll_test_se": MetricFacts("Standard error of test NLL", "nats (SE over test points)"),
@@ -21,5 +22,17 @@ FACTS = FamilyFacts(
         "l2_to_truth": MetricFacts("L2 distance to the true density", "L2 distance (density units)", LOWER),
         "tail_mass_ratio": MetricFacts("Tail mass ratio: samples in the true outer 5%", "share / 0.05 (truth: 1)"),
         "sample_std": MetricFacts("Spread of the generation's samples", "sample std (truth: 1)"),
+        "mean_sq_error": MetricFacts("Squared error of the fitted mean", "squared distance to the true mean", LOWER),
+        "cov_det_ratio": MetricFacts("Fitted / true covariance determinant", "ratio (truth: 1)"),
+        "cov_log_det_ratio": MetricFacts("Log of fitted / true covariance determinant", "log ratio (truth: 0)"),
+        "cov_trace_ratio": MetricFacts("Fitted / true covariance trace", "ratio (truth: 1)"),
+        "mean_sq_error_theory": MetricFacts("Closed-form expected squared error of the mean (replace)",
+                                            "squared distance", LOWER),
+        "cov_det_ratio_theory": MetricFacts("Closed-form expected determinant ratio (replace)", "ratio"),
+        "cov_log_det_ratio_theory": MetricFacts("Closed-form expected log determinant ratio (replace)", "log ratio"),
+        "cov_trace_ratio_theory": MetricFacts("Closed-form expected trace ratio (replace)", "ratio"),
     },
+    # Kazdan's one-Gaussian closed forms (replace only; null elsewhere): the report draws and divides by them.
+    theory={"mean_sq_error": "mean_sq_error_theory", "cov_log_det_ratio": "cov_log_det_ratio_theory",
+            "cov_trace_ratio": "cov_trace_ratio_theory"},
 )
