@@ -244,15 +244,15 @@ class CurateConfig:
     # None, or {_target_: <callable class>, mode: filter|weight,
     #           threshold: float, **constructor kwargs}
     detector: Optional[Any] = None
-    # None, or what to do with sequences that carry generate.watermark's mark (families/lm/watermark.py).
-    watermark: Optional[WatermarkCurate] = None
+    # What to do with sequences that carry generate.watermark's mark (families/lm/watermark.py): none|filter|weight.
+    watermark: WatermarkCurate = field(default_factory=WatermarkCurate)
     min_keep_fraction: float = 0.5
     on_shortfall: Shortfall = Shortfall.error
 
     def active(self) -> bool:
         """Whether any filter is on (a run that curates needs a family that can)."""
         return (self.exact_dedup or self.near_dedup_n > 0 or self.repetition_n > 0 or self.ppl_drop_low > 0
-                or self.ppl_drop_high > 0 or self.detector is not None or self.watermark is not None)
+                or self.ppl_drop_high > 0 or self.detector is not None or self.watermark.mode != "none")
 
 
 DETECTOR_MODES = ("filter", "weight")

@@ -88,6 +88,20 @@ def test_marker_adds_delta_at_the_green_ids_of_marked_rows_only():
     assert np.array_equal(out.numpy(), expected.astype(np.float32))
 
 
+def test_the_mark_is_one_pass_over_the_logits_by_the_roofline_counter():
+    """scripts/roofline.py's classes: the scatter-add is the one op over [rows, V]; the green ids [rows, G] are
+    index arithmetic (a gather of shifts, a subtract, a modulo), never a [rows, V] mask."""
+    from test_roofline import SMALL, meta, record
+
+    device = torch.device("meta")
+    marker = Marker(WatermarkConfig(enabled=True), SMALL.vocab, device)
+    mark = marker.bind(np.ones(SMALL.rows, dtype=bool))
+    previous = torch.zeros(SMALL.rows, dtype=torch.long, device=device)
+    ops = record(lambda: mark(meta(SMALL.rows, SMALL.vocab), previous))
+    assert [op.name for op in ops if op.kind == "vocab"] == ["scatter_add_"]
+    assert {op.kind for op in ops} == {"vocab", "other"} and len(ops) == 4
+
+
 @pytest.fixture(scope="module")
 def model():
     config = OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, ffn_dim=64,
@@ -186,15 +200,26 @@ def test_config_refuses_bad_watermark_values_with_one_line():
     assert refusal(["generate.watermark.delta=-1"]).startswith("generate.watermark.delta=-1.0 must be >= 0")
     assert "generate.watermark.unmarked_share=2.0" in refusal(["generate.watermark.unmarked_share=2"])
     assert "generate.num_beams=5" in refusal(["generate=shumailov", "generate.watermark.enabled=true"])
-    assert "set generate.watermark.enabled=true" in refusal(["curate=watermark"])
-    assert "curate.watermark.weight=0.0" in refusal(["curate=watermark", "generate.watermark.enabled=true",
-                                                     "curate.watermark.weight=0"])
+    assert "set generate.watermark.enabled=true" in refusal(["curate=watermark", "generate.watermark.enabled=false"])
+    assert "curate.watermark.weight=0.0" in refusal(["curate=watermark", "curate.watermark.weight=0"])
     assert "curate filters text" in refusal(["model=gmm", "dataset=gaussian", "curate=watermark"])
 
 
-def test_the_preset_composes_to_filtering():
-    cfg = composed(["curate=watermark", "generate.watermark.enabled=true"])
-    assert cfg.curate.watermark.mode == "filter" and cfg.curate.active()
+def test_curate_watermark_alone_turns_the_mark_on_so_it_is_one_arm_of_a_curate_sweep():
+    cfg = composed(["curate=watermark"])
+    assert cfg.generate.watermark.enabled and cfg.generate.watermark.unmarked_share == 0.2
+    assert cfg.curate.watermark.mode == "filter" and cfg.curate.min_keep_fraction == 0.0
+    assert not composed(["curate=none"]).generate.watermark.enabled
+
+
+def test_the_experiment_filters_marked_text_and_one_override_is_its_control():
+    cfg = composed(["+experiment=watermark_filter"])
+    assert cfg.mix == 0.0 and cfg.curate.watermark.mode == "filter" and cfg.curate.active()
+    assert (cfg.generate.watermark.enabled, cfg.generate.watermark.delta, cfg.generate.watermark.unmarked_share) == (
+        True, 2.0, 0.2)
+    control = composed(["+experiment=watermark_filter", "curate=none", "generate.watermark.delta=0.5"])
+    assert control.curate.watermark.mode == "none" and not control.curate.active()
+    assert control.generate.watermark.enabled and control.generate.watermark.delta == 0.5
 
 
 @pytest.mark.slow

@@ -86,8 +86,10 @@ def as_curate_config(cfg: Any) -> CurateConfig:
             )
         cfg = CurateConfig(**raw)
     watermark = plain(cfg.watermark)
-    if isinstance(watermark, Mapping):  # a dict from YAML, or the one asdict() just made of the dataclass
+    if isinstance(watermark, Mapping):  # a dict from YAML, or the one asdict() made of the dataclass
         watermark = WatermarkCurate(**watermark)
+    if watermark.mode not in tuple(WatermarkMode):  # OmegaConf checks the enum; a dict given here is unchecked
+        raise CollapseError(f"curate.watermark.mode={watermark.mode} must be none, filter or weight")
     cfg = CurateConfig(**{**asdict(cfg), "detector": plain(cfg.detector), "watermark": watermark})
     validate_curate(cfg)
     return cfg
@@ -452,7 +454,7 @@ def curate(
 
     alive = _hard_filters(synth, cfg, seq_ppl, report)
     weights, drop_key = np.ones(alive.shape[0]), None  # drop_key: the weighting stage a redraw reports under
-    if cfg.watermark is not None:
+    if cfg.watermark.mode != WatermarkMode.none:
         flagged = _check_detected(detected, n_in)[alive]
         if cfg.watermark.mode == WatermarkMode.filter:
             alive, report["curate_drop_watermark"] = _apply(alive, ~flagged)

@@ -7,7 +7,8 @@ One decoding chunk (B prompts x beams rows):
               and attends to its prompt and to the generated positions written so far through a small
               ancestry table; then the LM head into one logits buffer and the selection
               (families/lm/select.py): greedy, sampling, or beam search with a repetition penalty
-              applied to each row's seen ids
+              applied to each row's seen ids; sampling can add generate.watermark's green-list bias
+              (select.Marker: one scatter-add over the logits) before it draws
 Beam search reorders the ancestry table ([rows, new_tokens]), never the KV. Models other than OPT,
 GPT-2 and Llama use transformers' dynamic cache (sampling, greedy) and generate() (beam search), as
 `describe` says in the run's plan.

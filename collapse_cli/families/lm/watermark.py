@@ -49,6 +49,7 @@ class WatermarkConfig:
 
 
 class WatermarkMode(str, Enum):
+    none = "none"  # no watermark curation (the default)
     filter = "filter"  # drop detected sequences
     weight = "weight"  # keep them with `weight` (undetected ones 1) and redraw the corpus's size by weight
 
@@ -57,11 +58,11 @@ class WatermarkMode(str, Enum):
 class WatermarkCurate:
     """`curate.watermark` (conf/curate/watermark.yaml): what curation does with detected sequences."""
 
-    mode: WatermarkMode = WatermarkMode.filter
+    mode: WatermarkMode = WatermarkMode.none
     weight: float = 0.1  # weight mode: a detected sequence's weight against 1 for the others
 
 
-def validate_watermark(mark: WatermarkConfig, curate: WatermarkCurate | None, num_beams: int) -> None:
+def validate_watermark(mark: WatermarkConfig, curate: WatermarkCurate, num_beams: int) -> None:
     """One line naming the key and the fix, for every value the types let through."""
     def check(ok: bool, message: str) -> None:
         if not ok:
@@ -77,14 +78,10 @@ def validate_watermark(mark: WatermarkConfig, curate: WatermarkCurate | None, nu
     check(not (mark.enabled and num_beams > 1),
           f"generate.watermark marks sampled tokens, and generate.num_beams={num_beams} searches beams; "
           f"use generate.num_beams=1 (generate=sample) or generate.watermark.enabled=false")
-    if curate is None:
-        return
-    check(mark.enabled, "curate=watermark detects generate.watermark's marks, which are off; "
-                        "set generate.watermark.enabled=true")
-    check(curate.mode in tuple(WatermarkMode),
-          f"curate.watermark.mode={curate.mode} must be filter or weight")
     check(0.0 < curate.weight <= 1.0,
           f"curate.watermark.weight={curate.weight} must be in (0, 1] (a detected sequence's weight), e.g. 0.1")
+    check(mark.enabled or curate.mode == WatermarkMode.none,
+          "curate=watermark detects generate.watermark's marks, which are off; set generate.watermark.enabled=true")
 
 
 def _splitmix64(values: np.ndarray) -> np.ndarray:
