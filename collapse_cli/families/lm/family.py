@@ -182,7 +182,9 @@ class LMFamily(Family):
         """Detection on this generation's rows (TPR on the marked ones) and on the real test blocks (FPR)."""
         mark = self.cfg.generate.watermark
         lists = watermark.GreenLists.build(mark.key, mark.gamma, vocab)
-        marked, _ = self._marks.get(samples, lambda rows: (np.ones(len(rows), dtype=bool), None))
+        # The rows sample() marked: a function of the generation's seed, which only sample() is given.
+        assert self._marks.holds(samples), "measure() needs the samples this family's sample() wrote"
+        marked, _ = self._marks.get(samples, lambda rows: None)
         z_synth = watermark.z_scores(samples, lists)
         self._marks.put(samples, (marked, z_synth))
         return watermark.detection_metrics(z_synth, marked, watermark.z_scores(self.real_test, lists), mark.threshold)
