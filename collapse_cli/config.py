@@ -22,6 +22,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import family_name, get_family
+from collapse_cli.families.lm.watermark import WatermarkConfig, WatermarkCurate
 
 try:
     from enum import StrEnum
@@ -210,6 +211,8 @@ class GenerateConfig:
     decoder: Decoder = Decoder.own
     # On CUDA the own decoder replays each fixed-shape step as a CUDA graph; false decodes eagerly.
     cuda_graph: bool = True
+    # Kirchenbauer et al.'s green-list watermark on sampled tokens (families/lm/watermark.py).
+    watermark: WatermarkConfig = field(default_factory=WatermarkConfig)
 
 
 @dataclass
@@ -241,13 +244,15 @@ class CurateConfig:
     # None, or {_target_: <callable class>, mode: filter|weight,
     #           threshold: float, **constructor kwargs}
     detector: Optional[Any] = None
+    # What to do with sequences that carry generate.watermark's mark (families/lm/watermark.py): none|filter|weight.
+    watermark: WatermarkCurate = field(default_factory=WatermarkCurate)
     min_keep_fraction: float = 0.5
     on_shortfall: Shortfall = Shortfall.error
 
     def active(self) -> bool:
         """Whether any filter is on (a run that curates needs a family that can)."""
         return (self.exact_dedup or self.near_dedup_n > 0 or self.repetition_n > 0 or self.ppl_drop_low > 0
-                or self.ppl_drop_high > 0 or self.detector is not None)
+                or self.ppl_drop_high > 0 or self.detector is not None or self.watermark.mode != "none")
 
 
 DETECTOR_MODES = ("filter", "weight")

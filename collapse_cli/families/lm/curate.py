@@ -4,13 +4,14 @@ Before generation g's synthetic text enters generation g+1's training mix it
 can be curated: mitigations from the model-collapse literature that remove
 duplicates, degenerate loops, perplexity outliers, or that reweight samples by
 a detector's verdict (Drayson et al. 2025 weight/resample synthetic samples
-by a detector's score).
+by a detector's score), or that drop or down-weight what carries this run's
+watermark (Kirchenbauer et al. 2023; families/lm/watermark.py).
 
 A corpus is ``synth``: an int64 array [n_seqs, seq_len] of token ids, all rows
 the same length. Every filter returns a boolean keep-mask over its input rows;
 :func:`curate` chains them in this fixed order::
 
-    exact dedup -> near dedup -> repetition -> ppl quantile -> detector
+    exact dedup -> near dedup -> repetition -> ppl quantile -> watermark -> detector
 
 Each stage only sees the survivors of the stages before it, so a stage's drop
 count in the report is "dropped here, not already dropped earlier".
@@ -24,6 +25,8 @@ columns)::
     curate_drop_repetition   degenerate: too many repeated n-grams within a row
     curate_drop_ppl_low      lowest-perplexity fraction
     curate_drop_ppl_high     highest-perplexity fraction
+    curate_drop_watermark    detected as watermarked (filter mode), or never
+                             drawn (weight mode without a weighting detector)
     curate_drop_detector     below the detector threshold (filter mode), or
                              never drawn (weight mode)
     curate_survivors         distinct rows kept = curate_in - sum(curate_drop_*)
@@ -43,6 +46,7 @@ import numpy as np
 
 from collapse_cli.config import DETECTOR_MODES, CurateConfig, is_int, plain, validate_curate, validate_detector
 from collapse_cli.errors import CollapseError
+from collapse_cli.families.lm.watermark import WatermarkCurate, WatermarkMode
 
 __all__ = ["CurateConfig", "validate_curate", "DETECTOR_MODES", "curate"]  # the config lives in config.py
 
@@ -81,7 +85,12 @@ def as_curate_config(cfg: Any) -> CurateConfig:
                 f"curate.{unknown[0]} is not a curate option; valid keys: {', '.join(sorted(known))}"
             )
         cfg = CurateConfig(**raw)
-    cfg = CurateConfig(**{**asdict(cfg), "detector": plain(cfg.detector)})
+    watermark = plain(cfg.watermark)
+    if isinstance(watermark, Mapping):  # a dict from YAML, or the one asdict() made of the dataclass
+        watermark = WatermarkCurate(**watermark)
+    if watermark.mode not in tuple(WatermarkMode):  # OmegaConf checks the enum; a dict given here is unchecked
+        raise CollapseError(f"curate.watermark.mode={watermark.mode} must be none, filter or weight")
+    cfg = CurateConfig(**{**asdict(cfg), "detector": plain(cfg.detector), "watermark": watermark})
     validate_curate(cfg)
     return cfg
 
@@ -314,6 +323,7 @@ REPORT_KEYS = (
     "curate_drop_repetition",
     "curate_drop_ppl_low",
     "curate_drop_ppl_high",
+    "curate_drop_watermark",
     "curate_drop_detector",
     "curate_survivors",
     "curate_weight_repeats",
@@ -396,8 +406,9 @@ def _pad_shortfall(alive: np.ndarray, n_in: int, cfg: CurateConfig, rng, report:
     return np.concatenate([alive, rng.choice(alive, size=n_extra, replace=True)])
 
 
-def _weighted_draw(alive: np.ndarray, weights: np.ndarray, n_in: int, cfg, rng, report) -> np.ndarray:
-    """Detector weight mode: draw n_in rows, P proportional to weight (Drayson et al.).
+def _weighted_draw(alive: np.ndarray, weights: np.ndarray, n_in: int, cfg, rng, report,
+                   drop_key: str = "curate_drop_detector") -> np.ndarray:
+    """Weight mode (detector or watermark): draw n_in rows, P proportional to weight (Drayson et al.).
 
     The shortfall floor is judged on rows with nonzero weight (the only ones
     that can be drawn); the draw itself already restores the full size, so
@@ -406,7 +417,7 @@ def _weighted_draw(alive: np.ndarray, weights: np.ndarray, n_in: int, cfg, rng, 
     _shortfall_count(int(np.count_nonzero(weights > 0)), n_in, cfg)
     indices = alive[resample_by_score(weights, n_in, rng)]
     n_distinct = np.unique(indices).shape[0]
-    report["curate_drop_detector"] = int(alive.shape[0] - n_distinct)
+    report[drop_key] = int(alive.shape[0] - n_distinct)
     report["curate_weight_repeats"] = int(indices.shape[0] - n_distinct)
     return indices
 
@@ -417,6 +428,7 @@ def curate(
     seq_ppl: Optional[np.ndarray] = None,
     texts: Optional[list] = None,
     seed: int = 0,
+    detected: Optional[np.ndarray] = None,
 ) -> CurateResult:
     """Apply the configured filters in the fixed order; see the module docstring.
 
@@ -424,6 +436,7 @@ def curate(
     seq_ppl: per-row perplexity (needed only when a ppl filter is on).
     texts: per-row decoded text, passed to the detector (None if not decoded).
     seed: drives the detector's weight-mode draw and shortfall resampling.
+    detected: per-row bool, the watermark detector's verdict (needed only with curate.watermark).
 
     The detector scores only the rows that survived the earlier filters.
     min_keep_fraction is judged on the rows that passed every filter
@@ -440,23 +453,41 @@ def curate(
     report["curate_in"] = n_in
 
     alive = _hard_filters(synth, cfg, seq_ppl, report)
+    weights, drop_key = np.ones(alive.shape[0]), None  # drop_key: the weighting stage a redraw reports under
+    if cfg.watermark.mode != WatermarkMode.none:
+        flagged = _check_detected(detected, n_in)[alive]
+        if cfg.watermark.mode == WatermarkMode.filter:
+            alive, report["curate_drop_watermark"] = _apply(alive, ~flagged)
+            weights = weights[~flagged]
+        else:
+            weights, drop_key = np.where(flagged, cfg.watermark.weight, 1.0), "curate_drop_watermark"
     detector = build_detector(cfg.detector) if cfg.detector is not None else None
-    if detector is None:
-        indices = _pad_shortfall(alive, n_in, cfg, rng, report)
-    else:
+    if detector is not None:
         scores = score_with_detector(detector, synth[alive], _subset(texts, alive))
         passed = scores >= detector.threshold
         if detector.mode == "filter":
             alive, report["curate_drop_detector"] = _apply(alive, passed)
-            indices = _pad_shortfall(alive, n_in, cfg, rng, report)
+            weights = weights[passed]
         else:
-            weights = np.where(passed, scores, 0.0)
-            indices = _weighted_draw(alive, weights, n_in, cfg, rng, report)
+            weights, drop_key = weights * np.where(passed, scores, 0.0), "curate_drop_detector"
+    if drop_key is None:
+        indices = _pad_shortfall(alive, n_in, cfg, rng, report)
+    else:
+        indices = _weighted_draw(alive, weights, n_in, cfg, rng, report, drop_key)
 
     n_dropped = sum(v for k, v in report.items() if k.startswith("curate_drop_"))
     report["curate_survivors"] = n_in - n_dropped
     report["curate_out"] = int(indices.shape[0])
     return CurateResult(indices=indices.astype(np.int64), report=report)
+
+
+def _check_detected(detected: Optional[np.ndarray], n_in: int) -> np.ndarray:
+    if detected is None:
+        raise ValueError("curate: curate.watermark is on but the watermark detector's verdicts were not given")
+    detected = np.asarray(detected, dtype=bool).reshape(-1)
+    if detected.shape[0] != n_in:
+        raise ValueError(f"curate: detected has {detected.shape[0]} entries for {n_in} sequences")
+    return detected
 
 
 def _subset(texts: Optional[list], rows: np.ndarray) -> Optional[list]:

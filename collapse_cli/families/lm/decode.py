@@ -7,7 +7,8 @@ One decoding chunk (B prompts x beams rows):
               and attends to its prompt and to the generated positions written so far through a small
               ancestry table; then the LM head into one logits buffer and the selection
               (families/lm/select.py): greedy, sampling, or beam search with a repetition penalty
-              applied to each row's seen ids
+              applied to each row's seen ids; sampling can add generate.watermark's green-list bias
+              (select.Marker: one scatter-add over the logits) before it draws
 Beam search reorders the ancestry table ([rows, new_tokens]), never the KV. Models other than OPT,
 GPT-2 and Llama use transformers' dynamic cache (sampling, greedy) and generate() (beam search), as
 `describe` says in the run's plan.
@@ -20,12 +21,13 @@ import inspect
 import logging
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from collapse_cli.config import GenerateConfig
 from collapse_cli.families.lm.fused_mlp import relu_in_gemm
 from collapse_cli.families.lm.kvcache import TreeCache, attending
-from collapse_cli.families.lm.select import Beams, penalize_seen
+from collapse_cli.families.lm.select import Beams, Mark, Marker, penalize_seen
 
 log = logging.getLogger("collapse")
 
@@ -230,8 +232,13 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch
     return drawn.clamp_max(probs.shape[-1] - 1)
 
 
-def sample(steps, prompts: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator) -> torch.Tensor:
-    """Greedy decoding or sampling, one token per prompt per step: the new tokens [B, new_tokens]."""
+def sample(steps, prompts: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator,
+           mark: Mark | None = None) -> torch.Tensor:
+    """Greedy decoding or sampling, one token per prompt per step: the new tokens [B, new_tokens].
+
+    `mark(logits, previous)`: the watermark's bias (select.Marker), applied after the repetition
+    penalty and before temperature and truncation, where transformers runs a LogitsProcessor.
+    """
     prompt_len = prompts.shape[1]
     # Each row's prompt, then its tokens as they come: the repetition penalty's seen ids, a prefix of it.
     sequences = torch.cat([prompts, prompts.new_empty((len(prompts), cfg.new_tokens))], dim=1)
@@ -239,6 +246,8 @@ def sample(steps, prompts: torch.Tensor, cfg: GenerateConfig, generator: torch.G
     for step in range(cfg.new_tokens):
         if cfg.repetition_penalty != 1.0:  # on fp32 logits, as generate() applies it
             logits = penalize_seen(logits.float(), sequences[:, : prompt_len + step], cfg.repetition_penalty)
+        if mark is not None:
+            logits = mark(logits, sequences[:, prompt_len + step - 1])
         token = pick_next(logits, cfg, generator)  # greedy: argmax of bf16 = argmax of its exact fp32 widening
         sequences[:, prompt_len + step] = token
         if step + 1 < cfg.new_tokens:
@@ -277,6 +286,11 @@ def beam_step(decoder: TreeDecoder, beams: Beams, token: torch.Tensor | None, st
     return decoder.step(token, step - 1, then=lambda logits: beams.advance(logits, penalty, step))
 
 
+def logits_width(model: torch.nn.Module) -> int:
+    """The vocabulary the model's logits span (the green lists' V; it may exceed the tokenizer's length)."""
+    return model.get_output_embeddings().weight.shape[0]
+
+
 def generate_fallback(model: torch.nn.Module, prompts: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
     """Beam search through transformers' generate(), for models without an own decoder."""
     output = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=cfg.new_tokens,
@@ -296,6 +310,7 @@ class ChunkDecoder:
         self.model, self.cfg, self.chunk_rows, self.device = model, cfg, chunk_rows, device
         self.own = uses_own_decoder(model, cfg)
         self.decoders: dict[tuple[int, int], TreeDecoder] = {}  # by prompt count and length
+        self.marker = Marker(cfg.watermark, logits_width(model), device) if cfg.watermark.enabled else None
 
     def _decoder(self, n_prompts: int, prompt_len: int) -> TreeDecoder:
         if (n_prompts, prompt_len) not in self.decoders:
@@ -304,16 +319,22 @@ class ChunkDecoder:
                                                                use_graph=uses_cuda_graph(self.cfg, self.device))
         return self.decoders[n_prompts, prompt_len]
 
-    def __call__(self, prompts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, prompts: torch.Tensor, generator: torch.Generator,
+                 marked: np.ndarray | None = None) -> torch.Tensor:
+        """`marked` [prompts]: the rows the watermark marks (generate.watermark; config refuses it for beams)."""
+        n_real = len(prompts)
+        if self.device.type == "cuda" and self.own and n_real < self.chunk_rows:
+            prompts = torch.cat([prompts, prompts[-1:].expand(self.chunk_rows - n_real, -1)])
+        mark = None
+        if self.marker is not None:
+            marked = np.ones(n_real, dtype=bool) if marked is None else marked
+            mark = self.marker.bind(np.pad(marked, (0, len(prompts) - n_real)))  # filler rows: unmarked
         with attention_backends(self.device):
             if not self.own:
                 if self.cfg.num_beams > 1:
                     return generate_fallback(self.model, prompts, self.cfg)
-                return sample(DynamicSteps(self.model), prompts, self.cfg, generator)
-            n_real = len(prompts)
-            if self.device.type == "cuda" and n_real < self.chunk_rows:
-                prompts = torch.cat([prompts, prompts[-1:].expand(self.chunk_rows - n_real, -1)])
+                return sample(DynamicSteps(self.model), prompts, self.cfg, generator, mark)
             decoder = self._decoder(len(prompts), prompts.shape[1])
             if self.cfg.num_beams > 1:
                 return beam_search(decoder, prompts, self.cfg)[:n_real]
-            return sample(decoder, prompts, self.cfg, generator)[:n_real]
+            return sample(decoder, prompts, self.cfg, generator, mark)[:n_real]

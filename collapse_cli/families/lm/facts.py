@@ -39,5 +39,11 @@ FACTS = FamilyFacts(
                                        HIGHER),
         "rep4_tok": MetricFacts("Repeated 4-grams within a synthetic sequence (degenerate loops)",
                                 "share of repeated 4-grams", LOWER),
+        # generate.watermark / curate=watermark (docs/metrics.md, "Watermark provenance").
+        "watermark_tpr": MetricFacts("Watermark detection rate on marked synthetic rows", "share detected (TPR)",
+                                     HIGHER),
+        "watermark_fpr": MetricFacts("Watermark false alarms on real test text", "share flagged (FPR)", LOWER),
+        "watermark_through": MetricFacts("Synthetic rows through watermark curation", "share kept"),
+        "watermark_z_marked_median": MetricFacts("Median z-score of marked rows", "z (one-proportion test)"),
     },
 )

@@ -19,13 +19,14 @@ import torch
 from collapse_cli.config import DatasetConfig, ModelConfig, RunConfig, check_lengths, validate_lm
 from collapse_cli.experiment import distributed
 from collapse_cli.families.base import Curated, Family, ObjectCache, Progress, RealData
-from collapse_cli.families.lm import profile
+from collapse_cli.families.lm import profile, watermark
 from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import load_corpus, make_blocks
 from collapse_cli.families.lm.decode import describe as describe_decoder
+from collapse_cli.families.lm.decode import logits_width
 from collapse_cli.families.lm.evaluate import token_nll
 from collapse_cli.families.lm.facts import FACTS
-from collapse_cli.families.lm.generate import generate, prompts_for
+from collapse_cli.families.lm.generate import generate, prompts_for, watermarked
 from collapse_cli.families.lm.gguf import cache_root
 from collapse_cli.families.lm.models import (
     build_base_model,
@@ -62,12 +63,14 @@ class LMFamily(Family):
         self._decoded = ObjectCache()  # a sample array's texts
         self._reference_copy = ObjectCache()  # the generation-0 model's inference weights: see _scoring_reference
         self._trained_copy = ObjectCache()  # this generation's model's inference weights: see _inference_weights
+        self._marks = ObjectCache()  # a sample array's watermark: (rows marked, z-scores); see _watermark_metrics
         if compiles(cfg.train, device):
             keep_compile_cache(cache_root(cfg.model.cache_dir) / "torch-compile")
 
     @classmethod
     def validate(cls, cfg: RunConfig) -> None:
         validate_lm(cfg)
+        watermark.validate_watermark(cfg.generate.watermark, cfg.curate.watermark, cfg.generate.num_beams)
 
     def _load_text(self) -> None:
         """The corpus and its tokenizer, once: the base model's vocabulary and the blocks both need them."""
@@ -96,7 +99,7 @@ class LMFamily(Family):
         # The builtin language's true law is over its own word ids; another tokenizer cuts the text differently.
         truth = self.corpus.language if makes_own_tokenizer(self.cfg.model) else None
         self.reference = profile.Reference.build(real.train[:n_train], real.test, len(self.tokenizer), truth)
-        self.valid = real.valid
+        self.valid, self.real_test = real.valid, real.test
         if self.cfg.train.select == "best_valid" and len(real.valid) == 0:
             log.warning("train.select=best_valid: the dataset has no validation split (set dataset.valid=PATH), "
                         "so each generation keeps its last epoch and ppl_valid is not measured")
@@ -130,7 +133,11 @@ class LMFamily(Family):
     def sample(self, model: torch.nn.Module, n: int, seed: int, on_batch: Progress) -> np.ndarray:
         # One sequence per prompt, and there is one prompt per real training block: n is N.
         assert n == len(self.prompts), (n, len(self.prompts))
-        return generate(self._inference_weights(model), self.prompts, self.cfg.generate, seed, self.device, on_batch)
+        samples = generate(self._inference_weights(model), self.prompts, self.cfg.generate, seed, self.device, on_batch)
+        marked = watermarked(self.cfg.generate, n, seed)
+        if marked is not None:
+            self._marks.put(samples, (marked, None))  # measure adds the z-scores
+        return samples
 
     def _inference_weights(self, model: torch.nn.Module) -> torch.nn.Module:
         """The weights sampling and scoring run on (a bf16 copy on CUDA), made at most once per trained model.
@@ -164,10 +171,27 @@ class LMFamily(Family):
                                                            self.tokenizer.batch_decode, seed, on_progress)
         self._trained_copy.clear()  # its last use: the memory goes back before the next generation trains
         metrics["generated_tokens"] = int(samples.size)
+        if self.cfg.generate.watermark.enabled:
+            metrics.update(self._watermark_metrics(samples, logits_width(model)))
         return metrics, seq_ppl
 
+    def _watermark_metrics(self, samples: np.ndarray, vocab: int) -> dict:
+        """Detection on this generation's rows (TPR on the marked ones) and on the real test blocks (FPR)."""
+        mark = self.cfg.generate.watermark
+        lists = watermark.GreenLists.build(mark.key, mark.gamma, vocab)
+        # The rows sample() marked: a function of the generation's seed, which only sample() is given.
+        assert self._marks.holds(samples), "measure() needs the samples this family's sample() wrote"
+        marked, _ = self._marks.get(samples, lambda rows: None)
+        z_synth = watermark.z_scores(samples, lists)
+        self._marks.put(samples, (marked, z_synth))
+        return watermark.detection_metrics(z_synth, marked, watermark.z_scores(self.real_test, lists), mark.threshold)
+
     def curate(self, samples: np.ndarray, scores: np.ndarray, seed: int) -> Curated:
-        result = curate(samples, self.cfg.curate, scores, self._texts(samples), seed)
+        marks = self._marks.get(samples, lambda rows: None) if self.cfg.generate.watermark.enabled else None
+        detected = None if marks is None else marks[1] > self.cfg.generate.watermark.threshold
+        result = curate(samples, self.cfg.curate, scores, self._texts(samples), seed, detected)
+        if marks is not None:
+            result.report.update(through_curation(result.indices, marks[0]))
         return Curated(result.indices, result.report)
 
     def extent(self, n_rows: int) -> dict[str, int]:
@@ -196,6 +220,10 @@ class LMFamily(Family):
         files.save_ids(self.samples_file, samples)
         files.save_texts_gz("synthetic.txt.gz", self._texts(samples))
         files.save_array("seq_ppl.npy", scores.astype(np.float32))
+        if self._marks.holds(samples):
+            marked, z_scores = self._marks.get(samples, lambda rows: None)
+            files.save_array("watermarked.npy", marked)
+            files.save_array("watermark_z.npy", z_scores.astype(np.float32))
 
     def load_samples(self, folder: Path) -> np.ndarray:
         return RunDir(folder).load_ids(self.samples_file)
@@ -230,6 +258,19 @@ class LMFamily(Family):
         if self.cfg.metrics.level == "full":
             summary["extinction"] = profile.extinction_summary(run_dir, self.reference, len(rows))
         return summary
+
+
+def through_curation(indices: np.ndarray, marked: np.ndarray) -> dict[str, float]:
+    """Shares of the generation's rows, of its marked rows and of its unmarked rows that curation kept
+    (distinct rows: a weight-mode redraw's repeats count once). nan where a group has no rows."""
+    kept = np.zeros(len(marked), dtype=bool)
+    kept[indices] = True
+
+    def share(group: np.ndarray) -> float:
+        return float(kept[group].mean()) if group.any() else float("nan")
+
+    return {"watermark_through": float(kept.mean()), "watermark_marked_through": share(marked),
+            "watermark_unmarked_through": share(~marked)}
 
 
 FAMILY = LMFamily

@@ -16,6 +16,7 @@ from collapse_cli.config import GenerateConfig
 from collapse_cli.experiment import distributed
 from collapse_cli.families.lm.decode import ChunkDecoder
 from collapse_cli.families.lm.train import inference_model
+from collapse_cli.families.lm.watermark import marked_rows
 
 
 def prompts_for(real_train: np.ndarray, cfg: GenerateConfig, bos_id: int) -> np.ndarray:
@@ -38,6 +39,14 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
 
 
+def watermarked(cfg: GenerateConfig, n_prompts: int, seed: int) -> np.ndarray | None:
+    """bool [n_prompts]: the rows generate.watermark marks with this seed (None: the watermark is off).
+
+    The family asks for the same rows to score detection; a function of the config and seed alone,
+    so every rank of nproc=N marks the same rows."""
+    return marked_rows(n_prompts, cfg.watermark.unmarked_share, seed) if cfg.watermark.enabled else None
+
+
 @torch.inference_mode()
 def generate(model: torch.nn.Module, prompts: np.ndarray, cfg: GenerateConfig, seed: int, device: torch.device,
              on_batch: Callable[[int, int], None] | None = None,
@@ -55,12 +64,14 @@ def generate(model: torch.nn.Module, prompts: np.ndarray, cfg: GenerateConfig, s
     if bad:
         raise ValueError(f"chunks {bad} out of range: {len(prompts)} prompts make {total_chunks} chunks")
     decode = ChunkDecoder(inference_model(model, device), cfg, size, device)
+    marked = watermarked(cfg, len(prompts), seed)
     total = sum(min(size, len(prompts) - k * size) for k in order)
     pieces, done = [], 0
     for k in order:
         chunk = torch.from_numpy(prompts[k * size:(k + 1) * size]).to(device)
         generator = torch.Generator(device).manual_seed(chunk_seed(seed, k))
-        pieces.append(decode(chunk, generator).cpu().numpy())
+        chunk_marked = None if marked is None else marked[k * size:(k + 1) * size]
+        pieces.append(decode(chunk, generator, chunk_marked).cpu().numpy())
         done += len(chunk)
         if on_batch is not None:
             on_batch(done, total)

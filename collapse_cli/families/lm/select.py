@@ -13,9 +13,13 @@ on the data, and the step index is the only thing that varies (each step has its
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 
 from collapse_cli.families.lm.lse_kernel import row_logsumexp
+from collapse_cli.families.lm.watermark import GreenLists, WatermarkConfig
 
 # Beam search keeps 2 * num_beams candidates per prompt, as transformers does, so tie order matches it.
 CANDIDATES_PER_BEAM = 2
@@ -116,3 +120,32 @@ def penalize(scores: torch.Tensor, penalty: float) -> torch.Tensor:
 def penalize_seen(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """Sampling and greedy: the penalty on the logits of the seen ids, in place (a repeated id gets it once)."""
     return logits.scatter_(1, seen, penalize(logits.gather(1, seen), penalty))
+
+
+Mark = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Marker:
+    """The watermark's bias on a step's logits (families/lm/watermark.py defines the green lists).
+
+    Per step: each row's green ids [rows, G] from its previous token (a gather of V shifts and one
+    broadcast subtract and modulo over [rows, G] ids), then one scatter-add of delta into the logits
+    at those ids: the only op over the logits, and it touches G = gamma x V of a row's entries.
+    """
+
+    def __init__(self, cfg: WatermarkConfig, vocab: int, device: torch.device):
+        lists = GreenLists.build(cfg.key, cfg.gamma, vocab)
+        self.lists = GreenLists(*(torch.from_numpy(table).to(device) for table in
+                                  (lists.base_ids, lists.base, lists.shift)))
+        self.delta, self.device = cfg.delta, device
+
+    def bind(self, marked: np.ndarray) -> Mark:
+        """The mark for one chunk: `marked` [rows] says which rows get the bias (the others get 0)."""
+        row_delta = torch.from_numpy(marked.astype(np.float32) * np.float32(self.delta)).to(self.device)[:, None]
+
+        def mark(logits: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+            """fp32 logits [rows, V] with delta added at each row's green ids (in place when already fp32)."""
+            ids = self.lists.green_ids(previous)
+            return logits.float().scatter_add_(1, ids, row_delta.expand(-1, ids.shape[1]))
+
+        return mark
