@@ -6,7 +6,7 @@ network); pixels are scaled from 0..16 to [0, 1]. The families share:
   check_dataset), so every image family holds out the same test digits for the same dataset.seed;
 - one measuring instrument, a multinomial logistic regression trained once on the real training digits
   (train_classifier): its predicted classes give class_shares / share_entropy, and its logits are the
-  fixed feature map of the Fréchet distance (features, frechet_to_real);
+  fixed feature map of the Fréchet distance (features, frechet_to_real; measure/points.py computes it);
 - the rare-digit coverage test (RareDigits, tail_coverage) and the digit grid figure (grid_figure).
 
 Every function that draws random numbers takes an explicit seed; global RNG state is never read or changed.
@@ -26,7 +26,7 @@ import numpy as np
 from collapse_cli.config import check_seed
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.plots import pyplot, save
-from collapse_cli.measure.frechet import frechet_distance
+from collapse_cli.measure.points import frechet_distance
 
 PIXELS = 64  # 8 x 8
 N_CLASSES = 10
