@@ -284,3 +284,18 @@ def test_the_range_of_test_fractions_the_message_gives_is_accepted_and_its_surro
             check_split(fraction)
     split = digit_data.load_digits_split(0.2, seed=0)
     assert digit_data.split_sizes(0.2) == (len(split.train), len(split.test))
+
+
+def test_the_vae_reports_the_frechet_distance_in_the_classifiers_logits(digits):
+    from collapse_cli.families.vae.family import VAEFamily
+    from collapse_cli.measure.points import frechet_distance
+
+    family = VAEFamily(_vae_config("model.hidden=32", "model.latent=4", "model.nll_samples=4"), torch.device("cpu"))
+    real = family.real_data(None)
+    family.prepare(real, len(real.train))
+    model = family.build_base_model(seed=0)
+    samples = family.sample(model, 300, seed=1, on_batch=lambda done, total: None)
+    metrics, _ = family.measure(0, model, model, samples, seed=2, on_progress=lambda done, total: None)
+    features = digit_data.features(family.classifier, digits.test), digit_data.features(family.classifier, samples)
+    real_floor = frechet_distance(features[0], digit_data.features(family.classifier, digits.train))
+    assert metrics["frechet"] == frechet_distance(*features) > 10 * real_floor  # an untrained VAE: far from real

@@ -80,7 +80,7 @@ class VAEFamily(Family):
     leading_keys = ("generation", "nll_test", "tail_coverage", "latent_spread", "latent_std_flat",
                     "class_share_max")
     table_keys = ("nll_test", "tail_coverage", "latent_spread", "latent_std_flat", "class_share_max",
-                  "class_entropy", "train_loss_last")
+                  "class_entropy", "frechet", "train_loss_last")
 
     def __init__(self, cfg: Any, device: Any):
         super().__init__(cfg, device)
@@ -207,6 +207,9 @@ class VAEFamily(Family):
             "class_share_max": float(shares.max()),
             "class_top": int(shares.argmax()),
             "class_entropy": digits.share_entropy(shares),
+            # The distance to the real test digits in the classifier's logits (measure/points.py), as the
+            # diffusion and GAN families report it on the same digits.
+            "frechet": digits.frechet_to_real(self.classifier, test, samples),
         }
         on_progress(1, 1)
         # Per-sample scores: each image's -ELBO under the generation-0 model (how typical it looked at the start).
