@@ -156,3 +156,17 @@ def test_a_digits_key_added_to_a_toy_is_refused_though_the_schema_holds_it(tmp_p
 
     assert run_in_process(["run", *RING, "+dataset.max_train=10", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
     assert "dataset.max_train=10 is read by dataset=digits only" in one_line(capsys.readouterr().err)
+
+
+def test_bertrand_diffusion_fine_tunes_and_sweeps_the_real_share_in_one_override(tmp_path, capsys):
+    from conftest import run_in_process
+    from test_config import composed
+
+    paper = composed(["+experiment=bertrand_diffusion"])
+    assert (paper.model.family, paper.dataset.name, paper.train.init, paper.generations) == (
+        "diffusion", "digits", "previous", 5)
+    assert run_in_process(["run", "-m", "+experiment=bertrand_diffusion", "dry_run=true",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 0
+    plans = [line for line in capsys.readouterr().out.splitlines() if "each generation trains on" in line]
+    shares = [line.split("trains on ")[1].split(" real")[0] for line in plans]
+    assert shares == ["100%", "67%", "50%", "0%"]  # lambda 0, 0.5, 1 and fully synthetic (mix = 1 / (1 + lambda))
