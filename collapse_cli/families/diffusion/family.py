@@ -47,7 +47,7 @@ class DiffusionModelConfig:
     sample_steps: int = 20  # flow: Euler steps from noise to data (ddpm samples all T steps)
     # The defaults of train.epochs, train.batch_size and train.lr for this model (conf/config.yaml
     # interpolates them); the family reads train.*, so `train.epochs=5` overrides as for every family.
-    epochs: int = 150
+    epochs: int = 120
     batch_size: int = 128
     lr: float = 2e-3
 
