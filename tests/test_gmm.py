@@ -11,10 +11,12 @@ from conftest import read_metrics, run_in_process
 from omegaconf import OmegaConf
 from scipy import special, stats
 from test_config import composed
+from test_linreg import within_99
 
 from collapse_cli.config import to_run_config
 from collapse_cli.families.gmm import core
 from collapse_cli.families.gmm.family import GMMFamily, GMMModel
+from collapse_cli.measure import points as P
 
 
 def one_d(mean: float, var: float) -> core.Mixture:
@@ -329,3 +331,53 @@ def test_the_1d_figure_draws_the_samples_it_is_given(tmp_path):
     first = core.scatter_figure(truth, wide, tmp_path / "wide.png").read_bytes()
     second = core.scatter_figure(truth, narrow, tmp_path / "narrow.png").read_bytes()
     assert first[:8] == b"\x89PNG\r\n\x1a\n" and first != second
+
+
+def test_the_shared_point_metrics_score_samples_against_the_real_test_points():
+    family = GMMFamily(composed(["model=gmm", "dataset=gaussian", "dataset.n_test=500"]), None)
+    real = family.real_data(None)
+    family.prepare(real, len(real.train))
+    model = GMMModel(family.truth)
+    samples = family.sample(model, 800, seed=3, on_batch=lambda *a: None)
+    metrics, _ = family.measure(0, model, model, samples, 0, lambda *a: None)
+    expected = P.point_metrics(real.test, samples)  # no tail: the GMM's tail_coverage is the true density's
+    assert {key: metrics[key] for key in expected} == expected
+    assert metrics["tail_coverage"] == core.tail_coverage(core.log_density(family.truth, samples), family.threshold)
+    assert metrics["precision"] > 0.9 and metrics["recall"] > 0.9  # samples of the truth itself
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_replace_follows_the_single_gaussian_closed_forms(unbiased):
+    # Chains of the family's own fit and sample (one component), replace with mix 0: the mean over chains
+    # of each of Kazdan et al.'s three figures lies within its 99% CI of the closed form.
+    dim, n, fits, chains = 3, 20, 4, 400
+    truth = core.make_mixture([1.0], [[0.0] * dim], [np.diag([1.0, 2.0, 0.5])])
+    figures = {key: np.empty(chains) for key in ("mean_sq_error", "cov_det_ratio", "cov_log_det_ratio",
+                                                 "cov_trace_ratio")}
+    for chain in range(chains):
+        rows = core.sample(truth, n, seed=chain)
+        for fit in range(fits):
+            fitted, _ = core.fit(rows, 1, seed=fit, unbiased=unbiased)
+            rows = core.sample(fitted, n, seed=10_000 * (fit + 1) + chain)
+        for key, value in core.single_gaussian_metrics(truth, fitted).items():
+            figures[key][chain] = value
+    theory = core.single_gaussian_replace_theory(truth, n, fits, unbiased)
+    for key, values in figures.items():
+        assert within_99(values, theory[f"{key}_theory"]), (key, values.mean(), theory[f"{key}_theory"])
+    # The forms are not trivially near the truth: the determinant has shrunk by a third or more.
+    assert theory["cov_det_ratio_theory"] < (0.8 if unbiased else 0.6)
+
+
+def test_kazdan_gaussian_is_one_component_in_ten_dimensions_and_reports_theory_under_replace():
+    cfg = composed(["+experiment=kazdan_gaussian"])
+    assert (cfg.model.n_components, cfg.dataset.dim, cfg.dataset.n_train, cfg.generations) == (1, 10, 100, 99)
+    assert (cfg.regime, cfg.mix) == ("accumulate", 1.0)
+    family = GMMFamily(composed(["+experiment=kazdan_gaussian", "regime=replace", "mix=0"]), None)
+    theory = family.single_gaussian_theory(9)
+    assert theory["cov_trace_ratio_theory"] == pytest.approx(0.99 ** 10)
+    assert theory["cov_det_ratio_theory"] == pytest.approx(np.prod(1 - np.arange(1, 11) / 100) ** 10)
+    assert theory["mean_sq_error_theory"] == pytest.approx(10 / 100 * sum(0.99 ** j for j in range(10)))
+    assert theory["cov_log_det_ratio_theory"] == pytest.approx(
+        10 * sum(special.digamma((100 - i) / 2) + math.log(2 / 100) for i in range(1, 11)))
+    accumulate = GMMFamily(cfg, None).single_gaussian_theory(9)
+    assert all(math.isnan(value) for value in accumulate.values())

@@ -164,3 +164,26 @@ def test_bad_dataset_keys_are_named(key: str, value, says: str):
     d = toy2d.Toy2DDatasetConfig(**{key: value})
     with pytest.raises(CollapseError, match=says.replace(".", r"\.").replace("(", r"\(")):
         toy2d.validate(d)
+
+
+def test_one_pass_gives_what_the_single_metrics_give():
+    real = np.random.default_rng(0).standard_normal((400, 2))
+    fake = np.random.default_rng(1).standard_normal((300, 2)) * 1.3 + 0.2
+    reference = P.real_reference(real)
+    m = reference.measure(fake)
+    assert (m["precision"], m["recall"]) == P.precision_recall(real, fake)
+    assert (m["density"], m["coverage"]) == P.density_coverage(real, fake)
+    assert (m["tail_coverage"], m["tail_coverage_se"]) == P.tail_coverage(real, fake, P.rare_points(real))
+    assert m["frechet"] == P.frechet_distance(real, fake)
+    assert "tail_coverage" not in reference.measure(fake, tail=False)
+
+
+def test_the_reference_caps_both_sets_and_refuses_too_few_points(monkeypatch):
+    assert P.real_reference(np.zeros((P.NEAREST_K, 2))) is None
+    real = np.random.default_rng(0).standard_normal((60, 2))
+    assert P.real_reference(real).measure(real[:P.NEAREST_K]) == {}
+    monkeypatch.setattr(P, "MAX_POINTS", 40)
+    reference = P.real_reference(real)
+    assert len(reference.points) == 40 and len(reference.rare) == 4
+    fake = np.random.default_rng(1).standard_normal((90, 2))
+    assert reference.measure(fake) == P.point_metrics(real[:40], fake[:40], rare=reference.rare)

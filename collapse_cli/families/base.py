@@ -63,6 +63,7 @@ FAMILY_MODULES = {
     "linreg": "collapse_cli.families.linreg.family",
     "categorical": "collapse_cli.families.categorical.family",
     "diffusion": "collapse_cli.families.diffusion.family",
+    "kde": "collapse_cli.families.kde.family",
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -20,6 +21,8 @@ import numpy as np
 from collapse_cli.config import StrEnum, check_count, check_seed  # StrEnum: 3.10 too
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import RealData
+from collapse_cli.measure.points import NEAREST_K
+from collapse_cli.rundir import RunDir, damaged, read_run_array
 
 SAMPLE_DTYPE = np.float32
 RING_RADIUS = 2.0
@@ -98,8 +101,8 @@ def validate(d: Toy2DDatasetConfig) -> None:
         raise CollapseError(f"dataset.name={d.name!r}: use one of {', '.join(TOY_NAMES)}")
     check_seed("dataset.seed", d.seed)
     for key in ("n_train", "n_test"):
-        if getattr(d, key) < 2:
-            raise CollapseError(f"dataset.{key}={getattr(d, key)} must be at least 2")
+        if getattr(d, key) <= NEAREST_K:  # the point metrics' k-NN balls need k + 1 points
+            raise CollapseError(f"dataset.{key}={getattr(d, key)} must be at least {NEAREST_K + 1}")
         check_count(f"dataset.{key}", getattr(d, key))
     if d.noise is not None and not (math.isfinite(d.noise) and d.noise >= 0):
         raise CollapseError(f"dataset.noise={d.noise} must be a finite number >= 0 (null: the toy's default)")
@@ -114,3 +117,19 @@ def real_data(d: Toy2DDatasetConfig, pool_cap: Optional[int]) -> RealData:
     """The run's real points: a train pool of pool_cap (or n_train) rows and n_test independent test rows."""
     return RealData(train=make_toy(d.name, pool_cap or d.n_train, d.noise, data_seed(d.seed, 0)),
                     test=make_toy(d.name, d.n_test, d.noise, data_seed(d.seed, 1)))
+
+
+class PointFiles:
+    """save_samples / load_samples of float32 point rows [n, d], for the point families (GMM, KDE); put it
+    before Family among the bases. float32 on disk is what the next generation reads, exactly."""
+
+    samples_file = "samples.npy"
+
+    def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
+        RunDir(folder).save_array(self.samples_file, samples.astype(SAMPLE_DTYPE))
+
+    def load_samples(self, folder: Path) -> np.ndarray:
+        samples = read_run_array(folder / self.samples_file)
+        if samples is None:
+            raise damaged(folder / self.samples_file, "missing")
+        return samples

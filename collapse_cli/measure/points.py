@@ -6,19 +6,22 @@ docs/metrics.md gives each definition and its source.
 
 - precision, recall: Kynkäänniemi et al. 2019 (k-NN manifolds: the union of balls around each point
   reaching its k-th nearest neighbour in its own set);
-- density, coverage: Naeem et al. 2020 (the real manifold only, robust to real outliers);
+- density, coverage: Naeem et al. 2020 (the real points' balls only, so fake outliers cannot inflate them);
 - frechet_distance: the Fréchet (2-Wasserstein) distance between Gaussians fitted to two feature sets (FID's);
-- modes_covered, high_quality_share: mixtures with known mode centres, a sample within 3 sigma of a
+- mode_metrics (high_quality, modes_covered): mixtures with known mode centres, a sample within 3 sigma of a
   centre is high quality (Srivastava et al. 2017, VEEGAN; Metz et al. 2017);
-- tail_coverage: coverage restricted to the rare real points, with its binomial standard error.
+- tail_coverage: coverage restricted to the rare real points, with its binomial standard error;
+- RealReference: a family's fixed real points prepared once, all of the above from one distance matrix.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
 from collapse_cli.measure.metrics import binomial_se
@@ -27,9 +30,12 @@ NEAREST_K = 5  # Naeem et al.'s k for density and coverage; one k for all four m
 TAIL_SHARE = 0.1  # the rare real points: the tenth with the largest k-NN radius (the lowest k-NN density)
 HIGH_QUALITY_SIGMAS = 3.0  # a high-quality sample lies within 3 sigma of a mode centre
 CHUNK_CELLS = 4_000_000  # distance-matrix cells held at once (32 MB of float64)
+# Families measure the first MAX_POINTS real test points against the first MAX_POINTS samples (rows are in
+# random order, so these are random subsets): the cost per generation stays bounded (one 5,000 x 5,000 matrix).
+MAX_POINTS = 5000
 
 
-def _squared_distance_chunks(queries: np.ndarray, points: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+def squared_distance_chunks(queries: np.ndarray, points: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
     """(rows, squared distances [rows, len(points)]) over row chunks of `queries`: memory stays bounded."""
     step = max(1, CHUNK_CELLS // max(1, len(points)))
     for start in range(0, len(queries), step):
@@ -45,36 +51,47 @@ def _as_points(x: np.ndarray) -> np.ndarray:
 
 
 def knn_radii(points: np.ndarray, k: int = NEAREST_K) -> np.ndarray:
-    """Distance from each point to its k-th nearest neighbour in the same set (itself not counted), [n]."""
+    """Distance from each point to its k-th nearest neighbour in the same set (itself not counted), [n].
+    A k-d tree: in 2-D several times faster than the full distance matrix, and as fast in 64-D."""
     points = _as_points(points)
     if not 1 <= k < len(points):
         raise ValueError(f"k={k} must be from 1 to n - 1 = {len(points) - 1}")
-    radii = np.empty(len(points))
-    for rows, d2 in _squared_distance_chunks(points, points):
-        radii[rows] = np.partition(d2, k, axis=1)[:, k]  # index 0 holds the point itself (distance 0)
-    return np.sqrt(radii)
+    distances, _ = cKDTree(points).query(points, k + 1)  # column 0 holds the point itself (distance 0)
+    return distances[:, k]
 
 
-def _inside_counts(queries: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(for each query, how many balls B(centre, radius) hold it [len(queries)];
-        for each ball, whether any query lies in it [len(centres)])."""
-    counts = np.zeros(len(queries), dtype=np.int64)
-    hit = np.zeros(len(centres), dtype=bool)
-    squared = radii**2
-    for rows, d2 in _squared_distance_chunks(queries, centres):
-        inside = d2 <= squared[None, :]
-        counts[rows] = inside.sum(axis=1)
-        hit |= inside.any(axis=0)
-    return counts, hit
+@dataclass
+class BallRelations:
+    """Which points lie in which k-NN balls, from one pass over the fake-by-real distance matrix."""
+
+    in_real_balls: np.ndarray  # [n_fake] int: real balls holding each fake point (precision, density)
+    real_covered: np.ndarray  # [n_real] bool: the real point's ball holds a fake point (coverage, tail_coverage)
+    real_in_fake: Optional[np.ndarray]  # [n_real] bool: the real point lies in a fake ball (recall); None: not asked
+
+
+def ball_relations(real: np.ndarray, real_radii: np.ndarray, fake: np.ndarray,
+                   fake_radii: Optional[np.ndarray] = None) -> BallRelations:
+    """All three relations at the cost of one distance matrix, computed in row chunks (memory stays bounded);
+    the fake balls' relation only when `fake_radii` is given."""
+    real, fake = _as_points(real), _as_points(fake)
+    in_real = np.zeros(len(fake), dtype=np.int64)
+    covered = np.zeros(len(real), dtype=bool)
+    in_fake = None if fake_radii is None else np.zeros(len(real), dtype=bool)
+    real_squared = np.asarray(real_radii, dtype=np.float64) ** 2
+    for rows, d2 in squared_distance_chunks(fake, real):
+        inside = d2 <= real_squared[None, :]
+        in_real[rows] = inside.sum(axis=1)
+        covered |= inside.any(axis=0)
+        if in_fake is not None:
+            in_fake |= (d2 <= fake_radii[rows, None] ** 2).any(axis=0)
+    return BallRelations(in_real, covered, in_fake)
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = NEAREST_K) -> tuple[float, float]:
     """(precision: share of fake points inside the real k-NN manifold,
         recall: share of real points inside the fake k-NN manifold). Kynkäänniemi et al. 2019."""
-    real, fake = _as_points(real), _as_points(fake)
-    in_real, _ = _inside_counts(fake, real, knn_radii(real, k))
-    in_fake, _ = _inside_counts(real, fake, knn_radii(fake, k))
-    return float(np.mean(in_real > 0)), float(np.mean(in_fake > 0))
+    rel = ball_relations(real, knn_radii(real, k), fake, knn_radii(fake, k))
+    return float(np.mean(rel.in_real_balls > 0)), float(np.mean(rel.real_in_fake))
 
 
 def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = NEAREST_K,
@@ -82,17 +99,23 @@ def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = NEAREST_K,
     """(density: real balls holding each fake point, summed, / (k * n_fake) -- 1 on average when fake ~ real;
         coverage: share of real points whose ball holds a fake point). Naeem et al. 2020.
     `radii`: the real points' knn_radii(real, k) when the caller already has them."""
-    real, fake = _as_points(real), _as_points(fake)
-    counts, hit = _inside_counts(fake, real, knn_radii(real, k) if radii is None else radii)
-    return float(counts.sum() / (k * len(fake))), float(hit.mean())
+    rel = ball_relations(real, knn_radii(real, k) if radii is None else radii, fake)
+    return float(rel.in_real_balls.sum() / (k * len(rel.in_real_balls))), float(rel.real_covered.mean())
 
 
-def point_metrics(real: np.ndarray, fake: np.ndarray, k: int = NEAREST_K) -> dict[str, float]:
-    """The four manifold metrics and the Fréchet distance under their metrics-file keys."""
-    precision, recall = precision_recall(real, fake, k)
-    density, coverage = density_coverage(real, fake, k)
-    return {"precision": precision, "recall": recall, "density": density, "coverage": coverage,
-            "frechet": frechet_distance(real, fake)}
+def point_metrics(real: np.ndarray, fake: np.ndarray, k: int = NEAREST_K, radii: Optional[np.ndarray] = None,
+                  rare: Optional[np.ndarray] = None) -> dict[str, float]:
+    """precision, recall, density, coverage and frechet under their metrics-file keys, from one distance
+    matrix; with `rare` (rare_points of real) also tail_coverage and tail_coverage_se.
+    `radii`: knn_radii(real, k) when the caller already has them (the real set is fixed across generations)."""
+    rel = ball_relations(real, knn_radii(real, k) if radii is None else radii, fake, knn_radii(fake, k))
+    out = {"precision": float(np.mean(rel.in_real_balls > 0)), "recall": float(np.mean(rel.real_in_fake)),
+           "density": float(rel.in_real_balls.sum() / (k * len(rel.in_real_balls))),
+           "coverage": float(rel.real_covered.mean()), "frechet": frechet_distance(real, fake)}
+    if rare is not None:
+        out["tail_coverage"] = float(rel.real_covered[rare].mean())
+        out["tail_coverage_se"] = binomial_se(out["tail_coverage"], len(rare))
+    return out
 
 
 def frechet_from_moments(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray) -> float:
@@ -143,8 +166,32 @@ def tail_coverage(real: np.ndarray, fake: np.ndarray, rare: np.ndarray, k: int =
                   radii: Optional[np.ndarray] = None) -> tuple[float, float]:
     """(share of the rare real points whose k-NN ball holds a fake point, its binomial standard error):
     Naeem's coverage restricted to the tail. `radii`: knn_radii(real, k) when the caller has them."""
-    real, fake = _as_points(real), _as_points(fake)
+    real = _as_points(real)
     radii = knn_radii(real, k) if radii is None else radii
-    _, hit = _inside_counts(fake, real[rare], radii[rare])
-    share = float(hit.mean())
+    share = float(ball_relations(real[rare], radii[rare], fake).real_covered.mean())
     return share, binomial_se(share, len(rare))
+
+
+@dataclass(frozen=True)
+class RealReference:
+    """A family's fixed real points, prepared once a run: the first MAX_POINTS rows, their k-NN radii and
+    the rare ones among them. `measure` scores one generation's samples against them."""
+
+    points: np.ndarray
+    radii: np.ndarray
+    rare: np.ndarray
+
+    def measure(self, fake: np.ndarray, tail: bool = True) -> dict[str, float]:
+        """point_metrics of the first MAX_POINTS fake rows (with tail_coverage unless tail=False);
+        {} when there are too few fake points for a k-NN ball."""
+        if len(fake) <= NEAREST_K:
+            return {}
+        return point_metrics(self.points, fake[:MAX_POINTS], radii=self.radii, rare=self.rare if tail else None)
+
+
+def real_reference(real: np.ndarray) -> Optional[RealReference]:
+    """The RealReference of a real test set; None when it has too few points for a k-NN ball (k + 1)."""
+    points = _as_points(real)[:MAX_POINTS]
+    if len(points) <= NEAREST_K:
+        return None
+    return RealReference(points, knn_radii(points), rare_points(points))

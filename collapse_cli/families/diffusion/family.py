@@ -26,7 +26,7 @@ from collapse_cli.families.diffusion import core
 from collapse_cli.families.plots import pyplot, save
 from collapse_cli.measure import metrics as M
 from collapse_cli.measure import points
-from collapse_cli.rundir import RunDir, damaged, gen_name, read_run_array
+from collapse_cli.rundir import RunDir, gen_name
 
 MODEL_FILE = "denoiser.pt"
 SCORES_FILE = "scores.npy"
@@ -95,7 +95,7 @@ def _check_dataset(d: DiffusionDatasetConfig) -> None:
         toy2d.validate(_as_toy(d))
 
 
-class DiffusionFamily(Family):
+class DiffusionFamily(toy2d.PointFiles, Family):
     name = "diffusion"
     model_schema = DiffusionModelConfig
     dataset_schema = DiffusionDatasetConfig
@@ -116,7 +116,8 @@ class DiffusionFamily(Family):
         self.scaling: Optional[core.Scaling] = None
         self.split: Optional[digits.Digits] = None  # digits: the real split, labels included
         self.classifier = None
-        self.reference: Optional[dict] = None  # the real test rows' features, rare rows, radii, Fréchet floor
+        self.reference: Optional[points.RealReference] = None  # the real test rows' features, radii, rare ones
+        self.frechet_floor = float("nan")
         if cfg.model.objective == core.Objective.flow:
             # No likelihood for flow (docs/metrics.md): the Fréchet distance, with its bootstrap error, is the
             # headline the early-warning verdict sets tail coverage against.
@@ -167,13 +168,9 @@ class DiffusionFamily(Family):
             split = self.split
             self.classifier = digits.train_classifier(split.train, split.train_labels, self.cfg.dataset.seed)
         test_features = self._features(self.test)
-        self.reference = {
-            "features": test_features,
-            "rare": points.rare_points(test_features),
-            "radii": points.knn_radii(test_features),
-            # Two real sets are not at distance 0 either: the floor the samples' distance is read against.
-            "frechet_floor": points.frechet_distance(test_features, self._features(real.train[:n_train])),
-        }
+        self.reference = points.real_reference(test_features)
+        # Two real sets are not at distance 0 either: the floor the samples' distance is read against.
+        self.frechet_floor = points.frechet_distance(test_features, self._features(real.train[:n_train]))
 
     def _features(self, rows: np.ndarray) -> np.ndarray:
         """Where distances are measured: the classifier's logits (digits), the coordinates themselves (2-D)."""
@@ -214,12 +211,9 @@ class DiffusionFamily(Family):
     # --- measuring ------------------------------------------------------------------------
     def measure(self, generation: int, model: core.Denoiser, reference_model: core.Denoiser, samples: np.ndarray,
                 seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
-        ref = self.reference
-        features = self._features(samples)
-        metrics = points.point_metrics(ref["features"], features)
-        tail, tail_se = points.tail_coverage(ref["features"], features, ref["rare"], radii=ref["radii"])
-        metrics.update(tail_coverage=tail, tail_coverage_se=tail_se, frechet_floor=ref["frechet_floor"],
-                       frechet_se=frechet_se(ref["features"], features, seed))
+        real, features = self.reference.points, self._features(samples)
+        metrics = self.reference.measure(features)
+        metrics.update(frechet_floor=self.frechet_floor, frechet_se=frechet_se(real, features, seed))
         if self.cfg.model.objective == core.Objective.ddpm:
             with digits.one_thread():
                 nll = core.nll_bound(model, self.schedule, self.test, self.scaling, seed, self.device)
@@ -227,7 +221,7 @@ class DiffusionFamily(Family):
         metrics.update(self._classes(samples) if self.is_digits else self._modes(samples))
         on_progress(1, 1)
         # Per-sample scores: each sample's distance to the nearest real test row, in the features above.
-        return metrics, digits.nearest_distances(features, ref["features"])
+        return metrics, digits.nearest_distances(features, real)
 
     def _classes(self, samples: np.ndarray) -> dict:
         shares = digits.class_shares(self.classifier.predict(samples))
@@ -249,15 +243,8 @@ class DiffusionFamily(Family):
 
     # --- files ----------------------------------------------------------------------------
     def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
-        files = RunDir(folder)
-        files.save_array(self.samples_file, samples.astype(np.float32))
-        files.save_array(SCORES_FILE, scores.astype(np.float32))
-
-    def load_samples(self, folder: Path) -> np.ndarray:
-        samples = read_run_array(folder / self.samples_file)
-        if samples is None:
-            raise damaged(folder / self.samples_file, "missing")
-        return samples
+        super().save_samples(folder, samples, scores)  # toy2d.PointFiles: float32 rows, digits as points
+        RunDir(folder).save_array(SCORES_FILE, scores.astype(np.float32))
 
     def save_model(self, model: core.Denoiser, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,14 @@ one trains on (a resumed run matches an uninterrupted one).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from scipy import special
 from scipy.special import logsumexp
 
 from collapse_cli.families.plots import pyplot, save
@@ -245,6 +247,36 @@ def tail_coverage_se(true_log_p: np.ndarray, threshold: float, tail_mass: float 
 # --------------------------------------------------------------------------
 # Files and figures
 # --------------------------------------------------------------------------
+
+
+def single_gaussian_metrics(truth: Mixture, fitted: Mixture) -> dict[str, float]:
+    """Kazdan et al.'s figures of a one-component fit to a one-Gaussian truth: the mean's squared error
+    and the fitted covariance's determinant and trace relative to the truth's."""
+    gap = fitted.means[0] - truth.means[0]
+    log_det_ratio = np.linalg.slogdet(fitted.covariances[0])[1] - np.linalg.slogdet(truth.covariances[0])[1]
+    return {"mean_sq_error": float(gap @ gap), "cov_det_ratio": float(np.exp(log_det_ratio)),
+            "cov_log_det_ratio": float(log_det_ratio),
+            "cov_trace_ratio": float(np.trace(fitted.covariances[0]) / np.trace(truth.covariances[0]))}
+
+
+def single_gaussian_replace_theory(truth: Mixture, n: int, fits: int, unbiased: bool) -> dict[str, float]:
+    """Expectations of single_gaussian_metrics after `fits` fits (generation g: fits = g + 1) of replace
+    with mix 0, N = n points a fit, the truth N(mu, S) in d dimensions. With c = n (ML) or n - 1 (unbiased)
+    and a = (n - 1) / c: c S_hat ~ Wishart(S_prev, n - 1), whose determinant is det(S_prev) times
+    independent chi-squares with n - 1, ..., n - d degrees of freedom (Bartlett), so
+        E det ratio   = (prod_{i=1..d} (n - i) / c)^fits,   E trace ratio = a^fits,
+        E log det ratio = fits * sum_{i=1..d} (digamma((n - i) / 2) + log(2 / c))   (E log chi2_k),
+        E ||mu_hat - mu||^2 = (tr S / n) sum_{j<fits} a^j   (each mean adds N(0, S_prev / n)).
+    The determinant's expectation sits far above its typical value (a product of chi-squares is
+    skewed): one run follows the log form, the mean of many runs the other.
+    docs/metrics.md derives them; the reg_covar ridge (1e-6) is left out."""
+    d, c = truth.dim, n - 1 if unbiased else n
+    a = (n - 1) / c
+    det_factor = float(np.prod((n - np.arange(1, d + 1)) / c))
+    log_det_step = float(np.sum(special.digamma((n - np.arange(1, d + 1)) / 2) + math.log(2 / c)))
+    return {"cov_det_ratio_theory": det_factor ** fits, "cov_log_det_ratio_theory": log_det_step * fits,
+            "cov_trace_ratio_theory": a ** fits,
+            "mean_sq_error_theory": float(np.trace(truth.covariances[0]) / n * sum(a ** j for j in range(fits)))}
 
 
 def save_mixture(mixture: Mixture, path: Path) -> None:

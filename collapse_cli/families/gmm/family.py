@@ -18,8 +18,10 @@ from collapse_cli.config import StrEnum, check_count, check_memory, check_seed, 
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
+from collapse_cli.families.toy2d import PointFiles
 from collapse_cli.measure import metrics as M
-from collapse_cli.rundir import RunDir, damaged, gen_name, read_run_array
+from collapse_cli.measure import points as P
+from collapse_cli.rundir import gen_name
 
 MIXTURE_FILE = "mixture.npz"
 MAX_FIGURE_GENERATIONS = 100  # panels of one figure row
@@ -96,22 +98,23 @@ def _data_seed(seed: int, part: int) -> int:
     return int(np.random.SeedSequence([seed, part]).generate_state(1)[0])
 
 
-class GMMFamily(Family):
+class GMMFamily(PointFiles, Family):
     name = "gmm"
     model_schema = GMMModelConfig
     dataset_schema = GaussianDatasetConfig
     datasets = ("gaussian",)
     unit = "points"
-    samples_file = "samples.npy"
     headline = ("nll_test", "tail_coverage")
-    summary_keys = ("component_std", "l2sq_to_gen0")
+    # The last three only where one component fits one true Gaussian (+experiment=kazdan_gaussian).
+    summary_keys = ("component_std", "l2sq_to_gen0", "mean_sq_error", "cov_det_ratio", "cov_trace_ratio")
     leading_keys = ("generation", "nll_test", "tail_coverage", "component_std", "l2sq_to_gen0")
-    table_keys = ("nll_test", "tail_coverage", "component_std", "l2sq_to_gen0")
+    table_keys = ("nll_test", "tail_coverage", "component_std", "l2sq_to_gen0", "mean_sq_error", "cov_det_ratio")
 
     def __init__(self, cfg: Any, device: Any):
         super().__init__(cfg, device)
         self.truth = true_mixture(cfg.dataset)
         self.test: Optional[np.ndarray] = None
+        self.reference: Optional[P.RealReference] = None
         self.threshold = float("nan")
 
     @classmethod
@@ -152,6 +155,7 @@ class GMMFamily(Family):
     def prepare(self, real: RealData, n_train: int) -> None:
         self.test = real.test
         self.threshold = core.rare_threshold(self.truth, real.test)
+        self.reference = P.real_reference(real.test)
 
     def build_base_model(self, seed: int) -> GMMModel:
         return GMMModel()
@@ -195,8 +199,23 @@ class GMMFamily(Family):
             "l2_to_truth": core.l2_distance(self.truth, fitted),
             "sample_std": float(np.sqrt(np.trace(np.atleast_2d(np.cov(samples.T))) / samples.shape[1])),
         }
+        if self.reference is not None:  # the shared point metrics; tail_coverage stays the true density's
+            metrics.update(self.reference.measure(samples, tail=False))
+        if len(fitted.weights) == 1 and len(self.truth.weights) == 1:  # Kazdan et al.'s multivariate Gaussian
+            metrics.update(core.single_gaussian_metrics(self.truth, fitted))
+            metrics.update(self.single_gaussian_theory(generation))
         on_progress(1, 1)
         return metrics, -true_log_p  # core.nll under the truth
+
+    def single_gaussian_theory(self, generation: int) -> dict[str, float]:
+        """The closed forms where they hold (replace, mix 0: each fit sees only the previous fit's N samples);
+        NaN for the other loops, whose pools mix real and earlier data."""
+        cfg = self.cfg
+        theory = core.single_gaussian_replace_theory(self.truth, cfg.dataset.n_train, generation + 1,
+                                                     unbiased=cfg.model.variance == Variance.unbiased)
+        if (cfg.regime == "replace" and cfg.mix == 0.0) or generation == 0:
+            return theory
+        return {key: float("nan") for key in theory}
 
     def n_parameters(self, model: GMMModel) -> int:
         k, d = self.cfg.model.n_components, self.cfg.dataset.dim
@@ -206,15 +225,6 @@ class GMMFamily(Family):
         m = self.cfg.model
         return (f"gmm ({m.n_components} full-covariance components, {m.variance} covariances, "
                 f"dim {self.cfg.dataset.dim}, EM tol {m.tol:g}, max_iter {m.max_iter})")
-
-    def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
-        RunDir(folder).save_array(self.samples_file, samples.astype(core.SAMPLE_DTYPE))
-
-    def load_samples(self, folder: Path) -> np.ndarray:
-        samples = read_run_array(folder / self.samples_file)
-        if samples is None:
-            raise damaged(folder / self.samples_file, "missing")
-        return samples
 
     def save_model(self, model: GMMModel, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
