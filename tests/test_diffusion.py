@@ -170,3 +170,25 @@ def test_bertrand_diffusion_fine_tunes_and_sweeps_the_real_share_in_one_override
     plans = [line for line in capsys.readouterr().out.splitlines() if "each generation trains on" in line]
     shares = [line.split("trains on ")[1].split(" real")[0] for line in plans]
     assert shares == ["100%", "67%", "50%", "0%"]  # lambda 0, 0.5, 1 and fully synthetic (mix = 1 / (1 + lambda))
+
+
+@pytest.mark.parametrize("lr, epochs, message", [
+    ("1e6", 5, r"training loss became (nan|inf) at step [2-5] \(diverged\)"),
+    ("1e20", 1, r"the trained model samples nan or inf")])  # one step: its loss was finite
+def test_a_diverging_fit_stops_with_one_line_naming_the_generation(lr, epochs, message):
+    """A loss gone nan stops at its step; weights the last step broke (a finite loss) stop at the sample probe."""
+    from hydra import compose, initialize_config_dir
+
+    from collapse_cli.cli import _register, conf_dir
+    from collapse_cli.config import to_run_config
+    from collapse_cli.errors import CollapseError
+    from collapse_cli.families.diffusion.family import DiffusionFamily
+
+    _register()
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        overrides = [*DIGITS, f"train.lr={lr}", f"train.epochs={epochs}", "train.batch_size=200"]
+        cfg = to_run_config(compose(config_name="config", overrides=overrides))
+    family = DiffusionFamily(cfg, torch.device("cpu"))
+    real = family.real_data(200)
+    with pytest.raises(CollapseError, match=rf"^generation 1: {message}"):
+        family.fit(family.build_base_model(0), real.train, seed=0, generation=1, on_step=lambda done, total: None)

@@ -21,7 +21,7 @@ import torch
 from collapse_cli.config import check_count, check_memory, keys_text
 from collapse_cli.errors import CollapseError
 from collapse_cli.families import digits, toy2d
-from collapse_cli.families.base import Family, Progress, RealData
+from collapse_cli.families.base import Family, Progress, RealData, checked_probe
 from collapse_cli.families.diffusion import core
 from collapse_cli.families.plots import pyplot, save
 from collapse_cli.measure import metrics as M
@@ -195,11 +195,7 @@ class DiffusionFamily(toy2d.PointFiles, Family):
             stats = core.train_denoiser(model, self.scaling.to_model(train), self.cfg.model.objective, self.schedule,
                                         t.epochs, t.batch_size, t.lr, seed, self.device, on_step, t.weight_decay,
                                         generation)
-            # The last step's update can leave weights that sample nan after its loss was finite.
-            if not np.isfinite(self._sample(model, 16, seed)).all():
-                raise CollapseError(f"generation {generation}: the trained model samples nan or inf (its last "
-                                    f"training step diverged); lower the learning rate and resume: collapse resume "
-                                    f"RUN_DIR train.lr=<lower>")
+            checked_probe(self._sample(model, 16, seed), generation, "samples")
         return stats
 
     def sample(self, model: core.Denoiser, n: int, seed: int, on_batch: Progress) -> np.ndarray:

@@ -17,7 +17,7 @@ import torch
 from collapse_cli.config import StrEnum, check_memory, keys_text  # StrEnum: with its Python 3.10 fallback
 from collapse_cli.errors import CollapseError
 from collapse_cli.families import digits
-from collapse_cli.families.base import Family, ObjectCache, Progress, RealData
+from collapse_cli.families.base import Family, ObjectCache, Progress, RealData, checked_probe
 from collapse_cli.families.vae import core
 from collapse_cli.measure import metrics as M
 from collapse_cli.rundir import RunDir, damaged, gen_name, read_run_array
@@ -143,10 +143,7 @@ class VAEFamily(Family):
                                    generation)
             # The last step's update can leave weights that decode nan after its loss was finite (lr 1e20, one
             # step): a probe of 64 images stops that here rather than in sklearn's classifier.
-            if not np.isfinite(core.sample_images(model, 64, seed)).all():
-                raise CollapseError(f"generation {generation}: the trained model decodes nan or inf (its last "
-                                    f"training step diverged); lower the learning rate and resume: collapse resume "
-                                    f"RUN_DIR train.lr=<lower>")
+            checked_probe(core.sample_images(model, 64, seed), generation, "decodes")
         return stats
 
     def _parent(self, generation: int) -> core.VAE:
