@@ -112,7 +112,6 @@ class DiffusionFamily(toy2d.PointFiles, Family):
         self.is_digits = cfg.dataset.name == DIGITS
         self.schedule = core.Schedule.linear(cfg.model.timesteps)
         self.test: Optional[np.ndarray] = None
-        self.train_pool: Optional[np.ndarray] = None
         self.scaling: Optional[core.Scaling] = None
         self.split: Optional[digits.Digits] = None  # digits: the real split, labels included
         self.classifier = None
@@ -157,7 +156,7 @@ class DiffusionFamily(toy2d.PointFiles, Family):
             real = toy2d.real_data(_as_toy(d), pool_cap)
             # Standardised by the real pool (a function of the dataset config only: a resume finds the same map).
             self.scaling = core.Scaling(real.train.mean(axis=0), float(real.train.std()))
-        self.train_pool, self.test = real.train, real.test
+        self.test = real.test
         return real
 
     def train_cap(self) -> Optional[int]:
