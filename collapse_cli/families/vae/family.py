@@ -80,7 +80,7 @@ class VAEFamily(Family):
     leading_keys = ("generation", "nll_test", "tail_coverage", "latent_spread", "latent_std_flat",
                     "class_share_max")
     table_keys = ("nll_test", "tail_coverage", "latent_spread", "latent_std_flat", "class_share_max",
-                  "class_entropy", "frechet", "train_loss_last")
+                  "class_entropy", "train_loss_last")
 
     def __init__(self, cfg: Any, device: Any):
         super().__init__(cfg, device)
