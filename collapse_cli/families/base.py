@@ -56,6 +56,14 @@ def checked_loss(value: float, step: int, generation: int) -> float:
     return value
 
 
+def checked_probe(rows: np.ndarray, generation: int, verb: str) -> None:
+    """The stop for weights the last training step broke after its loss was finite (lr 1e20, one step): a few
+    rows the trained model `verb`s (decodes, samples) are probed before anything reads its samples."""
+    if not np.isfinite(rows).all():
+        raise CollapseError(f"generation {generation}: the trained model {verb} nan or inf (its last training step "
+                            f"diverged); lower the learning rate and resume: collapse resume RUN_DIR train.lr=<lower>")
+
+
 # model.family -> the module whose FAMILY attribute is the Family subclass.
 FAMILY_MODULES = {
     "lm": "collapse_cli.families.lm.family",
@@ -63,6 +71,7 @@ FAMILY_MODULES = {
     "vae": "collapse_cli.families.vae.family",
     "linreg": "collapse_cli.families.linreg.family",
     "categorical": "collapse_cli.families.categorical.family",
+    "diffusion": "collapse_cli.families.diffusion.family",
     "kde": "collapse_cli.families.kde.family",
 }
 
