@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from collapse_cli.families import digits as digit_data
 from collapse_cli.families.vae import core
 
 
 @pytest.fixture(scope="module")
-def digits() -> core.Digits:
-    return core.load_digits_split(0.2, seed=0)
+def digits() -> digit_data.Digits:
+    return digit_data.load_digits_split(0.2, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def trained(digits) -> core.VAE:
 def test_digits_split_is_seeded_scaled_and_disjoint(digits):
     assert digits.train.shape == (1438, 64) and digits.test.shape == (359, 64)
     assert digits.train.dtype == np.float32 and digits.train.min() == 0.0 and digits.train.max() == 1.0
-    again, other = core.load_digits_split(0.2, seed=0), core.load_digits_split(0.2, seed=1)
+    again, other = digit_data.load_digits_split(0.2, seed=0), digit_data.load_digits_split(0.2, seed=1)
     np.testing.assert_array_equal(again.test, digits.test)
     assert not np.array_equal(other.test, digits.test)
     from sklearn.datasets import load_digits
@@ -80,17 +81,17 @@ def test_latent_spread_is_the_rms_std_of_encoder_means(trained, digits):
 def test_nearest_distances_by_hand():
     queries = np.array([[0.0, 0.0], [3.0, 4.0]])
     points = np.array([[0.0, 1.0], [6.0, 8.0], [3.0, 4.5]])
-    np.testing.assert_allclose(core.nearest_distances(queries, points), [1.0, 0.5])
+    np.testing.assert_allclose(digit_data.nearest_distances(queries, points), [1.0, 0.5])
 
 
 def test_tail_coverage_on_constructed_rare_digits():
-    rare = core.RareDigits(images=np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]]),
+    rare = digit_data.RareDigits(images=np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]]),
                            radii=np.array([1.0, 1.0, 0.5, 2.0]))
     samples = np.array([[0.5, 0.0], [10.0, 0.9], [0.0, 9.0], [50.0, 50.0]])
     # within radius: digit 0 (0.5 <= 1), digit 1 (0.9 <= 1); not digit 2 (1.0 > 0.5) nor digit 3 (far)
-    assert core.tail_coverage(rare, samples) == pytest.approx(0.5)
-    assert core.tail_coverage(rare, rare.images) == 1.0
-    assert core.tail_coverage(rare, np.zeros((0, 2))) == 0.0
+    assert digit_data.tail_coverage(rare, samples) == pytest.approx(0.5)
+    assert digit_data.tail_coverage(rare, rare.images) == 1.0
+    assert digit_data.tail_coverage(rare, np.zeros((0, 2))) == 0.0
 
 
 def test_rare_digits_are_the_highest_nll_and_radii_are_reconstruction_errors(trained, digits):
@@ -104,21 +105,21 @@ def test_rare_digits_are_the_highest_nll_and_radii_are_reconstruction_errors(tra
 
 
 def test_class_shares_and_entropy_by_hand():
-    shares = core.class_shares(np.array([0, 0, 1, 3]), n_classes=4)
+    shares = digit_data.class_shares(np.array([0, 0, 1, 3]), n_classes=4)
     np.testing.assert_allclose(shares, [0.5, 0.25, 0.0, 0.25])
-    assert core.share_entropy(shares) == pytest.approx(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
-    assert core.share_entropy(np.full(10, 0.1)) == pytest.approx(math.log(10))
-    assert core.share_entropy(np.array([1.0, 0.0])) == 0.0
-    assert np.isnan(core.class_shares(np.array([], dtype=np.int64))).all()
+    assert digit_data.share_entropy(shares) == pytest.approx(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
+    assert digit_data.share_entropy(np.full(10, 0.1)) == pytest.approx(math.log(10))
+    assert digit_data.share_entropy(np.array([1.0, 0.0])) == 0.0
+    assert np.isnan(digit_data.class_shares(np.array([], dtype=np.int64))).all()
 
 
 def test_classifier_reads_real_digits(digits):
-    classifier = core.train_classifier(digits.train, digits.train_labels, seed=0)
+    classifier = digit_data.train_classifier(digits.train, digits.train_labels, seed=0)
     assert classifier.score(digits.test, digits.test_labels) > 0.9
 
 
 def test_grid_figure(tmp_path, digits):
-    path = core.grid_figure(digits.test, tmp_path / "figures" / "grid.png", "real")
+    path = digit_data.grid_figure(digits.test, tmp_path / "figures" / "grid.png", "real")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
 
 
@@ -200,7 +201,7 @@ def test_fresh_batches_are_new_decodes_every_batch_and_fixed_ones_a_shuffle(trai
 
 def test_one_thread_is_restored_after_the_block():
     before = torch.get_num_threads()
-    with core.one_thread():
+    with digit_data.one_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
 
@@ -269,17 +270,17 @@ def test_weights_broken_by_the_last_step_are_caught_before_sampling(digits):
 def test_the_range_of_test_fractions_the_message_gives_is_accepted_and_its_surroundings_refused():
     """The message rounds its range inwards (to 3 decimals), so its own bounds always work."""
     from collapse_cli.errors import CollapseError
-    from collapse_cli.families.vae.family import MIN_TEST_IMAGES, MIN_TRAIN_IMAGES, _check_split
+    from collapse_cli.families.digits import MIN_TEST_IMAGES, MIN_TRAIN_IMAGES, check_split
 
     with pytest.raises(CollapseError) as caught:
-        _check_split(0.9999)
+        check_split(0.9999)
     low, high = map(float, re.search(r"from ([\d.]+) to ([\d.]+)", str(caught.value)).groups())
     for fraction in (low, 0.2, high):
-        _check_split(fraction)
-        n_train, n_test = core.split_sizes(fraction)
+        check_split(fraction)
+        n_train, n_test = digit_data.split_sizes(fraction)
         assert n_train >= MIN_TRAIN_IMAGES and n_test >= MIN_TEST_IMAGES and n_train + n_test == 1797
     for fraction in (low - 0.002, high + 0.002, 0.0001):
         with pytest.raises(CollapseError, match=rf"dataset.test_fraction={fraction} leaves"):
-            _check_split(fraction)
-    split = core.load_digits_split(0.2, seed=0)
-    assert core.split_sizes(0.2) == (len(split.train), len(split.test))
+            check_split(fraction)
+    split = digit_data.load_digits_split(0.2, seed=0)
+    assert digit_data.split_sizes(0.2) == (len(split.train), len(split.test))

@@ -2,7 +2,7 @@
 
 The paper trains a convolutional VAE (latent 20) on MNIST. Offline there is no MNIST, so this
 family uses scikit-learn's digits set instead (1,797 8x8 grey images, shipped in the wheel and
-loaded with no network) as a stand-in for MNIST; pixels are scaled from 0..16 to [0, 1].
+loaded with no network, families/digits.py) as a stand-in for MNIST.
 
 The model is a small MLP VAE (64 -> hidden -> latent 20 -> hidden -> 64): on 64 pixels an MLP
 trains in seconds on a CPU, where convolutions buy nothing. Likelihood (model.pixel_std):
@@ -12,6 +12,8 @@ customarily do. On these grey 8x8 digits the Bernoulli VAE ignores most of its l
 collapses to one class within three generations; pixel_std=0.2 keeps generation 0 diverse.
 Samples are the decoder's means (pixel probabilities) at z ~ N(0, I), as the paper's notebook
 decodes them, so images stay grey and the next generation trains on them like real digits.
+The data, the classifier, the tail test and the grid figure are shared with the other image
+families (families/digits.py).
 
 Every function that draws random numbers takes an explicit seed and uses its own
 torch.Generator (weights are initialised inside torch.random.fork_rng), so global RNG state is
@@ -22,9 +24,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -33,65 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from collapse_cli.families.base import checked_loss
-from collapse_cli.families.plots import pyplot, save
-
-PIXELS = 64  # 8 x 8
-N_CLASSES = 10
-TAIL_MASS = 0.05  # the rare real digits: the lowest-density 5% under the generation-0 model
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """torch's intra-op threads set to one inside the block, and put back after it.
-
-    A run's numbers then do not depend on how many cores the machine has. On these 64-pixel
-    MLPs one thread loses nothing: on the shared 2-core CPU a default run took 3-8 s a
-    generation with one thread and 23-142 s with two, with bit-identical metrics.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-# --------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------
-
-
-@dataclass
-class Digits:
-    """Real digits split once: images [n, 64] float32 in [0, 1], labels [n] int64."""
-
-    train: np.ndarray
-    train_labels: np.ndarray
-    test: np.ndarray
-    test_labels: np.ndarray
-
-
-N_DIGITS = 1797  # sklearn's digits set
-
-
-def split_sizes(test_fraction: float) -> tuple[int, int]:
-    """(training, test) image counts of load_digits_split, known before loading (validation reads them)."""
-    n_test = int(round(test_fraction * N_DIGITS))
-    return N_DIGITS - n_test, n_test
-
-
-def load_digits_split(test_fraction: float, seed: int) -> Digits:
-    """sklearn's 1,797 digits (a stand-in for MNIST), shuffled by `seed`, the last test_fraction held out."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = (bunch.data / 16.0).astype(np.float32)
-    labels = bunch.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(images))
-    n_test = split_sizes(test_fraction)[1]
-    train, test = order[n_test:], order[:n_test]
-    return Digits(images[train], labels[train], images[test], labels[test])
-
+from collapse_cli.families.digits import PIXELS, TAIL_MASS, RareDigits
 
 # --------------------------------------------------------------------------
 # The model
@@ -264,26 +205,11 @@ def flat_latent_std(reference: VAE, images: np.ndarray, n_images: int = 100) -> 
     return float(mu.double().flatten().std(unbiased=False))
 
 
-def nearest_distances(queries: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Euclidean distance from every query row to its nearest row of `points` (pixel space)."""
-    q, p = np.asarray(queries, dtype=np.float64), np.asarray(points, dtype=np.float64)
-    squared = (q * q).sum(1)[:, None] - 2 * q @ p.T + (p * p).sum(1)[None, :]
-    return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
-
-
 @torch.no_grad()
 def reconstruct(model: VAE, images: np.ndarray) -> np.ndarray:
     """Decoder means at the encoder means: the model's own best rendering of each image."""
     mu, _ = model.encode(torch.as_tensor(images))
     return torch.sigmoid(model.decode_logits(mu)).numpy()
-
-
-@dataclass
-class RareDigits:
-    """The rare part of the real test digits and, per digit, the distance a synthetic image must come within."""
-
-    images: np.ndarray  # the lowest-density TAIL_MASS of the real test digits under the gen-0 model
-    radii: np.ndarray  # pixel distance from each to its generation-0 reconstruction
 
 
 def rare_digits(reference: VAE, test_images: np.ndarray, nll_gen0: np.ndarray,
@@ -299,58 +225,3 @@ def rare_digits(reference: VAE, test_images: np.ndarray, nll_gen0: np.ndarray,
     images = test_images[rarest]
     radii = np.sqrt(((reconstruct(reference, images) - images) ** 2).sum(axis=1))
     return RareDigits(images, radii.astype(np.float64))
-
-
-def tail_coverage(rare: RareDigits, samples: np.ndarray) -> float:
-    """Share of the rare real digits with a synthetic image within their radius (pixel distance)."""
-    if len(samples) == 0:
-        return 0.0
-    return float(np.mean(nearest_distances(rare.images, samples) <= rare.radii))
-
-
-# --------------------------------------------------------------------------
-# Class shares from a classifier trained on real digits
-# --------------------------------------------------------------------------
-
-
-def train_classifier(images: np.ndarray, labels: np.ndarray, seed: int):
-    """Multinomial logistic regression on real digits (deterministic lbfgs; `seed` for completeness)."""
-    from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
-
-    classifier = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
-    with threadpool_limits(limits=1):
-        return classifier.fit(images, labels)
-
-
-def class_shares(predicted: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
-    """Fraction of samples given to each class [n_classes] (nan when there are no samples)."""
-    counts = np.bincount(np.asarray(predicted, dtype=np.int64), minlength=n_classes).astype(np.float64)
-    return counts / counts.sum() if counts.sum() else np.full(n_classes, np.nan)
-
-
-def share_entropy(shares: np.ndarray) -> float:
-    """Entropy of the class shares in nats: ln 10 = 2.303 for balanced digits, 0 for one class."""
-    positive = shares[shares > 0]
-    return float(-(positive * np.log(positive)).sum()) + 0.0  # + 0.0: no "-0" for a single class
-
-
-# --------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------
-
-
-def grid_figure(images: np.ndarray, path: Path, title: str, columns: int = 10, rows: int = 6) -> Path:
-    """The first rows x columns images as one grey grid PNG."""
-    plt = pyplot()
-
-    shown = np.asarray(images[:rows * columns]).reshape(-1, 8, 8)
-    canvas = np.zeros((rows * 9 + 1, columns * 9 + 1), dtype=np.float32)  # white gaps under gray_r
-    for i, image in enumerate(shown):
-        r, c = divmod(i, columns)
-        canvas[1 + r * 9:1 + r * 9 + 8, 1 + c * 9:1 + c * 9 + 8] = image
-    fig, ax = plt.subplots(figsize=(columns * 0.5, rows * 0.5 + 0.4))
-    ax.imshow(canvas, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
-    return save(fig, path, dpi=100)

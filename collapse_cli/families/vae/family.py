@@ -7,7 +7,6 @@ the generation-0 model (latent spread, rare digits). Runs on the CPU: the model 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -15,8 +14,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from collapse_cli.config import StrEnum, check_memory, check_seed, keys_text  # StrEnum: with its Python 3.10 fallback
+from collapse_cli.config import StrEnum, check_memory, keys_text  # StrEnum: with its Python 3.10 fallback
 from collapse_cli.errors import CollapseError
+from collapse_cli.families import digits
 from collapse_cli.families.base import Family, ObjectCache, Progress, RealData
 from collapse_cli.families.vae import core
 from collapse_cli.measure import metrics as M
@@ -60,45 +60,18 @@ class VAEModelConfig:
     train_data: TrainData = TrainData.fixed
 
 
-@dataclass
-class DigitsDatasetConfig:
-    """`dataset=digits`: scikit-learn's 1,797 8x8 digits (a stand-in for MNIST), split once by `seed`."""
-
-    name: str = "digits"
-    test_fraction: float = 0.2
-    max_train: Optional[int] = None  # cap on N (null: the whole train split, 1,438 images)
-    seed: int = 0
-
-
-# Fewest images a split may hold: the rare 5% of the test digits must be at least one digit, and the
-# classifier and generation 0 must see every class several times.
-MIN_TEST_IMAGES, MIN_TRAIN_IMAGES = 20, 100
-
-
-def _check_split(test_fraction: float) -> None:
-    """Refuse a test_fraction that leaves too few images on either side, with the range that works."""
-    n_train, n_test = core.split_sizes(test_fraction)
-    if n_test >= MIN_TEST_IMAGES and n_train >= MIN_TRAIN_IMAGES:
-        return
-    total = n_train + n_test
-    low, high = MIN_TEST_IMAGES / total, 1 - MIN_TRAIN_IMAGES / total
-    raise CollapseError(f"dataset.test_fraction={test_fraction} leaves {n_train} training and {n_test} test images "
-                        f"of the {total:,} digits; use a value from {math.ceil(low * 1000) / 1000} to "
-                        f"{math.floor(high * 1000) / 1000} (the default is 0.2)")
-
-
 @dataclass(frozen=True)
 class ReferenceFigures:
     """What the generation-0 model says about the fixed real test digits: the same every generation."""
 
-    rare: core.RareDigits
+    rare: digits.RareDigits
     latent_spread_real: float  # latent_spread of the real test digits, the scale the samples' spread is read on
 
 
 class VAEFamily(Family):
     name = "vae"
     model_schema = VAEModelConfig
-    dataset_schema = DigitsDatasetConfig
+    dataset_schema = digits.DigitsDatasetConfig
     datasets = ("digits",)
     unit = "images"
     samples_file = "samples.npy"
@@ -111,7 +84,7 @@ class VAEFamily(Family):
 
     def __init__(self, cfg: Any, device: Any):
         super().__init__(cfg, device)
-        self.digits: Optional[core.Digits] = None
+        self.digits: Optional[digits.Digits] = None
         self.classifier = None
         self._reference = ObjectCache()  # the reference model's ReferenceFigures
         # train_data=fresh: the last generation's sampling model (in memory), or the folder of the last
@@ -122,28 +95,23 @@ class VAEFamily(Family):
     @classmethod
     def validate(cls, cfg: Any) -> None:
         m, d = cfg.model, cfg.dataset
-        check_seed("dataset.seed", d.seed)
+        digits.check_dataset(d)
         for key in ("latent", "hidden", "nll_samples"):
             if getattr(m, key) < 1:
                 raise CollapseError(f"model.{key}={getattr(m, key)} must be at least 1")
         if not m.pixel_std > 0:
             raise CollapseError(f"model.pixel_std={m.pixel_std} must be positive")
-        if not 0.0 < d.test_fraction < 1.0:
-            raise CollapseError(f"dataset.test_fraction={d.test_fraction} must be in (0, 1)")
-        _check_split(d.test_fraction)
-        if d.max_train is not None and d.max_train < 1:
-            raise CollapseError(f"dataset.max_train={d.max_train} must be positive or null")
         # With mix=0 only regime=replace passes the shared checks, so mix is the one key to name.
         if m.train_data == TrainData.fresh and cfg.mix != 0:
             raise CollapseError(f"model.train_data=fresh trains each generation on its parent's decoder alone (the "
                                 f"paper's notebook), so it needs mix=0, not mix={cfg.mix}: set mix=0, or "
                                 f"model.train_data=fixed")
         # fp32 weights, gradients and Adam's moments (16 bytes each); nll_test's K decoder passes over the test digits.
-        weights = m.hidden * (2 * core.PIXELS + m.hidden) + 1.5 * m.latent * m.hidden
+        weights = m.hidden * (2 * digits.PIXELS + m.hidden) + 1.5 * m.latent * m.hidden
         check_memory(16 * weights, keys_text("model", m, ("hidden", "latent")),
                      "lower them (the defaults: hidden 256, latent 20)")
-        n_test = core.split_sizes(d.test_fraction)[1]
-        check_memory(4 * m.nll_samples * n_test * (1.5 * m.hidden + core.PIXELS + m.latent),
+        n_test = digits.split_sizes(d.test_fraction)[1]
+        check_memory(4 * m.nll_samples * n_test * (1.5 * m.hidden + digits.PIXELS + m.latent),
                      f"model.nll_samples={m.nll_samples} (decoder passes over {n_test} test digits)",
                      "lower it (the default: 64)")
 
@@ -151,7 +119,7 @@ class VAEFamily(Family):
         return self.cfg.model.pixel_std if self.cfg.model.likelihood == Likelihood.gaussian else None
 
     def real_data(self, pool_cap: Optional[int]) -> RealData:
-        self.digits = core.load_digits_split(self.cfg.dataset.test_fraction, self.cfg.dataset.seed)
+        self.digits = digits.load_digits_split(self.cfg.dataset.test_fraction, self.cfg.dataset.seed)
         train = self.digits.train if pool_cap is None else self.digits.train[:pool_cap]
         return RealData(train=train, test=self.digits.test, info={"train_labels": self.digits.train_labels})
 
@@ -160,7 +128,7 @@ class VAEFamily(Family):
 
     def prepare(self, real: RealData, n_train: int) -> None:
         # The classifier sees every real training digit, whatever N: it is a measuring instrument.
-        self.classifier = core.train_classifier(self.digits.train, self.digits.train_labels, self.cfg.dataset.seed)
+        self.classifier = digits.train_classifier(self.digits.train, self.digits.train_labels, self.cfg.dataset.seed)
 
     def build_base_model(self, seed: int) -> core.VAE:
         m = self.cfg.model
@@ -170,7 +138,7 @@ class VAEFamily(Family):
         t = self.cfg.train
         fresh = self.cfg.model.train_data == TrainData.fresh and generation > 0
         source = self._parent(generation) if fresh else None
-        with core.one_thread():
+        with digits.one_thread():
             stats = core.train_vae(model, train, t.epochs, t.batch_size, t.lr, seed, on_step, t.weight_decay, source,
                                    generation)
             # The last step's update can leave weights that decode nan after its loss was finite (lr 1e20, one
@@ -196,7 +164,7 @@ class VAEFamily(Family):
         return self._sampler.eval()
 
     def sample(self, model: core.VAE, n: int, seed: int, on_batch: Progress) -> np.ndarray:
-        with core.one_thread():
+        with digits.one_thread():
             images = core.sample_images(model, n, seed)
         self._sampler = model if self.cfg.model.train_data == TrainData.fresh else None
         on_batch(n, n)
@@ -216,16 +184,16 @@ class VAEFamily(Family):
 
     def measure(self, generation: int, model: core.VAE, reference_model: core.VAE, samples: np.ndarray,
                 seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
-        with core.one_thread():
+        with digits.one_thread():
             return self._measure(model, reference_model, samples, seed, on_progress)
 
     def _measure(self, model: core.VAE, reference_model: core.VAE, samples: np.ndarray, seed: int,
                  on_progress: Progress) -> tuple[dict, np.ndarray]:
         test = self.digits.test
-        shares = core.class_shares(self.classifier.predict(samples))
+        shares = digits.class_shares(self.classifier.predict(samples))
         test_nll = core.importance_weighted_nll(model, test, self.cfg.model.nll_samples, seed)
         gen0 = self._reference_figures(reference_model)
-        tail_coverage = core.tail_coverage(gen0.rare, samples)
+        tail_coverage = digits.tail_coverage(gen0.rare, samples)
         metrics = {
             "nll_test": float(test_nll.mean()),
             "nll_test_se": M.mean_se(test_nll),
@@ -238,7 +206,7 @@ class VAEFamily(Family):
             "latent_std_flat": core.flat_latent_std(reference_model, samples),
             "class_share_max": float(shares.max()),
             "class_top": int(shares.argmax()),
-            "class_entropy": core.share_entropy(shares),
+            "class_entropy": digits.share_entropy(shares),
         }
         on_progress(1, 1)
         # Per-sample scores: each image's -ELBO under the generation-0 model (how typical it looked at the start).
@@ -279,13 +247,14 @@ class VAEFamily(Family):
     def figures(self, run_dir: Path, rows: list[dict]) -> list[Path]:
         """figures/vae_real.png and figures/vae_samples_gen_NNN.png: a sample grid per generation."""
         figures = Path(run_dir) / "figures"
-        paths = [core.grid_figure(self.digits.test, figures / "vae_real.png", "VAE: real test digits (first 60, 8×8)")]
+        real_title = "VAE: real test digits (first 60, 8×8)"
+        paths = [digits.grid_figure(self.digits.test, figures / "vae_real.png", real_title)]
         for row in rows:
             g = int(row["generation"])
             images = self.load_samples(Path(run_dir) / gen_name(g))
             title = (f"VAE generation {g}: first 60 decoded samples (latent spread "
                      f"{row.get('latent_spread', float('nan')):.3f})")
-            paths.append(core.grid_figure(images, figures / f"vae_samples_{gen_name(g)}.png", title))
+            paths.append(digits.grid_figure(images, figures / f"vae_samples_{gen_name(g)}.png", title))
         return paths
 
 
