@@ -62,6 +62,7 @@ FAMILY_MODULES = {
     "vae": "collapse_cli.families.vae.family",
     "linreg": "collapse_cli.families.linreg.family",
     "categorical": "collapse_cli.families.categorical.family",
+    "gan": "collapse_cli.families.gan.family",
 }
 
 

@@ -17,8 +17,7 @@ draws the same latents on every device.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Optional
 
 import numpy as np
@@ -31,18 +30,6 @@ from collapse_cli.families.base import checked_loss
 # Adam's betas for GANs (Radford et al. 2015): a short first-moment memory keeps the two players' updates responsive.
 BETAS = (0.5, 0.999)
 SAMPLE_BATCH = 8192  # rows per generator pass at sampling: bounded memory for any N
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """torch's intra-op threads set to one inside the block, and put back after it: a run's numbers then do
-    not depend on the machine's cores, and these small MLPs lose nothing (as the VAE measured)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class GAN(nn.Module):
