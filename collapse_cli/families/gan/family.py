@@ -264,7 +264,7 @@ class GANFamily(Family):
             samples = self.load_samples(Path(run_dir) / gen_name(g))
             detail = (f"modes {row['modes_covered']}, high quality {row['high_quality']:.2f}"
                       if "modes_covered" in row else f"recall {row.get('recall', float('nan')):.2f}")
-            title = (f"GAN generation {g} (truncation {self.cfg.model.truncation:g}, mix {self.cfg.mix:g}): "
+            title = (f"GAN generation {g} (truncation {self.cfg.model.truncation:g}, mix {self.cfg.mix:g})\n"
                      f"Fréchet {row.get('frechet', float('nan')):.3g}, {detail}")
             paths.append(draw(samples, figures / f"gan_samples_{gen_name(g)}.png", title))
         return paths
