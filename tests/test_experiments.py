@@ -16,9 +16,9 @@ from collapse_cli.config import TrainConfig
 from collapse_cli.families.lm.train import lr_at, train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(conf_dir()) / "experiment").glob("*.yaml"))
-# Tested where their family is: test_gmm.py, test_vae.py, test_linreg.py; `smoke` (the default loop, shorter) in
-# test_reads.py. The rest are the Shumailov LM configs this file holds to the paper's settings.
-OTHER_EXPERIMENTS = ("shumailov_gmm", "shumailov_vae", "gerstgrasser_linreg", "smoke")
+# Tested where their family is: test_gmm.py, test_vae.py, test_linreg.py, test_gan.py; `smoke` (the default loop,
+# shorter) in test_reads.py. The rest are the Shumailov LM configs this file holds to the paper's settings.
+OTHER_EXPERIMENTS = ("shumailov_gmm", "shumailov_vae", "gerstgrasser_linreg", "smoke", "mad_gan")
 LM_EXPERIMENTS = [name for name in EXPERIMENTS if name not in OTHER_EXPERIMENTS]
 
 
@@ -161,7 +161,7 @@ def test_schedule_and_selection_values_are_checked():
 
 
 def test_experiments_are_shipped():
-    assert EXPERIMENTS == ["gerstgrasser_linreg", "shumailov_10pct", "shumailov_gmm", "shumailov_no_data",
+    assert EXPERIMENTS == ["gerstgrasser_linreg", "mad_gan", "shumailov_10pct", "shumailov_gmm", "shumailov_no_data",
                            "shumailov_smoke", "shumailov_vae", "smoke"]
     assert LM_EXPERIMENTS == ["shumailov_10pct", "shumailov_no_data", "shumailov_smoke"]
 

@@ -129,4 +129,5 @@ def metric_facts(key: str, family: str = "") -> MetricFacts:
 
 def se_key(key: str) -> Optional[str]:
     """The metrics.jsonl key holding a run's own standard error of `key`, where the loop writes one."""
-    return f"{key}_se" if key in ("ppl_test", "tail_coverage", "nll_test", "test_mse", "test_covered", "frechet") else None
+    own_se = ("ppl_test", "tail_coverage", "nll_test", "test_mse", "test_covered", "frechet")
+    return f"{key}_se" if key in own_se else None
