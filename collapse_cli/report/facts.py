@@ -77,14 +77,6 @@ FACTS: dict[tuple[str, str], MetricFacts] = {
     ("", "latent_spread_real"): MetricFacts("Spread of the real digits in the latent space", "latent std"),
     ("", "class_share_max"): MetricFacts("Largest digit class among the samples", "share of samples (0.1 balanced)",
                                          LOWER),
-    # The GAN has no likelihood: its headline is the Fréchet distance (docs/metrics.md, the GAN section).
-    ("gan", "frechet"): MetricFacts("Fréchet distance to real test data (the GAN's headline: it has no likelihood)",
-                                    "Fréchet distance (2-D: coordinates; digits: classifier logits)", LOWER),
-    ("gan", "frechet_se"): MetricFacts("Standard error of the Fréchet distance", "Fréchet distance (bootstrap SE)"),
-    ("gan", "tail_coverage"): MetricFacts("Tail coverage: rare real points a sample's k-NN ball reaches",
-                                          "share of rare real points covered", HIGHER),
-    ("gan", "d_loss_last"): MetricFacts("Final discriminator loss", "nats (2 ln 2 = 1.386 at equilibrium)"),
-    ("gan", "g_loss_last"): MetricFacts("Final generator loss (non-saturating)", "nats (ln 2 = 0.693 at equilibrium)"),
     ("linreg", "tail_coverage"): MetricFacts("Tail coverage: outer-5% test inputs predicted within 1.645 sigma",
                                              "share of tail inputs covered", HIGHER),
     ("", "param_error"): MetricFacts("Parameter error ||w_hat - w*||^2", "squared error of the weights", LOWER),
@@ -129,5 +121,4 @@ def metric_facts(key: str, family: str = "") -> MetricFacts:
 
 def se_key(key: str) -> Optional[str]:
     """The metrics.jsonl key holding a run's own standard error of `key`, where the loop writes one."""
-    own_se = ("ppl_test", "tail_coverage", "nll_test", "test_mse", "test_covered", "frechet")
-    return f"{key}_se" if key in own_se else None
+    return f"{key}_se" if key in ("ppl_test", "tail_coverage", "nll_test", "test_mse", "test_covered") else None
