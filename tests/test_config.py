@@ -70,7 +70,7 @@ def test_every_shipped_option_composes(group: str, option: str, text_files: list
     expected = {
         # tiny is built from its config; every other option names a hub model.
         "model": lambda: (getattr(node, "name", None) == "tiny") == (option == "tiny"),
-        "dataset": lambda: node.name == option,
+        "dataset": lambda: node.name == option_value("dataset", option, "name", option),  # toy2d: name is the toy
         "generate": lambda: node.preset == option,
         "metrics": lambda: node.level == option,
         "curate": lambda: isinstance(node, CurateConfig),

@@ -73,6 +73,7 @@ FAMILY_MODULES = {
     "categorical": "collapse_cli.families.categorical.family",
     "diffusion": "collapse_cli.families.diffusion.family",
     "kde": "collapse_cli.families.kde.family",
+    "gan": "collapse_cli.families.gan.family",
 }
 
 
