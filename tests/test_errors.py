@@ -24,14 +24,12 @@ OTHER_FAMILIES = {"model=gmm", "model=vae", "dataset=gaussian", "dataset=digits"
 
 def composed_config(*overrides: str) -> str:
     """The config a `collapse run` with these overrides would record, without validating it."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from collapse_cli.cli import _register, conf_dir
+    from collapse_cli.compose import composing
 
-    _register()
-    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        return OmegaConf.to_yaml(compose(config_name="config", overrides=list(overrides)))
+    with composing() as node:
+        return OmegaConf.to_yaml(node(list(overrides)))
 
 
 def write_run_folder(folder: Path, config: str, files: dict[str, str]) -> None:

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from toy_family import ToyDatasetConfig, ToyFamily, ToyModelConfig
 
-from collapse_cli.config import RunConfig, TrainConfig, to_run_config, validate
+from collapse_cli.compose import to_run_config, validate
+from collapse_cli.config import RunConfig, TrainConfig
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment.loop import execute
 from collapse_cli.experiment.progress import Feedback
@@ -25,9 +26,7 @@ from collapse_cli.families import base
 N = 50
 
 
-@pytest.fixture(autouse=True)
-def toy_registered(monkeypatch):
-    monkeypatch.setitem(base.FAMILY_MODULES, "toy", "toy_family")
+TOY = "toy_family:ToyFamily"
 
 
 def toy_config(**run) -> RunConfig:
@@ -115,14 +114,29 @@ def test_the_loop_imports_no_family():
 
 
 def test_get_family_imports_on_demand_and_names_the_choices():
-    assert base.get_family("toy") is ToyFamily
+    assert base.get_family(TOY) is ToyFamily
     assert base.get_family("lm").name == "lm"
-    with pytest.raises(CollapseError, match="model.family='nope': use one of lm, gmm, vae"):
+    # Builtin families are found by their folders, not a hand-kept list.
+    assert set(base.builtin_families()) >= {"lm", "gmm", "vae", "linreg", "categorical"}
+    with pytest.raises(CollapseError, match="model.family='nope': use one of categorical, gmm, linreg, lm, vae"):
         base.get_family("nope")
 
 
+@pytest.mark.parametrize("name,needle", [
+    ("no_such_module:Family", "cannot import no_such_module"),
+    ("toy_family:NoSuchClass", "no class 'NoSuchClass' in toy_family"),
+    ("toy_family:ToyModelConfig", "is not a subclass of collapse_cli.families.base.Family"),
+    ("../etc", "use one of"),
+])
+def test_a_family_that_cannot_be_found_is_one_line_naming_it(name: str, needle: str):
+    with pytest.raises(CollapseError) as err:
+        base.get_family(name)
+    assert f"model.family={name}" in str(err.value).replace("'", "") and needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def composed_toy(**overrides) -> RunConfig:
-    node = OmegaConf.merge({"model": {"family": "toy"}, "dataset": {"name": "normal"}, "train": {"lr": 1e-3}},
+    node = OmegaConf.merge({"model": {"family": TOY}, "dataset": {"name": "normal"}, "train": {"lr": 1e-3}},
                            OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
     return to_run_config(node)
 
@@ -138,8 +152,9 @@ def test_config_types_the_family_groups_with_its_schemas():
 
 
 @pytest.mark.parametrize("overrides,needles", [
-    ({"dataset.name": "builtin"}, ["model.family=toy reads dataset=normal", "not dataset=builtin"]),
-    ({"curate.exact_dedup": "true"}, ["curate", "model.family=toy", "curate=none"]),
+    ({"dataset.name": "builtin"}, [f"model.family={TOY} reads dataset=normal", "not dataset=builtin"]),
+    ({"curate.exact_dedup": "true"}, ["curate", f"model.family={TOY}", "curate=none"]),
+    ({"nproc": 2}, ["nproc=2", f"model.family={TOY}", "use nproc=1"]),
     ({"curate.ppl_drop_high": 0.05}, ["curate", "curate=none"]),
 ])
 def test_bad_combinations_name_the_keys(overrides: dict, needles: list[str]):

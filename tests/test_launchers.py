@@ -123,17 +123,14 @@ def sbatch_script(tmp_path: Path, *overrides: str) -> str:
     launch() maps them (plain names for the shared keys, `slurm_`-prefixed for the rest).
     """
     import submitit
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
-    from collapse_cli.cli import _register, conf_dir
+    from collapse_cli.compose import composing
 
-    _register()
-    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        cfg = compose(config_name="config", return_hydra_config=True,
-                      overrides=["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}", *overrides])
+    with composing() as node:
+        cfg = node(["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}", *overrides], hydra=True)
     launcher = instantiate(cfg.hydra.launcher)
     params = dict(launcher.params)
     executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),

@@ -58,6 +58,7 @@ class CategoricalFamily(Family):
     model_schema = CategoricalModelConfig
     dataset_schema = ZipfDatasetConfig
     datasets = ("zipf",)
+    size_key = "dataset.n_train"
     unit = "draws"
     headline = ("survivors", "tail_coverage", "test_covered")
     summary_keys = ("survivors_theory", "tv_truth")

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from collapse_cli.config import StrEnum, check_count, check_memory, check_seed, keys_text  # StrEnum: 3.10 too
+from collapse_cli.checks import StrEnum, check_count, check_memory, check_seed, keys_text  # StrEnum: 3.10 too
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
@@ -48,7 +48,6 @@ class GMMModelConfig:
     variance: Variance = Variance.mle
     n_init: int = 1
     reg_covar: float = 1e-6
-    lr: float = 1.0  # unused by EM; conf/config.yaml sets train.lr: ${model.lr}, checked positive
     figure_generations: int = 6  # generations drawn in figures/gmm_scatter.png, log-spaced from 0 to the last
 
 
@@ -101,6 +100,9 @@ class GMMFamily(Family):
     model_schema = GMMModelConfig
     dataset_schema = GaussianDatasetConfig
     datasets = ("gaussian",)
+    # EM reads no train key; model.lr was only there for train.lr's sake (runs before it went hold it).
+    retired_keys = ("model.lr",)
+    size_key = "dataset.n_train"
     unit = "points"
     samples_file = "samples.npy"
     headline = ("nll_test", "tail_coverage")

@@ -56,6 +56,7 @@ class LinregFamily(Family):
     model_schema = LinregModelConfig
     dataset_schema = RegressionDatasetConfig
     datasets = ("regression",)
+    size_key = "dataset.n_train"
     unit = "rows"
     headline = ("param_error", "test_mse", "tail_coverage")
     summary_keys = ("mse_theory", "mse_theory_avg")

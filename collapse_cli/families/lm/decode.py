@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from collapse_cli.config import GenerateConfig
+from collapse_cli.families.lm.config import GenerateConfig
 from collapse_cli.families.lm.fused_mlp import relu_in_gemm
 from collapse_cli.families.lm.kvcache import TreeCache, attending
 from collapse_cli.families.lm.select import Beams, penalize_seen

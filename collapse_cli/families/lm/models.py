@@ -8,9 +8,9 @@ from typing import Optional
 
 import torch
 
-from collapse_cli.config import ModelConfig
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.lm.builtin import make_tokenizer as builtin_tokenizer
+from collapse_cli.families.lm.config import ModelConfig
 from collapse_cli.families.lm.data import Corpus, hub_reachable
 from collapse_cli.families.lm.gguf import converted_folder
 from collapse_cli.families.lm.quiet import no_library_bars

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from collapse_cli.config import StrEnum, check_memory, check_seed, keys_text  # StrEnum: with its Python 3.10 fallback
+from collapse_cli.checks import StrEnum, check_memory, check_seed, keys_text  # StrEnum: with its Python 3.10 fallback
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, ObjectCache, Progress, RealData
 from collapse_cli.families.vae import core
@@ -100,6 +100,8 @@ class VAEFamily(Family):
     model_schema = VAEModelConfig
     dataset_schema = DigitsDatasetConfig
     datasets = ("digits",)
+    reads = ("train.epochs", "train.lr", "train.batch_size", "train.weight_decay")  # Adam's, in core.train_vae
+    size_key = "dataset.max_train"
     unit = "images"
     samples_file = "samples.npy"
     headline = ("nll_test", "tail_coverage")
