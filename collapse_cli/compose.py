@@ -34,7 +34,7 @@ def conf_dir() -> str:
     here = Path(__file__).resolve().parent
     for candidate in (here / "conf", here.parent / "conf"):
         if (candidate / "config.yaml").is_file():
-            return str(candidate)
+            return str(candidate.resolve())  # the checkout's collapse_cli/conf is a link to conf/ (pyproject.toml)
     raise CollapseError(f"cannot find the Hydra configs next to {here}; reinstall with `pip install .`")
 
 

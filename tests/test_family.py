@@ -4,13 +4,14 @@ included, so the loop is family-agnostic; config types each family's keys and re
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_metrics, read_status, stable
+from conftest import read_metrics, read_status, run_collapse, run_in_process, stable
 from omegaconf import OmegaConf
 from rich.console import Console
 from toy_family import ToyDatasetConfig, ToyFamily, ToyModelConfig
@@ -133,6 +134,43 @@ def test_a_family_that_cannot_be_found_is_one_line_naming_it(name: str, needle: 
         base.get_family(name)
     assert f"model.family={name}" in str(err.value).replace("'", "") and needle in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_family_outside_collapse_runs_through_the_command_with_no_edit_to_collapse(tmp_path: Path):
+    """The user's view: a Family subclass in their own module (here tests/toy_family.py, importable through
+    PYTHONPATH only), named by model.family; its schemas' defaults fill the model and dataset groups."""
+    here = str(Path(__file__).resolve().parent)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+    run = tmp_path / "run"
+    result = run_collapse(["run", f"model.family={TOY}", "generations=2", "dataset.n_train=40", "regime=fresh",
+                           "mix=0.5", f"hydra.run.dir={run}"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_metrics(run)
+    assert [row["generation"] for row in rows] == [0, 1, 2]
+    assert [row["train_samples"] for row in rows] == [40, 40, 40] and rows[1]["train_real_samples"] == 20
+    assert all(np.isfinite(row["nll_test"]) and "std" in row for row in rows)
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").model.family == TOY  # what a resume reads back
+    assert read_status(run)["state"] == "finished"
+
+
+def test_an_unknown_family_is_one_line_and_exit_2(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, needle in (("nowhere.at_all:Family", "cannot import nowhere.at_all"), ("nope", "use one of")):
+        assert run_in_process(["run", f"model.family={name}", "dry_run=true"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith("collapse: error: model.family=") and needle in err, err
+    assert list(tmp_path.iterdir()) == []  # refused before any folder
+
+
+def test_an_installed_entry_point_names_a_family(tmp_path: Path, monkeypatch):
+    """A package that declares [project.entry-points."collapse.families"] toy = "toy_family:ToyFamily"."""
+    info = tmp_path / "toy_family-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-family\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{base.ENTRY_POINTS}]\ntoyfamily = {TOY}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert base.get_family("toyfamily") is ToyFamily
 
 
 def composed_toy(**overrides) -> RunConfig:
