@@ -173,6 +173,19 @@ def test_an_installed_entry_point_names_a_family(tmp_path: Path, monkeypatch):
     assert base.get_family("toyfamily") is ToyFamily
 
 
+@pytest.mark.parametrize("name", base.builtin_families())
+def test_every_builtin_family_declares_keys_that_exist(name: str):
+    """reads and size_key name keys of the family's own groups or of train: a misspelt one would check nothing."""
+    from dataclasses import fields
+
+    family = base.get_family(name)
+    groups = {**family.schemas(), "train": TrainConfig}
+    for key in (*family.reads, *([family.size_key] if family.size_key else []), *family.retired_keys):
+        group, _, field = key.partition(".")
+        assert (field in {spec.name for spec in fields(groups[group])}) != (key in family.retired_keys), key
+    assert family.supports_nproc == (name == "lm")  # the one family that shards its work across ranks
+
+
 def composed_toy(**overrides) -> RunConfig:
     node = OmegaConf.merge({"model": {"family": TOY}, "dataset": {"name": "normal"}, "train": {"lr": 1e-3}},
                            OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))

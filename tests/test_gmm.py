@@ -172,6 +172,14 @@ def test_chosen_generations_and_scatter_figure(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
+def test_a_run_recorded_with_the_retired_model_lr_still_resumes_its_config():
+    """Runs before the GMM stopped carrying `model.lr: 1.0` (for train.lr's sake) hold it in .hydra/config.yaml."""
+    recorded = OmegaConf.create({"model": {"family": "gmm", "lr": 1.0}, "dataset": {"name": "gaussian"},
+                                 "train": {"lr": "${oc.select:model.lr,1e-3}"}})
+    cfg = to_run_config(recorded)
+    assert not hasattr(cfg.model, "lr") and cfg.model.n_components == 2
+
+
 def test_the_gmm_family_summarizes_a_tail_first_verdict_against_test_nll():
     cfg = to_run_config(OmegaConf.create({"model": {"family": "gmm"}, "dataset": {"name": "gaussian"},
                                             "train": {"lr": 1e-3}}))
