@@ -99,7 +99,7 @@ def family_options(overrides: list[str]) -> list[str]:
     if name is None or "model" in given or "," in name:
         return []
     family = get_family(name)
-    option = re.sub(r"\W", "_", name)
+    option = "family_" + re.sub(r"\W", "_", name)  # beside conf/'s options, never one of their names
     store = ConfigStore.instance()
     store.store(group="model", name=option, node=family.model_schema(family=name))
     picked = [f"model={option}"]

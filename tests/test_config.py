@@ -77,6 +77,15 @@ def test_every_shipped_option_composes(compose, group: str, option: str, text_fi
     assert (cfg.generate.new_tokens == cfg.train.block_size) if "generate" in family.schemas() else cfg.generate is None
 
 
+def test_a_family_named_without_a_model_option_composes_its_schemas_defaults(compose):
+    """model.family=X alone: X's dataclass defaults are the model and dataset, as for a family with no yaml."""
+    family = get_family("vae")
+    cfg = compose(["model.family=vae", "model.latent=4"])
+    assert cfg.model == family.model_schema(latent=4) and cfg.dataset == family.dataset_schema()
+    assert (cfg.train.epochs, cfg.train.lr) == (family.model_schema.epochs, family.model_schema.lr)  # the model's
+    assert compose(["model.family=gmm", "model=gmm", "dataset=gaussian"]).model == get_family("gmm").model_schema()
+
+
 def test_model_options_name_the_right_models(compose):
     assert compose(["model=opt125m"]).model.name == "facebook/opt-125m"
     assert compose(["model=gpt2"]).model.name == "gpt2"

@@ -41,7 +41,7 @@ def _local(cfg: ModelConfig) -> ModelConfig:
 
 def _from_pretrained(loader, cfg: ModelConfig, what: str, key: str = "model.path", **kwargs):
     """`key` names the setting that gave cfg.path (model.tokenizer for a separate tokenizer folder)."""
-    # config.validate has already refused a model.path / model.tokenizer folder that does not exist.
+    # validate_lm (families/lm/config.py) has already refused a model.path / model.tokenizer folder that does not exist.
     source = _source(cfg)
     if not cfg.path:
         # Offline, a hub download retries with back-off for minutes; the cache alone answers at once.
