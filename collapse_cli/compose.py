@@ -211,7 +211,7 @@ def validate(cfg: RunConfig) -> RunConfig:
           f"curate filters text sequences, and model.family={name} writes none; use curate=none")
     # A family that shards its work across ranks runs one run on N processes; another would run N copies of one run.
     check(cfg.nproc == 1 or family.supports_nproc,
-          f"nproc={cfg.nproc}: model.family={name} runs on one process (it does not shard its work across ranks); "
-          f"use nproc=1")
+          f"nproc={cfg.nproc}: model.family={name} runs in one process (it does not shard its work across ranks); "
+          f"use nproc=1 with model.family={name}")
     family.validate(cfg)
     return cfg

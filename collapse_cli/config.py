@@ -315,7 +315,6 @@ def _train_checks(t: TrainConfig) -> list[tuple[str, bool, str]]:
         ("weight_decay", t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} must be >= 0"),
         ("grad_clip", t.grad_clip >= 0, f"train.grad_clip={t.grad_clip} must be >= 0 (0 disables clipping)"),
         ("min_lr", 0.0 <= t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be in [0, train.lr={t.lr}]"),
-        ("epochs", t.epochs <= MAX_COUNT, f"train.epochs={t.epochs} is above {MAX_COUNT:,}, its ceiling; lower it"),
     ]
 
 
@@ -323,6 +322,8 @@ def validate_train(t: TrainConfig, reads: Collection[str]) -> None:
     """The train keys a family reads (Family.reads: "train.lr", ...); a key it ignores may hold anything."""
     for key, holds, message in _train_checks(t):
         check(holds or f"train.{key}" not in reads, message)
+    if "train.epochs" in reads:
+        check_count("train.epochs", t.epochs)
 
 
 def _cuda_visible() -> bool:

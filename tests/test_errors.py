@@ -304,7 +304,7 @@ def test_diverging_run_names_generation_and_step_and_can_resume(tmp_path: Path, 
 CHOICES = [("regime=foo", "replace, accumulate, accumulate_subsample, fresh"), ("device=gpu", "auto, cpu, cuda"),
            ("checkpoints=some", "none, last, all"), ("train.init=x", "base, previous"),
            ("generate.prompt=x", "real, bos"), ("metrics.level=x", "fast, full"),
-           ("curate.on_shortfall=x", "error, resample"), ("model.family=x", "lm, gmm, vae"),
+           ("curate.on_shortfall=x", "error, resample"), ("model.family=x", "categorical, gmm, linreg, lm, vae"),
            ("train.schedule=x", "linear, cosine"), ("train.select=x", "last, best_valid")]
 
 

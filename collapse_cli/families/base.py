@@ -111,7 +111,7 @@ class Family(ABC):
     """One kind of generative model. Built once per run: `Family(cfg, device)`."""
 
     # --- facts the loop and config read without building anything -----------------------
-    name: ClassVar[str]  # the value of model.family
+    name: ClassVar[str]  # its short name: model.family of a builtin family (its folder), in plans and figures
     model_schema: ClassVar[type]  # dataclass typing cfg.model (it must have a `family: str` field)
     dataset_schema: ClassVar[type]  # dataclass typing cfg.dataset (it must have a `name: str` field)
     # Further config groups the family reads, each typed by its dataclass (the LM: generate, metrics).
