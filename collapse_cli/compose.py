@@ -115,12 +115,20 @@ def composing() -> Iterator[Callable[..., DictConfig]]:
     the composed DictConfig (with Hydra's own node when hydra=True), not yet typed or checked."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
 
     register()
+    repo = ConfigStore.instance().repo
 
     def node(overrides: list[str], hydra: bool = False) -> DictConfig:
-        return hydra_compose(config_name="config", overrides=[*overrides, *family_options(overrides)],
-                             return_hydra_config=hydra)
+        before = {group: set(repo.get(group, {})) for group in ("model", "dataset")}
+        try:
+            return hydra_compose(config_name="config", overrides=[*overrides, *family_options(overrides)],
+                                 return_hydra_config=hydra)
+        finally:  # the options family_options stored for this config go again: never offered to another
+            for group, kept in before.items():
+                for option in set(repo.get(group, {})) - kept:
+                    del repo[group][option]
 
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):
         yield node
