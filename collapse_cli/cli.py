@@ -55,9 +55,8 @@ import errno  # noqa: E402
 import itertools  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
-import secrets  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Optional  # noqa: E402
 
@@ -95,40 +94,9 @@ FLAGS_WITHOUT_VALUE = {"-m", "--multirun", "-r", "--run", "--resolve", *INFO_FLA
 INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}  # --info's optional value
 
 
-def conf_dir() -> str:
-    """Installed: collapse_cli/conf; source checkout or editable install: the repository's conf/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise CollapseError(f"cannot find the Hydra configs next to {here}; reinstall with `pip install .`")
-
-
 def error_line(message: str) -> int:
     print(f"collapse: error: {message}", file=sys.stderr)
     return 2
-
-
-def _register() -> None:
-    from omegaconf import OmegaConf
-
-    from collapse_cli.config import register_schema
-
-    register_schema()
-    if not OmegaConf.has_resolver("run_id"):
-        # Appended to Hydra's per-second timestamp so runs started in the same second never share a folder.
-        OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
-    if not OmegaConf.has_resolver("config_groups"):
-        OmegaConf.register_new_resolver("config_groups", config_groups)
-
-
-def config_groups() -> str:
-    """`collapse run --help`'s list of groups: conf/'s folders and their options, one line each. Hydra's own
-    list would also show the schema groups in the ConfigStore, which only compose the typed defaults."""
-    root = Path(conf_dir())
-    folders = sorted({file.parent for file in root.rglob("*.yaml")} - {root})
-    return "\n".join(f"{folder.relative_to(root).as_posix()}: "
-                     f"{', '.join(sorted(file.stem for file in folder.glob('*.yaml')))}" for folder in folders)
 
 
 @dataclass(frozen=True)
@@ -270,19 +238,17 @@ class Checked:
 def preflight(overrides: list[str], multirun: bool) -> Checked:
     """Compose and validate every job, and check the output folders, before Hydra starts any job
     (or writes its .hydra/ into a folder), so bad input costs nothing and no run is overwritten."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from collapse_cli.config import to_run_config
+    from collapse_cli.compose import composing, to_run_config
 
     check_launcher(overrides, multirun)
     job_overrides = [o for o in overrides if not is_hydra_override(o)]
     hydra_overrides = [o for o in overrides if is_hydra_override(o)]
     jobs = expand_sweeps(job_overrides) if multirun else [job_overrides]
-    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+    with composing() as node:
         # Each job with Hydra's config too: a folder may depend on the job's keys (hydra.sweep.subdir=seed_${seed}).
-        composed = [compose(config_name="config", overrides=[*hydra_overrides, *job], return_hydra_config=True)
-                    for job in jobs]
+        composed = [node([*hydra_overrides, *job], hydra=True) for job in jobs]
     tasks = [task_config(job) for job in composed]
     runs = [to_run_config(task) for task in tasks]
     hydra_cfg = composed[0].hydra
@@ -461,12 +427,12 @@ def run_task(cfg: DictConfig) -> None:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from collapse_cli.config import to_run_config
+    from collapse_cli.compose import register, to_run_config
     from collapse_cli.experiment import gpu_slots
     from collapse_cli.rundir import RESUME_OVERRIDES, RunDir, atomic_write_bytes, writer_here
 
     STARTING.release()
-    _register()  # resolvers registered in the parent do not reach launcher processes (hydra#861)
+    register()  # resolvers registered in the parent do not reach launcher processes (hydra#861)
     hydra_cfg = HydraConfig.get()
     path = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -719,12 +685,15 @@ def _run_command(args: list[str]) -> int:
     import hydra
 
     from collapse_cli import environment
+    from collapse_cli.compose import conf_dir, family_options, register
     from collapse_cli.experiment import gpu_slots
 
-    _register()
+    register()
     checked = Checked(runs=[])
     try:
         parsed = parse_run_args(args)
+        # model.family=pkg.mod:Class with no model= option: the family's schemas become the options (compose.py).
+        parsed = replace(parsed, overrides=[*parsed.overrides, *family_options(parsed.overrides)])
         argv = parsed.hydra_argv()
         if not parsed.info_only:
             checked = preflight(parsed.overrides, parsed.multirun)
@@ -767,7 +736,7 @@ def _run_command(args: list[str]) -> int:
 def resume_command(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
-    from collapse_cli.config import to_run_config
+    from collapse_cli.compose import register, to_run_config
     from collapse_cli.rundir import RunDir, check_resumable, live_state, read_run_text, unwritten_reason, writer_here
 
     if not args or any(arg.startswith("-") for arg in args) or any("=" not in arg for arg in args[1:]):
@@ -788,7 +757,7 @@ def resume_command(args: list[str]) -> int:
         # Another machine's process cannot be seen from here: a lost node's run reads the same as a live one.
         print(f"collapse: warning: {path}/status.json says running {unwritten_reason(status)}; resuming, "
               f"so make sure that process has stopped", file=sys.stderr)
-    _register()
+    register()
     text = read_run_text(saved)  # a folder, unreadable or not UTF-8: the one-line "damaged" error
     if not text.strip():
         return error_line(f"{saved}: empty: Hydra could not write the run's config (a full disk?), so the run never "
@@ -837,6 +806,8 @@ def check_resume_override(override: str, recorded: DictConfig) -> None:
     Checked before the overrides are merged, so also before any generation is finished, where
     check_resume_changes (values against finished generations) has nothing to hold them to."""
     key, _, value = override.partition("=")
+    from collapse_cli.compose import conf_dir
+
     key = key.lstrip("+~")
     groups = {folder.name for folder in Path(conf_dir()).iterdir() if folder.is_dir()}
     recorded_family = str(recorded.get("model", {}).get("family", "lm"))

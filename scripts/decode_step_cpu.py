@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-from collapse_cli.config import GenerateConfig
+from collapse_cli.families.lm.config import GenerateConfig
 from collapse_cli.families.lm.generate import generate
 from collapse_cli.families.lm.models import loop_generation_config
 

@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from collapse_cli.cli import _register, preflight
+from collapse_cli.cli import preflight
+from collapse_cli.compose import register
 from collapse_cli.experiment.loop import prepare
 from collapse_cli.experiment.seeds import stage_seed, torch_global_rng, torch_global_seed
 from collapse_cli.families.lm import profile
@@ -31,7 +32,7 @@ def ppl_test(setup) -> float:
 
 
 def main(overrides: list[str]) -> dict:
-    _register()
+    register()
     cfg = preflight(overrides, multirun=False).runs[0]  # composed and checked as `collapse run` does
     if cfg.model.family != "lm":
         raise SystemExit(f"gen0_ppl: model={cfg.model.name} is a {cfg.model.family} model; this script scores LMs")

@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from rich.console import Console  # noqa: E402
 
-from collapse_cli.config import RunConfig, TrainConfig, validate  # noqa: E402
+from collapse_cli.compose import validate  # noqa: E402
+from collapse_cli.config import RunConfig, TrainConfig  # noqa: E402
 from collapse_cli.experiment.loop import execute  # noqa: E402
 from collapse_cli.experiment.progress import Feedback  # noqa: E402
-from collapse_cli.families.base import FAMILY_MODULES  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +33,6 @@ def main() -> None:
     parser.add_argument("--mix", type=float, default=0.0)
     parser.add_argument("--n", type=int, default=1000, help="rows per generation (N)")
     args = parser.parse_args()
-    FAMILY_MODULES["toy"] = "toy_family"
     from toy_family import ToyDatasetConfig, ToyModelConfig
 
     cfg = validate(RunConfig(model=ToyModelConfig(), dataset=ToyDatasetConfig(n_train=args.n, pool=2 * args.n),

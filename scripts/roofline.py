@@ -336,7 +336,7 @@ def count_phases(model: torch.nn.Module, trace: Trace):
 
 
 def beam_config(shape: Shape):
-    from collapse_cli.config import GenerateConfig
+    from collapse_cli.families.lm.config import GenerateConfig
 
     return GenerateConfig(preset="shumailov", do_sample=False, num_beams=shape.beams,
                           repetition_penalty=shape.repetition_penalty, prompt_tokens=shape.prompt_len,

@@ -63,6 +63,16 @@ def run_in_process(args: list[str]) -> int:
     return main(list(args))
 
 
+@pytest.fixture(scope="package")
+def compose():
+    """collapse_cli.compose.compose: overrides -> the validated RunConfig `collapse run` would run, as every
+    caller composes (the command line, scripts), its schemas registered once for the package."""
+    from collapse_cli.compose import compose, register
+
+    register()
+    return compose
+
+
 def tiny_run(run_dir: Path, *overrides: str) -> Path:
     """A finished tiny run in `run_dir` (in-process); fails the test if it did not finish."""
     code = run_in_process(["run", *TINY, *overrides, f"hydra.run.dir={run_dir}"])

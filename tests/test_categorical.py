@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 from conftest import read_metrics, run_in_process
-from test_config import composed
 from test_linreg import kill_and_resume, within_99
 
 from collapse_cli.families.categorical import core
@@ -16,8 +15,8 @@ from collapse_cli.families.categorical.family import CategoricalFamily
 CATEGORICAL = ["model=categorical", "dataset=zipf"]
 
 
-def prepared(*overrides: str) -> CategoricalFamily:
-    family = CategoricalFamily(composed([*CATEGORICAL, *overrides]), None)
+def prepared(compose, *overrides: str) -> CategoricalFamily:
+    family = CategoricalFamily(compose([*CATEGORICAL, *overrides]), None)
     real = family.real_data(None)
     family.prepare(real, len(real.train))
     return family
@@ -54,10 +53,10 @@ def simulated_survivors(start_counts: np.ndarray, generations: int, seed: int) -
     return out
 
 
-def test_mean_survivors_over_chains_match_wright_fisher_given_the_real_counts():
+def test_mean_survivors_over_chains_match_wright_fisher_given_the_real_counts(compose):
     """2,000 chains from the family's own real draws, 200 generations: the mean within its 99% CI of
     survivors_theory at every checked generation, and the fitted estimate is the counts' share."""
-    family = prepared("generations=200")
+    family = prepared(compose, "generations=200")
     real_counts = np.bincount(family.real_data(None).train[:, 0], minlength=len(family.truth))
     rows = core.rows_from_counts(real_counts, np.random.default_rng(0))
     np.testing.assert_array_equal(core.estimate(rows, len(real_counts)), real_counts / real_counts.sum())
@@ -95,11 +94,11 @@ def test_tail_coverage_and_divergences_on_constructed_estimates():
 
 
 @pytest.mark.slow
-def test_a_run_logs_theory_beside_survivors_and_draws_its_figures(tmp_path):
+def test_a_run_logs_theory_beside_survivors_and_draws_its_figures(compose, tmp_path):
     run_dir = tmp_path / "run"
     assert run_in_process(["run", *CATEGORICAL, "generations=40", f"hydra.run.dir={run_dir}"]) == 0
     rows = read_metrics(run_dir)
-    family = prepared("generations=40")
+    family = prepared(compose, "generations=40")
     assert [row["survivors_theory"] for row in rows] == pytest.approx(family.survivors_theory.tolist(), rel=1e-12)
     assert rows[0]["survivors"] == rows[0]["survivors_theory"]  # generation 0 counts the real draws
     assert all(b["survivors"] <= a["survivors"] for a, b in zip(rows, rows[1:]))  # no outcome comes back
@@ -114,10 +113,10 @@ def test_kill_9_then_resume_gives_identical_metrics(tmp_path):
     assert resumed == whole and len(whole) == 601
 
 
-def test_accumulating_all_real_draws_keeps_the_real_support():
-    family = prepared("regime=accumulate", "mix=1", "generations=5")
+def test_accumulating_all_real_draws_keeps_the_real_support(compose):
+    family = prepared(compose, "regime=accumulate", "mix=1", "generations=5")
     assert np.all(family.survivors_theory == family.survivors_theory[0])
-    assert np.all(np.isnan(prepared("regime=replace", "mix=0.5", "generations=5").survivors_theory[1:]))
+    assert np.all(np.isnan(prepared(compose, "regime=replace", "mix=0.5", "generations=5").survivors_theory[1:]))
 
 
 @pytest.mark.parametrize("override, key", [("dataset.exponent=nan", "dataset.exponent"),

@@ -108,10 +108,9 @@ def test_run_arguments_refuse_unknown_flags_and_missing_values(args, needle):
 
 
 def test_preflight_composes_once_for_the_folder_check_and_the_sweep_folder(tmp_path: Path, monkeypatch):
-    from collapse_cli.cli import _register, preflight
+    from collapse_cli.cli import preflight
 
     monkeypatch.chdir(tmp_path)
-    _register()
     single = preflight(["mix=0.5"], multirun=False)
     assert [run.mix for run in single.runs] == [0.5] and single.sweep_dir is None
     sweep = preflight(["seed=0,1", "generations=2"], multirun=True)
@@ -174,16 +173,12 @@ def test_lm_family_saves_and_loads_without_bars_in_a_process_that_never_ran_main
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from transformers.utils import logging as hf_logging
 
-from collapse_cli.cli import _register, conf_dir
-from collapse_cli.config import to_run_config
+from collapse_cli.compose import compose
 from collapse_cli.families.base import get_family
 
-_register()
-with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-    run_config = to_run_config(compose(config_name="config", overrides={TINY!r}))
+run_config = compose({TINY!r})
 family = get_family("lm")(run_config, torch.device("cpu"))
 family.save_model(family.build_base_model(seed=0), Path("model"))
 family.load_model(Path("model"))

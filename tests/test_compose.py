@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import read_metrics, tiny_run
+from toy_family import ToyDatasetConfig, ToyModelConfig
 
-from collapse_cli.config import RunConfig, describe_mix
+from collapse_cli.compose import validate
+from collapse_cli.config import RunConfig, TrainConfig, describe_mix
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment.compose import (
     REAL,
@@ -18,7 +20,7 @@ from collapse_cli.experiment.compose import (
     fresh_pool_needed,
     n_real_blocks,
 )
-from collapse_cli.experiment.loop import _pool_cap, _train_size
+from collapse_cli.experiment.loop import Setup, prepare
 
 N = 40
 SEED = 7
@@ -142,23 +144,36 @@ def test_check_pool_names_the_sizes():
     message = str(err.value)
     for number in ("40", "3 x 20", "100", "99"):
         assert number in message, (number, message)
-    assert "dataset.max_train_blocks" in message
+    assert "mix or generations" in message
+
+
+def toy_setup(n_train: int | None, pool: int, **run) -> Setup:
+    """What the loop settles before generation 0 (N, the real rows read) for the toy family of tests/."""
+    dataset = ToyDatasetConfig(n_train=n_train, pool=pool)
+    return prepare(validate(RunConfig(model=ToyModelConfig(), dataset=dataset, train=TrainConfig(lr=1e-3),
+                                      device="cpu", **run)))
 
 
 @pytest.mark.parametrize("n_pool,generations,mix", [(8, 2, 0.3), (100, 3, 0.5), (17, 1, 0.3), (1000, 5, 0.1),
                                                     (9, 2, 0.3), (50, 4, 0.35)])
 def test_fresh_default_size_always_fits_the_pool(n_pool: int, generations: int, mix: float):
-    cfg = RunConfig(regime="fresh", mix=mix, generations=generations)
-    n = _train_size(cfg, None, n_pool)
-    check_pool("fresh", n_pool, n, mix, generations)
+    setup = toy_setup(None, n_pool, regime="fresh", mix=mix, generations=generations)
+    n = setup.n_train
+    assert len(setup.real.train) == n_pool and fresh_pool_needed(n, mix, generations) <= n_pool
     assert fresh_pool_needed(n + 1, mix, generations) > n_pool or n + 1 > n_pool  # and N is not needlessly small
 
 
 def test_fresh_pool_extends_past_the_cap_on_n():
-    cfg = RunConfig(regime="fresh", mix=0.5, generations=2)
-    assert _pool_cap(cfg, 20) == 40 and _train_size(cfg, 20, 40) == 20
-    cfg.regime = "replace"
-    assert _pool_cap(cfg, 20) == 20
+    fresh = toy_setup(20, 100, regime="fresh", mix=0.5, generations=2)
+    assert (fresh.n_train, len(fresh.real.train)) == (20, 40)  # N as asked, and 2 x 10 unseen real rows beyond
+    replace = toy_setup(20, 100, regime="replace", mix=0.5, generations=2)
+    assert (replace.n_train, len(replace.real.train)) == (20, 20)
+
+
+def test_a_pool_too_small_for_fresh_names_the_familys_own_size_key():
+    with pytest.raises(CollapseError) as err:
+        check_pool("fresh", 99, 40, 0.5, 3, "points", "dataset.n_train")
+    assert "needs 40 points" in str(err.value) and "lower dataset.n_train, mix or generations" in str(err.value)
 
 
 def test_describe_mix():

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from collapse_cli.config import DatasetConfig
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.lm.builtin import (
     EOS_ID,
@@ -16,6 +15,7 @@ from collapse_cli.families.lm.builtin import (
     build_language,
     make_tokenizer,
 )
+from collapse_cli.families.lm.config import DatasetConfig
 from collapse_cli.families.lm.data import (
     Corpus,
     group_blocks,

@@ -19,9 +19,9 @@ from transformers import (
     OPTForCausalLM,
 )
 
-from collapse_cli.config import GenerateConfig
 from collapse_cli.families.lm import select
 from collapse_cli.families.lm import train as train_module
+from collapse_cli.families.lm.config import GenerateConfig
 from collapse_cli.families.lm.decode import ChunkDecoder, describe, has_own_decoder
 from collapse_cli.families.lm.generate import generate, n_chunks
 from collapse_cli.families.lm.models import loop_generation_config
@@ -374,7 +374,7 @@ for dtype in (torch.float32, torch.bfloat16):
 # Beam search with the kernel as its log-sum-exp: the same corpus.
 import numpy as np
 from test_decode import SHUMAILOV, build, prompts
-from collapse_cli.config import GenerateConfig
+from collapse_cli.families.lm.config import GenerateConfig
 from collapse_cli.families.lm import select
 from collapse_cli.families.lm.generate import generate
 model, prompt_ids, cfg = build("opt"), prompts(n=6), GenerateConfig(**SHUMAILOV, new_tokens=8)

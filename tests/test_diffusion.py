@@ -160,7 +160,8 @@ def test_a_digits_key_added_to_a_toy_is_refused_though_the_schema_holds_it(tmp_p
 
 def test_bertrand_diffusion_fine_tunes_and_sweeps_the_real_share_in_one_override(tmp_path, capsys):
     from conftest import run_in_process
-    from test_config import composed
+
+    from collapse_cli.compose import compose as composed
 
     paper = composed(["+experiment=bertrand_diffusion"])
     assert (paper.model.family, paper.dataset.name, paper.train.init, paper.generations) == (
@@ -177,17 +178,11 @@ def test_bertrand_diffusion_fine_tunes_and_sweeps_the_real_share_in_one_override
     ("1e20", 1, r"the trained model samples nan or inf")])  # one step: its loss was finite
 def test_a_diverging_fit_stops_with_one_line_naming_the_generation(lr, epochs, message):
     """A loss gone nan stops at its step; weights the last step broke (a finite loss) stop at the sample probe."""
-    from hydra import compose, initialize_config_dir
-
-    from collapse_cli.cli import _register, conf_dir
-    from collapse_cli.config import to_run_config
+    from collapse_cli.compose import compose
     from collapse_cli.errors import CollapseError
     from collapse_cli.families.diffusion.family import DiffusionFamily
 
-    _register()
-    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        overrides = [*DIGITS, f"train.lr={lr}", f"train.epochs={epochs}", "train.batch_size=200"]
-        cfg = to_run_config(compose(config_name="config", overrides=overrides))
+    cfg = compose([*DIGITS, f"train.lr={lr}", f"train.epochs={epochs}", "train.batch_size=200"])
     family = DiffusionFamily(cfg, torch.device("cpu"))
     real = family.real_data(200)
     with pytest.raises(CollapseError, match=rf"^generation 1: {message}"):

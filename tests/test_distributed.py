@@ -35,10 +35,11 @@ from test_errors import one_error_line
 from test_resume import signal_when
 from transformers import OPTConfig, OPTForCausalLM
 
-from collapse_cli.config import GenerateConfig, TrainConfig, check_nodes, check_nproc
+from collapse_cli.config import TrainConfig, check_nodes, check_nproc
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import distributed
 from collapse_cli.experiment.distributed import WorkerFailed
+from collapse_cli.families.lm.config import GenerateConfig
 from collapse_cli.families.lm.evaluate import score_blocks, sliding_nll
 from collapse_cli.families.lm.generate import generate
 from collapse_cli.families.lm.train import train

@@ -24,14 +24,12 @@ OTHER_FAMILIES = {"model=gmm", "model=vae", "dataset=gaussian", "dataset=digits"
 
 def composed_config(*overrides: str) -> str:
     """The config a `collapse run` with these overrides would record, without validating it."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from collapse_cli.cli import _register, conf_dir
+    from collapse_cli.compose import composing
 
-    _register()
-    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        return OmegaConf.to_yaml(compose(config_name="config", overrides=list(overrides)))
+    with composing() as node:
+        return OmegaConf.to_yaml(node(list(overrides)))
 
 
 def write_run_folder(folder: Path, config: str, files: dict[str, str]) -> None:
@@ -306,7 +304,8 @@ def test_diverging_run_names_generation_and_step_and_can_resume(tmp_path: Path, 
 CHOICES = [("regime=foo", "replace, accumulate, accumulate_subsample, fresh"), ("device=gpu", "auto, cpu, cuda"),
            ("checkpoints=some", "none, last, all"), ("train.init=x", "base, previous"),
            ("generate.prompt=x", "real, bos"), ("metrics.level=x", "fast, full"),
-           ("curate.on_shortfall=x", "error, resample"), ("model.family=x", "lm, gmm, vae"),
+           ("curate.on_shortfall=x", "error, resample"),
+           ("model.family=x", "categorical, diffusion, gan, gmm, kde, linreg, lm, vae"),
            ("train.schedule=x", "linear, cosine"), ("train.select=x", "last, best_valid")]
 
 

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, is_finite_number, read_metrics, tiny_run
-from test_config import composed
 
-from collapse_cli.cli import conf_dir
+from collapse_cli.compose import conf_dir
 from collapse_cli.config import TrainConfig
 from collapse_cli.families.lm.train import lr_at, train
 
@@ -147,16 +146,16 @@ def test_without_a_valid_split_selection_is_off_and_said(tmp_path: Path, capsys,
     assert "train.select=best_valid: the dataset has no validation split" in out.out + out.err
 
 
-def test_schedule_and_selection_values_are_checked():
+def test_schedule_and_selection_values_are_checked(compose):
     from collapse_cli.errors import CollapseError
 
     # schedule and select are enums: OmegaConf refuses other values while composing, naming the choices.
     for override, choices in (("train.schedule=step", "linear, cosine"), ("train.select=best", "last, best_valid")):
         with pytest.raises(Exception) as err:
-            composed([override])
+            compose([override])
         assert override in str(err.value) and choices in str(err.value.__cause__)
     with pytest.raises(CollapseError, match="train.min_lr"):
-        composed(["train.min_lr=1"])
+        compose(["train.min_lr=1"])
 
 
 # --- the experiment configs -----------------------------------------------------------------
@@ -170,8 +169,8 @@ def test_experiments_are_shipped():
 
 
 @pytest.mark.parametrize("name", LM_EXPERIMENTS)
-def test_every_experiment_composes(name: str, wiki_files):
-    cfg = composed([f"+experiment={name}"])
+def test_every_experiment_composes(compose, name: str, wiki_files):
+    cfg = compose([f"+experiment={name}"])
     # Shumailov et al.: lr 2e-5 cosine-annealed to 1e-6, best-validation epoch, 64-token blocks in batches of 128,
     # beam search.
     t = cfg.train
@@ -180,17 +179,17 @@ def test_every_experiment_composes(name: str, wiki_files):
     assert cfg.generate.preset == "shumailov" and cfg.generate.num_beams == 5
     assert cfg.dataset.name == "wikitext2"
     # Offline: the local model and local text files replace the hub.
-    offline = composed([f"+experiment={name}", "model=smollm2", *wiki_files])
+    offline = compose([f"+experiment={name}", "model=smollm2", *wiki_files])
     assert offline.model.name == "smollm2" and offline.dataset.valid.endswith("wiki.valid.raw")
     assert offline.train.schedule == "cosine" and offline.train.epochs == t.epochs and offline.mix == cfg.mix
     assert offline.train.batch_size == 128
 
 
-def test_experiments_set_the_papers_settings():
-    no_data, kept = composed(["+experiment=shumailov_no_data"]), composed(["+experiment=shumailov_10pct"])
+def test_experiments_set_the_papers_settings(compose):
+    no_data, kept = compose(["+experiment=shumailov_no_data"]), compose(["+experiment=shumailov_10pct"])
     assert no_data.model.name == "facebook/opt-125m" and kept.model.name == "facebook/opt-125m"
     assert (no_data.train.epochs, no_data.mix, no_data.generations) == (5, 0.0, 9)
     assert (kept.train.epochs, kept.mix, kept.generations) == (10, 0.1, 9)
-    smoke = composed(["+experiment=shumailov_smoke"])
+    smoke = compose(["+experiment=shumailov_smoke"])
     assert smoke.model.name == "smollm2" and smoke.generations == 2 and smoke.dataset.max_train_blocks == 2048
-    assert composed(["+experiment=shumailov_smoke", "model=opt125m"]).model.name == "facebook/opt-125m"
+    assert compose(["+experiment=shumailov_smoke", "model=opt125m"]).model.name == "facebook/opt-125m"

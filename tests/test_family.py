@@ -4,18 +4,20 @@ included, so the loop is family-agnostic; config types each family's keys and re
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_metrics, read_status, stable
+from conftest import read_metrics, read_status, run_collapse, run_in_process, stable
 from omegaconf import OmegaConf
 from rich.console import Console
 from toy_family import ToyDatasetConfig, ToyFamily, ToyModelConfig
 
-from collapse_cli.config import RunConfig, TrainConfig, to_run_config, validate
+from collapse_cli.compose import to_run_config, validate
+from collapse_cli.config import RunConfig, TrainConfig
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment.loop import execute
 from collapse_cli.experiment.progress import Feedback
@@ -25,9 +27,7 @@ from collapse_cli.families import base
 N = 50
 
 
-@pytest.fixture(autouse=True)
-def toy_registered(monkeypatch):
-    monkeypatch.setitem(base.FAMILY_MODULES, "toy", "toy_family")
+TOY = "toy_family:ToyFamily"
 
 
 def toy_config(**run) -> RunConfig:
@@ -115,14 +115,80 @@ def test_the_loop_imports_no_family():
 
 
 def test_get_family_imports_on_demand_and_names_the_choices():
-    assert base.get_family("toy") is ToyFamily
+    assert base.get_family(TOY) is ToyFamily
     assert base.get_family("lm").name == "lm"
-    with pytest.raises(CollapseError, match="model.family='nope': use one of lm, gmm, vae"):
+    # Builtin families are found by their folders, not a hand-kept list.
+    assert set(base.builtin_families()) >= {"lm", "gmm", "vae", "linreg", "categorical"}
+    choices = "categorical, diffusion, gan, gmm, kde, linreg, lm, vae"
+    with pytest.raises(CollapseError, match=f"model.family='nope': use one of {choices}"):
         base.get_family("nope")
 
 
+@pytest.mark.parametrize("name,needle", [
+    ("no_such_module:Family", "cannot import no_such_module"),
+    ("toy_family:NoSuchClass", "no class 'NoSuchClass' in toy_family"),
+    ("toy_family:ToyModelConfig", "is not a subclass of collapse_cli.families.base.Family"),
+    ("../etc", "use one of"),
+])
+def test_a_family_that_cannot_be_found_is_one_line_naming_it(name: str, needle: str):
+    with pytest.raises(CollapseError) as err:
+        base.get_family(name)
+    assert f"model.family={name}" in str(err.value).replace("'", "") and needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_family_outside_collapse_runs_through_the_command_with_no_edit_to_collapse(tmp_path: Path):
+    """The user's view: a Family subclass in their own module (here tests/toy_family.py, importable through
+    PYTHONPATH only), named by model.family; its schemas' defaults fill the model and dataset groups."""
+    here = str(Path(__file__).resolve().parent)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+    run = tmp_path / "run"
+    result = run_collapse(["run", f"model.family={TOY}", "generations=2", "dataset.n_train=40", "regime=fresh",
+                           "mix=0.5", f"hydra.run.dir={run}"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_metrics(run)
+    assert [row["generation"] for row in rows] == [0, 1, 2]
+    assert [row["train_samples"] for row in rows] == [40, 40, 40] and rows[1]["train_real_samples"] == 20
+    assert all(np.isfinite(row["nll_test"]) and "std" in row for row in rows)
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").model.family == TOY  # what a resume reads back
+    assert read_status(run)["state"] == "finished"
+
+
+def test_an_unknown_family_is_one_line_and_exit_2(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, needle in (("nowhere.at_all:Family", "cannot import nowhere.at_all"), ("nope", "use one of")):
+        assert run_in_process(["run", f"model.family={name}", "dry_run=true"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith("collapse: error: model.family=") and needle in err, err
+    assert list(tmp_path.iterdir()) == []  # refused before any folder
+
+
+def test_an_installed_entry_point_names_a_family(tmp_path: Path, monkeypatch):
+    """A package that declares [project.entry-points."collapse.families"] toy = "toy_family:ToyFamily"."""
+    info = tmp_path / "toy_family-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-family\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{base.ENTRY_POINTS}]\ntoyfamily = {TOY}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert base.get_family("toyfamily") is ToyFamily
+
+
+@pytest.mark.parametrize("name", base.builtin_families())
+def test_every_builtin_family_declares_keys_that_exist(name: str):
+    """reads and size_key name keys of the family's own groups or of train: a misspelt one would check nothing."""
+    from dataclasses import fields
+
+    family = base.get_family(name)
+    groups = {**family.schemas(), "train": TrainConfig}
+    for key in (*family.reads, *([family.size_key] if family.size_key else []), *family.retired_keys):
+        group, _, field = key.partition(".")
+        assert (field in {spec.name for spec in fields(groups[group])}) != (key in family.retired_keys), key
+    assert family.supports_nproc == (name == "lm")  # the one family that shards its work across ranks
+
+
 def composed_toy(**overrides) -> RunConfig:
-    node = OmegaConf.merge({"model": {"family": "toy"}, "dataset": {"name": "normal"}, "train": {"lr": 1e-3}},
+    node = OmegaConf.merge({"model": {"family": TOY}, "dataset": {"name": "normal"}, "train": {"lr": 1e-3}},
                            OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
     return to_run_config(node)
 
@@ -138,8 +204,9 @@ def test_config_types_the_family_groups_with_its_schemas():
 
 
 @pytest.mark.parametrize("overrides,needles", [
-    ({"dataset.name": "builtin"}, ["model.family=toy reads dataset=normal", "not dataset=builtin"]),
-    ({"curate.exact_dedup": "true"}, ["curate", "model.family=toy", "curate=none"]),
+    ({"dataset.name": "builtin"}, [f"model.family={TOY} reads dataset=normal", "not dataset=builtin"]),
+    ({"curate.exact_dedup": "true"}, ["curate", f"model.family={TOY}", "curate=none"]),
+    ({"nproc": 2}, ["nproc=2", f"model.family={TOY}", "use nproc=1"]),
     ({"curate.ppl_drop_high": 0.05}, ["curate", "curate=none"]),
 ])
 def test_bad_combinations_name_the_keys(overrides: dict, needles: list[str]):

@@ -36,14 +36,9 @@ def trained(ring) -> core.GAN:
 
 
 def _config(*overrides: str):
-    from hydra import compose, initialize_config_dir
+    from collapse_cli.compose import compose
 
-    from collapse_cli.cli import _register, conf_dir
-    from collapse_cli.config import to_run_config
-
-    _register()
-    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        return to_run_config(compose(config_name="config", overrides=list(overrides)))
+    return compose(list(overrides))
 
 
 # --- core ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import OPTConfig, OPTForCausalLM
 
-from collapse_cli.config import GenerateConfig
+from collapse_cli.families.lm.config import GenerateConfig
 from collapse_cli.families.lm.decode import pick_next, sample_categorical
 from collapse_cli.families.lm.generate import generate
 from collapse_cli.families.lm.models import loop_generation_config

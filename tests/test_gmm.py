@@ -10,10 +10,10 @@ import pytest
 from conftest import read_metrics, run_in_process
 from omegaconf import OmegaConf
 from scipy import special, stats
-from test_config import composed
 from test_linreg import within_99
 
-from collapse_cli.config import to_run_config
+from collapse_cli.compose import compose as composed
+from collapse_cli.compose import to_run_config
 from collapse_cli.families.gmm import core
 from collapse_cli.families.gmm.family import GMMFamily, GMMModel
 from collapse_cli.measure import points as P
@@ -175,6 +175,14 @@ def test_chosen_generations_and_scatter_figure(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
+def test_a_run_recorded_with_the_retired_model_lr_still_resumes_its_config():
+    """Runs before the GMM stopped carrying `model.lr: 1.0` (for train.lr's sake) hold it in .hydra/config.yaml."""
+    recorded = OmegaConf.create({"model": {"family": "gmm", "lr": 1.0}, "dataset": {"name": "gaussian"},
+                                 "train": {"lr": "${oc.select:model.lr,1e-3}"}})
+    cfg = to_run_config(recorded)
+    assert not hasattr(cfg.model, "lr") and cfg.model.n_components == 2
+
+
 def test_the_gmm_family_summarizes_a_tail_first_verdict_against_test_nll():
     cfg = to_run_config(OmegaConf.create({"model": {"family": "gmm"}, "dataset": {"name": "gaussian"},
                                             "train": {"lr": 1e-3}}))
@@ -236,13 +244,13 @@ def test_unbiased_covariances_are_the_ddof_1_estimate_and_mle_the_ddof_0():
     np.testing.assert_array_equal(rescaled.means, mle.means)
 
 
-def log_variance_steps(variance: str, m: int, chains: int, steps: int) -> np.ndarray:
+def log_variance_steps(compose, variance: str, m: int, chains: int, steps: int) -> np.ndarray:
     """log(sigma_g^2 / sigma_{g-1}^2) of every fit -> sample step, through the family's own fit and sample.
 
     A 1-D, one-component run (Shumailov et al.'s single-Gaussian setting) with M = dataset.n_train
     points a generation, composed by Hydra; every chain starts from the true N(0, 1).
     """
-    cfg = composed(["model=gmm", "dataset=gaussian", "dataset.dim=1", "model.n_components=1",
+    cfg = compose(["model=gmm", "dataset=gaussian", "dataset.dim=1", "model.n_components=1",
                     f"dataset.n_train={m}", f"model.variance={variance}"])
     family = GMMFamily(cfg, None)
     ignore = lambda done, total: None  # noqa: E731  (progress callbacks)
@@ -259,14 +267,14 @@ def log_variance_steps(variance: str, m: int, chains: int, steps: int) -> np.nda
 
 
 @pytest.mark.parametrize("variance", ["unbiased", "mle"])
-def test_log_variance_falls_per_generation_by_the_closed_form(variance):
+def test_log_variance_falls_per_generation_by_the_closed_form(compose, variance):
     """E[log sigma_{g+1}^2 - log sigma_g^2] = psi((M-1)/2) - log((M-1)/2) for the unbiased fit
     (sigma^2 chi^2_{M-1} / (M-1)), plus log((M-1)/M) for the MLE: checked within a 99% CI from the
     sample variance of 600 steps, and the other estimator's value lies outside it."""
     m = 5
     closed = {"unbiased": special.digamma((m - 1) / 2) - math.log((m - 1) / 2)}
     closed["mle"] = closed["unbiased"] + math.log((m - 1) / m)
-    increments = log_variance_steps(variance, m, chains=200, steps=3)
+    increments = log_variance_steps(compose, variance, m, chains=200, steps=3)
     half_width = stats.t.ppf(0.995, len(increments) - 1) * increments.std(ddof=1) / math.sqrt(len(increments))
     assert abs(increments.mean() - closed[variance]) < half_width
     other = "mle" if variance == "unbiased" else "unbiased"
@@ -275,28 +283,21 @@ def test_log_variance_falls_per_generation_by_the_closed_form(variance):
     assert increments.var(ddof=1) == pytest.approx(special.polygamma(1, (m - 1) / 2), rel=0.2)
 
 
-def test_shumailov_gmm_is_the_notebooks_setting_and_the_default_is_sklearns():
-    paper, default = composed(["+experiment=shumailov_gmm"]), composed(["model=gmm", "dataset=gaussian"])
+def test_shumailov_gmm_is_the_notebooks_setting_and_the_default_is_sklearns(compose):
+    paper, default = compose(["+experiment=shumailov_gmm"]), compose(["model=gmm", "dataset=gaussian"])
     assert (paper.model.tol, paper.model.max_iter, paper.model.n_components) == (1e-5, 2000, 2)
     assert (paper.mix, paper.generations, paper.dataset.n_train, paper.dataset.dim) == (0.0, 2000, 1000, 2)
     assert (default.model.tol, default.model.max_iter, default.model.variance) == (1e-3, 100, "mle")
 
-def _gmm_family(*overrides: str) -> GMMFamily:
-    from hydra import compose, initialize_config_dir
-
-    from collapse_cli.cli import _register, conf_dir
-
-    _register()
-    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        cfg = to_run_config(compose(config_name="config", overrides=["model=gmm", "dataset=gaussian", *overrides]))
-    return GMMFamily(cfg, None)
+def _gmm_family(compose, *overrides: str) -> GMMFamily:
+    return GMMFamily(compose(["model=gmm", "dataset=gaussian", *overrides]), None)
 
 
-def test_a_fit_that_cannot_go_on_stops_with_one_line_naming_the_generation():
+def test_a_fit_that_cannot_go_on_stops_with_one_line_naming_the_generation(compose):
     """The GMM's nan guard: non-finite points, and an EM fit sklearn gives up on, are one line."""
     from collapse_cli.errors import CollapseError
 
-    family = _gmm_family("model.reg_covar=1e-300")
+    family = _gmm_family(compose, "model.reg_covar=1e-300")
     line = np.random.default_rng(0).standard_normal(50).astype(np.float32)
     rows = np.stack([line, line], axis=1)  # points on a line: a 2-D covariance with no inverse
     with pytest.raises(CollapseError, match=r"^generation 3: the EM fit failed \(.*\); raise model.reg_covar"):

@@ -10,10 +10,10 @@ import signal
 import numpy as np
 import pytest
 from conftest import read_metrics, read_status, run_in_process, stable
-from test_config import composed
 from test_integrity import LAST, ONCE_AT_THE_END, VARYING, files_of, killed_in_a_fork
 from test_linreg import within_99
 
+from collapse_cli.compose import compose as composed
 from collapse_cli.families import toy2d
 from collapse_cli.families.kde import core
 from collapse_cli.families.kde.core import BandwidthRule

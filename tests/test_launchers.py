@@ -107,45 +107,47 @@ def test_preempted_job_is_requeued_and_continues_its_run(tmp_path: Path, signum:
 
 
 @pytest.fixture
-def srun_on_path(tmp_path: Path, monkeypatch) -> None:
-    """submitit's SlurmExecutor only looks for an `srun` on PATH before it renders; none is ever run."""
-    bin_dir = tmp_path / "bin"
+def slurm_on_path(tmp_path: Path, monkeypatch) -> Path:
+    """A cluster's two commands, as far as submitting goes: `srun` (submitit looks for it) and an `sbatch` that
+    keeps the script it is handed and answers as Slurm does. Returns where the submitted script lands."""
+    bin_dir, kept = tmp_path / "bin", tmp_path / "submitted.sh"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "srun").chmod(0o755)
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" "{kept}"\necho "Submitted batch job 4242"\n')
+    for command in ("srun", "sbatch"):
+        (bin_dir / command).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return kept
 
 
-def sbatch_script(tmp_path: Path, *overrides: str) -> str:
-    """The sbatch script the shipped `hydra/launcher=slurm` preset submits, rendered by submitit without a cluster.
+def sbatch_script(tmp_path: Path, submitted: Path, *overrides: str) -> str:
+    """The sbatch script the shipped `hydra/launcher=slurm` preset submits, as `sbatch` receives it (slurm_on_path).
 
     The parameters go from the composed preset to submitit's executor exactly as the Hydra plugin's
     launch() maps them (plain names for the shared keys, `slurm_`-prefixed for the rest).
     """
     import submitit
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
-    from collapse_cli.cli import _register, conf_dir
+    from collapse_cli.compose import composing
 
-    _register()
-    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        cfg = compose(config_name="config", return_hydra_config=True,
-                      overrides=["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}", *overrides])
+    with composing() as node:
+        cfg = node(["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}", *overrides], hydra=True)
     launcher = instantiate(cfg.hydra.launcher)
     params = dict(launcher.params)
     executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
                                      slurm_max_num_timeout=params.pop("max_num_timeout"))
     shared = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in shared else f"slurm_{k}": v for k, v in params.items()})
-    assert executor._executor.max_num_timeout > 0  # timeouts requeue
-    return executor._executor._make_submission_file_text("python -m submitit.core._submit FOLDER", "uid")
+    job = executor.submit(print, "a job")
+    assert job.job_id == "4242"  # what our sbatch answered: the script went through submitit's own submission
+    return submitted.read_text()
 
 
-def test_slurm_preset_renders_an_sbatch_script(tmp_path: Path, srun_on_path):
-    script = sbatch_script(tmp_path, "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=720")
+def test_slurm_preset_submits_an_sbatch_script(tmp_path: Path, slurm_on_path: Path):
+    script = sbatch_script(tmp_path, slurm_on_path, "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=720")
     lines = set(script.splitlines())
     for expected in ("#SBATCH --partition=gpu", "#SBATCH --time=720", "#SBATCH --gpus-per-node=1",
                      "#SBATCH --cpus-per-task=8", "#SBATCH --mem=64GB", "#SBATCH --nodes=1",
@@ -156,7 +158,8 @@ def test_slurm_preset_renders_an_sbatch_script(tmp_path: Path, srun_on_path):
     assert script.startswith("#!/bin/bash") and "srun" in script
 
     # The defaults hold without a partition too (the cluster's default partition).
-    assert not any(line.startswith("#SBATCH --partition") for line in sbatch_script(tmp_path).splitlines())
+    default = sbatch_script(tmp_path, slurm_on_path)
+    assert not any(line.startswith("#SBATCH --partition") for line in default.splitlines())
 
 
 def test_local_gpus_gives_each_concurrent_job_its_own_gpu(tmp_path: Path):

@@ -18,6 +18,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "collapse_cli"
 BELOW_ALL = ("collapse_cli.cli", "collapse_cli.experiment", "collapse_cli.report", "collapse_cli.families",
              "collapse_cli.config")
 FORBIDDEN = {
+    "checks.py": (*BELOW_ALL, "collapse_cli.compose"),  # the checks config.py and every family use
+    # The loop's keys and the shared groups: each family owns its own schemas, and compose.py joins the two.
+    "config.py": ("collapse_cli.cli", "collapse_cli.experiment", "collapse_cli.families", "collapse_cli.compose"),
     "rundir.py": BELOW_ALL,  # the run-folder format: experiment/ writes it, report/ reads it
     "ranks.py": (*BELOW_ALL, "collapse_cli.rundir"),  # which process writes: what rundir.py asks
     # experiment -> report only, never back; a family's facts reach the report as data (report/facts.py)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from conftest import read_metrics, run_in_process, stable, start_collapse
 from scipy import stats
-from test_config import composed
 
 from collapse_cli.families.linreg import core
 from collapse_cli.families.linreg.family import LinregFamily
@@ -19,8 +18,8 @@ from collapse_cli.families.linreg.family import LinregFamily
 LINREG = ["model=linreg", "dataset=regression"]
 
 
-def family_of(*overrides: str) -> LinregFamily:
-    return LinregFamily(composed([*LINREG, *overrides]), None)
+def family_of(compose, *overrides: str) -> LinregFamily:
+    return LinregFamily(compose([*LINREG, *overrides]), None)
 
 
 def coefficient_factor(regime: str, generations: int) -> np.ndarray:
@@ -87,10 +86,10 @@ def simulate(family: LinregFamily, regime: str, generations: int, chains: int, s
 
 @pytest.mark.parametrize("regime, generations, chains, checked", [("replace", 2000, 400, (0, 9, 99, 999, 2000)),
                                                                   ("accumulate", 40, 1000, (0, 1, 9, 40))])
-def test_the_mean_error_over_chains_matches_the_closed_form(regime, generations, chains, checked):
+def test_the_mean_error_over_chains_matches_the_closed_form(compose, regime, generations, chains, checked):
     """Within its 99% CI at every checked generation, given the design (what mse_theory logs); the other
     regime's closed form lies outside it once they part."""
-    family = family_of(f"regime={regime}", f"mix={0.0 if regime == 'replace' else 1.0}")
+    family = family_of(compose, f"regime={regime}", f"mix={0.0 if regime == 'replace' else 1.0}")
     errors = simulate(family, regime, generations, chains, seed=11)
     trace = core.inverse_gram_trace(family.design)
     other = "accumulate" if regime == "replace" else "replace"
@@ -102,8 +101,8 @@ def test_the_mean_error_over_chains_matches_the_closed_form(regime, generations,
             assert abs(errors[g].mean() - trace * core.theory_factor(other, 1.0 - family.cfg.mix, g)) > half_width
 
 
-def test_tail_coverage_counts_rare_predictions_inside_the_noise_band():
-    family = family_of()
+def test_tail_coverage_counts_rare_predictions_inside_the_noise_band(compose):
+    family = family_of(compose)
     rare = core.rare_inputs(family.test_x)
     assert len(rare) == pytest.approx(0.05 * len(family.test_x), abs=1)
     norms = np.linalg.norm(family.test_x, axis=1)
@@ -119,13 +118,13 @@ def test_tail_coverage_counts_rare_predictions_inside_the_noise_band():
 
 
 @pytest.mark.slow
-def test_an_accumulate_run_refits_the_papers_pool(tmp_path):
+def test_an_accumulate_run_refits_the_papers_pool(compose, tmp_path):
     """Generation 1 of accumulate, mix=1 trains on the real labels and generation 0's relabelling of the same
     design: its weights are the mean of the two OLS fits; mse_theory is the closed form; the figure is written."""
     run_dir = tmp_path / "run"
     assert run_in_process(["run", *LINREG, "regime=accumulate", "mix=1", "generations=4", "checkpoints=all",
                            f"hydra.run.dir={run_dir}"]) == 0
-    family = family_of("regime=accumulate", "mix=1")
+    family = family_of(compose, "regime=accumulate", "mix=1")
     real = family.real_data(None).train
     gen0 = np.load(run_dir / "gen_000" / "samples.npy")
     np.testing.assert_array_equal(gen0[:, :-1], family.design)  # the same design, relabelled
@@ -179,20 +178,20 @@ def test_dry_run_writes_nothing(tmp_path):
     assert not (tmp_path / "run" / "gen_000").exists()
 
 
-def test_gerstgrasser_linreg_is_the_papers_setting():
-    paper = composed(["+experiment=gerstgrasser_linreg"])
+def test_gerstgrasser_linreg_is_the_papers_setting(compose):
+    paper = compose(["+experiment=gerstgrasser_linreg"])
     assert (paper.dataset.dim, paper.dataset.n_train, paper.dataset.noise_std) == (7, 89, 1.0)
     assert (paper.regime, paper.mix, paper.generations) == ("accumulate", 1.0, 99)
-    replace = composed(["+experiment=gerstgrasser_linreg", "regime=replace", "mix=0"])
+    replace = compose(["+experiment=gerstgrasser_linreg", "regime=replace", "mix=0"])
     assert LinregFamily(replace, None).theory(99)[1] == pytest.approx(8.642, abs=5e-4)
 
 
-def test_the_familys_own_fit_and_sample_follow_the_replace_law_given_generation_0():
+def test_the_familys_own_fit_and_sample_follow_the_replace_law_given_generation_0(compose):
     """Through LinregFamily.fit / .sample with the loop's stage seeds, 300 run seeds sharing the design and
     the real labels (a `seed=` sweep): E||e_g||^2 = ||e_0||^2 + g sigma^2 tr((X'X)^-1), within its 99% CI."""
     from collapse_cli.experiment.seeds import stage_seed
 
-    family = family_of("regime=replace")
+    family = family_of(compose, "regime=replace")
     ignore = lambda done, total: None  # noqa: E731  (progress callbacks)
     real = family.real_data(None).train
     generations, errors = 8, []

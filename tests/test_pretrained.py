@@ -140,7 +140,7 @@ def test_converting_and_loading_show_no_transformers_bars(tiny_gguf: Path, tmp_p
     from transformers import modeling_gguf_pytorch_utils as gguf_reader
     from transformers.utils import logging as hf_logging
 
-    from collapse_cli.config import ModelConfig
+    from collapse_cli.families.lm.config import ModelConfig
     from collapse_cli.families.lm.models import build_base_model, load_tokenizer
 
     cfg = ModelConfig(name="smollm2", gguf_file=str(tiny_gguf), cache_dir=str(tmp_path))

@@ -18,6 +18,7 @@ from collapse_cli.families.lm import evaluate, profile, train
 from collapse_cli.families.lm import family as lm_family
 from collapse_cli.families.lm import generate as generate_module
 from collapse_cli.families.lm.builtin import BuiltinLanguage
+from collapse_cli.families.lm.config import MetricsConfig
 from collapse_cli.measure import metrics as M
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
@@ -97,7 +98,7 @@ def test_kl_truth_against_hand_computed_value():
     #   h(0.9) = -(0.9 ln 0.9 + 0.1 ln 0.1) = 0.325083; KL = (0.693147 - 0.325083) / 3 = 0.122688.
     blocks = np.array([[0, 1, 0, 0]])
     ref = profile.Reference.build(blocks, blocks, 2, TWO_TOKEN)
-    out, _ = profile.model_metrics(uniform_model(2), ref, RunConfig(), CPU, seed=0)
+    out, _ = profile.model_metrics(uniform_model(2), ref, RunConfig(metrics=MetricsConfig()), CPU, seed=0)
     assert out["kl_truth"] == pytest.approx(0.122688, abs=1e-5)
     assert out["ce_truth"] == pytest.approx(math.log(2), abs=1e-6)
 
@@ -121,7 +122,7 @@ def test_metrics_seed_differs_across_runs_and_generations():
 def test_measure_draws_its_subsamples_from_the_metrics_seed():
     rng = np.random.default_rng(0)
     real, synthetic = rng.integers(0, 2, size=(40, 8)), rng.integers(0, 2, size=(30, 8))
-    cfg = RunConfig()
+    cfg = RunConfig(metrics=MetricsConfig())
     cfg.metrics.level, cfg.metrics.self_bleu_sample, cfg.seed = "full", 5, 1
     ref = profile.Reference.build(real, real[:10], 2, TWO_TOKEN)
     for generation in (0, 2):
@@ -135,7 +136,7 @@ def test_measure_draws_its_subsamples_from_the_metrics_seed():
 def test_measure_leaves_the_reference_as_it_was():
     rng = np.random.default_rng(1)
     real = rng.integers(0, 2, size=(20, 8))
-    cfg = RunConfig()
+    cfg = RunConfig(metrics=MetricsConfig())
     cfg.metrics.level = "full"
     ref = profile.Reference.build(real, real[:6], 2, TWO_TOKEN)
     before = replace(ref)

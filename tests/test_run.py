@@ -170,7 +170,7 @@ def test_runs_started_together_get_their_own_folders(tmp_path: Path):
 
 def test_unconditional_prompts_previous_init_and_last_checkpoint(tmp_path):
     """generate.prompt=bos, train.init=previous and checkpoints=last together, on a real run."""
-    from collapse_cli.config import GenerateConfig
+    from collapse_cli.families.lm.config import GenerateConfig
     from collapse_cli.families.lm.generate import prompts_for
 
     real = np.arange(12).reshape(3, 4)
@@ -193,7 +193,7 @@ def test_previous_init_trains_each_generation_on_from_the_last_ones_weights(tmp_
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
 
-    from collapse_cli.config import to_run_config
+    from collapse_cli.compose import to_run_config
     from collapse_cli.experiment.seeds import stage_seed
     from collapse_cli.families.lm.train import train
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import read_metrics, tiny_run
-from test_config import composed, refusal
+from test_config import refusal
 from test_curate import assert_report_adds_up
 from transformers import OPTConfig, OPTForCausalLM
 
-from collapse_cli.config import GenerateConfig
+from collapse_cli.families.lm.config import GenerateConfig
 from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.family import through_curation
 from collapse_cli.families.lm.generate import generate
@@ -195,29 +195,31 @@ def test_curate_watermark_needs_the_verdicts():
         curate(CORPUS, {"watermark": {"mode": "filter"}})
 
 
-def test_config_refuses_bad_watermark_values_with_one_line():
-    assert refusal(["generate.watermark.gamma=1.5"]).startswith("generate.watermark.gamma=1.5 must be in (0, 1)")
-    assert refusal(["generate.watermark.delta=-1"]).startswith("generate.watermark.delta=-1.0 must be >= 0")
-    assert "generate.watermark.unmarked_share=2.0" in refusal(["generate.watermark.unmarked_share=2"])
-    assert "generate.num_beams=5" in refusal(["generate=shumailov", "generate.watermark.enabled=true"])
-    assert "set generate.watermark.enabled=true" in refusal(["curate=watermark", "generate.watermark.enabled=false"])
-    assert "curate.watermark.weight=0.0" in refusal(["curate=watermark", "curate.watermark.weight=0"])
-    assert "curate filters text" in refusal(["model=gmm", "dataset=gaussian", "curate=watermark"])
+def test_config_refuses_bad_watermark_values_with_one_line(compose):
+    assert refusal(compose, ["generate.watermark.gamma=1.5"]).startswith(
+        "generate.watermark.gamma=1.5 must be in (0, 1)")
+    assert refusal(compose, ["generate.watermark.delta=-1"]).startswith("generate.watermark.delta=-1.0 must be >= 0")
+    assert "generate.watermark.unmarked_share=2.0" in refusal(compose, ["generate.watermark.unmarked_share=2"])
+    assert "generate.num_beams=5" in refusal(compose, ["generate=shumailov", "generate.watermark.enabled=true"])
+    assert "set generate.watermark.enabled=true" in refusal(
+        compose, ["curate=watermark", "generate.watermark.enabled=false"])
+    assert "curate.watermark.weight=0.0" in refusal(compose, ["curate=watermark", "curate.watermark.weight=0"])
+    assert "curate filters text" in refusal(compose, ["model=gmm", "dataset=gaussian", "curate=watermark"])
 
 
-def test_curate_watermark_alone_turns_the_mark_on_so_it_is_one_arm_of_a_curate_sweep():
-    cfg = composed(["curate=watermark"])
+def test_curate_watermark_alone_turns_the_mark_on_so_it_is_one_arm_of_a_curate_sweep(compose):
+    cfg = compose(["curate=watermark"])
     assert cfg.generate.watermark.enabled and cfg.generate.watermark.unmarked_share == 0.2
     assert cfg.curate.watermark.mode == "filter" and cfg.curate.min_keep_fraction == 0.0
-    assert not composed(["curate=none"]).generate.watermark.enabled
+    assert not compose(["curate=none"]).generate.watermark.enabled
 
 
-def test_the_experiment_filters_marked_text_and_one_override_is_its_control():
-    cfg = composed(["+experiment=watermark_filter"])
+def test_the_experiment_filters_marked_text_and_one_override_is_its_control(compose):
+    cfg = compose(["+experiment=watermark_filter"])
     assert cfg.mix == 0.0 and cfg.curate.watermark.mode == "filter" and cfg.curate.active()
     assert (cfg.generate.watermark.enabled, cfg.generate.watermark.delta, cfg.generate.watermark.unmarked_share) == (
         True, 2.0, 0.2)
-    control = composed(["+experiment=watermark_filter", "curate=none", "generate.watermark.delta=0.5"])
+    control = compose(["+experiment=watermark_filter", "curate=none", "generate.watermark.delta=0.5"])
     assert control.curate.watermark.mode == "none" and not control.curate.active()
     assert control.generate.watermark.enabled and control.generate.watermark.delta == 0.5
 

@@ -2,7 +2,8 @@
 
 It proves the loop is family-agnostic (tests/test_family.py runs it through the real
 loop, resume included) and measures the loop's own per-generation cost
-(scripts/loop_overhead.py). Register it with FAMILY_MODULES["toy"] = "toy_family".
+(scripts/loop_overhead.py). It lives outside the package, as a user's family would: with tests/ on
+the Python path, `model.family=toy_family:ToyFamily` names it, and collapse needs no edit to run it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collapse_cli.families.base import Family, Progress, RealData
 
 @dataclass
 class ToyModelConfig:
-    family: str = "toy"
+    family: str = "toy_family:ToyFamily"  # the class, as model.family names a family outside collapse
     # Raise KeyboardInterrupt when fitting this generation: a kill in the middle of a run.
     interrupt_at: int = -1
 

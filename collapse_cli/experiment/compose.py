@@ -14,6 +14,7 @@ Origins: REAL (-1) for real rows, k >= 0 for synthetic rows from generation k.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -62,15 +63,18 @@ def fresh_pool_needed(n_train: int, mix: float, generations: int) -> int:
     return n_train + generations * n_real_blocks(mix, n_train)
 
 
-def check_pool(regime: str, n_pool: int, n_train: int, mix: float, generations: int) -> None:
+def check_pool(regime: str, n_pool: int, n_train: int, mix: float, generations: int, unit: str = "rows",
+               size_key: Optional[str] = None) -> None:
+    """regime=fresh's unseen real rows fit the pool; `unit` and `size_key` (the key that sets N) come from the
+    family (Family.unit, Family.size_key), so the fix names that family's own key."""
     if regime != "fresh":
         return
     needed = fresh_pool_needed(n_train, mix, generations)
     if needed > n_pool:
+        lower = f"{size_key}, mix or generations" if size_key else "mix or generations"
         raise CollapseError(
-            f"regime=fresh needs {n_train} blocks for generation 0 + {generations} x {n_real_blocks(mix, n_train)} "
-            f"unseen real blocks = {needed}, but the real pool has {n_pool}: lower dataset.max_train_blocks, "
-            f"mix or generations, or give more real text")
+            f"regime=fresh needs {n_train} {unit} for generation 0 + {generations} x {n_real_blocks(mix, n_train)} "
+            f"unseen real {unit} = {needed}, but the real pool has {n_pool}: lower {lower}, or give more real data")
 
 
 def _draw(rng: np.random.Generator, n_available: int, n_wanted: int) -> np.ndarray:

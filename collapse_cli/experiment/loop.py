@@ -67,7 +67,7 @@ def prepare(cfg: RunConfig) -> Setup:
     real = family.real_data(_pool_cap(cfg, family.train_cap()))
     n_pool = len(real.train)
     n_train = _train_size(cfg, family.train_cap(), n_pool)
-    composition.check_pool(cfg.regime, n_pool, n_train, cfg.mix, cfg.generations)
+    composition.check_pool(cfg.regime, n_pool, n_train, cfg.mix, cfg.generations, family.unit, family.size_key)
     family.prepare(real, n_train)
     return Setup(cfg, device, family, real, base_model, n_train)
 

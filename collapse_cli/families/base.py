@@ -18,11 +18,12 @@ Conventions every method keeps:
   errors.CollapseError with one line naming the key and the fix.
 
 A family package `collapse_cli/families/<name>/` holds `family.py`, which defines `FAMILY`:
-its Family subclass. Config schemas (model_schema, dataset_schema) are dataclasses;
-`model.family` in the config picks the family, and config.to_run_config types the
-`model` and `dataset` groups with that family's schemas (unknown keys are rejected).
+its Family subclass; a family outside the package is named by `model.family=package.module:Class`
+(or an entry point in the `collapse.families` group). Config schemas (model_schema, dataset_schema,
+group_schemas) are dataclasses; `model.family` in the config picks the family, and
+compose.to_run_config types its groups with that family's schemas (unknown keys are rejected).
 Families are imported on demand only (`get_family`), so one family's import cost or
-half-written module never touches another family's runs.
+half-written module never touches another family's runs. docs/families.md: how to write one.
 
 INTERFACE READY
 """
@@ -30,7 +31,10 @@ INTERFACE READY
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import math
+import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,17 +68,8 @@ def checked_probe(rows: np.ndarray, generation: int, verb: str) -> None:
                             f"diverged); lower the learning rate and resume: collapse resume RUN_DIR train.lr=<lower>")
 
 
-# model.family -> the module whose FAMILY attribute is the Family subclass.
-FAMILY_MODULES = {
-    "lm": "collapse_cli.families.lm.family",
-    "gmm": "collapse_cli.families.gmm.family",
-    "vae": "collapse_cli.families.vae.family",
-    "linreg": "collapse_cli.families.linreg.family",
-    "categorical": "collapse_cli.families.categorical.family",
-    "diffusion": "collapse_cli.families.diffusion.family",
-    "kde": "collapse_cli.families.kde.family",
-    "gan": "collapse_cli.families.gan.family",
-}
+# A family outside the package: its class named by an entry point of this group, or model.family=module:Class.
+ENTRY_POINTS = "collapse.families"
 
 
 @dataclass
@@ -125,9 +120,21 @@ class Family(ABC):
     """One kind of generative model. Built once per run: `Family(cfg, device)`."""
 
     # --- facts the loop and config read without building anything -----------------------
-    name: ClassVar[str]  # the value of model.family
+    name: ClassVar[str]  # its short name: model.family of a builtin family (its folder), in plans and figures
     model_schema: ClassVar[type]  # dataclass typing cfg.model (it must have a `family: str` field)
     dataset_schema: ClassVar[type]  # dataclass typing cfg.dataset (it must have a `name: str` field)
+    # Further config groups the family reads, each typed by its dataclass (the LM: generate, metrics).
+    # A group in conf/config.yaml's defaults that the family does not declare is composed, then dropped (None).
+    group_schemas: ClassVar[dict[str, type]] = {}
+    # The shared keys the family reads ("train.epochs", ...): their range checks run, the others' do not
+    # (the GMM fits by EM and reads no train key, so a nonsense train.lr cannot stop its run).
+    reads: ClassVar[tuple[str, ...]] = ()
+    # Keys older run folders hold that the family no longer has: dropped when such a folder is resumed.
+    retired_keys: ClassVar[tuple[str, ...]] = ()
+    # The key that sets N, the rows generation 0 trains on (train_cap): named where the real pool runs short.
+    size_key: ClassVar[Optional[str]] = None
+    # Whether one run may span nproc > 1 processes (the family shards its work across ranks); else N copies.
+    supports_nproc: ClassVar[bool] = False
     datasets: ClassVar[tuple[str, ...]]  # dataset.name values this family reads; others exit 2
     unit: ClassVar[str] = "samples"  # what one row is called in metrics and the plan: train_<unit>, ...
     samples_file: ClassVar[str] = "samples.npy"  # the file save_samples writes in each gen folder
@@ -174,8 +181,14 @@ class Family(ABC):
         self.device = device
 
     @classmethod
+    def schemas(cls) -> dict[str, type]:
+        """Every group this family types, by group name: model, dataset and group_schemas. Their dataclass
+        defaults are the family's defaults: what `model.family=...` composes where conf/ has no option for it."""
+        return {"model": cls.model_schema, "dataset": cls.dataset_schema, **cls.group_schemas}
+
+    @classmethod
     def validate(cls, cfg: Any) -> None:
-        """Range checks of cfg.model / cfg.dataset and of the shared keys this family reads; raise CollapseError."""
+        """Range checks of the family's own groups (and of shared keys beyond `reads`' ranges); raise CollapseError."""
 
     # --- data and models ------------------------------------------------------------------
     @abstractmethod
@@ -290,16 +303,50 @@ def family_name(model_cfg: Any) -> str:
     return getattr(model_cfg, "family", "lm")
 
 
-def get_family(name: str) -> type[Family]:
-    """The Family subclass registered as `name`, imported now (and only now)."""
-    if name not in FAMILY_MODULES:
-        raise CollapseError(f"model.family={name!r}: use one of {', '.join(FAMILY_MODULES)} "
-                            f"(model=tiny for the LM, model=gmm, model=vae, model=linreg, model=categorical)")
+def builtin_families() -> list[str]:
+    """The names of the families in this package: every collapse_cli/families/<name>/ that holds family.py."""
+    here = Path(__file__).resolve().parent
+    return sorted(info.name for info in pkgutil.iter_modules([str(here)])
+                  if info.ispkg and (here / info.name / "family.py").is_file())
+
+
+def _entry_point(name: str) -> Optional[importlib.metadata.EntryPoint]:
+    found = [point for point in importlib.metadata.entry_points(group=ENTRY_POINTS) if point.name == name]
+    return found[0] if found else None
+
+
+def _import(module: str, name: str) -> Any:
+    """The module, or one line naming model.family and what is missing (a module of the family's own that fails
+    for another reason raises as it is: a traceback into the family's code is the useful answer)."""
     try:
-        module = importlib.import_module(FAMILY_MODULES[name])
-    except ModuleNotFoundError as error:
-        if error.name and FAMILY_MODULES[name].startswith(error.name):
-            raise CollapseError(f"model.family={name}: {FAMILY_MODULES[name]} is not installed in this "
-                                f"checkout yet; use model=tiny") from None
-        raise
-    return module.FAMILY
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise CollapseError(f"model.family={name}: cannot import {module} ({error}); check the name and that its "
+                            f"folder is on PYTHONPATH or installed") from None
+
+
+def _load(name: str) -> Any:
+    if ":" in name:  # package.module:Class, a family outside collapse
+        module, _, attr = name.partition(":")
+        found = getattr(_import(module, name), attr, None) if module and attr.isidentifier() else None
+        if found is None:
+            raise CollapseError(f"model.family={name}: no class {attr!r} in {module}; "
+                                f"give model.family=package.module:ClassName")
+        return found
+    if name.isidentifier() and name in builtin_families():
+        return _import(f"collapse_cli.families.{name}.family", name).FAMILY
+    point = _entry_point(name) if name.isidentifier() else None
+    if point is not None:
+        return point.load()
+    raise CollapseError(f"model.family={name!r}: use one of {', '.join(builtin_families())} (model=tiny for the "
+                        f"LM, model=gmm, model=vae, ...), or package.module:ClassName for a family of your own")
+
+
+def get_family(name: str) -> type[Family]:
+    """The Family subclass `name` picks (a builtin family's name, package.module:Class, or an entry point
+    of the collapse.families group), imported now (and only now)."""
+    found = _load(name)
+    if not (isinstance(found, type) and issubclass(found, Family)):
+        raise CollapseError(f"model.family={name}: {found!r} is not a subclass of "
+                            f"collapse_cli.families.base.Family; name the family's class")
+    return found

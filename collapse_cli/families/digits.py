@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from collapse_cli.config import check_seed
+from collapse_cli.checks import check_seed
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.plots import pyplot, save
 from collapse_cli.measure.points import frechet_distance

@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from collapse_cli.config import StrEnum, check_count, check_seed  # StrEnum: 3.10 too
+from collapse_cli.checks import StrEnum, check_count, check_seed  # StrEnum: 3.10 too
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import RealData
 from collapse_cli.measure.points import NEAREST_K

@@ -60,6 +60,7 @@ class CategoricalFamily(Family):
     dataset_schema = ZipfDatasetConfig
     datasets = ("zipf",)
     facts = FACTS
+    size_key = "dataset.n_train"
     leading_keys = ("generation", "survivors", "survivors_theory", "tail_coverage", "test_covered", "tv_truth")
 
     def __init__(self, cfg: Any, device: Any):

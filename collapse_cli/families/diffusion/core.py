@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from collapse_cli.config import StrEnum
+from collapse_cli.checks import StrEnum
 from collapse_cli.families.base import checked_loss
 
 TIME_FEATURES = 32  # sinusoidal features of t: 16 frequencies, sin and cos

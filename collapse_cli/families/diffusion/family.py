@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from collapse_cli.config import check_count, check_memory, keys_text
+from collapse_cli.checks import check_count, check_memory, keys_text
 from collapse_cli.errors import CollapseError
 from collapse_cli.families import digits, toy2d
 from collapse_cli.families.base import Family, Progress, RealData, checked_probe
@@ -104,6 +104,7 @@ class DiffusionFamily(toy2d.PointFiles, Family):
     # The Fréchet distance (with its bootstrap error) heads the family under both objectives: flow has no
     # likelihood (docs/metrics.md), so it is what the early-warning verdict sets tail coverage against (facts.py).
     facts = FACTS
+    reads = ("train.epochs", "train.lr", "train.batch_size", "train.init")  # Adam on the denoising loss
     leading_keys = ("generation", "frechet", "tail_coverage", "nll_test", "precision", "recall")
 
     def __init__(self, cfg: Any, device: Any):

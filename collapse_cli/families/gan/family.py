@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from collapse_cli.config import check_count, check_memory, keys_text
+from collapse_cli.checks import check_count, check_memory, keys_text
 from collapse_cli.errors import CollapseError
 from collapse_cli.families import digits, toy2d
 from collapse_cli.families.base import Family, Progress, RealData
@@ -112,6 +112,7 @@ class GANFamily(Family):
     datasets = (DIGITS, *toy2d.TOY_NAMES)
     # No likelihood: the Fréchet distance to the real test rows is the headline the verdict reads (facts.py).
     facts = FACTS
+    reads = ("train.epochs", "train.lr", "train.batch_size")  # Adam on both players
     leading_keys = ("generation", "frechet", "tail_coverage", "precision", "recall")
 
     def __init__(self, cfg: Any, device: Any):

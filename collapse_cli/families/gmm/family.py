@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from collapse_cli.config import StrEnum, check_count, check_memory, check_seed, keys_text  # StrEnum: 3.10 too
+from collapse_cli.checks import StrEnum, check_count, check_memory, check_seed, keys_text  # StrEnum: 3.10 too
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
@@ -51,7 +51,6 @@ class GMMModelConfig:
     variance: Variance = Variance.mle
     n_init: int = 1
     reg_covar: float = 1e-6
-    lr: float = 1.0  # unused by EM; conf/config.yaml sets train.lr: ${model.lr}, checked positive
     figure_generations: int = 6  # generations drawn in figures/gmm_scatter.png, log-spaced from 0 to the last
 
 
@@ -105,6 +104,9 @@ class GMMFamily(PointFiles, Family):
     dataset_schema = GaussianDatasetConfig
     datasets = ("gaussian",)
     facts = FACTS
+    # EM reads no train key; model.lr was only there for train.lr's sake (runs before it went hold it).
+    retired_keys = ("model.lr",)
+    size_key = "dataset.n_train"
     leading_keys = ("generation", "nll_test", "tail_coverage", "component_std", "l2sq_to_gen0")
 
     def __init__(self, cfg: Any, device: Any):

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from collapse_cli.config import StrEnum  # StrEnum: 3.10 too
+from collapse_cli.checks import StrEnum  # StrEnum: 3.10 too
 from collapse_cli.families import plots
 from collapse_cli.families.toy2d import SAMPLE_DTYPE
 from collapse_cli.measure.points import squared_distance_chunks

@@ -58,6 +58,7 @@ class LinregFamily(Family):
     dataset_schema = RegressionDatasetConfig
     datasets = ("regression",)
     facts = FACTS
+    size_key = "dataset.n_train"
     leading_keys = ("generation", "param_error", "mse_theory", "test_mse", "tail_coverage")
 
     def __init__(self, cfg: Any, device: Any):

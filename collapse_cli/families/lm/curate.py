@@ -44,9 +44,17 @@ from typing import Any, Optional
 
 import numpy as np
 
-from collapse_cli.config import DETECTOR_MODES, CurateConfig, is_int, plain, validate_curate, validate_detector
+from collapse_cli.config import (
+    DETECTOR_MODES,
+    CurateConfig,
+    WatermarkCurate,
+    WatermarkMode,
+    is_int,
+    plain,
+    validate_curate,
+    validate_detector,
+)
 from collapse_cli.errors import CollapseError
-from collapse_cli.families.lm.watermark import WatermarkCurate, WatermarkMode
 
 __all__ = ["CurateConfig", "validate_curate", "DETECTOR_MODES", "curate"]  # the config lives in config.py
 

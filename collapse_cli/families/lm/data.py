@@ -16,9 +16,9 @@ from typing import Optional
 
 import numpy as np
 
-from collapse_cli.config import DatasetConfig
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.lm.builtin import BuiltinLanguage, build_language
+from collapse_cli.families.lm.config import DatasetConfig
 
 log = logging.getLogger("collapse")
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from collapse_cli.config import GenerateConfig
+from collapse_cli.families.lm.config import GenerateConfig
 from collapse_cli.families.lm.fused_mlp import relu_in_gemm
 from collapse_cli.families.lm.kvcache import TreeCache, attending
 from collapse_cli.families.lm.select import Beams, Mark, Marker, penalize_seen

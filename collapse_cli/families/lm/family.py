@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from collapse_cli.config import DatasetConfig, ModelConfig, RunConfig, check_lengths, validate_lm
+from collapse_cli.config import RunConfig, TrainConfig
 from collapse_cli.experiment import distributed
 from collapse_cli.families.base import Curated, Family, ObjectCache, Progress, RealData
 from collapse_cli.families.lm import profile, watermark
+from collapse_cli.families.lm.config import (
+    DatasetConfig,
+    GenerateConfig,
+    MetricsConfig,
+    ModelConfig,
+    check_lengths,
+    validate_lm,
+)
 from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import load_corpus, make_blocks
 from collapse_cli.families.lm.decode import describe as describe_decoder
@@ -48,6 +56,11 @@ class LMFamily(Family):
     name = "lm"
     model_schema = ModelConfig
     dataset_schema = DatasetConfig
+    group_schemas = {"generate": GenerateConfig, "metrics": MetricsConfig}
+    # Every train key: the LM trains by AdamW with warm-up, a schedule, clipping and a block length.
+    reads = tuple(f"train.{spec.name}" for spec in fields(TrainConfig))
+    size_key = "dataset.max_train_blocks"
+    supports_nproc = True  # training, sampling and scoring are sharded across ranks
     datasets = ("builtin", "text", "wikitext2", "tinystories")
     facts = FACTS
     samples_file = "synthetic_ids.npz"

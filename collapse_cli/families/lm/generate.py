@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from collapse_cli.config import GenerateConfig
 from collapse_cli.experiment import distributed
+from collapse_cli.families.lm.config import GenerateConfig
 from collapse_cli.families.lm.decode import ChunkDecoder
 from collapse_cli.families.lm.train import inference_model
 from collapse_cli.families.lm.watermark import marked_rows

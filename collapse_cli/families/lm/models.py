@@ -8,9 +8,9 @@ from typing import Optional
 
 import torch
 
-from collapse_cli.config import ModelConfig
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.lm.builtin import make_tokenizer as builtin_tokenizer
+from collapse_cli.families.lm.config import ModelConfig
 from collapse_cli.families.lm.data import Corpus, hub_reachable
 from collapse_cli.families.lm.gguf import converted_folder
 from collapse_cli.families.lm.quiet import no_library_bars
@@ -41,7 +41,7 @@ def _local(cfg: ModelConfig) -> ModelConfig:
 
 def _from_pretrained(loader, cfg: ModelConfig, what: str, key: str = "model.path", **kwargs):
     """`key` names the setting that gave cfg.path (model.tokenizer for a separate tokenizer folder)."""
-    # config.validate has already refused a model.path / model.tokenizer folder that does not exist.
+    # validate_lm (families/lm/config.py) has already refused a model.path / model.tokenizer folder that does not exist.
     source = _source(cfg)
     if not cfg.path:
         # Offline, a hub download retries with back-off for minutes; the cache alone answers at once.

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import numpy as np
 
+from collapse_cli.config import WatermarkCurate, WatermarkMode
 from collapse_cli.errors import CollapseError
 
 # SeedSequence streams of one key: the green set, the shift hash, the rows left unmarked.
@@ -46,20 +46,6 @@ class WatermarkConfig:
     unmarked_share: float = 0.0
     # A sequence is detected when its z-score exceeds this (metrics and curate=watermark).
     threshold: float = 4.0
-
-
-class WatermarkMode(str, Enum):
-    none = "none"  # no watermark curation (the default)
-    filter = "filter"  # drop detected sequences
-    weight = "weight"  # keep them with `weight` (undetected ones 1) and redraw the corpus's size by weight
-
-
-@dataclass
-class WatermarkCurate:
-    """`curate.watermark` (conf/curate/watermark.yaml): what curation does with detected sequences."""
-
-    mode: WatermarkMode = WatermarkMode.none
-    weight: float = 0.1  # weight mode: a detected sequence's weight against 1 for the others
 
 
 def validate_watermark(mark: WatermarkConfig, curate: WatermarkCurate, num_beams: int) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from collapse_cli.config import StrEnum, check_memory, keys_text  # StrEnum: with its Python 3.10 fallback
+from collapse_cli.checks import StrEnum, check_memory, keys_text  # StrEnum: with its Python 3.10 fallback
 from collapse_cli.errors import CollapseError
 from collapse_cli.families import digits
 from collapse_cli.families.base import Family, ObjectCache, Progress, RealData, checked_probe
@@ -75,6 +75,8 @@ class VAEFamily(Family):
     dataset_schema = digits.DigitsDatasetConfig
     datasets = ("digits",)
     facts = FACTS
+    reads = ("train.epochs", "train.lr", "train.batch_size", "train.weight_decay")  # Adam's, in core.train_vae
+    size_key = "dataset.max_train"
     samples_file = "samples.npy"
     leading_keys = ("generation", "nll_test", "tail_coverage", "latent_spread", "latent_std_flat",
                     "class_share_max")
