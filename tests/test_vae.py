@@ -285,7 +285,8 @@ def test_the_vae_reports_the_frechet_distance_in_the_classifiers_logits(compose,
     from collapse_cli.families.vae.family import VAEFamily
     from collapse_cli.measure.points import frechet_distance
 
-    family = VAEFamily(_vae_config(compose, "model.hidden=32", "model.latent=4", "model.nll_samples=4"), torch.device("cpu"))
+    cfg = _vae_config(compose, "model.hidden=32", "model.latent=4", "model.nll_samples=4")
+    family = VAEFamily(cfg, torch.device("cpu"))
     real = family.real_data(None)
     family.prepare(real, len(real.train))
     model = family.build_base_model(seed=0)
