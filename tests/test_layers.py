@@ -1,5 +1,6 @@
-"""The import graph is a stack, not a circle: run folders at the bottom, the report above them, the experiment
-above the report (its trackers draw `collapse compare`'s plots), the command line on top.
+"""The import graph is a stack, not a circle: run folders at the bottom, the report above them, the families
+below the experiment that calls them (their collectives live beneath them), the experiment above the report
+(its trackers draw `collapse compare`'s plots), the command line on top.
 
 Read from the source with `ast`, so an import inside a function (the lazy kind) counts as much as one at the top.
 """
@@ -20,6 +21,8 @@ BELOW_ALL = ("collapse_cli.cli", "collapse_cli.experiment", "collapse_cli.report
 FORBIDDEN = {
     "rundir.py": BELOW_ALL,  # the run-folder format: experiment/ writes it, report/ reads it
     "ranks.py": (*BELOW_ALL, "collapse_cli.rundir"),  # which process writes: what rundir.py asks
+    "collectives.py": (*BELOW_ALL, "collapse_cli.rundir"),  # where ranks meet: the families call it
+    "families": ("collapse_cli.cli", "collapse_cli.experiment"),  # the loop calls the families, never back
     "report": ("collapse_cli.cli", "collapse_cli.experiment"),  # experiment -> report only, never back
 }
 

@@ -21,10 +21,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from collapse_cli import collectives, ranks
 from collapse_cli.config import RunConfig, describe_mix
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import compose as composition
-from collapse_cli.experiment import distributed, tracking
+from collapse_cli.experiment import tracking
 from collapse_cli.experiment.progress import Feedback
 from collapse_cli.experiment.seeds import compose_seed, stage_seed, torch_global_rng, torch_global_seed
 from collapse_cli.families.base import Family, RealData, family_name, get_family
@@ -44,7 +45,7 @@ def pick_device(choice: str):
 
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda", distributed.local_rank())  # under nproc=N, rank r's own GPU
+    return torch.device("cuda", collectives.local_rank())  # under nproc=N, rank r's own GPU
 
 
 @dataclass
@@ -131,7 +132,7 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     start_from = state.previous_model if (cfg.train.init == "previous" and g > 0) else setup.base_model
     model = copy.deepcopy(start_from)
     with (feedback.task(f"gen {g} train", total=1) as on_step,
-          torch_global_rng(torch_global_seed(cfg.seed, g, distributed.rank()), setup.device)):
+          torch_global_rng(torch_global_seed(cfg.seed, g, ranks.rank()), setup.device)):
         stats = family.fit(model, train_rows, stage_seed(cfg.seed, g, "train"), g, on_step)
     trained = time.perf_counter()
     with feedback.task(f"gen {g} generate", total=setup.n_train) as on_batch:
@@ -198,7 +199,7 @@ def _manifest(g: int, training_set: composition.TrainingSet, cfg: RunConfig, fam
 
 def _save_model(family: Family, model: Any, folder: Path) -> None:
     """Save into a temporary folder, then rename: never a half-written checkpoint."""
-    if not distributed.is_main():  # every rank holds the same weights; rank 0 writes them
+    if not ranks.is_main():  # every rank holds the same weights; rank 0 writes them
         return
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -222,14 +223,14 @@ def _keeps_last_model_only(cfg: RunConfig) -> bool:
 def _drop_previous_model(g: int, run_dir: RunDir, cfg: RunConfig) -> None:
     """Once generation g is DONE, its predecessor's model is no longer needed, by the loop or a resume.
     Deleting it any earlier would leave a kill in between with neither generation's model to go on from."""
-    if g > 0 and _keeps_last_model_only(cfg) and distributed.is_main():
+    if g > 0 and _keeps_last_model_only(cfg) and ranks.is_main():
         shutil.rmtree(run_dir.gen(g - 1) / "model", ignore_errors=True)
         written("previous_model_delete", g)
 
 
 def _drop_stale_models(run_dir: RunDir, cfg: RunConfig, last_done: int) -> None:
     """On resume: models before the last done generation that a kill left undeleted (_drop_previous_model)."""
-    if not _keeps_last_model_only(cfg) or not distributed.is_main():
+    if not _keeps_last_model_only(cfg) or not ranks.is_main():
         return
     for folder in run_dir.path.glob("gen_*/model"):
         if int(folder.parent.name[4:]) < last_done:
@@ -311,7 +312,7 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
                 status_written = time.monotonic()
             log.info(feedback.generation_line(metrics, family.table_keys))
             trackers.log_generation(metrics)
-        if not distributed.is_main():  # the other ranks' part ends with the last collective
+        if not ranks.is_main():  # the other ranks' part ends with the last collective
             return None
         summary = finish(setup, run_dir)
         # The generation-0 copy only serves scoring and resumes; `checkpoints=all` keeps it as gen_000/model.
@@ -328,7 +329,7 @@ def execute_rank(cfg: RunConfig, path: str) -> None:
     logs, prints and writes."""
     from rich.console import Console
 
-    if distributed.is_main():
+    if ranks.is_main():
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
                             handlers=[logging.StreamHandler(), logging.FileHandler(Path(path) / "collapse.log")])
-    execute(cfg, Path(path), Feedback(Console(quiet=not distributed.is_main())))
+    execute(cfg, Path(path), Feedback(Console(quiet=not ranks.is_main())))

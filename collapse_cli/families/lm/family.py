@@ -16,8 +16,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from collapse_cli import ranks
 from collapse_cli.config import DatasetConfig, ModelConfig, RunConfig, check_lengths, validate_lm
-from collapse_cli.experiment import distributed
 from collapse_cli.families.base import Curated, Family, ObjectCache, Progress, RealData
 from collapse_cli.families.lm import profile
 from collapse_cli.families.lm.curate import curate
@@ -209,7 +209,7 @@ class LMFamily(Family):
     def _save_run_tokenizer(self, folder: Path) -> None:
         """The run's tokenizer (for tiny: the BPE trained on the run's text, or the builtin words), which the
         corpora's token ids mean; written through a temporary folder, so it is whole or absent."""
-        if folder.is_dir() or not distributed.is_main():
+        if folder.is_dir() or not ranks.is_main():
             return
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
+from collapse_cli import collectives
 from collapse_cli.config import GenerateConfig
-from collapse_cli.experiment import distributed
 from collapse_cli.families.lm.decode import ChunkDecoder
 from collapse_cli.families.lm.train import inference_model
 
@@ -50,7 +50,7 @@ def generate(model: torch.nn.Module, prompts: np.ndarray, cfg: GenerateConfig, s
     """
     model.eval()
     size, total_chunks = chunk_prompts(cfg), n_chunks(len(prompts), cfg)
-    order = list(distributed.my_items(total_chunks) if chunks is None else chunks)
+    order = list(collectives.my_items(total_chunks) if chunks is None else chunks)
     bad = [k for k in order if not 0 <= k < total_chunks]
     if bad:
         raise ValueError(f"chunks {bad} out of range: {len(prompts)} prompts make {total_chunks} chunks")
@@ -65,5 +65,5 @@ def generate(model: torch.nn.Module, prompts: np.ndarray, cfg: GenerateConfig, s
         if on_batch is not None:
             on_batch(done, total)
     if chunks is None:
-        pieces = distributed.gather_items(pieces, total_chunks)
+        pieces = collectives.gather_items(pieces, total_chunks)
     return np.concatenate([np.empty((0, cfg.new_tokens), dtype=np.int64), *pieces])
