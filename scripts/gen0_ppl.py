@@ -26,7 +26,8 @@ from collapse_cli.measure.metrics import perplexity
 
 def ppl_test(setup) -> float:
     family = setup.family
-    nll = token_nll(setup.base_model, setup.real.test, profile.eval_batch_size(family.cfg, setup.device), setup.device)
+    batch = profile.eval_batch_size(family.cfg, setup.device)
+    nll = token_nll(family.for_inference(setup.base_model), setup.real.test, batch, setup.device)
     return perplexity(float(nll.sum(dtype=np.float64)), nll.size)
 
 

@@ -155,18 +155,3 @@ def test_lm_config_refuses_a_dataset_of_another_family():
     node = OmegaConf.create({"model": {"family": "lm"}, "dataset": {"name": "normal"}, "train": {"lr": 1e-3}})
     with pytest.raises(CollapseError, match="model.family=lm reads dataset=builtin or dataset=text"):
         to_run_config(node)
-
-
-def test_object_cache_makes_one_value_per_object_by_identity():
-    cache, made = base.ObjectCache(), []
-
-    def make(key: list) -> int:
-        made.append(key)
-        return len(made)
-
-    rows, equal_rows = [1, 2], [1, 2]
-    assert cache.get(rows, make) == cache.get(rows, make) == 1 and cache.holds(rows)
-    assert cache.get(equal_rows, make) == 2  # equal but another object: its own value
-    assert cache.get(rows, make) == 3 and made == [rows, equal_rows, rows]  # one object at a time
-    cache.clear()
-    assert not cache.holds(rows)

@@ -146,30 +146,6 @@ def test_the_vae_trains_with_train_keys_whose_defaults_the_model_names(digits, o
     assert totals[-1] == epochs * math.ceil(100 / batch_size)
 
 
-def test_each_reference_model_gets_its_own_figures_and_no_other_can_take_its_id(digits):
-    """The generation-0 figures are cached per reference model. Keyed by id(), a model built where a freed
-    reference lay (a resume's reload, the next run in one process) got that reference's figures; keyed by the
-    model, which the cache holds, no other model can have its id while they are cached."""
-    import weakref
-
-    from collapse_cli.families.vae.family import VAEFamily
-
-    cfg = _vae_config("model.hidden=32", "model.latent=4", "model.nll_samples=4")
-    family, fresh = VAEFamily(cfg, torch.device("cpu")), VAEFamily(cfg, torch.device("cpu"))
-    for each in (family, fresh):
-        each.real_data(None)
-    first = family.build_base_model(seed=1)
-    stale = family._reference_figures(first)
-    first_alive = weakref.ref(first)
-    del first
-    assert first_alive() is not None  # held by the cache: its address (its id) cannot be handed out again
-    second = family.build_base_model(seed=2)
-    figures, expected = family._reference_figures(second), fresh._reference_figures(second)
-    assert figures.latent_spread_real == expected.latent_spread_real != stale.latent_spread_real
-    assert np.array_equal(figures.rare.images, expected.rare.images)
-    assert first_alive() is None  # asked about another model, the cache lets the old one go
-
-
 def test_latent_std_flat_is_the_notebooks_statistic(trained, digits):
     """np.std of the 100 x latent encoder means flattened (ddof 0), as VAE_experiments.ipynb prints it."""
     with torch.no_grad():

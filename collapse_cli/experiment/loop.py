@@ -113,7 +113,7 @@ class LoopState:
 
     samples: dict[int, np.ndarray] = field(default_factory=dict)  # curated synthetic rows by generation
     kept: dict[int, np.ndarray] = field(default_factory=dict)  # their rows in each generation's raw samples
-    reference_model: Any = None  # the frozen generation-0 model
+    reference_model: Any = None  # the frozen generation-0 model, as family.for_inference made it
     previous_model: Any = None
 
 
@@ -135,13 +135,14 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
           torch_global_rng(torch_global_seed(cfg.seed, g, ranks.rank()), setup.device)):
         stats = family.fit(model, train_rows, stage_seed(cfg.seed, g, "train"), g, on_step)
     trained = time.perf_counter()
+    inference = family.for_inference(model)  # the one copy sampling and measuring run on
     with feedback.task(f"gen {g} generate", total=setup.n_train) as on_batch:
-        samples = family.sample(model, setup.n_train, stage_seed(cfg.seed, g, "generate"), on_batch)
+        samples = family.sample(inference, setup.n_train, stage_seed(cfg.seed, g, "generate"), on_batch)
     generated = time.perf_counter()
 
-    reference_model = model if g == 0 else state.reference_model
+    reference_model = inference if g == 0 else state.reference_model
     with feedback.task(f"gen {g} evaluate", total=1) as on_eval:
-        metrics, scores = family.measure(g, model, reference_model, samples, stage_seed(cfg.seed, g, "metrics"),
+        metrics, scores = family.measure(g, inference, reference_model, samples, stage_seed(cfg.seed, g, "metrics"),
                                          on_eval)
     curated = family.curate(samples, scores, stage_seed(cfg.seed, g, "curate"))
     evaluated = time.perf_counter()
@@ -158,7 +159,7 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
                    eval_time_s=evaluated - generated)
     state.samples[g], state.kept[g] = samples[curated.indices], curated.indices
     if g == 0:
-        state.reference_model = model
+        state.reference_model = reference_model
         _save_model(family, model, run_dir.path / "reference")
         for name, array in family.reference_files().items():
             run_dir.save_array(name, array)
@@ -250,7 +251,7 @@ def restore(setup: Setup, run_dir: RunDir) -> tuple[LoopState, int]:
     # With every generation done (killed while finishing), no model is needed, and the
     # finishing step may already have deleted the reference checkpoint.
     if done and len(done) < setup.cfg.generations + 1:
-        state.reference_model = _load_model(family, run_dir.path / "reference")
+        state.reference_model = family.for_inference(_load_model(family, run_dir.path / "reference"))
         if setup.cfg.train.init == "previous":
             state.previous_model = _load_model(family, run_dir.gen(done[-1]) / "model")
     run_dir.discard_unfinished(len(done))

@@ -83,32 +83,6 @@ class Curated:
     report: dict = field(default_factory=dict)
 
 
-class ObjectCache:
-    """One value made from one object (a model, a sample array), kept until another object asks.
-
-    Keyed by the object itself, which it holds: an id() is reused by a new object once the old one is
-    freed (a resume's reloaded model, the next run in the same process) and would get the old value.
-    """
-
-    def __init__(self) -> None:
-        self.clear()
-
-    def holds(self, key: Any) -> bool:
-        return self._full and self._key is key
-
-    def get(self, key: Any, make: Callable[[Any], Any]) -> Any:
-        if not self.holds(key):
-            self.clear()  # the old value goes before the new one is made: a model copy's memory
-            self.put(key, make(key))
-        return self._value
-
-    def put(self, key: Any, value: Any) -> None:
-        self._key, self._value, self._full = key, value, True
-
-    def clear(self) -> None:
-        self._key, self._value, self._full = None, None, False
-
-
 class Family(ABC):
     """One kind of generative model. Built once per run: `Family(cfg, device)`."""
 
@@ -164,16 +138,25 @@ class Family(ABC):
     def fit(self, model: Any, train: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
         """Train `model` in place on rows `train`; returns flat stats merged into metrics (e.g. train_loss_last)."""
 
+    def for_inference(self, model: Any) -> Any:
+        """The model as `sample` and `measure` run it (LM: a bf16 copy on CUDA); by default the model itself.
+
+        The loop asks once per trained model, and once per run for the generation-0 reference, and hands
+        that one copy to every sample and measure call: no family keeps copies of its own to avoid repeats.
+        """
+        return model
+
     @abstractmethod
     def sample(self, model: Any, n: int, seed: int, on_batch: Progress) -> np.ndarray:
-        """n new samples (rows) from `model`, same dtype and row shape as the real data."""
+        """n new samples (rows) from `model` (as for_inference made it), same dtype and row shape as the real data."""
 
     @abstractmethod
     def measure(self, generation: int, model: Any, reference_model: Any, samples: np.ndarray, seed: int,
                 on_progress: Progress) -> tuple[dict, np.ndarray]:
         """(flat metrics of this generation, float per-sample scores [n] used by curation and saved).
 
-        reference_model is the generation-0 model (the model itself when generation == 0).
+        Both models are as for_inference made them. reference_model is the generation-0 model (the model
+        itself when generation == 0).
         Must not keep state that a resume would not rebuild (a resume calls prepare and measure afresh).
         """
 

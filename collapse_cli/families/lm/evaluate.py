@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from collapse_cli import collectives
 from collapse_cli.families.lm.loss import logit_chunks
-from collapse_cli.families.lm.train import autocast, inference_model
+from collapse_cli.families.lm.train import autocast
 
 OnBatch = Optional[Callable[[int, int], None]]
 
@@ -57,9 +57,10 @@ def score_blocks(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, de
     `transition[prev]` is the exact next-token law of the builtin language, so the
     cross-entropy and entropy sums run over the whole vocabulary at every position
     (nats/token, averaged over positions); both are nan without a transition. One
-    forward pass serves both, since they score the same test blocks.
+    forward pass serves both, since they score the same test blocks. `model` runs as given: callers pass
+    the weights scoring runs on (LMFamily.for_inference: a bf16 copy on CUDA).
     """
-    model = inference_model(model, device).eval()  # bf16 weights on CUDA
+    model.eval()
     truth = None
     if transition is not None:
         true_probs = torch.from_numpy(transition.astype(np.float32)).to(device)
@@ -101,7 +102,7 @@ def sliding_windows(stream_length: int, window: int, stride: int) -> list[tuple[
 def sliding_nll(model: torch.nn.Module, stream: np.ndarray, window: int, stride: int, batch_size: int,
                 device: torch.device) -> tuple[float, int]:
     """Sum of NLL (nats) and count of tokens scored by a strided sliding window over one stream."""
-    model = inference_model(model, device).eval()
+    model.eval()
     spans = sliding_windows(len(stream), window, stride)
     full = [s for s in spans if s[1] - s[0] == window]
     ragged = [s for s in spans if s[1] - s[0] != window]

@@ -18,7 +18,7 @@ import torch
 
 from collapse_cli import ranks
 from collapse_cli.config import DatasetConfig, ModelConfig, RunConfig, check_lengths, validate_lm
-from collapse_cli.families.base import Curated, Family, ObjectCache, Progress, RealData
+from collapse_cli.families.base import Curated, Family, Progress, RealData
 from collapse_cli.families.lm import profile
 from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import load_corpus, make_blocks
@@ -62,9 +62,7 @@ class LMFamily(Family):
         self.tokenizer = None
         self.prompts: Optional[np.ndarray] = None
         self.reference: Optional[profile.Reference] = None
-        self._decoded = ObjectCache()  # a sample array's texts
-        self._reference_copy = ObjectCache()  # the generation-0 model's inference weights: see _scoring_reference
-        self._trained_copy = ObjectCache()  # this generation's model's inference weights: see _inference_weights
+        self._decoded: Optional[tuple[np.ndarray, list[str]]] = None  # a sample array and its texts: see _texts
         if compiles(cfg.train, device):
             keep_compile_cache(cache_root(cfg.model.cache_dir) / "torch-compile")
 
@@ -111,61 +109,42 @@ class LMFamily(Family):
         batch = profile.eval_batch_size(self.cfg, self.device)
 
         def validate(model: torch.nn.Module, epoch: int) -> float:
-            weights = inference_model(model, self.device)
-            if epoch == self.cfg.train.epochs:  # the trained weights, unless best_valid restores an earlier epoch
-                self._trained_copy.put(model, weights)
-            return float(token_nll(weights, self.valid, batch, self.device).mean(dtype=np.float64))
+            return float(token_nll(self.for_inference(model), self.valid, batch, self.device).mean(dtype=np.float64))
 
         return validate
 
     def fit(self, model: torch.nn.Module, rows: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
         model.to(self.device)  # in place: the loop hands over a CPU copy of the base or previous model
-        self._trained_copy.clear()  # training changes weights: no copy made before it may serve after it
         stats = train(model, rows, self.cfg.train, seed, self.device, generation, on_step, self._validator())
-        if stats.kept_epoch != self.cfg.train.epochs:  # restored an earlier epoch (or never validated)
-            self._trained_copy.clear()
         out = {"train_tokens_seen": stats.tokens, "train_loss_last": stats.loss_last}
         if stats.valid_loss is not None:
             # valid_loss is already a per-token mean: one "token" of that NLL.
             out.update(ppl_valid=perplexity(stats.valid_loss, 1), kept_epoch=stats.kept_epoch)
         return out
 
+    def for_inference(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A bf16 copy on CUDA (train.inference_model), the model itself on the CPU."""
+        return inference_model(model, self.device)
+
     def sample(self, model: torch.nn.Module, n: int, seed: int, on_batch: Progress) -> np.ndarray:
         # One sequence per prompt, and there is one prompt per real training block: n is N.
         assert n == len(self.prompts), (n, len(self.prompts))
-        return generate(self._inference_weights(model), self.prompts, self.cfg.generate, seed, self.device, on_batch)
-
-    def _inference_weights(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The weights sampling and scoring run on (a bf16 copy on CUDA), made at most once per trained model.
-
-        Training's last validation pass already made that copy, unless best_valid restored an earlier
-        epoch; else sampling makes it, and measuring reuses it.
-        """
-        return self._trained_copy.get(model, lambda trained: inference_model(trained, self.device))
+        return generate(model, self.prompts, self.cfg.generate, seed, self.device, on_batch)
 
     def _texts(self, samples: np.ndarray) -> list[str]:
-        """The decoded samples; measure, curate and save_samples share one decoding."""
-        return self._decoded.get(samples, lambda rows: self.tokenizer.batch_decode(rows, skip_special_tokens=False))
+        """The decoded samples; measure, curate and save_samples share one decoding of the same array.
 
-    def _scoring_reference(self, reference_model: torch.nn.Module) -> torch.nn.Module:
-        """The generation-0 model as scoring runs it (a bf16 copy on CUDA), made once per reference model.
-
-        Every generation scores its corpus under the reference: converting it there cost a full copy
-        per generation. Keyed by the model object, which the loop keeps for the whole run; a resume
-        loads a new one, so its copy is made afresh and the old one (if any) is dropped first.
-        """
-        return self._reference_copy.get(reference_model, lambda model: inference_model(model, self.device))
+        Keyed by the array itself (`is`), which it holds: an id() is reused once an array is freed."""
+        if self._decoded is None or self._decoded[0] is not samples:
+            self._decoded = None  # the old texts go before the new ones are made
+            self._decoded = (samples, self.tokenizer.batch_decode(samples, skip_special_tokens=False))
+        return self._decoded[1]
 
     def measure(self, generation: int, model: torch.nn.Module, reference_model: torch.nn.Module,
                 samples: np.ndarray, seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
-        weights = self._inference_weights(model)  # bf16 on CUDA: scoring converts neither model again
-        if model is reference_model:
-            self._reference_copy.put(model, weights)  # generation 0 is the reference: one copy scores it both ways
-        scoring_reference = self._scoring_reference(reference_model)
-        metrics, seq_ppl, self.reference = profile.measure(generation, weights, scoring_reference, samples,
+        metrics, seq_ppl, self.reference = profile.measure(generation, model, reference_model, samples,
                                                            self._texts(samples), self.reference, self.cfg, self.device,
                                                            self.tokenizer.batch_decode, seed, on_progress)
-        self._trained_copy.clear()  # its last use: the memory goes back before the next generation trains
         metrics["generated_tokens"] = int(samples.size)
         return metrics, seq_ppl
 

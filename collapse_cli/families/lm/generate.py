@@ -15,7 +15,6 @@ import torch
 from collapse_cli import collectives
 from collapse_cli.config import GenerateConfig
 from collapse_cli.families.lm.decode import ChunkDecoder
-from collapse_cli.families.lm.train import inference_model
 
 
 def prompts_for(real_train: np.ndarray, cfg: GenerateConfig, bos_id: int) -> np.ndarray:
@@ -46,7 +45,8 @@ def generate(model: torch.nn.Module, prompts: np.ndarray, cfg: GenerateConfig, s
 
     chunks: None decodes every chunk (under `nproc=N`, rank r decodes chunks r, r+N, ... and every
     rank gets them all back in chunk order: the corpus of a single process); otherwise only the
-    rows of the chunks listed, concatenated in that order.
+    rows of the chunks listed, concatenated in that order. `model` decodes as given: callers pass the
+    weights sampling runs on (LMFamily.for_inference: a bf16 copy on CUDA).
     """
     model.eval()
     size, total_chunks = chunk_prompts(cfg), n_chunks(len(prompts), cfg)
@@ -54,7 +54,7 @@ def generate(model: torch.nn.Module, prompts: np.ndarray, cfg: GenerateConfig, s
     bad = [k for k in order if not 0 <= k < total_chunks]
     if bad:
         raise ValueError(f"chunks {bad} out of range: {len(prompts)} prompts make {total_chunks} chunks")
-    decode = ChunkDecoder(inference_model(model, device), cfg, size, device)
+    decode = ChunkDecoder(model, cfg, size, device)
     total = sum(min(size, len(prompts) - k * size) for k in order)
     pieces, done = [], 0
     for k in order:

@@ -18,7 +18,6 @@ import torch
 from collapse_cli.config import RunConfig
 from collapse_cli.families.lm.builtin import BuiltinLanguage
 from collapse_cli.families.lm.evaluate import score_blocks, sliding_nll, token_nll
-from collapse_cli.families.lm.train import inference_model
 from collapse_cli.measure import metrics as M
 from collapse_cli.rundir import RunDir, gen_name
 
@@ -77,9 +76,8 @@ def eval_batch_size(cfg: RunConfig, device: torch.device) -> int:
 
 def model_metrics(model: torch.nn.Module, ref: Reference, cfg: RunConfig, device: torch.device,
                   seed: int) -> tuple[dict, np.ndarray]:
-    """Metrics of the generation's model on real test text; also returns its per-token NLL."""
+    """Metrics of the generation's model (its inference weights) on real test text; also returns its per-token NLL."""
     batch, block = eval_batch_size(cfg, device), ref.test.shape[1]
-    model = inference_model(model, device)  # one bf16 copy on CUDA for both scoring passes
     transition = ref.language.transition if ref.language is not None else None
     test_nll, ce, entropy = score_blocks(model, ref.test, batch, device, transition)
     stride = max(1, int(block * cfg.metrics.sliding_stride))

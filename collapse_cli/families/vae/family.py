@@ -17,7 +17,7 @@ import torch
 
 from collapse_cli.config import StrEnum, check_memory, check_seed, keys_text  # StrEnum: with its Python 3.10 fallback
 from collapse_cli.errors import CollapseError
-from collapse_cli.families.base import Family, ObjectCache, Progress, RealData
+from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.vae import core
 from collapse_cli.measure import metrics as M
 from collapse_cli.rundir import RunDir, damaged, gen_name, read_run_array
@@ -113,7 +113,7 @@ class VAEFamily(Family):
         super().__init__(cfg, device)
         self.digits: Optional[core.Digits] = None
         self.classifier = None
-        self._reference = ObjectCache()  # the reference model's ReferenceFigures
+        self._gen0: Optional[ReferenceFigures] = None  # the reference model's figures: see _reference_figures
         # train_data=fresh: the last generation's sampling model (in memory), or the folder of the last
         # generation whose samples were read back (a resume reads them in order, so: the parent's).
         self._sampler: Optional[core.VAE] = None
@@ -203,16 +203,18 @@ class VAEFamily(Family):
         return images
 
     def _reference_figures(self, reference: core.VAE) -> ReferenceFigures:
-        """The reference model's view of the real test digits, made once per reference model.
+        """The reference model's view of the real test digits, made at the first measure of this run.
 
-        Seeded by the dataset, so a resume (which reloads the reference) rebuilds the same figures.
+        A run (and a resume) builds its family once and has one reference model throughout. Seeded by the
+        dataset, so a resume, which reloads the reference, rebuilds the same figures.
         """
-        return self._reference.get(reference, self._figures_of)
-
-    def _figures_of(self, reference: core.VAE) -> ReferenceFigures:
-        test = self.digits.test
-        nll_gen0 = core.importance_weighted_nll(reference, test, self.cfg.model.nll_samples, self.cfg.dataset.seed)
-        return ReferenceFigures(core.rare_digits(reference, test, nll_gen0), core.latent_spread(reference, test))
+        if self._gen0 is None:
+            test = self.digits.test
+            nll_gen0 = core.importance_weighted_nll(reference, test, self.cfg.model.nll_samples,
+                                                    self.cfg.dataset.seed)
+            self._gen0 = ReferenceFigures(core.rare_digits(reference, test, nll_gen0),
+                                          core.latent_spread(reference, test))
+        return self._gen0
 
     def measure(self, generation: int, model: core.VAE, reference_model: core.VAE, samples: np.ndarray,
                 seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
