@@ -41,6 +41,7 @@ import numpy as np
 
 from collapse_cli.errors import CollapseError
 from collapse_cli.measure import metrics as M
+from collapse_cli.rundir import RunDir, damaged, read_run_array
 
 Progress = Callable[[int, int], None]
 
@@ -93,6 +94,8 @@ class Family(ABC):
     datasets: ClassVar[tuple[str, ...]]  # dataset.name values this family reads; others exit 2
     unit: ClassVar[str] = "samples"  # what one row is called in metrics and the plan: train_<unit>, ...
     samples_file: ClassVar[str] = "samples.npy"  # the file save_samples writes in each gen folder
+    # The .npy file the default save_samples writes the per-sample scores to; None: not saved (recomputable).
+    scores_file: ClassVar[Optional[str]] = None
     # Headline metrics, best first: the first is shown in summaries; `summarize` may use them all.
     headline: ClassVar[tuple[str, ...]] = ("nll_test", "tail_coverage")
     # Further metrics whose first and last values go into summary.json (the paper's own figures, say).
@@ -185,13 +188,23 @@ class Family(ABC):
         return ""
 
     # --- files ------------------------------------------------------------------------------
-    @abstractmethod
     def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
-        """Write a generation's samples (as `samples_file`) and anything readable beside them into `folder`."""
+        """Write a generation's samples (as `samples_file`) and anything readable beside them into `folder`.
 
-    @abstractmethod
+        By default the array as sampled (.npy) and, with a `scores_file`, the scores as float32; a family
+        whose rows read better in another form (the LM: compressed token ids and their texts) overrides both.
+        """
+        files = RunDir(folder)
+        files.save_array(self.samples_file, samples)
+        if self.scores_file is not None:
+            files.save_array(self.scores_file, scores.astype(np.float32))
+
     def load_samples(self, folder: Path) -> np.ndarray:
         """The samples save_samples wrote in `folder`, exactly (dtype included): resume relies on it."""
+        samples = read_run_array(Path(folder) / self.samples_file)
+        if samples is None:
+            raise damaged(Path(folder) / self.samples_file, "missing")
+        return samples
 
     @abstractmethod
     def save_model(self, model: Any, folder: Path) -> None:

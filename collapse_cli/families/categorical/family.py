@@ -19,7 +19,7 @@ from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.categorical import core
 from collapse_cli.families.gmm.core import chosen_generations
 from collapse_cli.measure import metrics as M
-from collapse_cli.rundir import RunDir, gen_name
+from collapse_cli.rundir import gen_name
 
 PROBS_FILE = "probs.npy"
 MAX_THEORY_N = 4000  # the Wright-Fisher matrix is (N + 1)^2 float64: 128 MB at N = 4000
@@ -161,12 +161,6 @@ class CategoricalFamily(Family):
     def describe(self) -> str:
         d = self.cfg.dataset
         return f"categorical (p_hat = counts / N over K {d.n_outcomes} outcomes, real Zipf exponent {d.exponent:g})"
-
-    def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
-        RunDir(folder).save_array(self.samples_file, samples.astype(core.SAMPLE_DTYPE))
-
-    def load_samples(self, folder: Path) -> np.ndarray:
-        return np.load(folder / self.samples_file)
 
     def save_model(self, model: CategoricalModel, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
 from collapse_cli.measure import metrics as M
-from collapse_cli.rundir import RunDir, damaged, gen_name, read_run_array
+from collapse_cli.rundir import gen_name
 
 MIXTURE_FILE = "mixture.npz"
 MAX_FIGURE_GENERATIONS = 100  # panels of one figure row
@@ -206,15 +206,6 @@ class GMMFamily(Family):
         m = self.cfg.model
         return (f"gmm ({m.n_components} full-covariance components, {m.variance} covariances, "
                 f"dim {self.cfg.dataset.dim}, EM tol {m.tol:g}, max_iter {m.max_iter})")
-
-    def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
-        RunDir(folder).save_array(self.samples_file, samples.astype(core.SAMPLE_DTYPE))
-
-    def load_samples(self, folder: Path) -> np.ndarray:
-        samples = read_run_array(folder / self.samples_file)
-        if samples is None:
-            raise damaged(folder / self.samples_file, "missing")
-        return samples
 
     def save_model(self, model: GMMModel, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

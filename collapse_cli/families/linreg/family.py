@@ -19,7 +19,6 @@ from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.linreg import core
 from collapse_cli.measure import metrics as M
-from collapse_cli.rundir import RunDir
 
 WEIGHTS_FILE = "weights.npy"
 
@@ -149,12 +148,6 @@ class LinregFamily(Family):
     def describe(self) -> str:
         d = self.cfg.dataset
         return f"linreg (OLS, d {d.dim}, T {d.n_train} design rows, noise sigma {d.noise_std:g})"
-
-    def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
-        RunDir(folder).save_array(self.samples_file, samples)
-
-    def load_samples(self, folder: Path) -> np.ndarray:
-        return np.load(folder / self.samples_file)
 
     def save_model(self, model: LinregModel, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

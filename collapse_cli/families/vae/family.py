@@ -20,10 +20,9 @@ from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.vae import core
 from collapse_cli.measure import metrics as M
-from collapse_cli.rundir import RunDir, damaged, gen_name, read_run_array
+from collapse_cli.rundir import gen_name
 
 MODEL_FILE = "vae.pt"
-SCORES_FILE = "scores.npy"
 # train_data=fresh: the decoder that drew a generation's samples, saved beside them, since the next
 # generation decodes its batches from it (also after a resume, when no model is in memory).
 SAMPLER_FILE = "sampler.pt"
@@ -102,6 +101,7 @@ class VAEFamily(Family):
     datasets = ("digits",)
     unit = "images"
     samples_file = "samples.npy"
+    scores_file = "scores.npy"
     headline = ("nll_test", "tail_coverage")
     summary_keys = ("latent_spread", "class_share_max")
     leading_keys = ("generation", "nll_test", "tail_coverage", "latent_spread", "latent_std_flat",
@@ -254,9 +254,7 @@ class VAEFamily(Family):
         return f"vae (MLP {m.hidden}, latent {m.latent}, {m.likelihood} likelihood, {m.train_data} training images)"
 
     def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
-        files = RunDir(folder)
-        files.save_array(self.samples_file, samples.astype(np.float32))
-        files.save_array(SCORES_FILE, scores.astype(np.float32))
+        super().save_samples(folder, samples, scores)
         if self._sampler is not None:
             tmp = folder / (SAMPLER_FILE + ".tmp")  # renamed into place: never half-written
             torch.save(self._sampler.decoder.state_dict(), tmp)
@@ -264,10 +262,7 @@ class VAEFamily(Family):
 
     def load_samples(self, folder: Path) -> np.ndarray:
         self._sampler, self._sampler_folder = None, Path(folder)
-        samples = read_run_array(folder / self.samples_file)
-        if samples is None:
-            raise damaged(folder / self.samples_file, "missing")
-        return samples
+        return super().load_samples(folder)
 
     def save_model(self, model: core.VAE, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
