@@ -412,7 +412,7 @@ def test_early_warning_verdict_tail_first():
     # tail: band 2 * sqrt(2) * 0.01 = 0.028, diff at g1 = 0.1 -> 1
     # ppl: band 0.283, diffs 0, 0.01, 2 -> 3; gap = 3 - 1 = 2
     got = M.early_warning_verdict([1, 0.9, 0.5, 0.4], [0.01] * 4, [10, 10, 10.01, 12], [0.1] * 4)
-    assert (got["first_tail_gen"], got["first_ppl_gen"], got["gap"]) == (1, 3, 2)
+    assert (got["first_tail_gen"], got["first_likelihood_gen"], got["gap"]) == (1, 3, 2)
     assert got["text"] == ("Tail coverage departed at generation 1, 2 generation(s) before "
                            "test perplexity (generation 3).")
 
@@ -420,7 +420,7 @@ def test_early_warning_verdict_tail_first():
 def test_early_warning_verdict_undefined_gap():
     flat = [1.0, 1.0, 1.0]
     got = M.early_warning_verdict([1, 0.5, 0.4], [0.01] * 3, flat, [0.1] * 3)
-    assert (got["first_tail_gen"], got["first_ppl_gen"], got["gap"]) == (1, None, None)
+    assert (got["first_tail_gen"], got["first_likelihood_gen"], got["gap"]) == (1, None, None)
     assert "never" in got["text"]
     neither = M.early_warning_verdict(flat, [0.1] * 3, flat, [0.1] * 3)
     assert neither["gap"] is None and neither["text"].startswith("Neither")
@@ -548,7 +548,7 @@ def test_early_warning_verdict_names_the_likelihood_headline():
     # nll_test band 2 * sqrt(2) * 0.05 = 0.141, diffs 0.01, 0.1, 0.3 -> 3; gap 1.
     got = M.early_warning_verdict([1.0, 0.9, 0.5, 0.2], [0.1] * 4, [2.84, 2.85, 2.94, 3.14], [0.05] * 4,
                                   headline="test NLL")
-    assert (got["first_tail_gen"], got["first_ppl_gen"], got["gap"], got["headline"]) == (2, 3, 1, "test NLL")
+    assert (got["first_tail_gen"], got["first_likelihood_gen"], got["gap"], got["headline"]) == (2, 3, 1, "test NLL")
     assert got["text"] == "Tail coverage departed at generation 2, 1 generation(s) before test NLL (generation 3)."
     nll_first = M.early_warning_verdict([1, 1, 1], [0.1] * 3, [2.8, 3.5, 3.5], [0.05] * 3, headline="test NLL")
     assert nll_first["text"] == "Test NLL departed at generation 1; tail coverage never did."

@@ -69,7 +69,7 @@ def test_summary_has_extinction_and_verdict(full_run: Path):
 
     summary = json.loads((full_run / "summary.json").read_text())
     assert set(summary["extinction"]) == {"1", "2-5", "6-20", "21-100", ">100"}
-    assert {"first_tail_gen", "first_ppl_gen", "gap", "text"} <= set(summary["early_warning"])
+    assert {"first_tail_gen", "first_likelihood_gen", "gap", "text"} <= set(summary["early_warning"])
     assert (full_run / "extinction_tok.npy").is_file()
 
 

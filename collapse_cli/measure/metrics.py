@@ -677,15 +677,15 @@ def early_warning_verdict(
     ppl_series: Sequence[float], ppl_noise: Sequence[float], z: float = 2.0,
     headline: str = "test perplexity",
 ) -> dict:
-    """first_tail_gen, first_ppl_gen, gap (= ppl - tail; None if either is None), headline, text.
+    """first_tail_gen, first_likelihood_gen, gap (= likelihood - tail; None if either is None), headline, text.
 
     ppl_series is the family's likelihood headline (LM: ppl_test; GMM, VAE: nll_test), named
-    `headline` in the text; the key keeps its historical name `first_ppl_gen` for every family.
+    `headline` in the text. Summaries written before the key's rename call it `first_ppl_gen`.
     """
     tail_gen = first_departure(tail_series, tail_noise, z)
     ppl_gen = first_departure(ppl_series, ppl_noise, z)
     gap = None if tail_gen is None or ppl_gen is None else ppl_gen - tail_gen
-    return {"first_tail_gen": tail_gen, "first_ppl_gen": ppl_gen, "gap": gap, "headline": headline,
+    return {"first_tail_gen": tail_gen, "first_likelihood_gen": ppl_gen, "gap": gap, "headline": headline,
             "text": _verdict_text(tail_gen, ppl_gen, headline)}
 
 
