@@ -47,8 +47,8 @@ from collapse_cli.families.lm.builtin import build_language, make_tokenizer
 from collapse_cli.families.lm.data import group_blocks, tokenize_stream
 from collapse_cli.families.lm.evaluate import token_nll
 from collapse_cli.families.lm.generate import generate
+from collapse_cli.families.lm.measurement import eval_batch_size
 from collapse_cli.families.lm.models import build_base_model, ensure_eos
-from collapse_cli.families.lm.profile import eval_batch_size
 from collapse_cli.families.lm.train import inference_model, lr_at, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -19,14 +19,14 @@ import numpy as np
 from collapse_cli.cli import _register, preflight
 from collapse_cli.experiment.loop import prepare
 from collapse_cli.experiment.seeds import stage_seed, torch_global_rng, torch_global_seed
-from collapse_cli.families.lm import profile
+from collapse_cli.families.lm import measurement
 from collapse_cli.families.lm.evaluate import token_nll
 from collapse_cli.measure.metrics import perplexity
 
 
 def ppl_test(setup) -> float:
     family = setup.family
-    batch = profile.eval_batch_size(family.cfg, setup.device)
+    batch = measurement.eval_batch_size(family.cfg, setup.device)
     nll = token_nll(family.for_inference(setup.base_model), setup.real.test, batch, setup.device)
     return perplexity(float(nll.sum(dtype=np.float64)), nll.size)
 

@@ -2,7 +2,7 @@
 
 Rows are int64 [n, block_size] token ids. Real data is text tokenized into blocks
 (data.py); each generation trains (train.py), writes one block per prompt (generate.py),
-is measured by the collapse profile (profile.py) and curated (curate.py).
+is measured (measurement.py) and curated (curate.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from collapse_cli import ranks
 from collapse_cli.config import DatasetConfig, ModelConfig, RunConfig, check_lengths, validate_lm
 from collapse_cli.families.base import Curated, Family, Progress, RealData
-from collapse_cli.families.lm import profile
+from collapse_cli.families.lm import measurement
 from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import load_corpus, make_blocks
 from collapse_cli.families.lm.decode import describe as describe_decoder
@@ -51,7 +51,7 @@ class LMFamily(Family):
     samples_file = "synthetic_ids.npz"
     headline = ("ppl_test", "tail_coverage")
     likelihood_key, likelihood_se_key, likelihood_name = "ppl_test", "ppl_test_se", "test perplexity"
-    leading_keys = profile.LEADING_KEYS
+    leading_keys = measurement.LEADING_KEYS
     table_keys = ("ppl_test", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth", "distinct2_tok",
                   "train_loss_last")
     curates = True
@@ -61,7 +61,7 @@ class LMFamily(Family):
         self.corpus = None
         self.tokenizer = None
         self.prompts: Optional[np.ndarray] = None
-        self.reference: Optional[profile.Reference] = None
+        self.reference: Optional[measurement.Reference] = None
         self._decoded: Optional[tuple[np.ndarray, list[str]]] = None  # a sample array and its texts: see _texts
         if compiles(cfg.train, device):
             keep_compile_cache(cache_root(cfg.model.cache_dir) / "torch-compile")
@@ -96,7 +96,7 @@ class LMFamily(Family):
         self.prompts = prompts_for(real.train[:n_train], self.cfg.generate, bos)
         # The builtin language's true law is over its own word ids; another tokenizer cuts the text differently.
         truth = self.corpus.language if makes_own_tokenizer(self.cfg.model) else None
-        self.reference = profile.Reference.build(real.train[:n_train], real.test, len(self.tokenizer), truth)
+        self.reference = measurement.Reference.build(real.train[:n_train], real.test, len(self.tokenizer), truth)
         self.valid = real.valid
         if self.cfg.train.select == "best_valid" and len(real.valid) == 0:
             log.warning("train.select=best_valid: the dataset has no validation split (set dataset.valid=PATH), "
@@ -106,7 +106,7 @@ class LMFamily(Family):
         """Mean token NLL on the real validation blocks; None when the dataset has no validation split."""
         if len(self.valid) == 0:
             return None
-        batch = profile.eval_batch_size(self.cfg, self.device)
+        batch = measurement.eval_batch_size(self.cfg, self.device)
 
         def validate(model: torch.nn.Module, epoch: int) -> float:
             return float(token_nll(self.for_inference(model), self.valid, batch, self.device).mean(dtype=np.float64))
@@ -142,7 +142,7 @@ class LMFamily(Family):
 
     def measure(self, generation: int, model: torch.nn.Module, reference_model: torch.nn.Module,
                 samples: np.ndarray, seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
-        metrics, seq_ppl, self.reference = profile.measure(generation, model, reference_model, samples,
+        metrics, seq_ppl, self.reference = measurement.measure(generation, model, reference_model, samples,
                                                            self._texts(samples), self.reference, self.cfg, self.device,
                                                            self.tokenizer.batch_decode, seed, on_progress)
         metrics["generated_tokens"] = int(samples.size)
@@ -206,7 +206,7 @@ class LMFamily(Family):
     def summarize(self, run_dir: Any, rows: list[dict]) -> dict:
         summary = super().summarize(run_dir, rows)
         if self.cfg.metrics.level == "full":
-            summary["extinction"] = profile.extinction_summary(run_dir, self.reference, len(rows))
+            summary["extinction"] = measurement.extinction_summary(run_dir, self.reference, len(rows))
         return summary
 
 

@@ -15,7 +15,7 @@ from conftest import TINY, is_finite_number, read_metrics, run_in_process, stabl
 from collapse_cli.config import RunConfig
 from collapse_cli.experiment.seeds import stage_seed
 from collapse_cli.families.lm import family as lm_family
-from collapse_cli.families.lm import profile, train
+from collapse_cli.families.lm import measurement, train
 from collapse_cli.families.lm.builtin import BuiltinLanguage
 from collapse_cli.measure import metrics as M
 
@@ -95,18 +95,18 @@ def test_kl_truth_against_hand_computed_value():
     #   KL = mean over positions of (ln 2 - H(row)) = (0 + (ln 2 - h(0.9)) + 0) / 3,
     #   h(0.9) = -(0.9 ln 0.9 + 0.1 ln 0.1) = 0.325083; KL = (0.693147 - 0.325083) / 3 = 0.122688.
     blocks = np.array([[0, 1, 0, 0]])
-    ref = profile.Reference.build(blocks, blocks, 2, TWO_TOKEN)
-    out, _ = profile.model_metrics(uniform_model(2), ref, RunConfig(), CPU, seed=0)
+    ref = measurement.Reference.build(blocks, blocks, 2, TWO_TOKEN)
+    out, _ = measurement.model_metrics(uniform_model(2), ref, RunConfig(), CPU, seed=0)
     assert out["kl_truth"] == pytest.approx(0.122688, abs=1e-5)
     assert out["ce_truth"] == pytest.approx(math.log(2), abs=1e-6)
 
 
-def measured(generation: int, ref: profile.Reference, cfg: RunConfig, synthetic: np.ndarray):
-    """profile.measure as the loop calls it, with the generation's metrics seed."""
+def measured(generation: int, ref: measurement.Reference, cfg: RunConfig, synthetic: np.ndarray):
+    """measurement.measure as the loop calls it, with the generation's metrics seed."""
     model = uniform_model(2)
     texts = [" ".join("ab"[t] for t in row) for row in synthetic]
     decode = lambda blocks: [" ".join("ab"[t] for t in row) for row in blocks]  # noqa: E731
-    return profile.measure(generation, model, model, synthetic, texts, ref, cfg, CPU, decode,
+    return measurement.measure(generation, model, model, synthetic, texts, ref, cfg, CPU, decode,
                            stage_seed(cfg.seed, generation, "metrics"), lambda done, total: None)
 
 
@@ -122,7 +122,7 @@ def test_measure_draws_its_subsamples_from_the_metrics_seed():
     real, synthetic = rng.integers(0, 2, size=(40, 8)), rng.integers(0, 2, size=(30, 8))
     cfg = RunConfig()
     cfg.metrics.level, cfg.metrics.self_bleu_sample, cfg.seed = "full", 5, 1
-    ref = profile.Reference.build(real, real[:10], 2, TWO_TOKEN)
+    ref = measurement.Reference.build(real, real[:10], 2, TWO_TOKEN)
     for generation in (0, 2):
         out, _, _ = measured(generation, ref, cfg, synthetic)
         expected = M.self_bleu(list(synthetic), 5, stage_seed(cfg.seed, generation, "metrics"))
@@ -136,7 +136,7 @@ def test_measure_leaves_the_reference_as_it_was():
     real = rng.integers(0, 2, size=(20, 8))
     cfg = RunConfig()
     cfg.metrics.level = "full"
-    ref = profile.Reference.build(real, real[:6], 2, TWO_TOKEN)
+    ref = measurement.Reference.build(real, real[:6], 2, TWO_TOKEN)
     before = replace(ref)
     _, _, completed = measured(0, ref, cfg, real[:5])
     assert ref.test_seq_ppl is None and ref.real_words is None and ref == before

@@ -1,4 +1,4 @@
-"""The collapse profile: what each generation is measured on, computed from models and corpora.
+"""What each generation of the LM is measured on (its metrics line), computed from models and corpora.
 
 `measure` runs once per generation and returns the flat metrics line; `extinction_summary`
 runs once per run over the saved corpora (the early warning is Family.summarize's). Formulas live in metrics.py.
