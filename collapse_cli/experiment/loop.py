@@ -1,6 +1,6 @@
 """The generation loop: train on the mix, sample a synthetic set, measure, repeat.
 
-    prepare()  the family, its real data and base model, the plan
+    set_up()   the family, its real data and base model, the plan
     for g in 0..G:
         compose g's training set  ->  fit  ->  sample  ->  measure  ->  curate  ->  save
     finish()   summary, figures, checkpoint retention
@@ -60,7 +60,8 @@ class Setup:
     n_train: int  # N: rows generation 0 trains on, and rows every generation samples
 
 
-def prepare(cfg: RunConfig) -> Setup:
+def set_up(cfg: RunConfig) -> Setup:
+    """What the whole run shares: the family built from the config, its real data and base model, and N."""
     device = pick_device(cfg.device)
     family = get_family(family_name(cfg.model))(cfg, device)
     base_model = family.build_base_model(cfg.seed)
@@ -290,7 +291,7 @@ def finish(setup: Setup, run_dir: RunDir) -> dict:
 
 def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
     """Run (or resume) the whole loop in `path`; returns the summary, or None for a dry run."""
-    setup = prepare(cfg)
+    setup = set_up(cfg)
     family = setup.family
     feedback.show_plan(cfg, setup.device, family.describe(), family.n_parameters(setup.base_model), plan(setup),
                        describe_mix(cfg.regime, cfg.mix), family.describe_sampling(setup.base_model))
