@@ -20,8 +20,8 @@ from collapse_cli.cli import _register, preflight
 from collapse_cli.experiment.loop import set_up
 from collapse_cli.experiment.seeds import stage_seed, torch_global_rng, torch_global_seed
 from collapse_cli.families.lm import measurement
+from collapse_cli.families.lm.corpus_metrics import perplexity
 from collapse_cli.families.lm.evaluate import token_nll
-from collapse_cli.measure.metrics import perplexity
 
 
 def ppl_test(setup) -> float:

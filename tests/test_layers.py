@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "collapse_cli"
 BELOW_ALL = ("collapse_cli.cli", "collapse_cli.experiment", "collapse_cli.report", "collapse_cli.families",
              "collapse_cli.config")
 FORBIDDEN = {
+    "measure": (*BELOW_ALL, "collapse_cli.rundir"),  # statistics: numbers in, numbers out
     "rundir.py": BELOW_ALL,  # the run-folder format: experiment/ writes it, report/ reads it
     "ranks.py": (*BELOW_ALL, "collapse_cli.rundir"),  # which process writes: what rundir.py asks
     "collectives.py": (*BELOW_ALL, "collapse_cli.rundir"),  # where ranks meet: the families call it

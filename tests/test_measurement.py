@@ -14,10 +14,10 @@ from conftest import TINY, is_finite_number, read_metrics, run_in_process, stabl
 
 from collapse_cli.config import RunConfig
 from collapse_cli.experiment.seeds import stage_seed
+from collapse_cli.families.lm import corpus_metrics as M
 from collapse_cli.families.lm import family as lm_family
 from collapse_cli.families.lm import measurement, train
 from collapse_cli.families.lm.builtin import BuiltinLanguage
-from collapse_cli.measure import metrics as M
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 # Keys that are the count of something a tiny run may legitimately lack (no tail types of a bucket).

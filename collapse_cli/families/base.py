@@ -40,7 +40,7 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 
 from collapse_cli.errors import CollapseError
-from collapse_cli.measure import metrics as M
+from collapse_cli.measure import stats
 from collapse_cli.rundir import RunDir, damaged, read_run_array
 
 Progress = Callable[[int, int], None]
@@ -226,7 +226,7 @@ class Family(ABC):
             if rows and key in rows[0]:
                 out[f"{key}_first"], out[f"{key}_last"] = rows[0][key], rows[-1][key]
         if rows:
-            out["early_warning"] = M.early_warning_verdict(
+            out["early_warning"] = stats.early_warning_verdict(
                 metric_series(rows, "tail_coverage"), metric_series(rows, "tail_coverage_se"),
                 metric_series(rows, self.likelihood_key), metric_series(rows, self.likelihood_se_key),
                 headline=self.likelihood_name)

@@ -18,7 +18,7 @@ from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.categorical import core
 from collapse_cli.families.gmm.core import chosen_generations
-from collapse_cli.measure import metrics as M
+from collapse_cli.measure import stats
 from collapse_cli.rundir import gen_name
 
 PROBS_FILE = "probs.npy"
@@ -147,7 +147,7 @@ class CategoricalFamily(Family):
             "tail_coverage": coverage,
             "tail_coverage_se": coverage_se,
             "test_covered": float(covered.mean()),
-            "test_covered_se": M.binomial_se(float(covered.mean()), len(covered)),
+            "test_covered_se": stats.binomial_se(float(covered.mean()), len(covered)),
             "tv_truth": core.tv_distance(self.truth, p_hat),
             "kl_model_truth": core.kl_model_truth(p_hat, self.truth),
             "sample_outcomes": int(len(np.unique(samples[:, 0]))),

@@ -18,7 +18,7 @@ import numpy as np
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.linreg import core
-from collapse_cli.measure import metrics as M
+from collapse_cli.measure import stats
 
 WEIGHTS_FILE = "weights.npy"
 
@@ -133,7 +133,7 @@ class LinregFamily(Family):
             "mse_theory": mse_theory,
             "mse_theory_avg": mse_theory_avg,
             "test_mse": float(test_sq.mean()),
-            "test_mse_se": M.mean_se(test_sq),
+            "test_mse_se": stats.mean_se(test_sq),
             "tail_coverage": coverage,
             "tail_coverage_se": coverage_se,
             "param_error_to_gen0": float(core.param_error(model.weights, reference_model.weights)),

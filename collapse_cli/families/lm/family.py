@@ -20,6 +20,7 @@ from collapse_cli import ranks
 from collapse_cli.config import DatasetConfig, ModelConfig, RunConfig, check_lengths, validate_lm
 from collapse_cli.families.base import Curated, Family, Progress, RealData
 from collapse_cli.families.lm import measurement
+from collapse_cli.families.lm.corpus_metrics import perplexity
 from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import load_corpus, make_blocks
 from collapse_cli.families.lm.decode import describe as describe_decoder
@@ -36,7 +37,6 @@ from collapse_cli.families.lm.models import (
 )
 from collapse_cli.families.lm.quiet import no_library_bars
 from collapse_cli.families.lm.train import Validate, compiles, inference_model, keep_compile_cache, train
-from collapse_cli.measure.metrics import perplexity
 from collapse_cli.rundir import RunDir
 
 log = logging.getLogger("collapse")

@@ -1,7 +1,7 @@
 """What each generation of the LM is measured on (its metrics line), computed from models and corpora.
 
 `measure` runs once per generation and returns the flat metrics line; `extinction_summary`
-runs once per run over the saved corpora (the early warning is Family.summarize's). Formulas live in metrics.py.
+runs once per run over the saved corpora (the early warning is Family.summarize's). Formulas live in corpus_metrics.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from collapse_cli.config import RunConfig
+from collapse_cli.families.lm import corpus_metrics as M
 from collapse_cli.families.lm.builtin import BuiltinLanguage
 from collapse_cli.families.lm.evaluate import score_blocks, sliding_nll, token_nll
-from collapse_cli.measure import metrics as M
+from collapse_cli.measure import stats
 from collapse_cli.rundir import RunDir, gen_name
 
 # Keys first in every metrics line, in this order; the rest follow alphabetically.
@@ -64,7 +65,7 @@ class Reference:
 def _mean_ppl_se(block_nll: np.ndarray, seed: int, n_boot: int) -> float:
     """Standard error of ppl_test from a bootstrap over test blocks (delta method on exp)."""
     per_block = block_nll.mean(axis=1)
-    return float(math.exp(per_block.mean()) * M.bootstrap_se(per_block, seed, n_boot))
+    return float(math.exp(per_block.mean()) * stats.bootstrap_se(per_block, seed, n_boot))
 
 
 def eval_batch_size(cfg: RunConfig, device: torch.device) -> int:
@@ -106,7 +107,7 @@ def corpus_metrics(synthetic: np.ndarray, texts: list[str], ref: Reference, cfg:
     synth_counts = _counts(synthetic, max(ref.token_decile.shape[0], int(synthetic.max()) + 1))
     tail_types = [t for t, c in ref.train_counts.items() if c <= 5]
     coverage = M.tail_coverage(ref.train_counts, synth_counts)
-    out = {"tail_coverage": coverage, "tail_coverage_se": M.binomial_se(coverage, len(tail_types))}
+    out = {"tail_coverage": coverage, "tail_coverage_se": stats.binomial_se(coverage, len(tail_types))}
     if cfg.metrics.level == "full":
         out.update(M.corpus_profile(list(ref.real_train), list(synthetic), unit="tok"))
         out.update(M.corpus_profile(ref.real_words, [text.split() for text in texts], unit="word"))

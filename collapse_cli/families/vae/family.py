@@ -19,7 +19,7 @@ from collapse_cli.config import StrEnum, check_memory, check_seed, keys_text  # 
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.vae import core
-from collapse_cli.measure import metrics as M
+from collapse_cli.measure import stats
 from collapse_cli.rundir import gen_name
 
 MODEL_FILE = "vae.pt"
@@ -230,11 +230,11 @@ class VAEFamily(Family):
         tail_coverage = core.tail_coverage(gen0.rare, samples)
         metrics = {
             "nll_test": float(test_nll.mean()),
-            "nll_test_se": M.mean_se(test_nll),
+            "nll_test_se": stats.mean_se(test_nll),
             "elbo_nll_test": float(core.elbo_nll(model, test, seed).mean()),
             "tail_coverage": tail_coverage,
             # A share of the few rare digits: its binomial error dominates the sampling noise.
-            "tail_coverage_se": M.binomial_se(tail_coverage, len(gen0.rare.images)),
+            "tail_coverage_se": stats.binomial_se(tail_coverage, len(gen0.rare.images)),
             "latent_spread": core.latent_spread(reference_model, samples),
             "latent_spread_real": gen0.latent_spread_real,
             "latent_std_flat": core.flat_latent_std(reference_model, samples),
