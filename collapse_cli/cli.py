@@ -345,7 +345,8 @@ def check_job_folders(folders: list[Optional[Path]], tasks: list[DictConfig], ke
 
 def other_run_to_replace(folder: Path, task: DictConfig, key: str) -> bool:
     """Whether `folder` holds another run that overwrite=true moves aside; refused without it, or while it runs."""
-    from collapse_cli.rundir import RunDir, writer_here
+    from collapse_cli.liveness import writer_here
+    from collapse_cli.rundir import RunDir
 
     earlier, _, differences = earlier_run(folder, task)
     if earlier != "other":
@@ -403,7 +404,8 @@ def sweep_problems(sweep_dir: Path, runs: list, by_job_number: bool) -> list[str
     Launchers that run jobs in other processes (submitit, joblib) never return their failures to
     this process, so the folders are the one record every launcher leaves.
     """
-    from collapse_cli.rundir import RunDir, live_state, unwritten_reason
+    from collapse_cli.liveness import live_state, unwritten_reason
+    from collapse_cli.rundir import RunDir
 
     if by_job_number:
         folders = [sweep_dir / str(num) for num, run in enumerate(runs) if not run.dry_run]
@@ -461,9 +463,11 @@ def run_task(cfg: DictConfig) -> None:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
+    from collapse_cli.atomic import atomic_write_bytes
     from collapse_cli.config import to_run_config
     from collapse_cli.experiment import gpu_slots
-    from collapse_cli.rundir import RESUME_OVERRIDES, RunDir, atomic_write_bytes, writer_here
+    from collapse_cli.liveness import writer_here
+    from collapse_cli.rundir import RESUME_OVERRIDES, RunDir
 
     STARTING.release()
     _register()  # resolvers registered in the parent do not reach launcher processes (hydra#861)
@@ -768,7 +772,8 @@ def resume_command(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from collapse_cli.config import to_run_config
-    from collapse_cli.rundir import RunDir, check_resumable, live_state, read_run_text, unwritten_reason, writer_here
+    from collapse_cli.liveness import live_state, unwritten_reason, writer_here
+    from collapse_cli.rundir import RunDir, check_resumable, read_run_text
 
     if not args or any(arg.startswith("-") for arg in args) or any("=" not in arg for arg in args[1:]):
         return error_line("usage: collapse resume RUN_DIR [key=value ...]")
@@ -813,7 +818,8 @@ def resume_command(args: list[str]) -> int:
         return error_line(hydra_message(err))
     if overrides:
         # The folder records the config it now runs with, so a later resume keeps the change.
-        from collapse_cli.rundir import RESUME_OVERRIDES, atomic_write_bytes, resume_overrides
+        from collapse_cli.atomic import atomic_write_bytes
+        from collapse_cli.rundir import RESUME_OVERRIDES, resume_overrides
 
         atomic_write_bytes(saved, OmegaConf.to_yaml(config).encode())
         atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(config, resolve=True).encode())

@@ -22,6 +22,8 @@ FORBIDDEN = {
     "measure": (*BELOW_ALL, "collapse_cli.rundir"),  # statistics: numbers in, numbers out
     "rundir.py": BELOW_ALL,  # the run-folder format: experiment/ writes it, report/ reads it
     "ranks.py": (*BELOW_ALL, "collapse_cli.rundir"),  # which process writes: what rundir.py asks
+    "atomic.py": (*BELOW_ALL, "collapse_cli.rundir"),  # how rundir.py writes
+    "liveness.py": (*BELOW_ALL, "collapse_cli.rundir"),  # whether a run's writer lives: what rundir.py records
     "collectives.py": (*BELOW_ALL, "collapse_cli.rundir"),  # where ranks meet: the families call it
     "families": ("collapse_cli.cli", "collapse_cli.experiment"),  # the loop calls the families, never back
     "report": ("collapse_cli.cli", "collapse_cli.experiment"),  # experiment -> report only, never back

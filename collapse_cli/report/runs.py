@@ -18,18 +18,17 @@ from typing import Optional
 import yaml
 
 from collapse_cli.errors import CollapseError
+from collapse_cli.liveness import live_state, unwritten_reason
 from collapse_cli.rundir import (
     METRICS,
     STATUS,
     SUMMARY,
     damaged,
     flatten,
-    live_state,
     read_json_object,
     read_metrics,
     read_yaml,
     resume_overrides,
-    unwritten_reason,
 )
 
 OVERRIDES = Path(".hydra") / "overrides.yaml"

@@ -20,6 +20,7 @@ from collapse_cli import ranks
 from collapse_cli.config import DatasetConfig, ModelConfig, RunConfig, check_lengths, validate_lm
 from collapse_cli.families.base import Curated, Family, Progress, RealData
 from collapse_cli.families.lm import measurement
+from collapse_cli.families.lm.corpus_files import load_ids, save_ids, save_texts_gz
 from collapse_cli.families.lm.corpus_metrics import perplexity
 from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import load_corpus, make_blocks
@@ -171,12 +172,12 @@ class LMFamily(Family):
         # `folder` is the run's gen_k: the run folder's tokenizer/ is written beside it, once.
         self._save_run_tokenizer(folder.parent / "tokenizer")
         files = RunDir(folder)
-        files.save_ids(self.samples_file, samples)
-        files.save_texts_gz("synthetic.txt.gz", self._texts(samples))
+        save_ids(files, self.samples_file, samples)
+        save_texts_gz(files, "synthetic.txt.gz", self._texts(samples))
         files.save_array("seq_ppl.npy", scores.astype(np.float32))
 
     def load_samples(self, folder: Path) -> np.ndarray:
-        return RunDir(folder).load_ids(self.samples_file)
+        return load_ids(Path(folder) / self.samples_file)
 
     def save_model(self, model: torch.nn.Module, folder: Path) -> None:
         """Weights, config and the tokenizer they were trained with: the folder loads in any HF tool alone."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from collapse_cli.config import RunConfig
 from collapse_cli.families.lm import corpus_metrics as M
 from collapse_cli.families.lm.builtin import BuiltinLanguage
+from collapse_cli.families.lm.corpus_files import load_ids
 from collapse_cli.families.lm.evaluate import score_blocks, sliding_nll, token_nll
 from collapse_cli.measure import stats
 from collapse_cli.rundir import RunDir, gen_name
@@ -142,7 +142,7 @@ def measure(generation: int, model: torch.nn.Module, reference_model: torch.nn.M
 
 def extinction_summary(run_dir: RunDir, ref: Reference, n_generations: int) -> dict:
     """First generation whose corpus lacks each real token type; saved per type, summarised per bucket."""
-    type_sets = [set(np.unique(run_dir.load_ids(Path(gen_name(g)) / "synthetic_ids.npz")).tolist())
+    type_sets = [set(np.unique(load_ids(run_dir.path / gen_name(g) / "synthetic_ids.npz")).tolist())
                  for g in range(n_generations)]
     extinction = M.extinction_generation(list(ref.train_counts), type_sets)
     table = np.array([[t, ref.train_counts[t], -1 if e is None else e] for t, e in extinction.items()], dtype=np.int64)
