@@ -26,6 +26,7 @@ FORBIDDEN = {
     "liveness.py": (*BELOW_ALL, "collapse_cli.rundir"),  # whether a run's writer lives: what rundir.py records
     "collectives.py": (*BELOW_ALL, "collapse_cli.rundir"),  # where ranks meet: the families call it
     "families": ("collapse_cli.cli", "collapse_cli.experiment"),  # the loop calls the families, never back
+    "lifecycle.py": ("collapse_cli.cli",),  # the command line decides, the run folder's life follows
     "report": ("collapse_cli.cli", "collapse_cli.experiment"),  # experiment -> report only, never back
 }
 

@@ -71,13 +71,13 @@ def test_unfinished_generation_is_discarded(tmp_path: Path):
 def test_disk_full_is_recognised_through_library_wrappers():
     import errno
 
-    from collapse_cli.cli import _disk_full
+    from collapse_cli.lifecycle import disk_full
 
-    assert _disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
     # safetensors raises its own type, carrying only the OS message.
-    assert _disk_full(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
-    assert not _disk_full(OSError(errno.EACCES, "Permission denied"))
-    assert not _disk_full(ValueError("bad value"))
+    assert disk_full(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not disk_full(ValueError("bad value"))
 
 
 def test_a_change_of_state_keeps_how_far_the_run_got(tmp_path: Path):
