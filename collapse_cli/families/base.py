@@ -144,8 +144,9 @@ class Family(ABC):
     def for_inference(self, model: Any) -> Any:
         """The model as `sample` and `measure` run it (LM: a bf16 copy on CUDA); by default the model itself.
 
-        The loop asks once per trained model, and once per run for the generation-0 reference, and hands
-        that one copy to every sample and measure call: no family keeps copies of its own to avoid repeats.
+        The loop asks once per trained model and hands that one copy to its sample and measure calls;
+        generation 0's copy scores as the reference for the rest of the run (a resume asks once for the
+        reference it reloads). No family keeps copies of its own to avoid repeats.
         """
         return model
 
