@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Optional
+
+
+def error_line(message: str) -> int:
+    """The one line a command says for bad input or a failed run (on stderr); returns the exit code, 2."""
+    print(f"collapse: error: {message}", file=sys.stderr)
+    return 2
 
 
 def make_console():

@@ -138,7 +138,8 @@ def collect(first_generation: int = 0) -> dict[str, Any]:
 
 def record(run_path: Path, first_generation: int) -> dict[str, Any]:
     """Append this process's environment to the run's list (a start, or a resume at `first_generation`)."""
-    from collapse_cli.rundir import atomic_write_bytes, to_json
+    from collapse_cli.atomic import atomic_write_bytes
+    from collapse_cli.rundir import to_json
 
     entries = [e for e in read(run_path) if e.get("first_generation", 0) < first_generation]
     entry = collect(first_generation)

@@ -1,7 +1,8 @@
 """The run folder: every file written atomically, every generation marked when done.
 
 The format both sides share: experiment/ writes run folders and report/ reads them, and both import
-this module, which imports neither (ranks.py alone, for which process writes, and the test hook killpoint.py).
+this module, which imports neither: only atomic.py (its writes), liveness.py (is the writer alive), ranks.py
+(which process writes) and the test hook killpoint.py. The LM's corpus files are families/lm/corpus_files.py.
 
 Layout (see README "Output layout"):
     status.json            running | finished | failed | interrupted, with reason
@@ -14,7 +15,6 @@ Layout (see README "Output layout"):
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
@@ -27,8 +27,10 @@ from typing import Any, Optional
 
 import numpy as np
 
+from collapse_cli.atomic import TMP_MARK, atomic_write_bytes, write_in_place
 from collapse_cli.errors import CollapseError
 from collapse_cli.killpoint import written
+from collapse_cli.liveness import PROCESS_STARTED_AT, process_start
 from collapse_cli.ranks import is_main
 
 STATUS = "status.json"
@@ -41,109 +43,6 @@ RESUME_OVERRIDES = "resume_overrides.yaml"
 # status.json is padded to this size, so that on a full disk the last state (failed: the disk is full)
 # can still be written over it in place: an atomic rename needs a new file, an overwrite no new space.
 STATUS_BYTES = 4096
-# Temporary names: `.<name>.tmp<pid>` files (atomic_write_bytes), `<folder>.tmp` checkpoint folders.
-TMP_MARK = ".tmp"
-
-
-def live_state(status: dict) -> str:
-    """The state status.json records, except that a "running" run whose process is gone from this machine is
-    "stopped": a SIGKILL, the out-of-memory killer or a lost node leaves no chance to write "interrupted".
-    A run recorded on another host (or before hosts were recorded) stays "running": its process is not
-    visible from here."""
-    state = str(status.get("state", "unknown"))
-    pid = status.get("pid")
-    if state != "running" or not written_here(status) or not isinstance(pid, int):
-        return state
-    return "running" if process_alive(pid, status.get("started")) else "stopped"
-
-
-def writer_here(status: dict) -> Optional[int]:
-    """The pid of the process on this machine that still writes the run, else None: a second process
-    (a resume, a relaunched job) must not write the same folder at the same time."""
-    pid = status.get("pid")
-    return pid if isinstance(pid, int) and live_state(status) == "running" and written_here(status) else None
-
-
-def unwritten_reason(status: dict) -> Optional[str]:
-    """What a running or stopped status says that no process wrote into it: a killed run could not, and a
-    running one has nothing to say yet. One wording for show, compare, a sweep's end and resume."""
-    state = live_state(status)
-    if state == "stopped":
-        return f"its process ({status.get('pid')}) is gone without a word, killed"
-    if state != "running":
-        return None
-    if written_here(status):
-        return f"process {status.get('pid')} on this machine still writes it"
-    return f"on {status.get('host') or 'another machine'}, last update {status.get('updated')}"
-
-
-def written_here(status: dict) -> bool:
-    """Whether this machine wrote the status (its process, if any, is one this machine can see)."""
-    return status.get("host") == socket.gethostname()
-
-
-# For a reader of status.json: `started` is in clock ticks (what the pid check compares); this is a time of
-# day. Taken when the run-folder code loads, seconds after the process starts.
-PROCESS_STARTED_AT = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def process_alive(pid: int, started: Optional[str] = None) -> bool:
-    """Whether process `pid` exists and, where `started` (process_start's value) is known, is the one that
-    started then: pids are reused, and a message telling the user to kill one must name the right process."""
-    try:
-        os.kill(pid, 0)  # signal 0: the existence check, nothing is sent
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: it exists
-        pass
-    now = process_start(pid)
-    return started is None or now is None or now == started
-
-
-def process_start(pid: int) -> Optional[str]:
-    """When the process started, in clock ticks since boot (Linux's /proc/PID/stat field 22); None elsewhere."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # after the command's ")", fields run from 3 (state): 22 is at 19
-
-
-def atomic_write_bytes(path: Path, payload: bytes, sync: bool = True) -> None:
-    """Write to a temporary sibling, flush it to disk (`sync`), then rename over the target.
-
-    The rename alone makes a killed process leave the old file or the new one, never half of one;
-    the fsync adds durability through a power loss, and costs milliseconds a file on a busy disk.
-    In a run of several processes (nproc=N) only rank 0 writes; the other ranks compute the
-    same things and write nothing.
-    """
-    if not is_main():
-        return
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        handle = open(tmp, "wb")
-    except FileNotFoundError:  # the first file of a folder (a mkdir per write costs a syscall each time)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(tmp, "wb")
-    try:
-        with handle:
-            handle.write(payload)
-            if sync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, a signal: no half-written temporary stays behind
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_in_place(path: Path, payload: bytes) -> None:
-    """Overwrite an existing file's bytes without allocating (when `payload` fits): the one write a full
-    disk still allows. `payload` is padded with spaces to the file's size (JSON allows trailing whitespace)."""
-    with open(path, "r+b") as handle:
-        handle.write(payload.ljust(path.stat().st_size, b" "))
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _json_default(value: Any) -> Any:
@@ -191,14 +90,14 @@ class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def _write(self, relative: str | Path, payload: bytes) -> None:
+    def write_bytes(self, relative: str | Path, payload: bytes) -> None:
         atomic_write_bytes(self.path / relative, payload, sync=False)
 
     def gen(self, generation: int) -> Path:
         return self.path / gen_name(generation)
 
     def write_json(self, relative: str | Path, obj: Any) -> None:
-        self._write(relative, (to_json(obj) + "\n").encode())
+        self.write_bytes(relative, (to_json(obj) + "\n").encode())
 
     def read_json(self, relative: str | Path) -> dict:
         """A JSON object the run wrote (a generation's metrics.json); damaged or missing is a one-line error."""
@@ -212,25 +111,7 @@ class RunDir:
 
         buffer = io.BytesIO()
         np.save(buffer, array)
-        self._write(relative, buffer.getvalue())
-
-    def save_ids(self, relative: str | Path, ids: np.ndarray) -> None:
-        """Token ids, compressed: a synthetic corpus is the bulk of a run's disk use."""
-        import io
-
-        buffer = io.BytesIO()
-        dtype = np.uint16 if ids.size and ids.max() < 2**16 else np.int32
-        np.savez_compressed(buffer, ids=ids.astype(dtype))
-        self._write(relative, buffer.getvalue())
-
-    def load_ids(self, relative: str | Path) -> np.ndarray:
-        with np.load(self.path / relative) as archive:
-            return archive["ids"].astype(np.int64)
-
-    def save_texts_gz(self, relative: str | Path, lines: list[str]) -> None:
-        # One sequence per line; newlines inside a sequence are escaped so lines stay sequences.
-        body = "\n".join(line.replace("\\", "\\\\").replace("\n", "\\n") for line in lines) + "\n"
-        self._write(relative, gzip.compress(body.encode("utf-8"), mtime=0))
+        self.write_bytes(relative, buffer.getvalue())
 
     # --- status -----------------------------------------------------------
     def set_status(self, state: str, reason: Optional[str] = None, **extra: Any) -> None:
@@ -242,7 +123,7 @@ class RunDir:
                   **progress, **extra}
         payload = (to_json(status) + "\n").encode().ljust(STATUS_BYTES, b" ")
         try:
-            self._write(STATUS, payload)
+            self.write_bytes(STATUS, payload)
         except OSError:
             if not is_main() or not (self.path / STATUS).is_file():
                 raise
@@ -269,9 +150,9 @@ class RunDir:
             return
         redone = (self.gen(generation) / DONE).exists()
         line = to_json(metrics)
-        self._write(Path(gen_name(generation)) / "metrics.json", (line + "\n").encode())  # write_json's bytes
+        self.write_bytes(Path(gen_name(generation)) / "metrics.json", (line + "\n").encode())  # write_json's bytes
         written("metrics_json", generation)
-        self._write(Path(gen_name(generation)) / DONE, b"")
+        self.write_bytes(Path(gen_name(generation)) / DONE, b"")
         written("DONE", generation)
         if redone:  # its old line is in the file: only a rebuild keeps one line per generation
             self.rebuild_metrics()
@@ -424,10 +305,3 @@ def json_object(text: str, path: Path, where: str = "") -> dict:
     if not isinstance(value, dict):
         raise damaged(path, f"{where}holds a JSON {json_kind(value)}, not an object")
     return value
-
-
-def read_texts_gz(path: Path) -> list[str]:
-    text = gzip.decompress(Path(path).read_bytes()).decode("utf-8")
-    # One left-to-right pass undoes save_texts_gz's escaping (\\n -> newline, \\\\ -> backslash).
-    unescape = re.compile(r"\\(.)")
-    return [unescape.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), line) for line in text.split("\n")[:-1]]

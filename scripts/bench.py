@@ -41,9 +41,9 @@ from collapse_cli.families.lm.config import DatasetConfig, GenerateConfig, Metri
 from collapse_cli.families.lm.data import group_blocks, tokenize_stream
 from collapse_cli.families.lm.evaluate import token_nll
 from collapse_cli.families.lm.generate import generate
+from collapse_cli.families.lm.measurement import eval_batch_size
 from collapse_cli.families.lm.models import build_base_model, ensure_eos
-from collapse_cli.families.lm.profile import eval_batch_size
-from collapse_cli.families.lm.train import lr_at, train
+from collapse_cli.families.lm.train import inference_model, lr_at, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # The model configs the tool builds (models.build_base_model): OPT-125m's shape, and `tiny` as shipped.
@@ -165,6 +165,7 @@ def run_tool(spec, tokenizer, train_blocks, test_blocks, device, fraction, max_p
     cfg = TrainConfig(epochs=spec["epochs"], lr=spec["lr"], batch_size=spec["batch"], block_size=64)
     _, t_train = timed(lambda: train(model, train_blocks[:n_train], cfg, 0, device, 0), device)
     prompts = np.ascontiguousarray(train_blocks[:max_prompts or n_train, : spec["gen"].prompt_tokens])
+    model = inference_model(model, device)  # as the loop does: one copy that sampling and scoring run on
     synthetic, t_gen = timed(lambda: generate(model, prompts, spec["gen"], 0, device), device)
     n_test = max(1, int(len(test_blocks) * fraction))
     eval_batch = eval_batch_size(RunConfig(metrics=MetricsConfig()), device)
@@ -371,7 +372,6 @@ def split_step(model, gen: GenerateConfig, prompts: torch.Tensor, device: torch.
 def decode_rows(spec: dict, device: torch.device, rows_list: list[int]) -> list[dict]:
     """Beam-5 and sampling at each number of rows (beam: rows / 5 prompts): tok/s and ms per step through
     generate() (CUDA graphs as configured), then the step split into forward / selection / cache."""
-    from collapse_cli.families.lm.train import inference_model
 
     tokenizer, blocks, _ = load_data(dict(spec, n_train=max(rows_list), n_test=1))
     model = inference_model(build_model(spec, tokenizer, 0, device).eval(), device)
@@ -397,7 +397,6 @@ def profile_beam(spec: dict, device: torch.device, rows: int) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     from collapse_cli.families.lm.decode import ChunkDecoder
-    from collapse_cli.families.lm.train import inference_model
 
     tokenizer, blocks, _ = load_data(dict(spec, n_train=rows // 5, n_test=1))
     model = inference_model(build_model(spec, tokenizer, 0, device).eval(), device)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from collapse_cli.families.lm import corpus_metrics as M
 from collapse_cli.families.lm.curate import near_duplicate_mask
-from collapse_cli.measure import metrics as M
 
 
 def seconds(step, repeats: int) -> float:

@@ -18,16 +18,17 @@ import numpy as np
 
 from collapse_cli.cli import preflight
 from collapse_cli.compose import register
-from collapse_cli.experiment.loop import prepare
+from collapse_cli.experiment.loop import set_up
 from collapse_cli.experiment.seeds import stage_seed, torch_global_rng, torch_global_seed
-from collapse_cli.families.lm import profile
+from collapse_cli.families.lm import measurement
+from collapse_cli.families.lm.corpus_metrics import perplexity
 from collapse_cli.families.lm.evaluate import token_nll
-from collapse_cli.measure.metrics import perplexity
 
 
 def ppl_test(setup) -> float:
     family = setup.family
-    nll = token_nll(setup.base_model, setup.real.test, profile.eval_batch_size(family.cfg, setup.device), setup.device)
+    batch = measurement.eval_batch_size(family.cfg, setup.device)
+    nll = token_nll(family.for_inference(setup.base_model), setup.real.test, batch, setup.device)
     return perplexity(float(nll.sum(dtype=np.float64)), nll.size)
 
 
@@ -36,7 +37,7 @@ def main(overrides: list[str]) -> dict:
     cfg = preflight(overrides, multirun=False).runs[0]  # composed and checked as `collapse run` does
     if cfg.model.family != "lm":
         raise SystemExit(f"gen0_ppl: model={cfg.model.name} is a {cfg.model.family} model; this script scores LMs")
-    setup = prepare(cfg)
+    setup = set_up(cfg)
     setup.base_model.to(setup.device)
     print(f"{cfg.model.path or cfg.model.name}: {len(setup.real.train[:setup.n_train])} train blocks, "
           f"{len(setup.real.test)} test blocks, {cfg.train.epochs} epoch(s) on {setup.device.type}", flush=True)

@@ -316,12 +316,14 @@ def test_verdict_table_names_the_likelihood_headline_of_its_runs():
                                status={"state": "finished"}, summary={"early_warning": warning} if warning else {},
                                rows=[{"generation": 0}], config={})  # a finished run has its rows
 
-    gmm = {"first_tail_gen": 166, "first_ppl_gen": 12, "gap": -154, "headline": "test NLL", "text": "..."}
-    old_lm = {"first_tail_gen": 1, "first_ppl_gen": None, "gap": None, "text": "..."}  # before `headline` existed
+    gmm = {"first_tail_gen": 166, "first_likelihood_gen": 12, "gap": -154, "headline": "test NLL", "text": "..."}
+    # Before `headline` existed, and before first_likelihood_gen was renamed from first_ppl_gen.
+    old_lm = {"first_tail_gen": 1, "first_ppl_gen": 4, "gap": 3, "text": "..."}
     table = verdict_table([report_runs.Group("gmm", [run(0, gmm), run(1, None)])])
     assert table.headers[3] == "test NLL"
     assert table.rows[0][2:4] == ["166", "12"] and table.rows[1][2:4] == ["", ""]
-    assert verdict_table([report_runs.Group("lm", [run(0, old_lm)])]).headers[3] == "test perplexity"
+    old_table = verdict_table([report_runs.Group("lm", [run(0, old_lm)])])
+    assert old_table.headers[3] == "test perplexity" and old_table.rows[0][2:4] == ["1", "4"]
     assert verdict_table([report_runs.Group("lm", [run(0, old_lm)]),
                           report_runs.Group("gmm", [run(1, gmm)])]).headers[3] == "likelihood"
 

@@ -20,7 +20,7 @@ from collapse_cli.experiment.compose import (
     fresh_pool_needed,
     n_real_blocks,
 )
-from collapse_cli.experiment.loop import Setup, prepare
+from collapse_cli.experiment.loop import Setup, set_up
 
 N = 40
 SEED = 7
@@ -150,7 +150,7 @@ def test_check_pool_names_the_sizes():
 def toy_setup(n_train: int | None, pool: int, **run) -> Setup:
     """What the loop settles before generation 0 (N, the real rows read) for the toy family of tests/."""
     dataset = ToyDatasetConfig(n_train=n_train, pool=pool)
-    return prepare(validate(RunConfig(model=ToyModelConfig(), dataset=dataset, train=TrainConfig(lr=1e-3),
+    return set_up(validate(RunConfig(model=ToyModelConfig(), dataset=dataset, train=TrainConfig(lr=1e-3),
                                       device="cpu", **run)))
 
 

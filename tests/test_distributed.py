@@ -35,6 +35,7 @@ from test_errors import one_error_line
 from test_resume import signal_when
 from transformers import OPTConfig, OPTForCausalLM
 
+from collapse_cli import collectives, ranks
 from collapse_cli.config import TrainConfig, check_nodes, check_nproc
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import distributed
@@ -88,17 +89,17 @@ def everything(model: torch.nn.Module, work: dict) -> dict:
     stats = train(trained, work["train_blocks"], work["train"], seed=3, device=CPU, generation=0)
     return {"corpus": corpus, "nll": nll, "ce": ce, "entropy": entropy, "sliding": sliding,
             "weights": {k: v.detach().clone() for k, v in trained.state_dict().items()}, "loss_last": stats.loss_last,
-            "rank": distributed.rank(), "world": distributed.world_size(),
-            "shards": [distributed.shard_batch(torch.arange(n)) for n in (5, 1)]}
+            "rank": ranks.rank(), "world": ranks.world_size(),
+            "shards": [collectives.shard_batch(torch.arange(n)) for n in (5, 1)]}
 
 
 def test_two_gloo_ranks_give_the_corpus_and_scores_of_one_process():
     model, work = tiny_model(), workload()
     alone = everything(model, work)
-    ranks = distributed.spawn(everything, 2, (model, work))
-    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world"] == 2 for r in ranks)
+    by_rank = distributed.spawn(everything, 2, (model, work))
+    assert [r["rank"] for r in by_rank] == [0, 1] and all(r["world"] == 2 for r in by_rank)
     assert alone["corpus"].shape == (11, 8)
-    for result in ranks:  # every rank gets everything back, in order
+    for result in by_rank:  # every rank gets everything back, in order
         assert np.array_equal(result["corpus"], alone["corpus"])
         # Same batches as one process, reassembled in order: the same numbers, not merely close ones.
         assert np.array_equal(result["nll"], alone["nll"])
@@ -108,12 +109,12 @@ def test_two_gloo_ranks_give_the_corpus_and_scores_of_one_process():
         for name, weight in alone["weights"].items():
             torch.testing.assert_close(result["weights"][name], weight, rtol=0, atol=1e-4)
         assert result["loss_last"] == pytest.approx(alone["loss_last"], rel=1e-5)
-    for name in alone["weights"]:  # the ranks end with identical weights
-        assert torch.equal(ranks[0]["weights"][name], ranks[1]["weights"][name])
+    for name in alone["weights"]:  # the by_rank end with identical weights
+        assert torch.equal(by_rank[0]["weights"][name], by_rank[1]["weights"][name])
     # Global batch of 5: rank 0 rows 0, 2, 4 (weight 3*2/5), rank 1 rows 1, 3 (2*2/5).
     # A batch of 1: rank 0 takes it (weight 1*2/1), rank 1 runs that row with weight 0.
-    (rows0, weight0), (one0, w_one0) = ranks[0]["shards"]
-    (rows1, weight1), (one1, w_one1) = ranks[1]["shards"]
+    (rows0, weight0), (one0, w_one0) = by_rank[0]["shards"]
+    (rows1, weight1), (one1, w_one1) = by_rank[1]["shards"]
     assert rows0.tolist() == [0, 2, 4] and weight0 == pytest.approx(1.2)
     assert rows1.tolist() == [1, 3] and weight1 == pytest.approx(0.8)
     assert (one0.tolist(), w_one0) == ([0], 2.0) and (one1.tolist(), w_one1) == ([0], 0.0)
@@ -123,12 +124,12 @@ def test_two_gloo_ranks_give_the_corpus_and_scores_of_one_process():
 
 def _fail_on_rank_1(pid_folder: str, how: str) -> None:
     Path(pid_folder, str(os.getpid())).touch()
-    distributed.barrier()  # both ranks have said who they are
-    if distributed.rank() == 1:
+    collectives.barrier()  # both ranks have said who they are
+    if ranks.rank() == 1:
         if how == "raise":
             raise ValueError("boom on rank 1")
         os.kill(os.getpid(), signal.SIGKILL)
-    distributed.barrier()  # rank 0 waits here for a rank that never comes
+    collectives.barrier()  # rank 0 waits here for a rank that never comes
     time.sleep(600)  # should the barrier return after all, the parent must still stop this rank
 
 

@@ -224,16 +224,27 @@ def test_lm_config_refuses_a_dataset_of_another_family():
         to_run_config(node)
 
 
-def test_object_cache_makes_one_value_per_object_by_identity():
-    cache, made = base.ObjectCache(), []
+class DefaultFiles(ToyFamily):
+    """The toy family with Family's own save_samples/load_samples, which array families (GMM, VAE, ...) use."""
 
-    def make(key: list) -> int:
-        made.append(key)
-        return len(made)
+    save_samples, load_samples = base.Family.save_samples, base.Family.load_samples
 
-    rows, equal_rows = [1, 2], [1, 2]
-    assert cache.get(rows, make) == cache.get(rows, make) == 1 and cache.holds(rows)
-    assert cache.get(equal_rows, make) == 2  # equal but another object: its own value
-    assert cache.get(rows, make) == 3 and made == [rows, equal_rows, rows]  # one object at a time
-    cache.clear()
-    assert not cache.holds(rows)
+
+@pytest.mark.parametrize("samples,scores_file", [
+    (np.arange(12, dtype=np.int64).reshape(6, 2), None),  # the categorical's int64 draws; no scores kept
+    (np.random.default_rng(0).random((6, 64), dtype=np.float32), "scores.npy"),  # the VAE's images and scores
+])
+def test_default_sample_files_read_back_exactly_and_a_missing_one_is_one_line(tmp_path: Path, samples, scores_file):
+    family = DefaultFiles(RunConfig(), None)
+    family.scores_file = scores_file
+    scores = np.linspace(0.0, 1.0, len(samples))
+    family.save_samples(tmp_path, samples, scores)
+    back = family.load_samples(tmp_path)
+    assert back.dtype == samples.dtype and np.array_equal(back, samples)
+    written = sorted(path.name for path in tmp_path.iterdir())
+    assert written == sorted(["samples.npy", *([scores_file] if scores_file else [])])
+    if scores_file:
+        assert np.array_equal(np.load(tmp_path / scores_file), scores.astype(np.float32))
+    (tmp_path / "samples.npy").unlink()
+    with pytest.raises(CollapseError, match=r"samples\.npy: damaged: missing"):
+        family.load_samples(tmp_path)

@@ -195,7 +195,7 @@ def test_the_gmm_family_summarizes_a_tail_first_verdict_against_test_nll():
     # The paper's own figures, first and last.
     assert (summary["component_std_first"], summary["l2sq_to_gen0_last"]) == (0.9, 0.03)
     assert summary["early_warning"] == {
-        "first_tail_gen": 2, "first_ppl_gen": 3, "gap": 1, "headline": "test NLL",
+        "first_tail_gen": 2, "first_likelihood_gen": 3, "gap": 1, "headline": "test NLL",
         "text": "Tail coverage departed at generation 2, 1 generation(s) before test NLL (generation 3)."}
 
 

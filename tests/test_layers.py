@@ -1,5 +1,6 @@
-"""The import graph is a stack, not a circle: run folders at the bottom, the report above them, the experiment
-above the report (its trackers draw `collapse compare`'s plots), the command line on top.
+"""The import graph is a stack, not a circle: run folders at the bottom, the report above them, the families
+below the experiment that calls them (their collectives live beneath them), the experiment above the report
+(its trackers draw `collapse compare`'s plots), the command line on top.
 
 Read from the source with `ast`, so an import inside a function (the lazy kind) counts as much as one at the top.
 """
@@ -21,8 +22,14 @@ FORBIDDEN = {
     "checks.py": (*BELOW_ALL, "collapse_cli.compose"),  # the checks config.py and every family use
     # The loop's keys and the shared groups: each family owns its own schemas, and compose.py joins the two.
     "config.py": ("collapse_cli.cli", "collapse_cli.experiment", "collapse_cli.families", "collapse_cli.compose"),
+    "measure": (*BELOW_ALL, "collapse_cli.rundir"),  # statistics: numbers in, numbers out
     "rundir.py": BELOW_ALL,  # the run-folder format: experiment/ writes it, report/ reads it
     "ranks.py": (*BELOW_ALL, "collapse_cli.rundir"),  # which process writes: what rundir.py asks
+    "atomic.py": (*BELOW_ALL, "collapse_cli.rundir"),  # how rundir.py writes
+    "liveness.py": (*BELOW_ALL, "collapse_cli.rundir"),  # whether a run's writer lives: what rundir.py records
+    "collectives.py": (*BELOW_ALL, "collapse_cli.rundir"),  # where ranks meet: the families call it
+    "families": ("collapse_cli.cli", "collapse_cli.experiment"),  # the loop calls the families, never back
+    "lifecycle.py": ("collapse_cli.cli",),  # the command line decides, the run folder's life follows
     # experiment -> report only, never back; a family's facts reach the report as data (report/facts.py)
     "report": ("collapse_cli.cli", "collapse_cli.experiment", "collapse_cli.families"),
 }

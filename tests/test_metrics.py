@@ -1,4 +1,5 @@
-"""Tests for collapse_cli.measure.metrics: hand-computed values on tiny inputs plus invariants.
+"""Tests for the LM's corpus metrics (families/lm/corpus_metrics.py) and the shared statistics
+(measure/stats.py): hand-computed values on tiny inputs plus invariants.
 
 Each hand computation is written next to its assertion.
 """
@@ -12,7 +13,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from collapse_cli.measure import metrics as M
+from collapse_cli.families.lm import corpus_metrics as M
+from collapse_cli.measure import stats
 
 nan_ok = dict(nan_ok=True)
 
@@ -389,42 +391,42 @@ def test_kl_truth_model_zero_when_model_is_truth():
 
 def test_bootstrap_se():
     values = np.random.default_rng(1).normal(size=10_000)
-    se = M.bootstrap_se(values, seed=0)
+    se = stats.bootstrap_se(values, seed=0)
     assert se == pytest.approx(values.std(ddof=1) / 100, rel=0.2)  # sigma / sqrt(n)
-    assert M.bootstrap_se(values, seed=0) == se
-    assert M.bootstrap_se(values, seed=1) != se
-    assert M.bootstrap_se([3.0] * 50, seed=0) == 0.0
-    assert math.isnan(M.bootstrap_se([1.0], seed=0))
+    assert stats.bootstrap_se(values, seed=0) == se
+    assert stats.bootstrap_se(values, seed=1) != se
+    assert stats.bootstrap_se([3.0] * 50, seed=0) == 0.0
+    assert math.isnan(stats.bootstrap_se([1.0], seed=0))
 
 
 def test_first_departure():
     # band = 2 * sqrt(0.1^2 + 0.1^2) = 0.283; diffs 0.1, 0.5 -> generation 2
-    assert M.first_departure([1.0, 1.1, 1.5, 2.0], [0.1] * 4) == 2
-    assert M.first_departure([1.0, 0.5], [0.1, 0.1]) == 1  # either direction
-    assert M.first_departure([1.0, 1.05, 0.95], [0.1] * 3) is None
+    assert stats.first_departure([1.0, 1.1, 1.5, 2.0], [0.1] * 4) == 2
+    assert stats.first_departure([1.0, 0.5], [0.1, 0.1]) == 1  # either direction
+    assert stats.first_departure([1.0, 1.05, 0.95], [0.1] * 3) is None
     # diff exactly at the band (2 = 2 * sqrt(0 + 1)) is not a departure
-    assert M.first_departure([0.0, 2.0], [0.0, 1.0]) is None
-    assert M.first_departure([1.0, float("nan"), 2.0], [0.1] * 3) == 2  # nan skipped
-    assert M.first_departure([], []) is None
+    assert stats.first_departure([0.0, 2.0], [0.0, 1.0]) is None
+    assert stats.first_departure([1.0, float("nan"), 2.0], [0.1] * 3) == 2  # nan skipped
+    assert stats.first_departure([], []) is None
 
 
 def test_early_warning_verdict_tail_first():
     # tail: band 2 * sqrt(2) * 0.01 = 0.028, diff at g1 = 0.1 -> 1
     # ppl: band 0.283, diffs 0, 0.01, 2 -> 3; gap = 3 - 1 = 2
-    got = M.early_warning_verdict([1, 0.9, 0.5, 0.4], [0.01] * 4, [10, 10, 10.01, 12], [0.1] * 4)
-    assert (got["first_tail_gen"], got["first_ppl_gen"], got["gap"]) == (1, 3, 2)
+    got = stats.early_warning_verdict([1, 0.9, 0.5, 0.4], [0.01] * 4, [10, 10, 10.01, 12], [0.1] * 4)
+    assert (got["first_tail_gen"], got["first_likelihood_gen"], got["gap"]) == (1, 3, 2)
     assert got["text"] == ("Tail coverage departed at generation 1, 2 generation(s) before "
                            "test perplexity (generation 3).")
 
 
 def test_early_warning_verdict_undefined_gap():
     flat = [1.0, 1.0, 1.0]
-    got = M.early_warning_verdict([1, 0.5, 0.4], [0.01] * 3, flat, [0.1] * 3)
-    assert (got["first_tail_gen"], got["first_ppl_gen"], got["gap"]) == (1, None, None)
+    got = stats.early_warning_verdict([1, 0.5, 0.4], [0.01] * 3, flat, [0.1] * 3)
+    assert (got["first_tail_gen"], got["first_likelihood_gen"], got["gap"]) == (1, None, None)
     assert "never" in got["text"]
-    neither = M.early_warning_verdict(flat, [0.1] * 3, flat, [0.1] * 3)
+    neither = stats.early_warning_verdict(flat, [0.1] * 3, flat, [0.1] * 3)
     assert neither["gap"] is None and neither["text"].startswith("Neither")
-    ppl_first = M.early_warning_verdict([1, 1, 0], [0.01] * 3, [1, 5, 5], [0.1] * 3)
+    ppl_first = stats.early_warning_verdict([1, 1, 0], [0.01] * 3, [1, 5, 5], [0.1] * 3)
     assert ppl_first["gap"] == -1 and ppl_first["text"].startswith("Test perplexity departed")
 
 
@@ -546,20 +548,20 @@ def test_corpus_profile_empty_synth_is_all_nan():
 def test_early_warning_verdict_names_the_likelihood_headline():
     # A GMM run's rows: tail_coverage band 2 * sqrt(0.1^2 + 0.1^2) = 0.283, diff 0.5 at g2 -> 2;
     # nll_test band 2 * sqrt(2) * 0.05 = 0.141, diffs 0.01, 0.1, 0.3 -> 3; gap 1.
-    got = M.early_warning_verdict([1.0, 0.9, 0.5, 0.2], [0.1] * 4, [2.84, 2.85, 2.94, 3.14], [0.05] * 4,
+    got = stats.early_warning_verdict([1.0, 0.9, 0.5, 0.2], [0.1] * 4, [2.84, 2.85, 2.94, 3.14], [0.05] * 4,
                                   headline="test NLL")
-    assert (got["first_tail_gen"], got["first_ppl_gen"], got["gap"], got["headline"]) == (2, 3, 1, "test NLL")
+    assert (got["first_tail_gen"], got["first_likelihood_gen"], got["gap"], got["headline"]) == (2, 3, 1, "test NLL")
     assert got["text"] == "Tail coverage departed at generation 2, 1 generation(s) before test NLL (generation 3)."
-    nll_first = M.early_warning_verdict([1, 1, 1], [0.1] * 3, [2.8, 3.5, 3.5], [0.05] * 3, headline="test NLL")
+    nll_first = stats.early_warning_verdict([1, 1, 1], [0.1] * 3, [2.8, 3.5, 3.5], [0.05] * 3, headline="test NLL")
     assert nll_first["text"] == "Test NLL departed at generation 1; tail coverage never did."
-    assert M.early_warning_verdict([1.0], [0.1], [2.8], [0.05], headline="test NLL")["text"] == (
+    assert stats.early_warning_verdict([1.0], [0.1], [2.8], [0.05], headline="test NLL")["text"] == (
         "Neither tail coverage nor test NLL departed from generation 0 beyond noise.")
 
 
 def test_mean_and_binomial_standard_errors_by_hand():
     # [1, 2, 3, 6]: mean 3, sample variance (4 + 1 + 0 + 9) / 3 = 14/3, se sqrt(14/3) / 2
-    assert M.mean_se([1.0, 2.0, 3.0, 6.0]) == pytest.approx(math.sqrt(14 / 3) / 2)
-    assert math.isnan(M.mean_se([5.0]))
-    assert M.binomial_se(0.2, 100) == pytest.approx(0.04)  # sqrt(0.2 * 0.8 / 100)
-    assert M.binomial_se(1.0, 18) == 0.0
-    assert math.isnan(M.binomial_se(0.5, 0)) and math.isnan(M.binomial_se(float("nan"), 10))
+    assert stats.mean_se([1.0, 2.0, 3.0, 6.0]) == pytest.approx(math.sqrt(14 / 3) / 2)
+    assert math.isnan(stats.mean_se([5.0]))
+    assert stats.binomial_se(0.2, 100) == pytest.approx(0.04)  # sqrt(0.2 * 0.8 / 100)
+    assert stats.binomial_se(1.0, 18) == 0.0
+    assert math.isnan(stats.binomial_se(0.5, 0)) and math.isnan(stats.binomial_se(float("nan"), 10))

@@ -23,6 +23,7 @@ from conftest import (
     start_collapse,
 )
 
+from collapse_cli.families.lm.corpus_files import load_ids
 from collapse_cli.rundir import RunDir
 
 # Four generations (0..3), each long enough (~0.4 s on one core) for a kill to land inside a stage.
@@ -58,7 +59,7 @@ def assert_same_as(run: Path, reference: Path) -> None:
     assert not differences, differences
     for g in range(GENERATIONS):
         name = f"gen_{g:03d}/synthetic_ids.npz"
-        assert np.array_equal(RunDir(run).load_ids(name), RunDir(reference).load_ids(name)), name
+        assert np.array_equal(load_ids(run / name), load_ids(reference / name)), name
     assert (run / "family.json").read_bytes() == (reference / "family.json").read_bytes()
     summary, expected = (json.loads((p / "summary.json").read_text()) for p in (run, reference))
     summary.pop("wall_time_s"), expected.pop("wall_time_s")

@@ -20,7 +20,7 @@ from conftest import (
 )
 
 from collapse_cli.families.lm.builtin import build_language, make_tokenizer
-from collapse_cli.rundir import RunDir, read_texts_gz
+from collapse_cli.families.lm.corpus_files import load_ids, read_texts_gz
 
 HEADLINE_KEYS = ("generation", "ppl_test", "tail_coverage", "train_tokens", "wall_time_s")
 
@@ -63,7 +63,7 @@ def test_generation_folders_hold_readable_synthetic_text(tiny_finished: Path):
         assert len(texts) == n_real
         assert all(len(text.split()) == 64 for text in texts)
         assert all(word in vocabulary for text in texts for word in text.split())
-        ids = RunDir(folder.parent).load_ids(Path(folder.name) / "synthetic_ids.npz")
+        ids = load_ids(folder / "synthetic_ids.npz")
         assert ids.shape == (n_real, 64)
 
 
@@ -154,7 +154,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path: Path, tiny_fi
     assert [r["ppl_test"] for r in read_metrics(other)] != [r["ppl_test"] for r in read_metrics(tiny_finished)]
     for g in (0, 1):
         name = f"gen_{g:03d}/synthetic_ids.npz"
-        assert np.array_equal(RunDir(again).load_ids(name), RunDir(tiny_finished).load_ids(name))
+        assert np.array_equal(load_ids(again / name), load_ids(tiny_finished / name))
 
 
 def test_runs_started_together_get_their_own_folders(tmp_path: Path):
@@ -182,7 +182,7 @@ def test_unconditional_prompts_previous_init_and_last_checkpoint(tmp_path):
     assert (run / "gen_001" / "model").is_dir()  # the last generation's weights stay
     assert not (run / "gen_000" / "model").exists()  # earlier ones go
     assert not (run / "reference").exists()  # the generation-0 copy is only kept while needed
-    ids = RunDir(run).load_ids("gen_001/synthetic_ids.npz")
+    ids = load_ids(run / "gen_001/synthetic_ids.npz")
     assert ids.shape[1] == 64
 
 
@@ -201,7 +201,7 @@ def test_previous_init_trains_each_generation_on_from_the_last_ones_weights(tmp_
     cfg = to_run_config(OmegaConf.load(run / ".hydra" / "config.yaml"))
     origin = np.load(run / "gen_002" / "train_origin.npy")
     assert (origin[:, 0] == 1).all()  # mix=0, replace: generation 1's corpus only
-    blocks = RunDir(run).load_ids("gen_001/synthetic_ids.npz")[origin[:, 1]].astype(np.int64)
+    blocks = load_ids(run / "gen_001/synthetic_ids.npz")[origin[:, 1]].astype(np.int64)
 
     def retrained_from(generation: int) -> dict:
         model = AutoModelForCausalLM.from_pretrained(run / f"gen_{generation:03d}" / "model", dtype=torch.float32)

@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 from conftest import gone_pid
 
-from collapse_cli.rundir import RunDir, atomic_write_bytes, flatten, live_state, read_metrics, read_texts_gz
+from collapse_cli.atomic import atomic_write_bytes
+from collapse_cli.families.lm.corpus_files import load_ids, read_texts_gz, save_ids, save_texts_gz
+from collapse_cli.liveness import live_state
+from collapse_cli.rundir import RunDir, flatten, read_metrics
 
 
 def test_texts_round_trip_with_newlines_and_backslashes(tmp_path: Path):
     lines = ["plain words", "two\nlines", "a literal \\n stays", "back\\slash", ""]
-    RunDir(tmp_path).save_texts_gz("corpus.txt.gz", lines)
+    save_texts_gz(RunDir(tmp_path), "corpus.txt.gz", lines)
     assert read_texts_gz(tmp_path / "corpus.txt.gz") == lines
 
 
@@ -28,9 +31,8 @@ def test_flatten_names_nested_keys_with_dots():
 
 def test_ids_are_compressed_and_round_trip(tmp_path: Path):
     ids = np.tile(np.arange(50, dtype=np.int64), (200, 2))  # repetitive: compresses well
-    run_dir = RunDir(tmp_path)
-    run_dir.save_ids("ids.npz", ids)
-    assert np.array_equal(run_dir.load_ids("ids.npz"), ids)
+    save_ids(RunDir(tmp_path), "ids.npz", ids)
+    assert np.array_equal(load_ids(tmp_path / "ids.npz"), ids)
     assert (tmp_path / "ids.npz").stat().st_size < ids.nbytes / 10
 
 
@@ -69,13 +71,13 @@ def test_unfinished_generation_is_discarded(tmp_path: Path):
 def test_disk_full_is_recognised_through_library_wrappers():
     import errno
 
-    from collapse_cli.cli import _disk_full
+    from collapse_cli.lifecycle import disk_full
 
-    assert _disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
     # safetensors raises its own type, carrying only the OS message.
-    assert _disk_full(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
-    assert not _disk_full(OSError(errno.EACCES, "Permission denied"))
-    assert not _disk_full(ValueError("bad value"))
+    assert disk_full(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not disk_full(ValueError("bad value"))
 
 
 def test_a_change_of_state_keeps_how_far_the_run_got(tmp_path: Path):

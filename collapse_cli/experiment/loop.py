@@ -1,6 +1,6 @@
 """The generation loop: train on the mix, sample a synthetic set, measure, repeat.
 
-    prepare()  the family, its real data and base model, the plan
+    set_up()   the family, its real data and base model, the plan
     for g in 0..G:
         compose g's training set  ->  fit  ->  sample  ->  measure  ->  curate  ->  save
     finish()   summary, figures, checkpoint retention
@@ -21,10 +21,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from collapse_cli import collectives, ranks
 from collapse_cli.config import RunConfig, describe_mix
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import compose as composition
-from collapse_cli.experiment import distributed, tracking
+from collapse_cli.experiment import tracking
 from collapse_cli.experiment.progress import Feedback
 from collapse_cli.experiment.seeds import compose_seed, stage_seed, torch_global_rng, torch_global_seed
 from collapse_cli.families.base import Family, RealData, family_name, get_family
@@ -45,7 +46,7 @@ def pick_device(choice: str):
 
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda", distributed.local_rank())  # under nproc=N, rank r's own GPU
+    return torch.device("cuda", collectives.local_rank())  # under nproc=N, rank r's own GPU
 
 
 @dataclass
@@ -60,7 +61,8 @@ class Setup:
     n_train: int  # N: rows generation 0 trains on, and rows every generation samples
 
 
-def prepare(cfg: RunConfig) -> Setup:
+def set_up(cfg: RunConfig) -> Setup:
+    """What the whole run shares: the family built from the config, its real data and base model, and N."""
     device = pick_device(cfg.device)
     family = get_family(family_name(cfg.model))(cfg, device)
     base_model = family.build_base_model(cfg.seed)
@@ -113,7 +115,7 @@ class LoopState:
 
     samples: dict[int, np.ndarray] = field(default_factory=dict)  # curated synthetic rows by generation
     kept: dict[int, np.ndarray] = field(default_factory=dict)  # their rows in each generation's raw samples
-    reference_model: Any = None  # the frozen generation-0 model
+    reference_model: Any = None  # the frozen generation-0 model, as family.for_inference made it
     previous_model: Any = None
 
 
@@ -132,16 +134,17 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     start_from = state.previous_model if (cfg.train.init == "previous" and g > 0) else setup.base_model
     model = copy.deepcopy(start_from)
     with (feedback.task(f"gen {g} train", total=1) as on_step,
-          torch_global_rng(torch_global_seed(cfg.seed, g, distributed.rank()), setup.device)):
+          torch_global_rng(torch_global_seed(cfg.seed, g, ranks.rank()), setup.device)):
         stats = family.fit(model, train_rows, stage_seed(cfg.seed, g, "train"), g, on_step)
     trained = time.perf_counter()
+    inference = family.for_inference(model)  # the one copy sampling and measuring run on
     with feedback.task(f"gen {g} generate", total=setup.n_train) as on_batch:
-        samples = family.sample(model, setup.n_train, stage_seed(cfg.seed, g, "generate"), on_batch)
+        samples = family.sample(inference, setup.n_train, stage_seed(cfg.seed, g, "generate"), on_batch)
     generated = time.perf_counter()
 
-    reference_model = model if g == 0 else state.reference_model
+    reference_model = inference if g == 0 else state.reference_model
     with feedback.task(f"gen {g} evaluate", total=1) as on_eval:
-        metrics, scores = family.measure(g, model, reference_model, samples, stage_seed(cfg.seed, g, "metrics"),
+        metrics, scores = family.measure(g, inference, reference_model, samples, stage_seed(cfg.seed, g, "metrics"),
                                          on_eval)
     curated = family.curate(samples, scores, stage_seed(cfg.seed, g, "curate"))
     evaluated = time.perf_counter()
@@ -158,7 +161,7 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
                    eval_time_s=evaluated - generated)
     state.samples[g], state.kept[g] = samples[curated.indices], curated.indices
     if g == 0:
-        state.reference_model = model
+        state.reference_model = reference_model
         _save_model(family, model, run_dir.path / "reference")
         for name, array in family.reference_files().items():
             run_dir.save_array(name, array)
@@ -199,7 +202,7 @@ def _manifest(g: int, training_set: composition.TrainingSet, cfg: RunConfig, fam
 
 def _save_model(family: Family, model: Any, folder: Path) -> None:
     """Save into a temporary folder, then rename: never a half-written checkpoint."""
-    if not distributed.is_main():  # every rank holds the same weights; rank 0 writes them
+    if not ranks.is_main():  # every rank holds the same weights; rank 0 writes them
         return
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -223,14 +226,14 @@ def _keeps_last_model_only(cfg: RunConfig) -> bool:
 def _drop_previous_model(g: int, run_dir: RunDir, cfg: RunConfig) -> None:
     """Once generation g is DONE, its predecessor's model is no longer needed, by the loop or a resume.
     Deleting it any earlier would leave a kill in between with neither generation's model to go on from."""
-    if g > 0 and _keeps_last_model_only(cfg) and distributed.is_main():
+    if g > 0 and _keeps_last_model_only(cfg) and ranks.is_main():
         shutil.rmtree(run_dir.gen(g - 1) / "model", ignore_errors=True)
         written("previous_model_delete", g)
 
 
 def _drop_stale_models(run_dir: RunDir, cfg: RunConfig, last_done: int) -> None:
     """On resume: models before the last done generation that a kill left undeleted (_drop_previous_model)."""
-    if not _keeps_last_model_only(cfg) or not distributed.is_main():
+    if not _keeps_last_model_only(cfg) or not ranks.is_main():
         return
     for folder in run_dir.path.glob("gen_*/model"):
         if int(folder.parent.name[4:]) < last_done:
@@ -250,7 +253,7 @@ def restore(setup: Setup, run_dir: RunDir) -> tuple[LoopState, int]:
     # With every generation done (killed while finishing), no model is needed, and the
     # finishing step may already have deleted the reference checkpoint.
     if done and len(done) < setup.cfg.generations + 1:
-        state.reference_model = _load_model(family, run_dir.path / "reference")
+        state.reference_model = family.for_inference(_load_model(family, run_dir.path / "reference"))
         if setup.cfg.train.init == "previous":
             state.previous_model = _load_model(family, run_dir.gen(done[-1]) / "model")
     run_dir.discard_unfinished(len(done))
@@ -296,7 +299,7 @@ def record_facts(run_dir: RunDir, family: Family) -> None:
 
 def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
     """Run (or resume) the whole loop in `path`; returns the summary, or None for a dry run."""
-    setup = prepare(cfg)
+    setup = set_up(cfg)
     family = setup.family
     feedback.show_plan(cfg, setup.device, family.describe(), family.n_parameters(setup.base_model), plan(setup),
                        describe_mix(cfg.regime, cfg.mix), family.describe_sampling(setup.base_model),
@@ -321,7 +324,7 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
                 status_written = time.monotonic()
             log.info(feedback.generation_line(metrics, family.table_keys))
             trackers.log_generation(metrics)
-        if not distributed.is_main():  # the other ranks' part ends with the last collective
+        if not ranks.is_main():  # the other ranks' part ends with the last collective
             return None
         summary = finish(setup, run_dir)
         # The generation-0 copy only serves scoring and resumes; `checkpoints=all` keeps it as gen_000/model.
@@ -338,7 +341,7 @@ def execute_rank(cfg: RunConfig, path: str) -> None:
     logs, prints and writes."""
     from rich.console import Console
 
-    if distributed.is_main():
+    if ranks.is_main():
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
                             handlers=[logging.StreamHandler(), logging.FileHandler(Path(path) / "collapse.log")])
-    execute(cfg, Path(path), Feedback(Console(quiet=not distributed.is_main())))
+    execute(cfg, Path(path), Feedback(Console(quiet=not ranks.is_main())))

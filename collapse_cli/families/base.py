@@ -44,8 +44,9 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 
 from collapse_cli.errors import CollapseError
-from collapse_cli.measure import metrics as M
+from collapse_cli.measure import stats
 from collapse_cli.report.facts import FamilyFacts
+from collapse_cli.rundir import RunDir, damaged, read_run_array
 
 Progress = Callable[[int, int], None]
 
@@ -90,32 +91,6 @@ class Curated:
     report: dict = field(default_factory=dict)
 
 
-class ObjectCache:
-    """One value made from one object (a model, a sample array), kept until another object asks.
-
-    Keyed by the object itself, which it holds: an id() is reused by a new object once the old one is
-    freed (a resume's reloaded model, the next run in the same process) and would get the old value.
-    """
-
-    def __init__(self) -> None:
-        self.clear()
-
-    def holds(self, key: Any) -> bool:
-        return self._full and self._key is key
-
-    def get(self, key: Any, make: Callable[[Any], Any]) -> Any:
-        if not self.holds(key):
-            self.clear()  # the old value goes before the new one is made: a model copy's memory
-            self.put(key, make(key))
-        return self._value
-
-    def put(self, key: Any, value: Any) -> None:
-        self._key, self._value, self._full = key, value, True
-
-    def clear(self) -> None:
-        self._key, self._value, self._full = None, None, False
-
-
 class Family(ABC):
     """One kind of generative model. Built once per run: `Family(cfg, device)`."""
 
@@ -138,6 +113,8 @@ class Family(ABC):
     datasets: ClassVar[tuple[str, ...]]  # dataset.name values this family reads; others exit 2
     unit: ClassVar[str] = "samples"  # what one row is called in metrics and the plan: train_<unit>, ...
     samples_file: ClassVar[str] = "samples.npy"  # the file save_samples writes in each gen folder
+    # The .npy file the default save_samples writes the per-sample scores to; None: not saved (recomputable).
+    scores_file: ClassVar[Optional[str]] = None
     # Headline metrics, best first: the first is shown in summaries; `summarize` may use them all.
     headline: ClassVar[tuple[str, ...]] = ("nll_test", "tail_coverage")
     # Further metrics whose first and last values go into summary.json (the paper's own figures, say).
@@ -210,16 +187,26 @@ class Family(ABC):
     def fit(self, model: Any, train: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
         """Train `model` in place on rows `train`; returns flat stats merged into metrics (e.g. train_loss_last)."""
 
+    def for_inference(self, model: Any) -> Any:
+        """The model as `sample` and `measure` run it (LM: a bf16 copy on CUDA); by default the model itself.
+
+        The loop asks once per trained model and hands that one copy to its sample and measure calls;
+        generation 0's copy scores as the reference for the rest of the run (a resume asks once for the
+        reference it reloads). No family keeps copies of its own to avoid repeats.
+        """
+        return model
+
     @abstractmethod
     def sample(self, model: Any, n: int, seed: int, on_batch: Progress) -> np.ndarray:
-        """n new samples (rows) from `model`, same dtype and row shape as the real data."""
+        """n new samples (rows) from `model` (as for_inference made it), same dtype and row shape as the real data."""
 
     @abstractmethod
     def measure(self, generation: int, model: Any, reference_model: Any, samples: np.ndarray, seed: int,
                 on_progress: Progress) -> tuple[dict, np.ndarray]:
         """(flat metrics of this generation, float per-sample scores [n] used by curation and saved).
 
-        reference_model is the generation-0 model (the model itself when generation == 0).
+        Both models are as for_inference made them. reference_model is the generation-0 model (the model
+        itself when generation == 0).
         Must not keep state that a resume would not rebuild (a resume calls prepare and measure afresh).
         """
 
@@ -252,13 +239,23 @@ class Family(ABC):
         return ""
 
     # --- files ------------------------------------------------------------------------------
-    @abstractmethod
     def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
-        """Write a generation's samples (as `samples_file`) and anything readable beside them into `folder`."""
+        """Write a generation's samples (as `samples_file`) and anything readable beside them into `folder`.
 
-    @abstractmethod
+        By default the array as sampled (.npy) and, with a `scores_file`, the scores as float32; a family
+        whose rows read better in another form (the LM: compressed token ids and their texts) overrides both.
+        """
+        files = RunDir(folder)
+        files.save_array(self.samples_file, samples)
+        if self.scores_file is not None:
+            files.save_array(self.scores_file, scores.astype(np.float32))
+
     def load_samples(self, folder: Path) -> np.ndarray:
         """The samples save_samples wrote in `folder`, exactly (dtype included): resume relies on it."""
+        samples = read_run_array(Path(folder) / self.samples_file)
+        if samples is None:
+            raise damaged(Path(folder) / self.samples_file, "missing")
+        return samples
 
     @abstractmethod
     def save_model(self, model: Any, folder: Path) -> None:
@@ -280,7 +277,7 @@ class Family(ABC):
             if rows and key in rows[0]:
                 out[f"{key}_first"], out[f"{key}_last"] = rows[0][key], rows[-1][key]
         if rows:
-            out["early_warning"] = M.early_warning_verdict(
+            out["early_warning"] = stats.early_warning_verdict(
                 metric_series(rows, "tail_coverage"), metric_series(rows, "tail_coverage_se"),
                 metric_series(rows, self.likelihood_key), metric_series(rows, self.likelihood_se_key),
                 headline=self.likelihood_name)

@@ -1,1 +1,1 @@
-"""Pure metric functions: arrays in, numbers out, tested against hand-computed values."""
+"""Statistics every family shares (stats.py): arrays in, numbers out, tested against hand-computed values."""

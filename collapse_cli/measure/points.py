@@ -24,7 +24,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
-from collapse_cli.measure.metrics import binomial_se
+from collapse_cli.measure.stats import binomial_se
 
 NEAREST_K = 5  # Naeem et al.'s k for density and coverage; one k for all four manifold metrics
 TAIL_SHARE = 0.1  # the rare real points: the tenth with the largest k-NN radius (the lowest k-NN density)

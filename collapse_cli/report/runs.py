@@ -18,6 +18,7 @@ from typing import Optional
 import yaml
 
 from collapse_cli.errors import CollapseError
+from collapse_cli.liveness import live_state, unwritten_reason
 from collapse_cli.report.facts import FamilyFacts, builtin_facts, run_facts
 from collapse_cli.rundir import (
     METRICS,
@@ -25,12 +26,10 @@ from collapse_cli.rundir import (
     SUMMARY,
     damaged,
     flatten,
-    live_state,
     read_json_object,
     read_metrics,
     read_yaml,
     resume_overrides,
-    unwritten_reason,
 )
 
 OVERRIDES = Path(".hydra") / "overrides.yaml"

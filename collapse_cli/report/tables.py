@@ -180,8 +180,13 @@ def verdict_text(run: Run) -> str:
 
 
 def verdict_headline(warning: dict) -> str:
-    """The likelihood metric a verdict's first_ppl_gen is about; verdicts from before families were the LM's."""
+    """The likelihood metric a verdict's first_likelihood_gen is about; verdicts from before families were the LM's."""
     return str(warning.get("headline") or "test perplexity")
+
+
+def first_likelihood_gen(warning: dict):
+    """The likelihood headline's first departure; summaries from before its rename call it first_ppl_gen."""
+    return warning.get("first_likelihood_gen", warning.get("first_ppl_gen"))
 
 
 def verdict_table(groups: Sequence[Group]) -> TextTable:
@@ -194,7 +199,7 @@ def verdict_table(groups: Sequence[Group]) -> TextTable:
             # In a verdict, a missing generation means the metric never departed.
             never = "never" if warning else ""
             rows.append([group.label, fmt(run.seed), fmt(warning.get("first_tail_gen")) or never,
-                         fmt(warning.get("first_ppl_gen")) or never, verdict_text(run)])
+                         fmt(first_likelihood_gen(warning)) or never, verdict_text(run)])
     # Runs of several families in one table: the verdict text of each row names its own headline.
     headline = headlines.pop() if len(headlines) == 1 else "likelihood" if headlines else "test perplexity"
     return TextTable("early warning: first generation departing from generation 0 beyond noise",

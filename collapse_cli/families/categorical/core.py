@@ -19,7 +19,7 @@ import numpy as np
 from scipy import stats
 
 from collapse_cli.families import plots
-from collapse_cli.measure.metrics import binomial_se
+from collapse_cli.measure.stats import binomial_se
 
 SAMPLE_DTYPE = np.int64
 TAIL_MASS = 0.1  # the rare outcomes: the least likely ones, together holding 10% of the true mass

@@ -19,8 +19,8 @@ from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.categorical import core
 from collapse_cli.families.categorical.facts import FACTS
 from collapse_cli.families.gmm.core import chosen_generations
-from collapse_cli.measure import metrics as M
-from collapse_cli.rundir import RunDir, gen_name
+from collapse_cli.measure import stats
+from collapse_cli.rundir import gen_name
 
 PROBS_FILE = "probs.npy"
 MAX_THEORY_N = 4000  # the Wright-Fisher matrix is (N + 1)^2 float64: 128 MB at N = 4000
@@ -143,7 +143,7 @@ class CategoricalFamily(Family):
             "tail_coverage": coverage,
             "tail_coverage_se": coverage_se,
             "test_covered": float(covered.mean()),
-            "test_covered_se": M.binomial_se(float(covered.mean()), len(covered)),
+            "test_covered_se": stats.binomial_se(float(covered.mean()), len(covered)),
             "tv_truth": core.tv_distance(self.truth, p_hat),
             "kl_model_truth": core.kl_model_truth(p_hat, self.truth),
             "sample_outcomes": int(len(np.unique(samples[:, 0]))),
@@ -157,12 +157,6 @@ class CategoricalFamily(Family):
     def describe(self) -> str:
         d = self.cfg.dataset
         return f"categorical (p_hat = counts / N over K {d.n_outcomes} outcomes, real Zipf exponent {d.exponent:g})"
-
-    def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
-        RunDir(folder).save_array(self.samples_file, samples.astype(core.SAMPLE_DTYPE))
-
-    def load_samples(self, folder: Path) -> np.ndarray:
-        return np.load(folder / self.samples_file)
 
     def save_model(self, model: CategoricalModel, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,7 @@ from collapse_cli.families.base import Family, Progress, RealData, checked_probe
 from collapse_cli.families.diffusion import core
 from collapse_cli.families.diffusion.facts import FACTS
 from collapse_cli.families.plots import pyplot, save
-from collapse_cli.measure import metrics as M
-from collapse_cli.measure import points
+from collapse_cli.measure import points, stats
 from collapse_cli.rundir import RunDir, gen_name
 
 MODEL_FILE = "denoiser.pt"
@@ -206,7 +205,7 @@ class DiffusionFamily(toy2d.PointFiles, Family):
         if self.cfg.model.objective == core.Objective.ddpm:
             with digits.one_thread():
                 nll = core.nll_bound(model, self.schedule, self.test, self.scaling, seed, self.device)
-            metrics.update(nll_test=float(nll.mean()), nll_test_se=M.mean_se(nll))
+            metrics.update(nll_test=float(nll.mean()), nll_test_se=stats.mean_se(nll))
         metrics.update(self._classes(samples) if self.is_digits else self._modes(samples))
         on_progress(1, 1)
         # Per-sample scores: each sample's distance to the nearest real test row, in the features above.

@@ -26,7 +26,7 @@ from scipy import special
 from scipy.special import logsumexp
 
 from collapse_cli.families.plots import pyplot, save
-from collapse_cli.measure.metrics import binomial_se
+from collapse_cli.measure.stats import binomial_se
 
 SAMPLE_DTYPE = np.float32
 TAIL_MASS = 0.05  # the rare region holds the true distribution's outer 5%

@@ -20,8 +20,8 @@ from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
 from collapse_cli.families.gmm.facts import FACTS
 from collapse_cli.families.toy2d import PointFiles
-from collapse_cli.measure import metrics as M
 from collapse_cli.measure import points as P
+from collapse_cli.measure import stats
 from collapse_cli.rundir import gen_name
 
 MIXTURE_FILE = "mixture.npz"
@@ -187,7 +187,7 @@ class GMMFamily(PointFiles, Family):
         l2sq_to_gen0 = core.l2_squared(reference_model.mixture, fitted)
         metrics = {
             "nll_test": float(test_nll.mean()),
-            "nll_test_se": M.mean_se(test_nll),
+            "nll_test_se": stats.mean_se(test_nll),
             "tail_coverage": core.tail_coverage(true_log_p, self.threshold),
             "tail_coverage_se": core.tail_coverage_se(true_log_p, self.threshold),
             "tail_mass_ratio": core.tail_mass_ratio(true_log_p, self.threshold),

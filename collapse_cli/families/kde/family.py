@@ -25,8 +25,8 @@ from collapse_cli.families.gmm.core import chosen_generations
 from collapse_cli.families.kde import core
 from collapse_cli.families.kde.core import BandwidthRule
 from collapse_cli.families.kde.facts import FACTS
-from collapse_cli.measure import metrics as M
 from collapse_cli.measure import points as P
+from collapse_cli.measure import stats
 from collapse_cli.rundir import damaged, gen_name
 
 KDE_FILE = "kde.npz"
@@ -115,7 +115,7 @@ class KDEFamily(toy2d.PointFiles, Family):
         test_nll = -core.log_density(model.points, model.h, self.test)
         metrics = {
             "nll_test": float(test_nll.mean()),
-            "nll_test_se": M.mean_se(test_nll),
+            "nll_test_se": stats.mean_se(test_nll),
             **self.reference.measure(samples),
             "bandwidth": model.h,
             "sample_std": core.pooled_std(samples.astype(np.float64)),

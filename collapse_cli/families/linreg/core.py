@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from collapse_cli.families import plots
-from collapse_cli.measure.metrics import binomial_se
+from collapse_cli.measure.stats import binomial_se
 
 TAIL_MASS = 0.05  # the rare inputs: the test design's outer 5% by norm
 BAND_Z = 1.6448536269514722  # a prediction "covers" a rare input within the true labels' central 90%

@@ -19,8 +19,7 @@ from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.linreg import core
 from collapse_cli.families.linreg.facts import FACTS
-from collapse_cli.measure import metrics as M
-from collapse_cli.rundir import RunDir
+from collapse_cli.measure import stats
 
 WEIGHTS_FILE = "weights.npy"
 
@@ -130,7 +129,7 @@ class LinregFamily(Family):
             "mse_theory": mse_theory,
             "mse_theory_avg": mse_theory_avg,
             "test_mse": float(test_sq.mean()),
-            "test_mse_se": M.mean_se(test_sq),
+            "test_mse_se": stats.mean_se(test_sq),
             "tail_coverage": coverage,
             "tail_coverage_se": coverage_se,
             "param_error_to_gen0": float(core.param_error(model.weights, reference_model.weights)),
@@ -145,12 +144,6 @@ class LinregFamily(Family):
     def describe(self) -> str:
         d = self.cfg.dataset
         return f"linreg (OLS, d {d.dim}, T {d.n_train} design rows, noise sigma {d.noise_std:g})"
-
-    def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
-        RunDir(folder).save_array(self.samples_file, samples)
-
-    def load_samples(self, folder: Path) -> np.ndarray:
-        return np.load(folder / self.samples_file)
 
     def save_model(self, model: LinregModel, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

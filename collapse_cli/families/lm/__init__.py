@@ -1,1 +1,1 @@
-"""Causal language models: tokenizers, packed blocks, training, decoding, the LM metrics profile."""
+"""Causal language models: tokenizers, packed blocks, training, decoding, the LM's measurement."""

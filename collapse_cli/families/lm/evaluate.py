@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from collapse_cli.experiment import distributed
+from collapse_cli import collectives
 from collapse_cli.families.lm.loss import logit_chunks
-from collapse_cli.families.lm.train import autocast, inference_model
+from collapse_cli.families.lm.train import autocast
 
 OnBatch = Optional[Callable[[int, int], None]]
 
@@ -57,23 +57,24 @@ def score_blocks(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, de
     `transition[prev]` is the exact next-token law of the builtin language, so the
     cross-entropy and entropy sums run over the whole vocabulary at every position
     (nats/token, averaged over positions); both are nan without a transition. One
-    forward pass serves both, since they score the same test blocks.
+    forward pass serves both, since they score the same test blocks. `model` runs as given: callers pass
+    the weights scoring runs on (LMFamily.for_inference: a bf16 copy on CUDA).
     """
-    model = inference_model(model, device).eval()  # bf16 weights on CUDA
+    model.eval()
     truth = None
     if transition is not None:
         true_probs = torch.from_numpy(transition.astype(np.float32)).to(device)
         truth = (true_probs, -(true_probs * torch.log(true_probs.clamp_min(1e-30))).sum(-1))
     batches = list(_batches(len(blocks), batch_size))
     scored = []  # (nll, ce sum, entropy sum) of each batch of this rank: batches r, r+N, ... under nproc=N
-    for k in distributed.my_items(len(batches)):
+    for k in collectives.my_items(len(batches)):
         first, last = batches[k]
         batch = torch.from_numpy(blocks[first:last]).to(device)
         nll, ce_sum, h_sum = _score_batch(model, batch, device, truth)
         scored.append((nll.cpu().numpy(), ce_sum, h_sum))
         if on_batch is not None:
             on_batch(last, len(blocks))
-    scored = distributed.gather_items(scored, len(batches))  # every batch, in order, on every rank
+    scored = collectives.gather_items(scored, len(batches))  # every batch, in order, on every rank
     nll = np.concatenate([np.empty((0, blocks.shape[1] - 1), dtype=np.float32)] + [b[0] for b in scored])
     if truth is None:
         return nll, float("nan"), float("nan")
@@ -101,21 +102,21 @@ def sliding_windows(stream_length: int, window: int, stride: int) -> list[tuple[
 def sliding_nll(model: torch.nn.Module, stream: np.ndarray, window: int, stride: int, batch_size: int,
                 device: torch.device) -> tuple[float, int]:
     """Sum of NLL (nats) and count of tokens scored by a strided sliding window over one stream."""
-    model = inference_model(model, device).eval()
+    model.eval()
     spans = sliding_windows(len(stream), window, stride)
     full = [s for s in spans if s[1] - s[0] == window]
     ragged = [s for s in spans if s[1] - s[0] != window]
     # Full-length windows batch together; a short tail window (at most one) runs alone.
     groups = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[s] for s in ragged]
     window_sums = []  # per group of this rank (r, r+N, ... under nproc=N): each window's (NLL sum, tokens)
-    for k in distributed.my_items(len(groups)):
+    for k in collectives.my_items(len(groups)):
         batch = torch.from_numpy(np.stack([stream[s:e] for s, e, _ in groups[k]])).to(device)
         token_nlls = _score_batch(model, batch, device, None)[0]
         # Position j of token_nlls predicts stream[start + j + 1].
         scored = [token_nlls[row, first_scored - start - 1:] for row, (start, _, first_scored) in enumerate(groups[k])]
         window_sums.append([(float(tokens.sum()), tokens.numel()) for tokens in scored])
     total, count = 0.0, 0
-    for group_sums in distributed.gather_items(window_sums, len(groups)):  # in window order: one process's sum
+    for group_sums in collectives.gather_items(window_sums, len(groups)):  # in window order: one process's sum
         for nll_sum, n_tokens in group_sums:
             total, count = total + nll_sum, count + n_tokens
     return total, count

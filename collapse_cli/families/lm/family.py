@@ -2,7 +2,7 @@
 
 Rows are int64 [n, block_size] token ids. Real data is text tokenized into blocks
 (data.py); each generation trains (train.py), writes one block per prompt (generate.py),
-is measured by the collapse profile (profile.py) and curated (curate.py).
+is measured (measurement.py) and curated (curate.py).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from collapse_cli import ranks
 from collapse_cli.config import RunConfig, TrainConfig
-from collapse_cli.experiment import distributed
-from collapse_cli.families.base import Curated, Family, ObjectCache, Progress, RealData
-from collapse_cli.families.lm import profile, watermark
+from collapse_cli.families.base import Curated, Family, Progress, RealData
+from collapse_cli.families.lm import measurement, watermark
 from collapse_cli.families.lm.config import (
     DatasetConfig,
     GenerateConfig,
@@ -28,6 +28,8 @@ from collapse_cli.families.lm.config import (
     check_lengths,
     validate_lm,
 )
+from collapse_cli.families.lm.corpus_files import load_ids, save_ids, save_texts_gz
+from collapse_cli.families.lm.corpus_metrics import perplexity
 from collapse_cli.families.lm.curate import curate
 from collapse_cli.families.lm.data import load_corpus, make_blocks
 from collapse_cli.families.lm.decode import describe as describe_decoder
@@ -46,7 +48,6 @@ from collapse_cli.families.lm.models import (
 )
 from collapse_cli.families.lm.quiet import no_library_bars
 from collapse_cli.families.lm.train import Validate, compiles, inference_model, keep_compile_cache, train
-from collapse_cli.measure.metrics import perplexity
 from collapse_cli.rundir import RunDir
 
 log = logging.getLogger("collapse")
@@ -64,7 +65,7 @@ class LMFamily(Family):
     datasets = ("builtin", "text", "wikitext2", "tinystories")
     facts = FACTS
     samples_file = "synthetic_ids.npz"
-    leading_keys = profile.LEADING_KEYS
+    leading_keys = measurement.LEADING_KEYS
     curates = True
 
     def __init__(self, cfg: RunConfig, device: torch.device):
@@ -72,11 +73,11 @@ class LMFamily(Family):
         self.corpus = None
         self.tokenizer = None
         self.prompts: Optional[np.ndarray] = None
-        self.reference: Optional[profile.Reference] = None
-        self._decoded = ObjectCache()  # a sample array's texts
-        self._reference_copy = ObjectCache()  # the generation-0 model's inference weights: see _scoring_reference
-        self._trained_copy = ObjectCache()  # this generation's model's inference weights: see _inference_weights
-        self._marks = ObjectCache()  # a sample array's watermark: (rows marked, z-scores); see _watermark_metrics
+        self.reference: Optional[measurement.Reference] = None
+        self._decoded: Optional[tuple[np.ndarray, list[str]]] = None  # a sample array and its texts: see _texts
+        # A sample array's watermark, (samples, rows marked, z-scores or None): sample() knows which rows it
+        # marked (a function of its seed), measure() adds the z-scores, curate() and save_samples() read both.
+        self._marks: Optional[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]] = None
         if compiles(cfg.train, device):
             keep_compile_cache(cache_root(cfg.model.cache_dir) / "torch-compile")
 
@@ -111,7 +112,7 @@ class LMFamily(Family):
         self.prompts = prompts_for(real.train[:n_train], self.cfg.generate, bos)
         # The builtin language's true law is over its own word ids; another tokenizer cuts the text differently.
         truth = self.corpus.language if makes_own_tokenizer(self.cfg.model) else None
-        self.reference = profile.Reference.build(real.train[:n_train], real.test, len(self.tokenizer), truth)
+        self.reference = measurement.Reference.build(real.train[:n_train], real.test, len(self.tokenizer), truth)
         self.valid, self.real_test = real.valid, real.test
         if self.cfg.train.select == "best_valid" and len(real.valid) == 0:
             log.warning("train.select=best_valid: the dataset has no validation split (set dataset.valid=PATH), "
@@ -121,68 +122,52 @@ class LMFamily(Family):
         """Mean token NLL on the real validation blocks; None when the dataset has no validation split."""
         if len(self.valid) == 0:
             return None
-        batch = profile.eval_batch_size(self.cfg, self.device)
+        batch = measurement.eval_batch_size(self.cfg, self.device)
 
         def validate(model: torch.nn.Module, epoch: int) -> float:
-            weights = inference_model(model, self.device)
-            if epoch == self.cfg.train.epochs:  # the trained weights, unless best_valid restores an earlier epoch
-                self._trained_copy.put(model, weights)
-            return float(token_nll(weights, self.valid, batch, self.device).mean(dtype=np.float64))
+            return float(token_nll(self.for_inference(model), self.valid, batch, self.device).mean(dtype=np.float64))
 
         return validate
 
     def fit(self, model: torch.nn.Module, rows: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
         model.to(self.device)  # in place: the loop hands over a CPU copy of the base or previous model
-        self._trained_copy.clear()  # training changes weights: no copy made before it may serve after it
         stats = train(model, rows, self.cfg.train, seed, self.device, generation, on_step, self._validator())
-        if stats.kept_epoch != self.cfg.train.epochs:  # restored an earlier epoch (or never validated)
-            self._trained_copy.clear()
         out = {"train_tokens_seen": stats.tokens, "train_loss_last": stats.loss_last}
         if stats.valid_loss is not None:
             # valid_loss is already a per-token mean: one "token" of that NLL.
             out.update(ppl_valid=perplexity(stats.valid_loss, 1), kept_epoch=stats.kept_epoch)
         return out
 
+    def for_inference(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A bf16 copy on CUDA (train.inference_model), the model itself on the CPU."""
+        return inference_model(model, self.device)
+
     def sample(self, model: torch.nn.Module, n: int, seed: int, on_batch: Progress) -> np.ndarray:
         # One sequence per prompt, and there is one prompt per real training block: n is N.
         assert n == len(self.prompts), (n, len(self.prompts))
-        samples = generate(self._inference_weights(model), self.prompts, self.cfg.generate, seed, self.device, on_batch)
+        samples = generate(model, self.prompts, self.cfg.generate, seed, self.device, on_batch)
         marked = watermarked(self.cfg.generate, n, seed)
-        if marked is not None:
-            self._marks.put(samples, (marked, None))  # measure adds the z-scores
+        self._marks = None if marked is None else (samples, marked, None)  # measure adds the z-scores
         return samples
 
-    def _inference_weights(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The weights sampling and scoring run on (a bf16 copy on CUDA), made at most once per trained model.
-
-        Training's last validation pass already made that copy, unless best_valid restored an earlier
-        epoch; else sampling makes it, and measuring reuses it.
-        """
-        return self._trained_copy.get(model, lambda trained: inference_model(trained, self.device))
+    def _marks_of(self, samples: np.ndarray) -> Optional[tuple[np.ndarray, Optional[np.ndarray]]]:
+        """(rows marked, z-scores) of the array sample() wrote; None for any other array."""
+        return self._marks[1:] if self._marks is not None and self._marks[0] is samples else None
 
     def _texts(self, samples: np.ndarray) -> list[str]:
-        """The decoded samples; measure, curate and save_samples share one decoding."""
-        return self._decoded.get(samples, lambda rows: self.tokenizer.batch_decode(rows, skip_special_tokens=False))
+        """The decoded samples; measure, curate and save_samples share one decoding of the same array.
 
-    def _scoring_reference(self, reference_model: torch.nn.Module) -> torch.nn.Module:
-        """The generation-0 model as scoring runs it (a bf16 copy on CUDA), made once per reference model.
-
-        Every generation scores its corpus under the reference: converting it there cost a full copy
-        per generation. Keyed by the model object, which the loop keeps for the whole run; a resume
-        loads a new one, so its copy is made afresh and the old one (if any) is dropped first.
-        """
-        return self._reference_copy.get(reference_model, lambda model: inference_model(model, self.device))
+        Keyed by the array itself (`is`), which it holds: an id() is reused once an array is freed."""
+        if self._decoded is None or self._decoded[0] is not samples:
+            self._decoded = None  # the old texts go before the new ones are made
+            self._decoded = (samples, self.tokenizer.batch_decode(samples, skip_special_tokens=False))
+        return self._decoded[1]
 
     def measure(self, generation: int, model: torch.nn.Module, reference_model: torch.nn.Module,
                 samples: np.ndarray, seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
-        weights = self._inference_weights(model)  # bf16 on CUDA: scoring converts neither model again
-        if model is reference_model:
-            self._reference_copy.put(model, weights)  # generation 0 is the reference: one copy scores it both ways
-        scoring_reference = self._scoring_reference(reference_model)
-        metrics, seq_ppl, self.reference = profile.measure(generation, weights, scoring_reference, samples,
+        metrics, seq_ppl, self.reference = measurement.measure(generation, model, reference_model, samples,
                                                            self._texts(samples), self.reference, self.cfg, self.device,
                                                            self.tokenizer.batch_decode, seed, on_progress)
-        self._trained_copy.clear()  # its last use: the memory goes back before the next generation trains
         metrics["generated_tokens"] = int(samples.size)
         if self.cfg.generate.watermark.enabled:
             metrics.update(self._watermark_metrics(samples, logits_width(model)))
@@ -193,14 +178,15 @@ class LMFamily(Family):
         mark = self.cfg.generate.watermark
         lists = watermark.GreenLists.build(mark.key, mark.gamma, vocab)
         # The rows sample() marked: a function of the generation's seed, which only sample() is given.
-        assert self._marks.holds(samples), "measure() needs the samples this family's sample() wrote"
-        marked, _ = self._marks.get(samples, lambda rows: None)
+        marks = self._marks_of(samples)
+        assert marks is not None, "measure() needs the samples this family's sample() wrote"
         z_synth = watermark.z_scores(samples, lists)
-        self._marks.put(samples, (marked, z_synth))
+        self._marks = (samples, marks[0], z_synth)
+        marked = marks[0]
         return watermark.detection_metrics(z_synth, marked, watermark.z_scores(self.real_test, lists), mark.threshold)
 
     def curate(self, samples: np.ndarray, scores: np.ndarray, seed: int) -> Curated:
-        marks = self._marks.get(samples, lambda rows: None) if self.cfg.generate.watermark.enabled else None
+        marks = self._marks_of(samples) if self.cfg.generate.watermark.enabled else None
         detected = None if marks is None else marks[1] > self.cfg.generate.watermark.threshold
         result = curate(samples, self.cfg.curate, scores, self._texts(samples), seed, detected)
         if marks is not None:
@@ -230,16 +216,17 @@ class LMFamily(Family):
         # `folder` is the run's gen_k: the run folder's tokenizer/ is written beside it, once.
         self._save_run_tokenizer(folder.parent / "tokenizer")
         files = RunDir(folder)
-        files.save_ids(self.samples_file, samples)
-        files.save_texts_gz("synthetic.txt.gz", self._texts(samples))
+        save_ids(files, self.samples_file, samples)
+        save_texts_gz(files, "synthetic.txt.gz", self._texts(samples))
         files.save_array("seq_ppl.npy", scores.astype(np.float32))
-        if self._marks.holds(samples):
-            marked, z_scores = self._marks.get(samples, lambda rows: None)
+        marks = self._marks_of(samples)
+        if marks is not None:
+            marked, z_scores = marks
             files.save_array("watermarked.npy", marked)
             files.save_array("watermark_z.npy", z_scores.astype(np.float32))
 
     def load_samples(self, folder: Path) -> np.ndarray:
-        return RunDir(folder).load_ids(self.samples_file)
+        return load_ids(Path(folder) / self.samples_file)
 
     def save_model(self, model: torch.nn.Module, folder: Path) -> None:
         """Weights, config and the tokenizer they were trained with: the folder loads in any HF tool alone."""
@@ -251,7 +238,7 @@ class LMFamily(Family):
     def _save_run_tokenizer(self, folder: Path) -> None:
         """The run's tokenizer (for tiny: the BPE trained on the run's text, or the builtin words), which the
         corpora's token ids mean; written through a temporary folder, so it is whole or absent."""
-        if folder.is_dir() or not distributed.is_main():
+        if folder.is_dir() or not ranks.is_main():
             return
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -269,7 +256,7 @@ class LMFamily(Family):
     def summarize(self, run_dir: Any, rows: list[dict]) -> dict:
         summary = super().summarize(run_dir, rows)
         if self.cfg.metrics.level == "full":
-            summary["extinction"] = profile.extinction_summary(run_dir, self.reference, len(rows))
+            summary["extinction"] = measurement.extinction_summary(run_dir, self.reference, len(rows))
         return summary
 
 

@@ -12,10 +12,9 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from collapse_cli.experiment import distributed
+from collapse_cli import collectives
 from collapse_cli.families.lm.config import GenerateConfig
 from collapse_cli.families.lm.decode import ChunkDecoder
-from collapse_cli.families.lm.train import inference_model
 from collapse_cli.families.lm.watermark import marked_rows
 
 
@@ -55,15 +54,16 @@ def generate(model: torch.nn.Module, prompts: np.ndarray, cfg: GenerateConfig, s
 
     chunks: None decodes every chunk (under `nproc=N`, rank r decodes chunks r, r+N, ... and every
     rank gets them all back in chunk order: the corpus of a single process); otherwise only the
-    rows of the chunks listed, concatenated in that order.
+    rows of the chunks listed, concatenated in that order. `model` decodes as given: callers pass the
+    weights sampling runs on (LMFamily.for_inference: a bf16 copy on CUDA).
     """
     model.eval()
     size, total_chunks = chunk_prompts(cfg), n_chunks(len(prompts), cfg)
-    order = list(distributed.my_items(total_chunks) if chunks is None else chunks)
+    order = list(collectives.my_items(total_chunks) if chunks is None else chunks)
     bad = [k for k in order if not 0 <= k < total_chunks]
     if bad:
         raise ValueError(f"chunks {bad} out of range: {len(prompts)} prompts make {total_chunks} chunks")
-    decode = ChunkDecoder(inference_model(model, device), cfg, size, device)
+    decode = ChunkDecoder(model, cfg, size, device)
     marked = watermarked(cfg, len(prompts), seed)
     total = sum(min(size, len(prompts) - k * size) for k in order)
     pieces, done = [], 0
@@ -76,5 +76,5 @@ def generate(model: torch.nn.Module, prompts: np.ndarray, cfg: GenerateConfig, s
         if on_batch is not None:
             on_batch(done, total)
     if chunks is None:
-        pieces = distributed.gather_items(pieces, total_chunks)
+        pieces = collectives.gather_items(pieces, total_chunks)
     return np.concatenate([np.empty((0, cfg.new_tokens), dtype=np.int64), *pieces])

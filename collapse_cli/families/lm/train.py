@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from collapse_cli import collectives
 from collapse_cli.config import TrainConfig
-from collapse_cli.experiment import distributed
 from collapse_cli.families.base import checked_loss
 from collapse_cli.families.lm.loss import IGNORE, summed_nll
 
@@ -111,7 +111,7 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
     generator = torch.Generator().manual_seed(seed)
     model.train()
     # DDP and the loss module share the model's parameters: training them trains `model`.
-    forward = distributed.wrap(_SummedNLL(model), device)
+    forward = collectives.wrap(_SummedNLL(model), device)
     regions = _CompiledRegions(model if compiled else None, compile_backend)
     start, step, losses = time.perf_counter(), 0, []
     window, window_steps = torch.zeros((), device=device), 0
@@ -123,7 +123,7 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
             batch, labels, n_rows = _batch(data, order, first, cfg.batch_size, fill=compiled)
             # The mean NLL over the global batch's real tokens; DDP's mean over ranks undoes the world size.
             # A division, as the HF loss's mean: one process's loss is then that loss, bit for bit.
-            per_rank_tokens = n_rows * tokens_per_row / distributed.world_size()
+            per_rank_tokens = n_rows * tokens_per_row / collectives.world_size()
             with regions.on(), autocast(device):
                 loss = forward(batch, labels) / per_rank_tokens
             loss.backward()
@@ -136,7 +136,7 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
             step, window_steps = step + 1, window_steps + 1
             if device.type == "cpu" or step % CHECK_EVERY == 0 or step == total_steps:
                 # Averaged over ranks, the scaled sums make the global mean loss; every rank checks the same value.
-                losses.append(checked_loss(float(distributed.mean_over_ranks(window) / window_steps), step, generation))
+                losses.append(checked_loss(float(collectives.mean_over_ranks(window) / window_steps), step, generation))
                 window.zero_()
                 window_steps = 0
             if on_step is not None:
@@ -161,7 +161,7 @@ def _batch(data: torch.Tensor, order: torch.Tensor, first: int, batch_size: int,
     """
     n_rows = min(batch_size, len(order) - first)
     # Positions in the global batch; past the order's end they wrap to its start (the filler rows).
-    positions, share = distributed.shard_batch(torch.arange(batch_size if fill else n_rows, device=order.device))
+    positions, share = collectives.shard_batch(torch.arange(batch_size if fill else n_rows, device=order.device))
     # share 0: a global batch smaller than the world, whose rows this rank runs without scoring any.
     scored = positions < (n_rows if share > 0 else 0)
     batch = data[order[(first + positions) % len(order)]]

@@ -17,14 +17,13 @@ import torch
 from collapse_cli.checks import StrEnum, check_memory, keys_text  # StrEnum: with its Python 3.10 fallback
 from collapse_cli.errors import CollapseError
 from collapse_cli.families import digits
-from collapse_cli.families.base import Family, ObjectCache, Progress, RealData, checked_probe
+from collapse_cli.families.base import Family, Progress, RealData, checked_probe
 from collapse_cli.families.vae import core
 from collapse_cli.families.vae.facts import FACTS
-from collapse_cli.measure import metrics as M
-from collapse_cli.rundir import RunDir, damaged, gen_name, read_run_array
+from collapse_cli.measure import stats
+from collapse_cli.rundir import gen_name
 
 MODEL_FILE = "vae.pt"
-SCORES_FILE = "scores.npy"
 # train_data=fresh: the decoder that drew a generation's samples, saved beside them, since the next
 # generation decodes its batches from it (also after a resume, when no model is in memory).
 SAMPLER_FILE = "sampler.pt"
@@ -78,6 +77,7 @@ class VAEFamily(Family):
     reads = ("train.epochs", "train.lr", "train.batch_size", "train.weight_decay")  # Adam's, in core.train_vae
     size_key = "dataset.max_train"
     samples_file = "samples.npy"
+    scores_file = "scores.npy"
     leading_keys = ("generation", "nll_test", "tail_coverage", "latent_spread", "latent_std_flat",
                     "class_share_max")
 
@@ -85,7 +85,7 @@ class VAEFamily(Family):
         super().__init__(cfg, device)
         self.digits: Optional[digits.Digits] = None
         self.classifier = None
-        self._reference = ObjectCache()  # the reference model's ReferenceFigures
+        self._gen0: Optional[ReferenceFigures] = None  # the reference model's figures: see _reference_figures
         # train_data=fresh: the last generation's sampling model (in memory), or the folder of the last
         # generation whose samples were read back (a resume reads them in order, so: the parent's).
         self._sampler: Optional[core.VAE] = None
@@ -167,16 +167,18 @@ class VAEFamily(Family):
         return images
 
     def _reference_figures(self, reference: core.VAE) -> ReferenceFigures:
-        """The reference model's view of the real test digits, made once per reference model.
+        """The reference model's view of the real test digits, made at the first measure of this run.
 
-        Seeded by the dataset, so a resume (which reloads the reference) rebuilds the same figures.
+        A run (and a resume) builds its family once and has one reference model throughout. Seeded by the
+        dataset, so a resume, which reloads the reference, rebuilds the same figures.
         """
-        return self._reference.get(reference, self._figures_of)
-
-    def _figures_of(self, reference: core.VAE) -> ReferenceFigures:
-        test = self.digits.test
-        nll_gen0 = core.importance_weighted_nll(reference, test, self.cfg.model.nll_samples, self.cfg.dataset.seed)
-        return ReferenceFigures(core.rare_digits(reference, test, nll_gen0), core.latent_spread(reference, test))
+        if self._gen0 is None:
+            test = self.digits.test
+            nll_gen0 = core.importance_weighted_nll(reference, test, self.cfg.model.nll_samples,
+                                                    self.cfg.dataset.seed)
+            self._gen0 = ReferenceFigures(core.rare_digits(reference, test, nll_gen0),
+                                          core.latent_spread(reference, test))
+        return self._gen0
 
     def measure(self, generation: int, model: core.VAE, reference_model: core.VAE, samples: np.ndarray,
                 seed: int, on_progress: Progress) -> tuple[dict, np.ndarray]:
@@ -192,11 +194,11 @@ class VAEFamily(Family):
         tail_coverage = digits.tail_coverage(gen0.rare, samples)
         metrics = {
             "nll_test": float(test_nll.mean()),
-            "nll_test_se": M.mean_se(test_nll),
+            "nll_test_se": stats.mean_se(test_nll),
             "elbo_nll_test": float(core.elbo_nll(model, test, seed).mean()),
             "tail_coverage": tail_coverage,
             # A share of the few rare digits: its binomial error dominates the sampling noise.
-            "tail_coverage_se": M.binomial_se(tail_coverage, len(gen0.rare.images)),
+            "tail_coverage_se": stats.binomial_se(tail_coverage, len(gen0.rare.images)),
             "latent_spread": core.latent_spread(reference_model, samples),
             "latent_spread_real": gen0.latent_spread_real,
             "latent_std_flat": core.flat_latent_std(reference_model, samples),
@@ -219,9 +221,7 @@ class VAEFamily(Family):
         return f"vae (MLP {m.hidden}, latent {m.latent}, {m.likelihood} likelihood, {m.train_data} training images)"
 
     def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
-        files = RunDir(folder)
-        files.save_array(self.samples_file, samples.astype(np.float32))
-        files.save_array(SCORES_FILE, scores.astype(np.float32))
+        super().save_samples(folder, samples, scores)
         if self._sampler is not None:
             tmp = folder / (SAMPLER_FILE + ".tmp")  # renamed into place: never half-written
             torch.save(self._sampler.decoder.state_dict(), tmp)
@@ -229,10 +229,7 @@ class VAEFamily(Family):
 
     def load_samples(self, folder: Path) -> np.ndarray:
         self._sampler, self._sampler_folder = None, Path(folder)
-        samples = read_run_array(folder / self.samples_file)
-        if samples is None:
-            raise damaged(folder / self.samples_file, "missing")
-        return samples
+        return super().load_samples(folder)
 
     def save_model(self, model: core.VAE, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
-"""Pure metric functions for model-collapse experiments.
+"""The LM's corpus metrics: perplexity and its distribution, n-gram tails, diversity, divergences.
 
 Everything here is side-effect free and uses only numpy and the standard
-library (no torch), so the loop, the report and the tests can share it.
-Randomness only enters through an explicit ``seed`` (``np.random.default_rng``).
+library (no torch). Randomness only enters through an explicit ``seed``
+(``np.random.default_rng``). The statistics every family shares (standard
+errors, the early-warning verdict) are measure/stats.py.
 
 Conventions
 -----------
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from collapse_cli.measure.stats import as_floats
+
 Corpus = Sequence[Sequence[Hashable]]
 
 DEFAULT_QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
@@ -45,12 +48,6 @@ BLEU_EPSILON = 0.1  # NLTK SmoothingFunction().method1, which Texygen uses
 # --------------------------------------------------------------------------
 # Perplexity and its distribution (Shumailov et al. 2024 perplexity histograms)
 # --------------------------------------------------------------------------
-
-
-def _floats(values: Iterable[float]) -> np.ndarray:
-    """Any iterable (generators included) as a 1-D float64 array."""
-    array = values if isinstance(values, np.ndarray) else list(values)
-    return np.asarray(array, dtype=np.float64).ravel()
 
 
 def perplexity(nll_sum: float, n_tokens: int) -> float:
@@ -69,7 +66,7 @@ def quantile_key(q: float) -> str:
 
 def quantiles(values: Iterable[float], qs: Sequence[float] = DEFAULT_QUANTILES) -> dict[str, float]:
     """Linear-interpolated quantiles keyed 'q01'...; NaNs ignored; all-nan if empty."""
-    arr = _floats(values)
+    arr = as_floats(values)
     arr = arr[~np.isnan(arr)]
     if arr.size == 0:
         return {quantile_key(q): float("nan") for q in qs}
@@ -82,7 +79,7 @@ def tail_fractions(synth_ppl: Iterable[float], real_ppl: Iterable[float]) -> tup
     Under no drift both are ~0.05. Inequalities are strict, so values sitting
     exactly on a real quantile count as inside.
     """
-    synth = _floats(synth_ppl)
+    synth = as_floats(synth_ppl)
     real_q = quantiles(real_ppl, (0.05, 0.95))
     if synth.size == 0 or math.isnan(real_q["q05"]):
         return float("nan"), float("nan")
@@ -96,7 +93,7 @@ def wasserstein1(a: Iterable[float], b: Iterable[float]) -> float:
     support (the CDFs are step functions constant between merged points).
     Sizes may differ. nan if either side is empty or holds a non-finite value.
     """
-    a_sorted, b_sorted = np.sort(_floats(a)), np.sort(_floats(b))
+    a_sorted, b_sorted = np.sort(as_floats(a)), np.sort(as_floats(b))
     if a_sorted.size == 0 or b_sorted.size == 0:
         return float("nan")
     if not (np.isfinite(a_sorted).all() and np.isfinite(b_sorted).all()):
@@ -483,7 +480,7 @@ def rep_n(seqs: Corpus, n: int) -> float:
 
 def unigram_entropy(counts: Mapping | np.ndarray) -> float:
     """Shannon entropy in bits of the distribution proportional to counts."""
-    values = _floats(counts.values() if isinstance(counts, Mapping) else counts)
+    values = as_floats(counts.values() if isinstance(counts, Mapping) else counts)
     values = values[values > 0]
     if values.size == 0:
         return float("nan")
@@ -602,91 +599,6 @@ def kl_truth_model(p_true: np.ndarray, logq_model: np.ndarray) -> tuple[float, f
     cross_entropy = -np.sum(p * np.where(on, logq, 0.0), axis=-1).mean()
     entropy = -np.sum(p * np.log(np.where(on, p, 1.0)), axis=-1).mean()
     return float(cross_entropy), float(entropy), float(cross_entropy - entropy)
-
-
-# --------------------------------------------------------------------------
-# Early warning: does tail loss show before test perplexity moves?
-# --------------------------------------------------------------------------
-
-
-def bootstrap_se(per_item_values: Iterable[float], seed: int, n_boot: int = 200) -> float:
-    """Bootstrap standard error of the mean (resampling items with replacement)."""
-    values = _floats(per_item_values)
-    if values.size < 2 or n_boot < 2:
-        return float("nan")
-    rng = np.random.default_rng(seed)
-    # Chunked so 200 x 100k items never materialises a 20M index matrix at once.
-    chunks = [min(50, n_boot - start) for start in range(0, n_boot, 50)]
-    means = np.concatenate([
-        values[rng.integers(0, values.size, size=(rows, values.size))].mean(axis=1)
-        for rows in chunks
-    ])
-    return float(np.std(means, ddof=1))
-
-
-def mean_se(per_item_values: Iterable[float]) -> float:
-    """Standard error of a mean: std (ddof = 1) / sqrt(n); nan with fewer than two items."""
-    values = _floats(per_item_values)
-    return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size >= 2 else float("nan")
-
-
-def binomial_se(share: float, n: int) -> float:
-    """sqrt(p (1 - p) / n): standard error of a share p of n items; nan when n is 0 or p is nan."""
-    return math.sqrt(max(share * (1 - share), 0.0) / n) if n and not math.isnan(share) else float("nan")
-
-
-def first_departure(
-    values_by_generation: Sequence[float], noise_by_generation: Sequence[float], z: float = 2.0
-) -> int | None:
-    """First g >= 1 with |v_g - v_0| > z * sqrt(se_0^2 + se_g^2); None if none.
-
-    Generations whose value or noise is nan are skipped (no evidence either way).
-    """
-    if len(values_by_generation) == 0:
-        return None
-    base, base_se = values_by_generation[0], noise_by_generation[0]
-    for g in range(1, len(values_by_generation)):
-        diff = abs(values_by_generation[g] - base)
-        band = z * math.sqrt(base_se**2 + noise_by_generation[g] ** 2)
-        if not (math.isnan(diff) or math.isnan(band)) and diff > band:
-            return g
-    return None
-
-
-def _verdict_text(tail_gen: int | None, ppl_gen: int | None, headline: str = "test perplexity") -> str:
-    """One sentence; `headline` names the likelihood metric in lower case ("test perplexity", "test NLL")."""
-    capital = headline[:1].upper() + headline[1:]
-    if tail_gen is None and ppl_gen is None:
-        return f"Neither tail coverage nor {headline} departed from generation 0 beyond noise."
-    if ppl_gen is None:
-        return f"Tail coverage departed at generation {tail_gen}; {headline} never did."
-    if tail_gen is None:
-        return f"{capital} departed at generation {ppl_gen}; tail coverage never did."
-    if tail_gen == ppl_gen:
-        return f"Tail coverage and {headline} departed together at generation {tail_gen}."
-    first, second, lead = (
-        ("Tail coverage", headline, ppl_gen - tail_gen) if tail_gen < ppl_gen
-        else (capital, "tail coverage", tail_gen - ppl_gen)
-    )
-    return (f"{first} departed at generation {min(tail_gen, ppl_gen)}, {lead} generation(s) "
-            f"before {second} (generation {max(tail_gen, ppl_gen)}).")
-
-
-def early_warning_verdict(
-    tail_series: Sequence[float], tail_noise: Sequence[float],
-    ppl_series: Sequence[float], ppl_noise: Sequence[float], z: float = 2.0,
-    headline: str = "test perplexity",
-) -> dict:
-    """first_tail_gen, first_ppl_gen, gap (= ppl - tail; None if either is None), headline, text.
-
-    ppl_series is the family's likelihood headline (LM: ppl_test; GMM, VAE: nll_test), named
-    `headline` in the text; the key keeps its historical name `first_ppl_gen` for every family.
-    """
-    tail_gen = first_departure(tail_series, tail_noise, z)
-    ppl_gen = first_departure(ppl_series, ppl_noise, z)
-    gap = None if tail_gen is None or ppl_gen is None else ppl_gen - tail_gen
-    return {"first_tail_gen": tail_gen, "first_ppl_gen": ppl_gen, "gap": gap, "headline": headline,
-            "text": _verdict_text(tail_gen, ppl_gen, headline)}
 
 
 # --------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""The collapse profile: what each generation is measured on, computed from models and corpora.
+"""What each generation of the LM is measured on (its metrics line), computed from models and corpora.
 
 `measure` runs once per generation and returns the flat metrics line; `extinction_summary`
-runs once per run over the saved corpora (the early warning is Family.summarize's). Formulas live in metrics.py.
+runs once per run over the saved corpora (the early warning is Family.summarize's). Formulas live in corpus_metrics.py.
 """
 
 from __future__ import annotations
@@ -9,17 +9,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
 from collapse_cli.config import RunConfig
+from collapse_cli.families.lm import corpus_metrics as M
 from collapse_cli.families.lm.builtin import BuiltinLanguage
+from collapse_cli.families.lm.corpus_files import load_ids
 from collapse_cli.families.lm.evaluate import score_blocks, sliding_nll, token_nll
-from collapse_cli.families.lm.train import inference_model
-from collapse_cli.measure import metrics as M
+from collapse_cli.measure import stats
 from collapse_cli.rundir import RunDir, gen_name
 
 # Keys first in every metrics line, in this order; the rest follow alphabetically.
@@ -65,7 +65,7 @@ class Reference:
 def _mean_ppl_se(block_nll: np.ndarray, seed: int, n_boot: int) -> float:
     """Standard error of ppl_test from a bootstrap over test blocks (delta method on exp)."""
     per_block = block_nll.mean(axis=1)
-    return float(math.exp(per_block.mean()) * M.bootstrap_se(per_block, seed, n_boot))
+    return float(math.exp(per_block.mean()) * stats.bootstrap_se(per_block, seed, n_boot))
 
 
 def eval_batch_size(cfg: RunConfig, device: torch.device) -> int:
@@ -77,9 +77,8 @@ def eval_batch_size(cfg: RunConfig, device: torch.device) -> int:
 
 def model_metrics(model: torch.nn.Module, ref: Reference, cfg: RunConfig, device: torch.device,
                   seed: int) -> tuple[dict, np.ndarray]:
-    """Metrics of the generation's model on real test text; also returns its per-token NLL."""
+    """Metrics of the generation's model (its inference weights) on real test text; also returns its per-token NLL."""
     batch, block = eval_batch_size(cfg, device), ref.test.shape[1]
-    model = inference_model(model, device)  # one bf16 copy on CUDA for both scoring passes
     transition = ref.language.transition if ref.language is not None else None
     test_nll, ce, entropy = score_blocks(model, ref.test, batch, device, transition)
     stride = max(1, int(block * cfg.metrics.sliding_stride))
@@ -108,7 +107,7 @@ def corpus_metrics(synthetic: np.ndarray, texts: list[str], ref: Reference, cfg:
     synth_counts = _counts(synthetic, max(ref.token_decile.shape[0], int(synthetic.max()) + 1))
     tail_types = [t for t, c in ref.train_counts.items() if c <= 5]
     coverage = M.tail_coverage(ref.train_counts, synth_counts)
-    out = {"tail_coverage": coverage, "tail_coverage_se": M.binomial_se(coverage, len(tail_types))}
+    out = {"tail_coverage": coverage, "tail_coverage_se": stats.binomial_se(coverage, len(tail_types))}
     if cfg.metrics.level == "full":
         out.update(M.corpus_profile(list(ref.real_train), list(synthetic), unit="tok"))
         out.update(M.corpus_profile(ref.real_words, [text.split() for text in texts], unit="word"))
@@ -143,7 +142,7 @@ def measure(generation: int, model: torch.nn.Module, reference_model: torch.nn.M
 
 def extinction_summary(run_dir: RunDir, ref: Reference, n_generations: int) -> dict:
     """First generation whose corpus lacks each real token type; saved per type, summarised per bucket."""
-    type_sets = [set(np.unique(run_dir.load_ids(Path(gen_name(g)) / "synthetic_ids.npz")).tolist())
+    type_sets = [set(np.unique(load_ids(run_dir.path / gen_name(g) / "synthetic_ids.npz")).tolist())
                  for g in range(n_generations)]
     extinction = M.extinction_generation(list(ref.train_counts), type_sets)
     table = np.array([[t, ref.train_counts[t], -1 if e is None else e] for t, e in extinction.items()], dtype=np.int64)

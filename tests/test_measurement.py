@@ -14,12 +14,11 @@ from conftest import TINY, is_finite_number, read_metrics, run_in_process, stabl
 
 from collapse_cli.config import RunConfig
 from collapse_cli.experiment.seeds import stage_seed
-from collapse_cli.families.lm import evaluate, profile, train
+from collapse_cli.families.lm import corpus_metrics as M
 from collapse_cli.families.lm import family as lm_family
-from collapse_cli.families.lm import generate as generate_module
+from collapse_cli.families.lm import measurement, train
 from collapse_cli.families.lm.builtin import BuiltinLanguage
 from collapse_cli.families.lm.config import MetricsConfig
-from collapse_cli.measure import metrics as M
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 # Keys that are the count of something a tiny run may legitimately lack (no tail types of a bucket).
@@ -71,7 +70,7 @@ def test_summary_has_extinction_and_verdict(full_run: Path):
 
     summary = json.loads((full_run / "summary.json").read_text())
     assert set(summary["extinction"]) == {"1", "2-5", "6-20", "21-100", ">100"}
-    assert {"first_tail_gen", "first_ppl_gen", "gap", "text"} <= set(summary["early_warning"])
+    assert {"first_tail_gen", "first_likelihood_gen", "gap", "text"} <= set(summary["early_warning"])
     assert (full_run / "extinction_tok.npy").is_file()
 
 
@@ -97,18 +96,18 @@ def test_kl_truth_against_hand_computed_value():
     #   KL = mean over positions of (ln 2 - H(row)) = (0 + (ln 2 - h(0.9)) + 0) / 3,
     #   h(0.9) = -(0.9 ln 0.9 + 0.1 ln 0.1) = 0.325083; KL = (0.693147 - 0.325083) / 3 = 0.122688.
     blocks = np.array([[0, 1, 0, 0]])
-    ref = profile.Reference.build(blocks, blocks, 2, TWO_TOKEN)
-    out, _ = profile.model_metrics(uniform_model(2), ref, RunConfig(metrics=MetricsConfig()), CPU, seed=0)
+    ref = measurement.Reference.build(blocks, blocks, 2, TWO_TOKEN)
+    out, _ = measurement.model_metrics(uniform_model(2), ref, RunConfig(metrics=MetricsConfig()), CPU, seed=0)
     assert out["kl_truth"] == pytest.approx(0.122688, abs=1e-5)
     assert out["ce_truth"] == pytest.approx(math.log(2), abs=1e-6)
 
 
-def measured(generation: int, ref: profile.Reference, cfg: RunConfig, synthetic: np.ndarray):
-    """profile.measure as the loop calls it, with the generation's metrics seed."""
+def measured(generation: int, ref: measurement.Reference, cfg: RunConfig, synthetic: np.ndarray):
+    """measurement.measure as the loop calls it, with the generation's metrics seed."""
     model = uniform_model(2)
     texts = [" ".join("ab"[t] for t in row) for row in synthetic]
     decode = lambda blocks: [" ".join("ab"[t] for t in row) for row in blocks]  # noqa: E731
-    return profile.measure(generation, model, model, synthetic, texts, ref, cfg, CPU, decode,
+    return measurement.measure(generation, model, model, synthetic, texts, ref, cfg, CPU, decode,
                            stage_seed(cfg.seed, generation, "metrics"), lambda done, total: None)
 
 
@@ -124,7 +123,7 @@ def test_measure_draws_its_subsamples_from_the_metrics_seed():
     real, synthetic = rng.integers(0, 2, size=(40, 8)), rng.integers(0, 2, size=(30, 8))
     cfg = RunConfig(metrics=MetricsConfig())
     cfg.metrics.level, cfg.metrics.self_bleu_sample, cfg.seed = "full", 5, 1
-    ref = profile.Reference.build(real, real[:10], 2, TWO_TOKEN)
+    ref = measurement.Reference.build(real, real[:10], 2, TWO_TOKEN)
     for generation in (0, 2):
         out, _, _ = measured(generation, ref, cfg, synthetic)
         expected = M.self_bleu(list(synthetic), 5, stage_seed(cfg.seed, generation, "metrics"))
@@ -138,7 +137,7 @@ def test_measure_leaves_the_reference_as_it_was():
     real = rng.integers(0, 2, size=(20, 8))
     cfg = RunConfig(metrics=MetricsConfig())
     cfg.metrics.level = "full"
-    ref = profile.Reference.build(real, real[:6], 2, TWO_TOKEN)
+    ref = measurement.Reference.build(real, real[:6], 2, TWO_TOKEN)
     before = replace(ref)
     _, _, completed = measured(0, ref, cfg, real[:5])
     assert ref.test_seq_ppl is None and ref.real_words is None and ref == before
@@ -151,7 +150,7 @@ def copied_as_on_cuda(monkeypatch) -> list[torch.nn.Module]:
     """The models every conversion to inference weights copies from now on (kept alive: identities stay distinct).
 
     On the CPU inference_model returns the model itself; its CUDA branch (a bf16 copy) runs anywhere, and
-    replaces it in every module's own binding.
+    replaces it where the LM family calls it (for_inference, which the loop and the validator ask).
     """
     copied = []
 
@@ -161,22 +160,40 @@ def copied_as_on_cuda(monkeypatch) -> list[torch.nn.Module]:
             copied.append(model)
         return weights
 
-    for module in (evaluate, profile, lm_family, generate_module):
-        monkeypatch.setattr(module, "inference_model", bf16_copy_as_on_cuda, raising=False)
+    monkeypatch.setattr(lm_family, "inference_model", bf16_copy_as_on_cuda)
     return copied
 
 
-def test_inference_weights_are_copied_once_per_trained_model_and_reference(tmp_path: Path, monkeypatch):
-    """On CUDA, validation, sampling and scoring run a bf16 copy of a model. Training's last validation
-    pass makes the trained model's copy, which sampling and scoring reuse; the generation-0 model's copy
-    scores every later corpus; a resume reloads the reference and makes one copy for its own process."""
-    copied = copied_as_on_cuda(monkeypatch)
+def handed_over(monkeypatch) -> list[tuple]:
+    """Per generation that runs from now on: (the model sample got, the model measure got, its reference)."""
+    calls, real_sample, real_measure = [], lm_family.LMFamily.sample, lm_family.LMFamily.measure
 
-    def distinct_models() -> int:
-        return len({id(model) for model in copied})
+    def sample(self, model, *args):
+        calls.append([model])
+        return real_sample(self, model, *args)
 
+    def measure(self, generation, model, reference_model, *args):
+        calls[-1] += [model, reference_model]
+        return real_measure(self, generation, model, reference_model, *args)
+
+    monkeypatch.setattr(lm_family.LMFamily, "sample", sample)
+    monkeypatch.setattr(lm_family.LMFamily, "measure", measure)
+    return calls
+
+
+@pytest.mark.slow
+def test_the_loop_asks_one_inference_copy_per_model_and_hands_it_to_sample_and_measure(tmp_path: Path, monkeypatch):
+    """On CUDA, validation, sampling and scoring run a bf16 copy of a model. The loop asks for_inference once
+    per trained model and passes that copy to sample and measure; generation 0's copy scores every later
+    corpus; a resume reloads the reference and asks once for its copy."""
+    copied, calls = copied_as_on_cuda(monkeypatch), handed_over(monkeypatch)
     whole = tiny_run(tmp_path / "whole", "generations=3")  # the builtin language has a validation split
-    assert len(copied) == distinct_models() == 4  # each generation's model once, generation 0's included
+    # Per generation: the one validation of its one epoch, and the loop's copy.
+    assert len(copied) == 2 * 4 and len({id(model) for model in copied}) == 4
+    assert len(calls) == 4 and all(sampled is measured for sampled, measured, _ in calls)
+    assert all(sampled.dtype == torch.bfloat16 for sampled, _, _ in calls)
+    assert len({id(sampled) for sampled, _, _ in calls}) == 4  # a copy of each generation's own model
+    assert all(reference is calls[0][0] for _, _, reference in calls)  # generation 0's copy, never copied again
 
     real_fit = lm_family.LMFamily.fit
 
@@ -192,14 +209,16 @@ def test_inference_weights_are_copied_once_per_trained_model_and_reference(tmp_p
     assert interrupted.value.code == 130 and (resumed / "gen_001/DONE").exists()
     monkeypatch.setattr(lm_family.LMFamily, "fit", real_fit)
     copied.clear()
+    calls.clear()
     assert run_in_process(["resume", str(resumed)]) == 0
-    assert len(copied) == distinct_models() == 3  # the reloaded reference, generation 2's and 3's models
+    assert len(copied) == 2 * 2 + 1  # generations 2 and 3 as above, and the reloaded reference once
+    assert len(calls) == 2 and calls[0][2] is calls[1][2] and calls[0][2].dtype == torch.bfloat16
     assert stable(read_metrics(resumed)) == stable(read_metrics(whole))  # the reloaded copy scores the same
 
 
 def test_a_restored_epoch_is_sampled_from_its_own_copy(tmp_path: Path, monkeypatch):
-    """best_valid keeping epoch 1 of 2: the copy the last validation made holds epoch 2's weights, so
-    sampling and scoring must not reuse it; they run a copy of the restored weights."""
+    """best_valid keeping epoch 1 of 2: the copy the last validation made holds epoch 2's weights; sampling
+    and scoring run the loop's copy, made after training restored epoch 1."""
     copied = copied_as_on_cuda(monkeypatch)
     scripted = iter([1.0, 2.0] * 2)  # validation losses by epoch, per generation: epoch 1 is the best
     monkeypatch.setattr(lm_family, "token_nll", lambda *args: np.array([next(scripted)]))
