@@ -106,6 +106,22 @@ class Shortfall(StrEnum):
     resample = "resample"
 
 
+class CurateMethod(StrEnum):
+    """The family-agnostic curation step after the family's own filters (experiment/curation.py)."""
+
+    none = "none"
+    verifier = "verifier"  # keep the best-scored curate.keep of the samples (Feng et al. 2024)
+    tail = "tail"  # resample with weights that favour rare samples (inverse density, capped)
+
+
+class CurateScore(StrEnum):
+    """What the verifier and tail curation score a sample by."""
+
+    auto = "auto"  # truth where the family knows it (Family.truth_scores), else model
+    truth = "truth"  # the true distribution's log-likelihood (or the digits classifier's log-confidence)
+    model = "model"  # the per-sample scores the family's measure computes, as log-likelihoods
+
+
 # A ceiling that catches a typo (generations=100000000) before the plan alone fills the memory;
 # small families run thousands of generations (the GMM paper setting: 2,000).
 MAX_GENERATIONS = 100_000
@@ -188,6 +204,9 @@ class TrainConfig:
     # last: keep the last epoch's model; best_valid: the epoch with the lowest validation loss
     # (the validation split is scored after every epoch; without one the last epoch is kept).
     select: Select = Select.last
+    # The loss weight of a real row against a synthetic row's 1 (a weighted mean: the loss keeps its scale).
+    # Families that cannot weight rows (Family.weighs_rows False) refuse any other value than 1.
+    real_weight: float = 1.0
 
 
 @dataclass
@@ -243,9 +262,18 @@ class CurateConfig:
     detector: Optional[Any] = None
     min_keep_fraction: float = 0.5
     on_shortfall: Shortfall = Shortfall.error
+    # The family-agnostic step after the filters above (experiment/curation.py, README "Mitigations").
+    method: CurateMethod = CurateMethod.none
+    score: CurateScore = CurateScore.auto
+    keep: float = 0.5  # verifier: the fraction of the samples kept, in (0, 1]
+    # verifier: Gaussian noise added to each score, in units of the scores' standard deviation
+    # (0: a perfect verifier; the noisy and true scores then correlate 1 / sqrt(1 + noise^2)).
+    noise: float = 0.0
+    temperature: float = 1.0  # tail: weights are density^(-1/temperature); large: uniform
+    cap: float = 10.0  # tail: no weight above this multiple of the mean weight (>= 1)
 
     def active(self) -> bool:
-        """Whether any filter is on (a run that curates needs a family that can)."""
+        """Whether any text filter is on (a run that filters text needs a family that can)."""
         return (self.exact_dedup or self.near_dedup_n > 0 or self.repetition_n > 0 or self.ppl_drop_low > 0
                 or self.ppl_drop_high > 0 or self.detector is not None)
 
@@ -576,11 +604,24 @@ def validate_detector(detector: Any) -> None:
         )
 
 
+def _validate_method(cfg: CurateConfig) -> None:
+    if not _is_number(cfg.keep) or not 0.0 < cfg.keep <= 1.0:
+        _fail_range("keep", cfg.keep, "in (0, 1] (the fraction of samples the verifier keeps)",
+                    "set e.g. curate.keep=0.5")
+    if not _is_number(cfg.noise) or not cfg.noise >= 0.0:
+        _fail_range("noise", cfg.noise, ">= 0 (0: a perfect verifier)", "set e.g. curate.noise=1")
+    if not _is_number(cfg.temperature) or not cfg.temperature > 0.0:
+        _fail_range("temperature", cfg.temperature, "positive", "set e.g. curate.temperature=1")
+    if not _is_number(cfg.cap) or not cfg.cap >= 1.0:
+        _fail_range("cap", cfg.cap, ">= 1 (a multiple of the mean weight)", "set e.g. curate.cap=10")
+
+
 def validate_curate(cfg: CurateConfig) -> None:
     """Raise CollapseError (one line, naming the key and the fix) on a bad value."""
     _validate_ngram_filters(cfg)
     _validate_ppl_and_shortfall(cfg)
     validate_detector(plain(cfg.detector))
+    _validate_method(cfg)
 
 
 def plain(value: Any) -> Any:
@@ -599,6 +640,8 @@ def _validate_train(t: TrainConfig) -> None:
     _check(t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} must be >= 0")
     _check(t.grad_clip >= 0, f"train.grad_clip={t.grad_clip} must be >= 0 (0 disables clipping)")
     _check(0.0 <= t.min_lr <= t.lr, f"train.min_lr={t.min_lr} must be in [0, train.lr={t.lr}]")
+    _check(t.real_weight > 0, f"train.real_weight={t.real_weight} must be positive (1: real and synthetic rows "
+                              f"weigh the same)")
 
 
 def _validate_generate(g: GenerateConfig, block_size: int) -> None:
@@ -721,6 +764,9 @@ def _validate_family(cfg: RunConfig, family: Any) -> None:
     _check_dataset(family, cfg.dataset.name)
     _check(family.curates or not cfg.curate.active(),
            f"curate filters text sequences, and model.family={family.name} writes none; use curate=none")
+    _check(family.weighs_rows or cfg.train.real_weight == 1,
+           f"train.real_weight={cfg.train.real_weight}: model.family={family.name} fits without a per-row loss "
+           f"weight; use train.real_weight=1 (or mix to change the real share)")
     family.validate(cfg)
 
 

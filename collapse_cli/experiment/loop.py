@@ -24,7 +24,7 @@ import numpy as np
 from collapse_cli.config import RunConfig, describe_mix
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import compose as composition
-from collapse_cli.experiment import distributed, tracking
+from collapse_cli.experiment import curation, distributed, tracking
 from collapse_cli.experiment.progress import Feedback
 from collapse_cli.experiment.seeds import compose_seed, stage_seed, torch_global_rng, torch_global_seed
 from collapse_cli.families.base import Family, RealData, family_name, get_family
@@ -132,7 +132,8 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     model = copy.deepcopy(start_from)
     with (feedback.task(f"gen {g} train", total=1) as on_step,
           torch_global_rng(torch_global_seed(cfg.seed, g, distributed.rank()), setup.device)):
-        stats = family.fit(model, train_rows, stage_seed(cfg.seed, g, "train"), g, on_step)
+        weighted = {} if cfg.train.real_weight == 1 else {"row_weights": training_set.weights(cfg.train.real_weight)}
+        stats = family.fit(model, train_rows, stage_seed(cfg.seed, g, "train"), g, on_step, **weighted)
     trained = time.perf_counter()
     with feedback.task(f"gen {g} generate", total=setup.n_train) as on_batch:
         samples = family.sample(model, setup.n_train, stage_seed(cfg.seed, g, "generate"), on_batch)
@@ -142,7 +143,7 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     with feedback.task(f"gen {g} evaluate", total=1) as on_eval:
         metrics, scores = family.measure(g, model, reference_model, samples, stage_seed(cfg.seed, g, "metrics"),
                                          on_eval)
-    curated = family.curate(samples, scores, stage_seed(cfg.seed, g, "curate"))
+    curated = curation.curate(family, cfg.curate, samples, scores, stage_seed(cfg.seed, g, "curate"))
     evaluated = time.perf_counter()
 
     family.save_samples(run_dir.gen(g), samples, scores)

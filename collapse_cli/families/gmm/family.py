@@ -198,6 +198,9 @@ class GMMFamily(Family):
         on_progress(1, 1)
         return metrics, -true_log_p  # core.nll under the truth
 
+    def truth_scores(self, samples: np.ndarray) -> np.ndarray:
+        return core.log_density(self.truth, samples)
+
     def n_parameters(self, model: GMMModel) -> int:
         k, d = self.cfg.model.n_components, self.cfg.dataset.dim
         return k * (d + d * (d + 1) // 2) + k - 1

@@ -62,6 +62,7 @@ class LinregFamily(Family):
     likelihood_key = "test_mse"
     likelihood_se_key = "test_mse_se"
     likelihood_name = "test MSE"
+    weighs_rows = True  # weighted least squares
     leading_keys = ("generation", "param_error", "mse_theory", "test_mse", "tail_coverage")
     table_keys = ("param_error", "mse_theory", "test_mse", "tail_coverage")
 
@@ -103,9 +104,12 @@ class LinregFamily(Family):
     def build_base_model(self, seed: int) -> LinregModel:
         return LinregModel()
 
-    def fit(self, model: LinregModel, train: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
+    def fit(self, model: LinregModel, train: np.ndarray, seed: int, generation: int, on_step: Progress,
+            row_weights: Optional[np.ndarray] = None) -> dict:
+        # Weighted least squares: rows scaled by sqrt(weight) minimise sum_i w_i r_i^2 (train.real_weight).
+        scale = np.ones(len(train)) if row_weights is None else np.sqrt(row_weights)
         try:
-            model.weights = core.fit_ols(train[:, :-1], train[:, -1])
+            model.weights = core.fit_ols(train[:, :-1] * scale[:, None], train[:, -1] * scale)
         except ValueError as error:
             raise CollapseError(f"generation {generation}: {error}; raise dataset.n_train or mix") from None
         on_step(1, 1)
@@ -122,6 +126,8 @@ class LinregFamily(Family):
         """(E||w_g - w*||^2 given this design, the same averaged over Gaussian designs); nan without a closed form."""
         d = self.cfg.dataset
         factor = core.theory_factor(self.cfg.regime, self.cfg.mix, generation) * d.noise_std ** 2
+        if self.cfg.train.real_weight != 1 and self.cfg.regime == "accumulate" and generation > 0:
+            factor = float("nan")  # real and synthetic labels weighted unequally: the closed form averages them equally
         return factor * core.inverse_gram_trace(self.design), factor * d.dim / (d.n_train - d.dim - 1)
 
     def measure(self, generation: int, model: LinregModel, reference_model: LinregModel, samples: np.ndarray,
@@ -142,6 +148,10 @@ class LinregFamily(Family):
         on_progress(1, 1)
         # Per-sample score: the synthetic label's squared distance from the true mean.
         return metrics, (samples[:, -1] - samples[:, :-1] @ self.truth) ** 2
+
+    def truth_scores(self, samples: np.ndarray) -> np.ndarray:
+        """Minus the label's squared distance from the true mean x w* (the verifier that knows w*)."""
+        return -((samples[:, -1] - samples[:, :-1] @ self.truth) ** 2)
 
     def n_parameters(self, model: LinregModel) -> int:
         return self.cfg.dataset.dim

@@ -55,6 +55,7 @@ class LMFamily(Family):
     table_keys = ("ppl_test", "tail_coverage", "seq_ppl_q50", "seq_ppl_q99", "kl_truth", "distinct2_tok",
                   "train_loss_last")
     curates = True
+    weighs_rows = True  # per-row weights in the token loss (train.real_weight)
 
     def __init__(self, cfg: RunConfig, device: torch.device):
         super().__init__(cfg, device)
@@ -118,10 +119,12 @@ class LMFamily(Family):
 
         return validate
 
-    def fit(self, model: torch.nn.Module, rows: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
+    def fit(self, model: torch.nn.Module, rows: np.ndarray, seed: int, generation: int, on_step: Progress,
+            row_weights: Optional[np.ndarray] = None) -> dict:
         model.to(self.device)  # in place: the loop hands over a CPU copy of the base or previous model
         self._trained_copy.clear()  # training changes weights: no copy made before it may serve after it
-        stats = train(model, rows, self.cfg.train, seed, self.device, generation, on_step, self._validator())
+        stats = train(model, rows, self.cfg.train, seed, self.device, generation, on_step, self._validator(),
+                      row_weights=row_weights)
         if stats.kept_epoch != self.cfg.train.epochs:  # restored an earlier epoch (or never validated)
             self._trained_copy.clear()
         out = {"train_tokens_seen": stats.tokens, "train_loss_last": stats.loss_last}
@@ -172,6 +175,14 @@ class LMFamily(Family):
     def curate(self, samples: np.ndarray, scores: np.ndarray, seed: int) -> Curated:
         result = curate(samples, self.cfg.curate, scores, self._texts(samples), seed)
         return Curated(result.indices, result.report)
+
+    def truth_scores(self, samples: np.ndarray) -> Optional[np.ndarray]:
+        """Mean log-probability per transition under the builtin language (own tokenizer only: None otherwise)."""
+        language = self.reference.language if self.reference is not None else None
+        return None if language is None else true_log_likelihood(language.transition, samples)
+
+    def model_scores(self, scores: np.ndarray) -> np.ndarray:
+        return -np.log(np.asarray(scores, dtype=np.float64))  # seq_ppl -> mean token log-likelihood (gen 0)
 
     def extent(self, n_rows: int) -> dict[str, int]:
         return {"tokens": n_rows * self.cfg.train.block_size}
@@ -229,6 +240,20 @@ class LMFamily(Family):
         if self.cfg.metrics.level == "full":
             summary["extinction"] = profile.extinction_summary(run_dir, self.reference, len(rows))
         return summary
+
+
+# An impossible transition (the model wrote one the language never makes) counts as this probability:
+# the verifier ranks it last and the tail weights stay finite.
+IMPOSSIBLE = 1e-12
+
+
+def true_log_likelihood(transition: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """Per block: the mean log P(next | current) of its transitions under the true chain, float64 [n]."""
+    n_vocab = transition.shape[0]
+    current, following = blocks[:, :-1], blocks[:, 1:]
+    inside = (current < n_vocab) & (following < n_vocab)  # a model vocabulary larger than the language's
+    p = np.where(inside, transition[np.minimum(current, n_vocab - 1), np.minimum(following, n_vocab - 1)], 0.0)
+    return np.log(np.maximum(p, IMPOSSIBLE)).mean(axis=1)
 
 
 FAMILY = LMFamily

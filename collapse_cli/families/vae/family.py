@@ -244,6 +244,10 @@ class VAEFamily(Family):
         # Per-sample scores: each image's -ELBO under the generation-0 model (how typical it looked at the start).
         return metrics, core.elbo_nll(reference_model, samples, seed)
 
+    def truth_scores(self, samples: np.ndarray) -> np.ndarray:
+        """The digits classifier's log-confidence in its class (the stand-in for a truth digits lack)."""
+        return np.log(np.maximum(self.classifier.predict_proba(samples).max(axis=1), 1e-300))
+
     def n_parameters(self, model: core.VAE) -> int:
         return sum(p.numel() for p in model.parameters())
 
