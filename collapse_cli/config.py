@@ -112,6 +112,7 @@ class CurateMethod(StrEnum):
     none = "none"
     verifier = "verifier"  # keep the best-scored curate.keep of the samples (Feng et al. 2024)
     tail = "tail"  # resample with weights that favour rare samples (inverse density, capped)
+    review = "review"  # a person or a script decides: the run stops with a sheet to fill (experiment/review.py)
 
 
 class CurateScore(StrEnum):

@@ -7,6 +7,7 @@
                      a noisy verifier (curate.noise)
            tail      draw as many rows, with replacement, with weights density^(-1/temperature)
                      capped at curate.cap times the mean weight: rare samples come back more often
+           review    a reviewer's verdicts (experiment/review.py): the run stops until they are in
 
 A sample's score is a log-likelihood (higher: more plausible), by curate.score:
     truth  Family.truth_scores: the true distribution's (GMM density, linreg's true labels, the
@@ -24,14 +25,18 @@ from typing import Any
 import numpy as np
 
 from collapse_cli.errors import CollapseError
+from collapse_cli.experiment import review
 from collapse_cli.families.base import Curated, Family
 
 
-def curate(family: Family, cfg: Any, samples: np.ndarray, scores: np.ndarray, seed: int) -> Curated:
-    """The rows of `samples` that enter later training sets (repeats allowed) and the report."""
+def curate(family: Family, cfg: Any, samples: np.ndarray, scores: np.ndarray, seed: int, last: bool) -> Curated:
+    """The rows of `samples` that enter later training sets (repeats allowed) and the report. `last`: the run's
+    last generation, whose samples no generation trains on (review offers them to nobody)."""
     filtered = family.curate(samples, scores, seed)
-    if cfg.method == "none":
+    if cfg.method == "none" or (cfg.method == "review" and last):
         return filtered
+    if cfg.method == "review":
+        return review.awaiting(filtered)
     kept = filtered.indices
     quality = sample_scores(family, cfg.score, samples[kept], np.asarray(scores)[kept])
     rng = np.random.default_rng([seed, 1])  # a stream of its own: the family's filters drew from `seed`

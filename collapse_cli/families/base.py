@@ -29,6 +29,7 @@ INTERFACE READY
 
 from __future__ import annotations
 
+import html
 import importlib
 import math
 from abc import ABC, abstractmethod
@@ -77,10 +78,12 @@ class RealData:
 
 @dataclass
 class Curated:
-    """What curation keeps: `indices` into the generation's samples (int64, repeats allowed) and a report."""
+    """What curation keeps: `indices` into the generation's samples (int64, repeats allowed) and a report.
+    `awaiting_review` (curate.method=review): the indices are the rows offered to a reviewer, not yet kept."""
 
     indices: np.ndarray
     report: dict = field(default_factory=dict)
+    awaiting_review: bool = False
 
 
 class ObjectCache:
@@ -192,6 +195,10 @@ class Family(ABC):
         """Each sample's log-likelihood under the true distribution (higher: more plausible), float [n];
         None where the family does not know the truth. The verifier and tail curation score by it."""
         return None
+
+    def review_cells(self, samples: np.ndarray) -> list[str]:
+        """Each sample as an HTML fragment for the review sheet (curate.method=review); by default its numbers."""
+        return [html.escape(" ".join(f"{value:.4g}" for value in np.ravel(row))) for row in samples]
 
     def model_scores(self, scores: np.ndarray) -> np.ndarray:
         """measure's per-sample scores as log-likelihoods (higher: more typical); by default -scores (an NLL)."""

@@ -150,8 +150,10 @@ class LinregFamily(Family):
         return metrics, (samples[:, -1] - samples[:, :-1] @ self.truth) ** 2
 
     def truth_scores(self, samples: np.ndarray) -> np.ndarray:
-        """Minus the label's squared distance from the true mean x w* (the verifier that knows w*)."""
-        return -((samples[:, -1] - samples[:, :-1] @ self.truth) ** 2)
+        """The label's true log-likelihood N(y; x w*, sigma^2): minus its squared error against x w*, scaled."""
+        sigma = self.cfg.dataset.noise_std
+        residual = samples[:, -1] - samples[:, :-1] @ self.truth
+        return -0.5 * (residual / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi))
 
     def n_parameters(self, model: LinregModel) -> int:
         return self.cfg.dataset.dim

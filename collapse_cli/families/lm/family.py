@@ -7,6 +7,7 @@ is measured by the collapse profile (profile.py) and curated (curate.py).
 
 from __future__ import annotations
 
+import html
 import logging
 import shutil
 from dataclasses import replace
@@ -180,6 +181,9 @@ class LMFamily(Family):
         """Mean log-probability per transition under the builtin language (own tokenizer only: None otherwise)."""
         language = self.reference.language if self.reference is not None else None
         return None if language is None else true_log_likelihood(language.transition, samples)
+
+    def review_cells(self, samples: np.ndarray) -> list[str]:
+        return [f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>" for text in self._texts(samples)]
 
     def model_scores(self, scores: np.ndarray) -> np.ndarray:
         return -np.log(np.asarray(scores, dtype=np.float64))  # seq_ppl -> mean token log-likelihood (gen 0)
