@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY, read_metrics, read_status, run_in_process
+from test_integrity import one_line
 
 GMM = ["model=gmm", "dataset=gaussian", "dataset.n_train=200", "dataset.n_test=200"]
 
@@ -22,12 +23,6 @@ def fill(verdicts: Path, keep) -> list[int]:
         writer.writerow(["id", "verdict"])
         writer.writerows([i, "keep" if keep(i) else "drop"] for i in ids)
     return [i for i in ids if keep(i)]
-
-
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("collapse: error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.mark.slow
@@ -43,6 +38,9 @@ def test_stop_fill_by_script_resume_finish_and_the_kept_rows_are_the_verdicts(tm
     page = (sheet / "sheet.html").read_text()
     assert "<svg" in page and page.count("<tr>") == 201  # the 2-D points as a scatter, and one row a sample
     assert [row["verdict"] for row in csv.DictReader((sheet / "verdicts.csv").open())] == [""] * 200
+    capsys.readouterr()
+    assert run_in_process(["show", str(run)]) == 0
+    assert "awaiting_review (1/3 generations done: awaiting review of generation 0" in capsys.readouterr().out
 
     # Resuming before the verdicts are in: one line naming the file and the fix, the run untouched.
     assert run_in_process(["resume", str(run)]) == 2
