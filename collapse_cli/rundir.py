@@ -4,7 +4,7 @@ The format both sides share: experiment/ writes run folders and report/ reads th
 this module, which imports neither (ranks.py alone, for which process writes, and the test hook killpoint.py).
 
 Layout (see README "Output layout"):
-    status.json            running | finished | failed | interrupted, with reason
+    status.json            running | finished | failed | interrupted | awaiting_review (curate=review), with reason
     metrics.jsonl          one line per finished generation (appended; resume rebuilds it from gen_*/metrics.json)
     summary.json           written last, when the run finishes
     reference/             the generation-0 model while the run needs it

@@ -250,8 +250,9 @@ def restore(setup: Setup, run_dir: RunDir) -> tuple[LoopState, int]:
     for g in done:
         samples = family.load_samples(run_dir.gen(g))
         if review.pending(run_dir.gen(g)):  # curate.method=review: the verdicts of the sheet it stopped at
-            review.apply_verdicts(run_dir, g)
-        state.kept[g] = np.load(run_dir.gen(g) / "curated_index.npy").astype(np.int64)
+            state.kept[g] = review.apply_verdicts(run_dir, g)
+        else:
+            state.kept[g] = np.load(run_dir.gen(g) / "curated_index.npy").astype(np.int64)
         state.samples[g] = samples[state.kept[g]]
     # With every generation done (killed while finishing), no model is needed, and the
     # finishing step may already have deleted the reference checkpoint.

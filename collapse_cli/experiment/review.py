@@ -113,9 +113,10 @@ def check_verdicts(run_path: Path) -> None:
             read_verdicts(folder)
 
 
-def apply_verdicts(run_dir: RunDir, g: int) -> None:
+def apply_verdicts(run_dir: RunDir, g: int) -> np.ndarray:
     """The verdicts of generation g into its metrics (first) and curated_index.npy (last, marking them applied):
-    a kill between the two leaves the sheet pending, and the next resume applies the same file again."""
+    a kill between the two leaves the sheet pending, and the next resume applies the same file again.
+    Returns the kept rows (other ranks of a run do not wait for rank 0's file)."""
     folder = run_dir.gen(g)
     kept = read_verdicts(folder)
     offered = read_run_array(folder / FOLDER / OFFERED)
@@ -123,6 +124,7 @@ def apply_verdicts(run_dir: RunDir, g: int) -> None:
     metrics.update(report(len(offered), kept))
     run_dir.write_json(Path(gen_name(g)) / "metrics.json", metrics)
     run_dir.save_array(Path(gen_name(g)) / "curated_index.npy", kept.astype(np.int32))
+    return kept
 
 
 def report(n_offered: int, kept: np.ndarray) -> dict:
