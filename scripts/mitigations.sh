@@ -10,7 +10,7 @@ root=${1:-outputs/mitigations}
 images=$(dirname "$0")/../docs/img
 declare -A metrics=([linreg]=param_error,test_mse,tail_coverage
                     [gmm]=nll_test,tail_coverage,component_std,l2_to_truth
-                    [lm]=ppl_test,kl_truth,tail_coverage,distinct2_tok)
+                    [lm]=ppl_test,kl_truth,tail_coverage)
 for family in linreg gmm lm; do
   sweep=$root/$family
   if [ ! -d "$sweep" ]; then
