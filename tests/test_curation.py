@@ -234,3 +234,12 @@ def test_an_lm_run_with_tail_curation_and_a_real_weight_reports_its_effective_sa
     assert 0 < rows[0]["curate_ess"] <= n and rows[0]["curate_ess_fraction"] == pytest.approx(rows[0]["curate_ess"] / n)
     # Rare under the builtin language's truth: the drawn rows' mean log-likelihood lies below the samples'.
     assert rows[0]["curate_score_kept_mean"] < rows[0]["curate_score_mean"]
+
+
+@pytest.mark.parametrize("name,family,generations", [("mitigations_gmm", "gmm", 100),
+                                                     ("mitigations_linreg", "linreg", 20), ("mitigations_lm", "lm", 3)])
+def test_the_mitigation_presets_compare_the_methods_on_a_fully_synthetic_loop(name: str, family: str,
+                                                                               generations: int):
+    for method in ("none", "verifier", "tail"):
+        cfg = composed([f"+experiment={name}", f"curate={method}"])
+        assert (cfg.model.family, cfg.mix, cfg.generations, cfg.curate.method) == (family, 0.0, generations, method)

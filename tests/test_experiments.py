@@ -17,8 +17,10 @@ from collapse_cli.families.lm.train import lr_at, train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(conf_dir()) / "experiment").glob("*.yaml"))
 # Tested where their family is: test_gmm.py, test_vae.py, test_linreg.py; `smoke` (the default loop, shorter) in
-# test_reads.py. The rest are the Shumailov LM configs this file holds to the paper's settings.
-OTHER_EXPERIMENTS = ("shumailov_gmm", "shumailov_vae", "gerstgrasser_linreg", "smoke")
+# test_reads.py; the mitigation comparisons in test_curation.py. The rest are the Shumailov LM configs this file
+# holds to the paper's settings.
+OTHER_EXPERIMENTS = ("shumailov_gmm", "shumailov_vae", "gerstgrasser_linreg", "smoke", "mitigations_gmm",
+                     "mitigations_linreg", "mitigations_lm")
 LM_EXPERIMENTS = [name for name in EXPERIMENTS if name not in OTHER_EXPERIMENTS]
 
 
@@ -161,8 +163,9 @@ def test_schedule_and_selection_values_are_checked():
 
 
 def test_experiments_are_shipped():
-    assert EXPERIMENTS == ["gerstgrasser_linreg", "shumailov_10pct", "shumailov_gmm", "shumailov_no_data",
-                           "shumailov_smoke", "shumailov_vae", "smoke"]
+    assert EXPERIMENTS == ["gerstgrasser_linreg", "mitigations_gmm", "mitigations_linreg", "mitigations_lm",
+                           "shumailov_10pct", "shumailov_gmm", "shumailov_no_data", "shumailov_smoke", "shumailov_vae",
+                           "smoke"]
     assert LM_EXPERIMENTS == ["shumailov_10pct", "shumailov_no_data", "shumailov_smoke"]
 
 
