@@ -172,6 +172,13 @@ def test_linreg_real_weight_is_weighted_least_squares():
     np.testing.assert_allclose(model.weights, np.linalg.solve(x.T @ w @ x, x.T @ w @ y), rtol=1e-10)
 
 
+def test_linreg_has_no_closed_form_once_real_and_synthetic_labels_weigh_differently():
+    equal = get_family("linreg")(composed([*LINREG, "regime=accumulate", "mix=1"]), "cpu")
+    weighted = get_family("linreg")(composed([*LINREG, "regime=accumulate", "mix=1", "train.real_weight=0.5"]), "cpu")
+    assert math.isfinite(equal.theory(3)[0]) and all(math.isnan(value) for value in weighted.theory(3))
+    assert weighted.theory(0) == equal.theory(0)  # generation 0 fits real labels alone
+
+
 def test_categorical_real_weight_is_weighted_counts():
     rows = np.array([[0], [0], [1], [2]])
     np.testing.assert_allclose(categorical_core.estimate(rows, 3, np.array([0.5, 0.5, 1.0, 2.0])), [0.25, 0.25, 0.5])
