@@ -445,6 +445,12 @@ def resume_command(args: list[str]) -> int:
         print(f"collapse: {path} already finished; nothing to resume")
         return 0
     check_resumable(path)
+    try:  # a run stopped for review: its verdicts first, so a missing or bad file changes nothing
+        from collapse_cli.experiment.review import check_verdicts
+
+        check_verdicts(path)
+    except CollapseError as err:
+        return error_line(str(err))
     writer = writer_here(status)
     if writer is not None:
         return error_line(still_running(path, writer))

@@ -217,6 +217,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_dataset(family, name, cfg.dataset.name)
     check(family.curates or not cfg.curate.active(),
           f"curate filters text sequences, and model.family={name} writes none; use curate=none")
+    check(family.weighs_rows or cfg.train.real_weight == 1,
+          f"train.real_weight={cfg.train.real_weight}: model.family={name} fits without a per-row loss "
+          f"weight; use train.real_weight=1 (or mix to change the real share)")
     # A family that shards its work across ranks runs one run on N processes; another would run N copies of one run.
     check(cfg.nproc == 1 or family.supports_nproc,
           f"nproc={cfg.nproc}: model.family={name} runs in one process (it does not shard its work across ranks); "

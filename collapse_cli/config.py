@@ -90,6 +90,23 @@ class Shortfall(StrEnum):
     resample = "resample"
 
 
+class CurateMethod(StrEnum):
+    """The family-agnostic curation step after the family's own filters (experiment/curation.py)."""
+
+    none = "none"
+    verifier = "verifier"  # keep the best-scored curate.keep of the samples (Feng et al. 2024)
+    tail = "tail"  # resample with weights that favour rare samples (inverse density, capped)
+    review = "review"  # a person or a script decides: the run stops with a sheet to fill (experiment/review.py)
+
+
+class CurateScore(StrEnum):
+    """What the verifier and tail curation score a sample by."""
+
+    auto = "auto"  # truth where the family knows it (Family.truth_scores), else model
+    truth = "truth"  # the true distribution's log-likelihood (or the digits classifier's log-confidence)
+    model = "model"  # the per-sample scores the family's measure computes, as log-likelihoods
+
+
 # A ceiling that catches a typo (generations=100000000) before the plan alone fills the memory;
 # small families run thousands of generations (the GMM paper setting: 2,000).
 MAX_GENERATIONS = 100_000
@@ -114,6 +131,9 @@ class TrainConfig:
     # last: keep the last epoch's model; best_valid: the epoch with the lowest validation loss
     # (the validation split is scored after every epoch; without one the last epoch is kept).
     select: Select = Select.last
+    # The loss weight of a real row against a synthetic row's 1 (a weighted mean: the loss keeps its scale).
+    # Families that cannot weight rows (Family.weighs_rows False) refuse any other value than 1.
+    real_weight: float = 1.0
 
 
 class WatermarkMode(StrEnum):
@@ -152,9 +172,18 @@ class CurateConfig:
     watermark: WatermarkCurate = field(default_factory=WatermarkCurate)
     min_keep_fraction: float = 0.5
     on_shortfall: Shortfall = Shortfall.error
+    # The family-agnostic step after the filters above (experiment/curation.py, README "Mitigations").
+    method: CurateMethod = CurateMethod.none
+    score: CurateScore = CurateScore.auto
+    keep: float = 0.5  # verifier: the fraction of the samples kept, in (0, 1]
+    # verifier: Gaussian noise added to each score, in units of the scores' standard deviation
+    # (0: a perfect verifier; the noisy and true scores then correlate 1 / sqrt(1 + noise^2)).
+    noise: float = 0.0
+    temperature: float = 1.0  # tail: weights are density^(-1/temperature); large: uniform
+    cap: float = 10.0  # tail: no weight above this multiple of the mean weight (>= 1)
 
     def active(self) -> bool:
-        """Whether any filter is on (a run that curates needs a family that can)."""
+        """Whether any text filter is on (a run that filters text needs a family that can)."""
         return (self.exact_dedup or self.near_dedup_n > 0 or self.repetition_n > 0 or self.ppl_drop_low > 0
                 or self.ppl_drop_high > 0 or self.detector is not None or self.watermark.mode != "none")
 
@@ -307,11 +336,24 @@ def validate_detector(detector: Any) -> None:
         )
 
 
+def _validate_method(cfg: CurateConfig) -> None:
+    if not is_number(cfg.keep) or not 0.0 < cfg.keep <= 1.0:
+        fail_range("curate.keep", cfg.keep, "in (0, 1] (the fraction of samples the verifier keeps)",
+                   "set e.g. curate.keep=0.5")
+    if not is_number(cfg.noise) or not cfg.noise >= 0.0:
+        fail_range("curate.noise", cfg.noise, ">= 0 (0: a perfect verifier)", "set e.g. curate.noise=1")
+    if not is_number(cfg.temperature) or not cfg.temperature > 0.0:
+        fail_range("curate.temperature", cfg.temperature, "positive", "set e.g. curate.temperature=1")
+    if not is_number(cfg.cap) or not cfg.cap >= 1.0:
+        fail_range("curate.cap", cfg.cap, ">= 1 (a multiple of the mean weight)", "set e.g. curate.cap=10")
+
+
 def validate_curate(cfg: CurateConfig) -> None:
     """Raise CollapseError (one line, naming the key and the fix) on a bad value."""
     _validate_ngram_filters(cfg)
     _validate_ppl_and_shortfall(cfg)
     validate_detector(plain(cfg.detector))
+    _validate_method(cfg)
 
 
 def plain(value: Any) -> Any:
@@ -339,6 +381,9 @@ def validate_train(t: TrainConfig, reads: Collection[str]) -> None:
     """The train keys a family reads (Family.reads: "train.lr", ...); a key it ignores may hold anything."""
     for key, holds, message in _train_checks(t):
         check(holds or f"train.{key}" not in reads, message)
+    # The loop weighs real rows for every family that weighs rows (compose.validate refuses the others).
+    check(t.real_weight > 0, f"train.real_weight={t.real_weight} must be positive (1: real and synthetic rows "
+                             f"weigh the same)")
     if "train.epochs" in reads:
         check_count("train.epochs", t.epochs)
 

@@ -5,7 +5,7 @@ this module, which imports neither: only atomic.py (its writes), liveness.py (is
 (which process writes) and the test hook killpoint.py. The LM's corpus files are families/lm/corpus_files.py.
 
 Layout (see README "Output layout"):
-    status.json            running | finished | failed | interrupted, with reason
+    status.json            running | finished | failed | interrupted | awaiting_review (curate=review), with reason
     metrics.jsonl          one line per finished generation (appended; resume rebuilds it from gen_*/metrics.json)
     summary.json           written last, when the run finishes
     reference/             the generation-0 model while the run needs it

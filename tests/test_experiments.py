@@ -16,10 +16,12 @@ from collapse_cli.families.lm.train import lr_at, train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(conf_dir()) / "experiment").glob("*.yaml"))
 # Tested where their family is: test_gmm.py, test_vae.py, test_linreg.py, test_gan.py; `smoke` (the default loop,
-# shorter) in test_reads.py; `watermark_filter` in test_watermark.py; `bertrand_diffusion` in test_diffusion.py.
-# The rest are the Shumailov LM configs this file holds to the paper's settings.
+# shorter) in test_reads.py; `watermark_filter` in test_watermark.py; `bertrand_diffusion` in test_diffusion.py;
+# the mitigation comparisons in test_curation.py. The rest are the Shumailov LM configs this file holds to the
+# paper's settings.
 OTHER_EXPERIMENTS = ("shumailov_gmm", "shumailov_vae", "gerstgrasser_linreg", "kazdan_gaussian", "smoke",
-                     "watermark_filter", "bertrand_diffusion", "mad_gan")
+                     "watermark_filter", "bertrand_diffusion", "mad_gan", "mitigations_gmm", "mitigations_linreg",
+                     "mitigations_lm")
 LM_EXPERIMENTS = [name for name in EXPERIMENTS if name not in OTHER_EXPERIMENTS]
 
 
@@ -163,8 +165,9 @@ def test_schedule_and_selection_values_are_checked(compose):
 
 def test_experiments_are_shipped():
     assert EXPERIMENTS == ["bertrand_diffusion", "gerstgrasser_linreg", "kazdan_gaussian", "mad_gan",
-                           "shumailov_10pct", "shumailov_gmm", "shumailov_no_data", "shumailov_smoke", "shumailov_vae",
-                           "smoke", "watermark_filter"]
+                           "mitigations_gmm", "mitigations_linreg", "mitigations_lm", "shumailov_10pct",
+                           "shumailov_gmm", "shumailov_no_data", "shumailov_smoke", "shumailov_vae", "smoke",
+                           "watermark_filter"]
     assert LM_EXPERIMENTS == ["shumailov_10pct", "shumailov_no_data", "shumailov_smoke"]
 
 

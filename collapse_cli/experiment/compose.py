@@ -35,6 +35,10 @@ class TrainingSet:
         labels, counts = np.unique(self.origin, return_counts=True)
         return {("real" if label == REAL else f"gen_{label}"): int(n) for label, n in zip(labels, counts)}
 
+    def weights(self, real_weight: float) -> np.ndarray:
+        """The loss weight of each row (train.real_weight): real_weight on real rows, 1 on synthetic ones."""
+        return np.where(self.origin == REAL, real_weight, 1.0)
+
     def rows(self, real_pool: np.ndarray, samples: dict[int, np.ndarray]) -> np.ndarray:
         """The training rows themselves, in order, with the real pool's dtype and row shape."""
         out = np.empty((len(self), *real_pool.shape[1:]), dtype=real_pool.dtype)

@@ -25,7 +25,7 @@ from collapse_cli import collectives, ranks
 from collapse_cli.config import RunConfig, describe_mix
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import compose as composition
-from collapse_cli.experiment import tracking
+from collapse_cli.experiment import curation, review, tracking
 from collapse_cli.experiment.progress import Feedback
 from collapse_cli.experiment.seeds import compose_seed, stage_seed, torch_global_rng, torch_global_seed
 from collapse_cli.families.base import Family, RealData, family_name, get_family
@@ -135,7 +135,8 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     model = copy.deepcopy(start_from)
     with (feedback.task(f"gen {g} train", total=1) as on_step,
           torch_global_rng(torch_global_seed(cfg.seed, g, ranks.rank()), setup.device)):
-        stats = family.fit(model, train_rows, stage_seed(cfg.seed, g, "train"), g, on_step)
+        weighted = {} if cfg.train.real_weight == 1 else {"row_weights": training_set.weights(cfg.train.real_weight)}
+        stats = family.fit(model, train_rows, stage_seed(cfg.seed, g, "train"), g, on_step, **weighted)
     trained = time.perf_counter()
     inference = family.for_inference(model)  # the one copy sampling and measuring run on
     with feedback.task(f"gen {g} generate", total=setup.n_train) as on_batch:
@@ -146,20 +147,24 @@ def run_generation(g: int, setup: Setup, state: LoopState, run_dir: RunDir, feed
     with feedback.task(f"gen {g} evaluate", total=1) as on_eval:
         metrics, scores = family.measure(g, inference, reference_model, samples, stage_seed(cfg.seed, g, "metrics"),
                                          on_eval)
-    curated = family.curate(samples, scores, stage_seed(cfg.seed, g, "curate"))
+    curated = curation.curate(family, cfg.curate, samples, scores, stage_seed(cfg.seed, g, "curate"),
+                              last=g == cfg.generations)
     evaluated = time.perf_counter()
 
     family.save_samples(run_dir.gen(g), samples, scores)
     written("samples", g)
-    run_dir.save_array(Path(gen_name(g)) / "curated_index.npy", curated.indices.astype(np.int32))
-    written("curated_index", g)
+    if curated.awaiting_review:  # no curated_index until the verdicts are in (restore applies them)
+        review.write_sheet(run_dir, g, family, samples, scores, curated.indices)
+    else:
+        run_dir.save_array(Path(gen_name(g)) / "curated_index.npy", curated.indices.astype(np.int32))
+        state.samples[g], state.kept[g] = samples[curated.indices], curated.indices
+        written("curated_index", g)
     metrics.update(curated.report)
     metrics.update(stats)
     sizes = _sizes(family, len(training_set), manifest["by_origin"].get("real", 0))
     metrics.update({f"train_{key}": value for key, value in sizes.items()}, generation=g,
                    train_time_s=trained - started, generate_time_s=generated - trained,
                    eval_time_s=evaluated - generated)
-    state.samples[g], state.kept[g] = samples[curated.indices], curated.indices
     if g == 0:
         state.reference_model = reference_model
         _save_model(family, model, run_dir.path / "reference")
@@ -248,7 +253,10 @@ def restore(setup: Setup, run_dir: RunDir) -> tuple[LoopState, int]:
     state, family = LoopState(), setup.family
     for g in done:
         samples = family.load_samples(run_dir.gen(g))
-        state.kept[g] = np.load(run_dir.gen(g) / "curated_index.npy").astype(np.int64)
+        if review.pending(run_dir.gen(g)):  # curate.method=review: the verdicts of the sheet it stopped at
+            state.kept[g] = review.apply_verdicts(run_dir, g)
+        else:
+            state.kept[g] = np.load(run_dir.gen(g) / "curated_index.npy").astype(np.int64)
         state.samples[g] = samples[state.kept[g]]
     # With every generation done (killed while finishing), no model is needed, and the
     # finishing step may already have deleted the reference checkpoint.
@@ -324,6 +332,11 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
                 status_written = time.monotonic()
             log.info(feedback.generation_line(metrics, family.table_keys))
             trackers.log_generation(metrics)
+            if cfg.curate.method == "review" and g < cfg.generations:  # the sheet is written: stop for the verdicts
+                line = review.stop_line(run_dir.path, g)
+                run_dir.set_status("awaiting_review", reason=line, generations_done=g + 1, generations_total=total)
+                log.info(f"collapse: {line}")
+                return None
         if not ranks.is_main():  # the other ranks' part ends with the last collective
             return None
         summary = finish(setup, run_dir)

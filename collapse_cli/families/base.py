@@ -30,6 +30,7 @@ INTERFACE READY
 
 from __future__ import annotations
 
+import html
 import importlib
 import importlib.metadata
 import importlib.util
@@ -85,10 +86,12 @@ class RealData:
 
 @dataclass
 class Curated:
-    """What curation keeps: `indices` into the generation's samples (int64, repeats allowed) and a report."""
+    """What curation keeps: `indices` into the generation's samples (int64, repeats allowed) and a report.
+    `awaiting_review` (curate.method=review): the indices are the rows offered to a reviewer, not yet kept."""
 
     indices: np.ndarray
     report: dict = field(default_factory=dict)
+    awaiting_review: bool = False
 
 
 class Family(ABC):
@@ -128,7 +131,8 @@ class Family(ABC):
     leading_keys: ClassVar[tuple[str, ...]] = ("generation", "nll_test", "tail_coverage")
     # Metrics each generation's log line and the end-of-run table show after `generation` (missing: skipped).
     table_keys: ClassVar[tuple[str, ...]] = ("nll_test", "tail_coverage")
-    # Curate presets this family accepts besides `none` (LM: all; others: none).
+    # Whether this family applies the text filters of `curate` (LM: yes). The generic methods
+    # (curate.method=verifier|tail, experiment/curation.py) serve every family.
     curates: ClassVar[bool] = False
     # The family's facts, from its folder's facts.py (docs/families.md, "Facts"): when a family sets them, the
     # attributes above that they hold (unit, headline, summary_keys, likelihood_*, table_keys) come from them.
@@ -151,6 +155,9 @@ class Family(ABC):
                                         summary_keys=cls.summary_keys, table_keys=cls.table_keys,
                                         likelihood_key=cls.likelihood_key, likelihood_se_key=cls.likelihood_se_key,
                                         likelihood_name=cls.likelihood_name)
+
+    # Whether `fit` takes row_weights (train.real_weight != 1); families that cannot weight rows refuse it.
+    weighs_rows: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, device: Any):
         """cfg: the validated RunConfig (cfg.model / cfg.dataset typed by this family's schemas)."""
@@ -185,7 +192,10 @@ class Family(ABC):
 
     @abstractmethod
     def fit(self, model: Any, train: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
-        """Train `model` in place on rows `train`; returns flat stats merged into metrics (e.g. train_loss_last)."""
+        """Train `model` in place on rows `train`; returns flat stats merged into metrics (e.g. train_loss_last).
+
+        A family with `weighs_rows` also takes `row_weights` (float [n], one loss weight per row), which
+        the loop passes only when train.real_weight != 1."""
 
     def for_inference(self, model: Any) -> Any:
         """The model as `sample` and `measure` run it (LM: a bf16 copy on CUDA); by default the model itself.
@@ -211,8 +221,22 @@ class Family(ABC):
         """
 
     def curate(self, samples: np.ndarray, scores: np.ndarray, seed: int) -> Curated:
-        """Which samples enter later training sets; by default all of them, in order."""
+        """The family's own filters (LM: the text filters); by default all samples, in order.
+        experiment/curation.py runs the generic method (verifier, tail) on what this keeps."""
         return Curated(np.arange(len(samples), dtype=np.int64))
+
+    def truth_scores(self, samples: np.ndarray) -> Optional[np.ndarray]:
+        """Each sample's log-likelihood under the true distribution (higher: more plausible), float [n];
+        None where the family does not know the truth. The verifier and tail curation score by it."""
+        return None
+
+    def review_cells(self, samples: np.ndarray) -> list[str]:
+        """Each sample as an HTML fragment for the review sheet (curate.method=review); by default its numbers."""
+        return [html.escape(" ".join(f"{value:.4g}" for value in np.ravel(row))) for row in samples]
+
+    def model_scores(self, scores: np.ndarray) -> np.ndarray:
+        """measure's per-sample scores as log-likelihoods (higher: more typical); by default -scores (an NLL)."""
+        return -np.asarray(scores, dtype=np.float64)
 
     def extent(self, n_rows: int) -> dict[str, int]:
         """Extra size facts of n rows for the plan, manifest and metrics, e.g. {"tokens": n * block_size}."""

@@ -14,6 +14,7 @@ Functions take counts as [K] or [chains, K]: the family runs one chain, the test
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from scipy import stats
@@ -42,9 +43,11 @@ def rows_from_counts(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return rng.permutation(outcomes).astype(SAMPLE_DTYPE)[:, None]
 
 
-def estimate(rows: np.ndarray, n_outcomes: int) -> np.ndarray:
-    """p_hat: each outcome's share of the rows (the maximum-likelihood estimate)."""
-    return np.bincount(rows[:, 0], minlength=n_outcomes) / len(rows)
+def estimate(rows: np.ndarray, n_outcomes: int, weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """p_hat: each outcome's share of the rows (the maximum-likelihood estimate), of their weights if given."""
+    if weights is None:
+        return np.bincount(rows[:, 0], minlength=n_outcomes) / len(rows)
+    return np.bincount(rows[:, 0], weights=weights, minlength=n_outcomes) / weights.sum()
 
 
 def wright_fisher_matrix(n: int) -> np.ndarray:

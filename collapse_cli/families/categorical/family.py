@@ -61,6 +61,7 @@ class CategoricalFamily(Family):
     datasets = ("zipf",)
     facts = FACTS
     size_key = "dataset.n_train"
+    weighs_rows = True  # weighted counts
     leading_keys = ("generation", "survivors", "survivors_theory", "tail_coverage", "test_covered", "tv_truth")
 
     def __init__(self, cfg: Any, device: Any):
@@ -121,8 +122,8 @@ class CategoricalFamily(Family):
         return CategoricalModel()
 
     def fit(self, model: CategoricalModel, train: np.ndarray, seed: int, generation: int,
-            on_step: Progress) -> dict:
-        model.probs = core.estimate(train, len(self.truth))
+            on_step: Progress, row_weights: Optional[np.ndarray] = None) -> dict:
+        model.probs = core.estimate(train, len(self.truth), row_weights)
         on_step(1, 1)
         return {}
 
@@ -150,6 +151,9 @@ class CategoricalFamily(Family):
         }
         on_progress(1, 1)
         return metrics, -np.log(self.truth[samples[:, 0]])  # each draw's surprisal under the truth
+
+    def truth_scores(self, samples: np.ndarray) -> np.ndarray:
+        return np.log(self.truth[samples[:, 0]])
 
     def n_parameters(self, model: CategoricalModel) -> int:
         return len(self.truth) - 1

@@ -216,6 +216,9 @@ class GMMFamily(PointFiles, Family):
             return theory
         return {key: float("nan") for key in theory}
 
+    def truth_scores(self, samples: np.ndarray) -> np.ndarray:
+        return core.log_density(self.truth, samples)
+
     def n_parameters(self, model: GMMModel) -> int:
         k, d = self.cfg.model.n_components, self.cfg.dataset.dim
         return k * (d + d * (d + 1) // 2) + k - 1

@@ -58,6 +58,7 @@ class LinregFamily(Family):
     datasets = ("regression",)
     facts = FACTS
     size_key = "dataset.n_train"
+    weighs_rows = True  # weighted least squares
     leading_keys = ("generation", "param_error", "mse_theory", "test_mse", "tail_coverage")
 
     def __init__(self, cfg: Any, device: Any):
@@ -98,9 +99,12 @@ class LinregFamily(Family):
     def build_base_model(self, seed: int) -> LinregModel:
         return LinregModel()
 
-    def fit(self, model: LinregModel, train: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
+    def fit(self, model: LinregModel, train: np.ndarray, seed: int, generation: int, on_step: Progress,
+            row_weights: Optional[np.ndarray] = None) -> dict:
+        # Weighted least squares: rows scaled by sqrt(weight) minimise sum_i w_i r_i^2 (train.real_weight).
+        scale = np.ones(len(train)) if row_weights is None else np.sqrt(row_weights)
         try:
-            model.weights = core.fit_ols(train[:, :-1], train[:, -1])
+            model.weights = core.fit_ols(train[:, :-1] * scale[:, None], train[:, -1] * scale)
         except ValueError as error:
             raise CollapseError(f"generation {generation}: {error}; raise dataset.n_train or mix") from None
         on_step(1, 1)
@@ -117,6 +121,8 @@ class LinregFamily(Family):
         """(E||w_g - w*||^2 given this design, the same averaged over Gaussian designs); nan without a closed form."""
         d = self.cfg.dataset
         factor = core.theory_factor(self.cfg.regime, self.cfg.mix, generation) * d.noise_std ** 2
+        if self.cfg.train.real_weight != 1 and self.cfg.regime == "accumulate" and generation > 0:
+            factor = float("nan")  # real and synthetic labels weighted unequally: the closed form averages them equally
         return factor * core.inverse_gram_trace(self.design), factor * d.dim / (d.n_train - d.dim - 1)
 
     def measure(self, generation: int, model: LinregModel, reference_model: LinregModel, samples: np.ndarray,
@@ -137,6 +143,12 @@ class LinregFamily(Family):
         on_progress(1, 1)
         # Per-sample score: the synthetic label's squared distance from the true mean.
         return metrics, (samples[:, -1] - samples[:, :-1] @ self.truth) ** 2
+
+    def truth_scores(self, samples: np.ndarray) -> np.ndarray:
+        """The label's true log-likelihood N(y; x w*, sigma^2): minus its squared error against x w*, scaled."""
+        sigma = self.cfg.dataset.noise_std
+        residual = samples[:, -1] - samples[:, :-1] @ self.truth
+        return -0.5 * (residual / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi))
 
     def n_parameters(self, model: LinregModel) -> int:
         return self.cfg.dataset.dim

@@ -7,6 +7,7 @@ is measured (measurement.py) and curated (curate.py).
 
 from __future__ import annotations
 
+import html
 import logging
 import shutil
 from dataclasses import fields, replace
@@ -67,6 +68,7 @@ class LMFamily(Family):
     samples_file = "synthetic_ids.npz"
     leading_keys = measurement.LEADING_KEYS
     curates = True
+    weighs_rows = True  # per-row weights in the token loss (train.real_weight)
 
     def __init__(self, cfg: RunConfig, device: torch.device):
         super().__init__(cfg, device)
@@ -129,9 +131,11 @@ class LMFamily(Family):
 
         return validate
 
-    def fit(self, model: torch.nn.Module, rows: np.ndarray, seed: int, generation: int, on_step: Progress) -> dict:
+    def fit(self, model: torch.nn.Module, rows: np.ndarray, seed: int, generation: int, on_step: Progress,
+            row_weights: Optional[np.ndarray] = None) -> dict:
         model.to(self.device)  # in place: the loop hands over a CPU copy of the base or previous model
-        stats = train(model, rows, self.cfg.train, seed, self.device, generation, on_step, self._validator())
+        stats = train(model, rows, self.cfg.train, seed, self.device, generation, on_step, self._validator(),
+                      row_weights=row_weights)
         out = {"train_tokens_seen": stats.tokens, "train_loss_last": stats.loss_last}
         if stats.valid_loss is not None:
             # valid_loss is already a per-token mean: one "token" of that NLL.
@@ -192,6 +196,17 @@ class LMFamily(Family):
         if marks is not None:
             result.report.update(through_curation(result.indices, marks[0]))
         return Curated(result.indices, result.report)
+
+    def truth_scores(self, samples: np.ndarray) -> Optional[np.ndarray]:
+        """Mean log-probability per transition under the builtin language (own tokenizer only: None otherwise)."""
+        language = self.reference.language if self.reference is not None else None
+        return None if language is None else true_log_likelihood(language.transition, samples)
+
+    def review_cells(self, samples: np.ndarray) -> list[str]:
+        return [f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>" for text in self._texts(samples)]
+
+    def model_scores(self, scores: np.ndarray) -> np.ndarray:
+        return -np.log(np.asarray(scores, dtype=np.float64))  # seq_ppl -> mean token log-likelihood (gen 0)
 
     def extent(self, n_rows: int) -> dict[str, int]:
         return {"tokens": n_rows * self.cfg.train.block_size}
@@ -271,6 +286,20 @@ def through_curation(indices: np.ndarray, marked: np.ndarray) -> dict[str, float
 
     return {"watermark_through": float(kept.mean()), "watermark_marked_through": share(marked),
             "watermark_unmarked_through": share(~marked)}
+
+
+# An impossible transition (the model wrote one the language never makes) counts as this probability:
+# the verifier ranks it last and the tail weights stay finite.
+IMPOSSIBLE = 1e-12
+
+
+def true_log_likelihood(transition: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """Per block: the mean log P(next | current) of its transitions under the true chain, float64 [n]."""
+    n_vocab = transition.shape[0]
+    current, following = blocks[:, :-1], blocks[:, 1:]
+    inside = (current < n_vocab) & (following < n_vocab)  # a model vocabulary larger than the language's
+    p = np.where(inside, transition[np.minimum(current, n_vocab - 1), np.minimum(following, n_vocab - 1)], 0.0)
+    return np.log(np.maximum(p, IMPOSSIBLE)).mean(axis=1)
 
 
 FAMILY = LMFamily

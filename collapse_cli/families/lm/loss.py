@@ -55,26 +55,30 @@ def logit_chunks(model: torch.nn.Module, input_ids: torch.Tensor) -> Iterator[tu
         yield tokens, F.linear(hidden[tokens], head.weight, head.bias).float()
 
 
-def summed_nll(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """fp32 sum of the NLL of every token given the ones before it, positions labelled IGNORE left out.
+def summed_nll(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+               row_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 sum of the NLL of every token given the ones before it, positions labelled IGNORE left out;
+    with `row_weights` ([b] floats, train.real_weight) each row's tokens count that many times.
 
     The HF loss's layout and reduction (labels shifted left with IGNORE appended; cross_entropy's own sum),
     so sum / scored tokens is the HF loss and its gradients bit for bit when the batch is one chunk.
     Several chunks get their gradients in the forward pass (`_FusedChunks`): no chunk's logits are kept."""
     labels = input_ids if labels is None else labels
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE).reshape(-1)
+    weights = None if row_weights is None else row_weights.float()[:, None].expand(labels.shape).reshape(-1)
     head = _linear_head(model)
     if head is None:
         logits = model(input_ids=input_ids).logits
-        return _ce_sum(logits.reshape(-1, logits.shape[-1]), targets)
+        return _ce_sum(logits.reshape(-1, logits.shape[-1]), targets, weights)
     hidden = _final_hidden(model, input_ids).reshape(-1, head.in_features)
     step = chunk_tokens(head.out_features)
     if step >= hidden.shape[0]:  # one chunk: its logits are the whole batch's anyway, so backward keeps them
-        return _chunk_sum(hidden, head.weight, head.bias, targets)
+        return _chunk_sum(hidden, head.weight, head.bias, targets, weights)
     if not torch.is_grad_enabled():
-        return sum(_chunk_sum(hidden[first:first + step], head.weight, head.bias, targets[first:first + step])
+        return sum(_chunk_sum(hidden[first:first + step], head.weight, head.bias, targets[first:first + step],
+                              None if weights is None else weights[first:first + step])
                    for first in range(0, hidden.shape[0], step))
-    return _FusedChunks.apply(hidden, head.weight, head.bias, targets, step)
+    return _FusedChunks.apply(hidden, head.weight, head.bias, targets, step, weights)
 
 
 class _FusedChunks(torch.autograd.Function):
@@ -82,17 +86,20 @@ class _FusedChunks(torch.autograd.Function):
     pass (Liger's fused linear cross-entropy): no logits are kept, and none are recomputed in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, step):
+    def forward(ctx, hidden, weight, bias, targets, step, token_weights=None):
         total = hidden.new_zeros((), dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         grad_bias = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
         for first in range(0, hidden.shape[0], step):
             chunk, chunk_targets = hidden[first:first + step], targets[first:first + step]
+            chunk_weights = None if token_weights is None else token_weights[first:first + step]
             logits = F.linear(chunk, weight, bias).float()
-            total += F.cross_entropy(logits, chunk_targets, ignore_index=IGNORE, reduction="sum")
-            # d(sum of NLL)/d(logits) = softmax - one-hot on scored rows, 0 on ignored ones.
-            scored = chunk_targets != IGNORE
+            total += _ce_sum(logits, chunk_targets, chunk_weights)
+            # d(sum of NLL)/d(logits) = softmax - one-hot on scored rows, 0 on ignored ones (times the row weight).
+            scored = (chunk_targets != IGNORE).float()
+            if chunk_weights is not None:
+                scored = scored * chunk_weights
             grad_logits = torch.softmax(logits, dim=-1)
             grad_logits[torch.arange(len(chunk), device=chunk.device), chunk_targets.clamp_min(0)] -= 1
             grad_logits = (grad_logits * scored[:, None]).to(chunk.dtype)
@@ -109,7 +116,7 @@ class _FusedChunks(torch.autograd.Function):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         weight_dtype, bias_dtype = ctx.dtypes
         return (grad_hidden * grad_total.to(grad_hidden.dtype), (grad_weight * grad_total).to(weight_dtype),
-                None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype), None, None)
+                None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype), None, None, None)
 
 
 def _final_hidden(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
@@ -118,10 +125,13 @@ def _final_hidden(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tens
 
 
 def _chunk_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               targets: torch.Tensor) -> torch.Tensor:
-    return _ce_sum(F.linear(hidden, weight, bias), targets)
+               targets: torch.Tensor, token_weights: torch.Tensor | None = None) -> torch.Tensor:
+    return _ce_sum(F.linear(hidden, weight, bias), targets, token_weights)
 
 
-def _ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _ce_sum(logits: torch.Tensor, targets: torch.Tensor, token_weights: torch.Tensor | None = None) -> torch.Tensor:
     # In fp32 as the HF loss does (bf16 logits under autocast); cross_entropy fuses log-softmax and gather.
-    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
+    if token_weights is None:
+        return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
+    per_token = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="none")
+    return (per_token * token_weights).sum()

@@ -89,7 +89,8 @@ def keep_compile_cache(folder: Path) -> None:
 
 def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: int, device: torch.device,
           generation: int, on_step: Callable[[int, int], None] | None = None,
-          validate: Validate | None = None, compile_backend: str | Callable = "inductor") -> TrainStats:
+          validate: Validate | None = None, compile_backend: str | Callable = "inductor",
+          row_weights: np.ndarray | None = None) -> TrainStats:
     """Train `model` in place for cfg.epochs over `blocks` ([n, block_size] token ids).
 
     With `validate`, the model is scored after the last epoch, and after every epoch when
@@ -97,8 +98,10 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
     cfg.batch_size is the global batch: under `nproc=N` every rank takes its share of each batch
     of the same permutation (DDP), so steps, schedule and updates are those of one process.
     `compile_backend` is torch.compile's backend when cfg.compile is on (tests count graphs with their own).
+    `row_weights` ([n], train.real_weight): each batch's loss is then the weighted mean of its token NLLs.
     """
     data = torch.from_numpy(blocks).to(device)  # the whole set lives on the device
+    weights = None if row_weights is None else torch.as_tensor(row_weights, dtype=torch.float32, device=device)
     n_blocks, tokens_per_row = len(data), blocks.shape[1] - 1  # the first token of a block is never predicted
     compiled = compiles(cfg, device)
     steps_per_epoch = math.ceil(n_blocks / cfg.batch_size)
@@ -123,9 +126,14 @@ def train(model: torch.nn.Module, blocks: np.ndarray, cfg: TrainConfig, seed: in
             batch, labels, n_rows = _batch(data, order, first, cfg.batch_size, fill=compiled)
             # The mean NLL over the global batch's real tokens; DDP's mean over ranks undoes the world size.
             # A division, as the HF loss's mean: one process's loss is then that loss, bit for bit.
-            per_rank_tokens = n_rows * tokens_per_row / collectives.world_size()
+            if weights is None:
+                per_rank_tokens, weighted = n_rows * tokens_per_row / collectives.world_size(), ()
+            else:  # the same rows' weights (filler rows score nothing), over the global batch's weight sum
+                global_weight = weights[order[first:first + n_rows]].sum()
+                per_rank_tokens = global_weight * (tokens_per_row / collectives.world_size())
+                weighted = (_batch(weights[:, None], order, first, cfg.batch_size, fill=compiled)[0][:, 0],)
             with regions.on(), autocast(device):
-                loss = forward(batch, labels) / per_rank_tokens
+                loss = forward(batch, labels, *weighted) / per_rank_tokens
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -175,8 +183,9 @@ class _SummedNLL(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return summed_nll(self.model, input_ids, labels)
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
+                row_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return summed_nll(self.model, input_ids, labels, row_weights)
 
 
 class _CompiledRegions:

@@ -7,6 +7,7 @@ the generation-0 model (latent spread, rare digits). Runs on the CPU: the model 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -213,6 +214,15 @@ class VAEFamily(Family):
         # Per-sample scores: each image's -ELBO under the generation-0 model (how typical it looked at the start).
         return metrics, core.elbo_nll(reference_model, samples, seed)
 
+    def truth_scores(self, samples: np.ndarray) -> np.ndarray:
+        """The digits classifier's log-confidence in its class (the stand-in for a truth digits lack)."""
+        return np.log(np.maximum(self.classifier.predict_proba(samples).max(axis=1), 1e-300))
+
+    def review_cells(self, samples: np.ndarray) -> list[str]:
+        """Each image as an 8x8 SVG of grey squares (no image library needed to view or write it)."""
+        side = int(round(math.sqrt(samples.shape[1])))
+        return [image_svg(row.reshape(side, side)) for row in np.clip(samples, 0.0, 1.0)]
+
     def n_parameters(self, model: core.VAE) -> int:
         return sum(p.numel() for p in model.parameters())
 
@@ -252,6 +262,15 @@ class VAEFamily(Family):
                      f"{row.get('latent_spread', float('nan')):.3f})")
             paths.append(digits.grid_figure(images, figures / f"vae_samples_{gen_name(g)}.png", title))
         return paths
+
+
+def image_svg(image: np.ndarray, pixel: int = 6) -> str:
+    """A greyscale image in [0, 1] (1: ink, drawn dark) as an inline SVG."""
+    rows, cols = image.shape
+    squares = "".join(f"<rect x='{c * pixel}' y='{r * pixel}' width='{pixel}' height='{pixel}' "
+                      f"fill='rgb({v},{v},{v})'/>" for r in range(rows) for c in range(cols)
+                      for v in [int(round(255 * (1 - image[r, c])))])
+    return f"<svg width='{cols * pixel}' height='{rows * pixel}'>{squares}</svg>"
 
 
 FAMILY = VAEFamily
