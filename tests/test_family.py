@@ -153,6 +153,11 @@ def test_a_family_outside_collapse_runs_through_the_command_with_no_edit_to_coll
     assert all(np.isfinite(row["nll_test"]) and "std" in row for row in rows)
     assert OmegaConf.load(run / ".hydra" / "config.yaml").model.family == TOY  # what a resume reads back
     assert read_status(run)["state"] == "finished"
+    # The report reads what the run says of itself: the user's titles, without importing the user's module.
+    report = run_collapse(["compare", str(run), "--out", str(tmp_path / "report")], cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "Spread of the fitted normal" in html and "Toy test NLL" in html
 
 
 def test_an_unknown_family_is_one_line_and_exit_2(tmp_path: Path, capsys, monkeypatch):

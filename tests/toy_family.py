@@ -17,6 +17,7 @@ import numpy as np
 
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
+from collapse_cli.report.facts import LOWER, FamilyFacts, MetricFacts
 
 
 @dataclass
@@ -40,8 +41,12 @@ class ToyFamily(Family):
     model_schema = ToyModelConfig
     dataset_schema = ToyDatasetConfig
     datasets = ("normal",)
-    headline = ("nll_test", "tail_coverage")
-    table_keys = ("nll_test", "std")
+    # What its metrics mean, as a user's family declares it: the run folder records these (family.json), and
+    # `collapse compare` titles the metrics by them with no edit to collapse.
+    facts = FamilyFacts(family="toy", unit="samples", headline=("nll_test", "tail_coverage"),
+                        table_keys=("nll_test", "std"),
+                        metrics={"nll_test": MetricFacts("Toy test NLL", "nats per test point", LOWER),
+                                 "std": MetricFacts("Spread of the fitted normal", "std (truth: 1)")})
 
     @classmethod
     def validate(cls, cfg) -> None:
