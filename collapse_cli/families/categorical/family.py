@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from collapse_cli.checks import check_count, check_memory, keys_text
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.categorical import core
@@ -83,6 +84,12 @@ class CategoricalFamily(Family):
         for key, value in counts.items():
             if value < 1:
                 raise CollapseError(f"{key}={value} must be at least 1")
+        check_count("model.figure_generations", cfg.model.figure_generations)
+        # survivors_theory's Wright-Fisher chain: an (N+1) x (N+1) transition matrix and K x (N+1) start laws,
+        # float64; beside them the draws (int64 rows), all generations' under accumulate.
+        n, kept = d.n_train + 1, d.n_train * (cfg.generations + 1 if cfg.regime == "accumulate" else 1)
+        check_memory(8 * (n * n + d.n_outcomes * n + kept + d.n_test),
+                     keys_text("dataset", d, ("n_outcomes", "n_train", "n_test")), "lower them")
         if not (math.isfinite(d.exponent) and d.exponent >= 0):
             raise CollapseError(f"dataset.exponent={d.exponent} must be a finite number >= 0 (0: uniform)")
 

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from collapse_cli.checks import check_memory, keys_text
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.linreg import core
@@ -85,6 +86,10 @@ class LinregFamily(Family):
                                 f"(its outer {core.TAIL_MASS:.0%} are the rare inputs)")
         if not (math.isfinite(d.noise_std) and d.noise_std > 0):
             raise CollapseError(f"dataset.noise_std={d.noise_std} must be a positive finite number")
+        # float64 rows of d inputs and a label; accumulate keeps every generation's rows.
+        kept = d.n_train * (cfg.generations + 1 if cfg.regime == "accumulate" else 1)
+        check_memory(8 * (d.dim + 1) * (kept + d.n_test), keys_text("dataset", d, ("dim", "n_train", "n_test")),
+                     "lower them")
 
     def real_data(self, pool_cap: Optional[int]) -> RealData:
         # Rows past T (regime=fresh) cycle through the design again, with noise no earlier row had.
