@@ -76,6 +76,7 @@ from collapse_cli.lifecycle import (  # noqa: E402
     remove_dry_run_folder,
     restore_hydra_record,
     still_running,
+    sweep_end,
     sweep_problems,
     with_resume_overrides,
 )
@@ -312,6 +313,7 @@ def run_task(cfg: DictConfig) -> None:
     from collapse_cli.atomic import atomic_write_bytes
     from collapse_cli.compose import register, to_run_config
     from collapse_cli.experiment import gpu_slots
+    from collapse_cli.experiment.review import awaiting_line
     from collapse_cli.liveness import writer_here
     from collapse_cli.rundir import RESUME_OVERRIDES, RunDir
 
@@ -342,6 +344,13 @@ def run_task(cfg: DictConfig) -> None:
         if earlier == "finished":
             logging.getLogger("collapse").info(f"{path} already holds this run, finished; nothing to do")
             return
+        waiting = awaiting_line(path) if earlier == "unfinished" else None
+        if waiting is not None:  # stopped for its reviewer, the verdicts not in: the run stays as it was
+            restore_hydra_record(path)
+            if multirun:  # the sweep goes on; its end lists this run among those awaiting review
+                logging.getLogger("collapse").info(f"{path}: {waiting}")
+                return
+            raise SystemExit(error_line(f"{path} is {waiting}"))
         if earlier is None:  # a new run replaces the folder's: the overrides of that run's resumes go with it
             (path / RESUME_OVERRIDES).unlink(missing_ok=True)
         run_config = to_run_config(cfg)
@@ -421,9 +430,7 @@ def _run_command(args: list[str]) -> int:
     finally:
         sys.argv = saved_argv
     if sweep_dir is not None:
-        problems = sweep_problems(sweep_dir, checked.runs, checked.by_job_number)
-        if problems:
-            return error_line(f"{len(problems)} of {len(checked.runs)} run(s) did not finish: " + "; ".join(problems))
+        return sweep_end(*sweep_problems(sweep_dir, checked.runs, checked.by_job_number), len(checked.runs))
     return 0
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 INTERRUPTED = 130  # the shell's code for a run stopped by SIGINT
+AWAITING_REVIEW = "awaiting_review"  # the status of a run that stopped for its reviewer (curate=review)
 
 
 def check_output_folder(key: str, value: str) -> Path:
@@ -133,8 +134,9 @@ def move_aside(folder: Path) -> Path:
     return aside
 
 
-def sweep_problems(sweep_dir: Path, runs: list, by_job_number: bool) -> list[str]:
-    """Every job of a finished sweep whose run folder does not say `finished`, read from the folders.
+def sweep_problems(sweep_dir: Path, runs: list, by_job_number: bool) -> tuple[list[str], list[str]]:
+    """The jobs of a finished sweep whose run folder does not say `finished`, read from the folders: (those
+    that failed, stopped or never started; those that stopped as they should, awaiting review).
 
     Launchers that run jobs in other processes (submitit, joblib) never return their failures to
     this process, so the folders are the one record every launcher leaves.
@@ -146,15 +148,29 @@ def sweep_problems(sweep_dir: Path, runs: list, by_job_number: bool) -> list[str
         folders = [sweep_dir / str(num) for num, run in enumerate(runs) if not run.dry_run]
     else:  # a custom hydra.sweep.subdir: every folder that Hydra started a job in
         folders = sorted(p.parent for p in sweep_dir.rglob(".hydra") if (p.parent / "config.yaml").exists())
-    problems = []
+    problems, awaiting = [], []
     for folder in folders:
         status = RunDir(folder).status()
         state = live_state(status)
-        if state != "finished":
+        if state == AWAITING_REVIEW:
+            awaiting.append(str(folder))
+        elif state != "finished":
             never = "no status: the job never started; see the launcher's logs"
             reason = status.get("reason") or unwritten_reason(status) or never
             problems.append(f"{folder} ({state}: {reason})")
-    return problems
+    return problems, awaiting
+
+
+def sweep_end(problems: list[str], awaiting: list[str], n_runs: int) -> int:
+    """The sweep's last word and exit code: 2 if a run failed; 0 otherwise, also with runs that stopped for
+    review (curate=review stops a run by design, and a single run that stops so exits 0 too)."""
+    if awaiting:
+        print(f"collapse: {len(awaiting)} of {n_runs} run(s) await review: fill the verdicts.csv named in "
+              f"each one's status (`collapse show RUN`), then `collapse resume RUN`: {', '.join(awaiting)}",
+              file=sys.stderr)
+    if problems:
+        return error_line(f"{len(problems)} of {n_runs} run(s) did not finish: " + "; ".join(problems))
+    return 0
 
 
 def still_running(path: Path, pid: int) -> str:

@@ -59,9 +59,34 @@ def test_replace_keeps_n_with_the_mix_real(mix: float):
 
 
 def test_replace_draws_from_a_curated_corpus_smaller_than_n():
-    # Curation can leave fewer than N synthetic rows: they are drawn with replacement, within range.
+    # Curation can leave fewer than N synthetic rows: every one of them once, the shortfall drawn with replacement.
     ts = compose(1, "replace", 0.0, N, {0: 10}, SEED)
     assert len(ts) == N and (ts.index < 10).all()
+    assert set(ts.index.tolist()) == set(range(10))
+
+
+def test_a_short_corpus_gives_every_survivor_once_and_pads_only_the_shortfall():
+    # The hand case: 10 kept of N=16 -> all 10, plus 6 repeats drawn from them.
+    ts = compose(1, "replace", 0.0, 16, {0: 10}, SEED)
+    counts = np.bincount(ts.index, minlength=10)
+    assert len(ts) == 16 and (counts >= 1).all() and counts.sum() - 10 == 6
+    assert np.array_equal(ts.index, np.sort(ts.index))
+    # At mix > 0 the real share is drawn first, as before; the synthetic rows are still every survivor once.
+    ts = compose(2, "fresh", 0.25, 16, {1: 10}, SEED)
+    synthetic = ts.index[ts.origin == 1]
+    assert len(synthetic) == 12 and set(synthetic.tolist()) == set(range(10))
+    assert ts.counts() == {"real": 4, "gen_1": 12}
+    # The padding is seeded: the same seed gives the same repeats, another seed others.
+    again = compose(1, "replace", 0.0, 16, {0: 10}, SEED)
+    assert np.array_equal(again.index, compose(1, "replace", 0.0, 16, {0: 10}, SEED).index)
+    assert any(not np.array_equal(compose(1, "replace", 0.0, 16, {0: 10}, s).index, again.index) for s in range(1, 6))
+
+
+def test_a_full_corpus_is_drawn_as_before():
+    # Nothing dropped: the draw is the plain permutation subset it always was (the default run's bits rest on it).
+    rng = np.random.default_rng([SEED, 1])
+    expected = np.sort(rng.choice(N, size=N, replace=False))
+    assert np.array_equal(compose(1, "replace", 0.0, N, {0: N}, SEED).index, expected)
 
 
 @pytest.mark.parametrize("mix", [m for m in MIXES if m > 0])

@@ -15,6 +15,7 @@ from test_train import VOCAB, opt, seeded
 
 from collapse_cli.errors import CollapseError
 from collapse_cli.experiment import curation
+from collapse_cli.families import toy2d
 from collapse_cli.families.base import get_family
 from collapse_cli.families.categorical import core as categorical_core
 from collapse_cli.families.gmm import core as gmm_core
@@ -111,6 +112,51 @@ def test_each_family_knows_its_truth_where_it_has_one():
     categorical = get_family("categorical")(composed(["model=categorical", "dataset=zipf"]), "cpu")
     np.testing.assert_allclose(categorical.truth_scores(np.array([[0], [5]])), np.log(categorical.truth[[0, 5]]))
     assert gmm.model_scores(np.array([2.0])) == -2.0  # measure's NLLs, as log-likelihoods
+
+
+@pytest.mark.parametrize("name,std", [("ring8", 0.02), ("blobs", 0.3), ("ring8", 0.5)])
+def test_the_toy_mixtures_true_density_is_the_mean_of_their_gaussians(name: str, std: float):
+    from scipy.stats import multivariate_normal
+
+    points = toy2d.make_toy(name, 50, std, seed=3)
+    centres = toy2d.mode_centres(name)
+    expected = np.log(np.mean([multivariate_normal(c, std**2 * np.eye(2)).pdf(points) for c in centres], axis=0))
+    np.testing.assert_allclose(toy2d.true_log_density(name, std, points), expected, rtol=1e-9)
+    # A density: it integrates to 1 over the plane (a grid fine enough for the widest of these modes).
+    axis = np.linspace(-4, 4, 801)
+    grid = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2)
+    if std >= 0.3:
+        total = np.exp(toy2d.true_log_density(name, std, grid)).sum() * (axis[1] - axis[0]) ** 2
+        assert abs(total - 1) < 1e-3
+
+
+def test_toys_without_a_closed_form_density_have_no_truth():
+    for name in ("moons", "circles", "swiss_roll"):
+        assert toy2d.true_log_density(name, None, np.zeros((3, 2))) is None
+    assert toy2d.true_log_density("ring8", 0.0, np.zeros((3, 2))) is None  # noise 0: points, not a density
+
+
+@pytest.mark.parametrize("model", ["kde", "diffusion", "gan"])
+def test_the_point_families_score_the_toy_mixtures_by_their_truth(model: str):
+    ring = get_family(model)(composed([f"model={model}", "dataset=toy2d", "dataset.name=ring8"]), "cpu")
+    points = np.array([[2.0, 0.0], [0.0, 0.0]], dtype=np.float32)  # on a mode; in the empty centre
+    scores = ring.truth_scores(points)
+    np.testing.assert_allclose(scores, toy2d.true_log_density("ring8", None, points))
+    assert scores[0] > scores[1]
+    moons = get_family(model)(composed([f"model={model}", "dataset=toy2d", "dataset.name=moons"]), "cpu")
+    assert moons.truth_scores(points) is None  # auto: the generation-0 model scores them, as before
+    np.testing.assert_array_equal(curation.sample_scores(moons, "auto", points, np.array([1.0, 2.0])), [-1.0, -2.0])
+
+
+@pytest.mark.parametrize("model", ["diffusion", "gan"])
+def test_the_image_families_score_digits_by_the_classifiers_confidence(model: str):
+    family = get_family(model)(composed([f"model={model}", "dataset=digits", "dataset.max_train=200"]), "cpu")
+    real = family.real_data(family.train_cap())
+    family.prepare(real, len(real.train))
+    images = np.concatenate([real.test[:5], np.full((1, real.test.shape[1]), 0.5, dtype=real.test.dtype)])
+    scores = family.truth_scores(images)
+    np.testing.assert_allclose(scores, np.log(family.classifier.predict_proba(images).max(axis=1)))
+    assert (scores <= 0).all() and scores[:5].mean() > scores[5]  # real digits are surer than a grey square
 
 
 def test_curate_score_truth_without_a_truth_names_the_fix():

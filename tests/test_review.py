@@ -12,6 +12,8 @@ import pytest
 from conftest import TINY, read_metrics, read_status, run_in_process
 from test_integrity import one_line
 
+from collapse_cli.lifecycle import sweep_end
+
 GMM = ["model=gmm", "dataset=gaussian", "dataset.n_train=200", "dataset.n_test=200"]
 
 
@@ -90,6 +92,45 @@ def test_a_missing_or_malformed_verdict_file_is_one_line_and_changes_nothing(tmp
     line = one_line(capsys.readouterr().err)
     assert str(verdicts) in line and needle in line, line
     assert read_status(run)["state"] == "awaiting_review" and not (run / "gen_001").exists()
+
+
+@pytest.mark.slow
+def test_running_the_same_command_again_before_the_verdicts_says_where_the_sheet_is(tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    command = ["run", *GMM, "generations=1", "curate=review", f"hydra.run.dir={run}"]
+    assert run_in_process(command) == 0
+    before = read_status(run)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # a relaunch, not a resume: the verdicts are not in (a job exits
+        run_in_process(command)              # through Hydra; `collapse run` exits with its code)
+    assert stop.value.code == 2
+    line = one_line(capsys.readouterr().err)
+    assert "awaiting review of generation 0" in line and str(run / "gen_000" / "review" / "sheet.html") in line
+    assert read_status(run) == before and not (run / "gen_001").exists()  # status unchanged, nothing written
+    kept = fill(run / "gen_000" / "review" / "verdicts.csv", lambda i: i % 2 == 0)
+    assert run_in_process(command) == 0  # with the verdicts in, the same command goes on as a resume would
+    assert read_status(run)["state"] == "finished"
+    np.testing.assert_array_equal(np.load(run / "gen_000" / "curated_index.npy"), kept)
+
+
+@pytest.mark.slow
+def test_a_review_sweep_ends_saying_its_runs_await_review_and_exits_0(tmp_path: Path, capsys):
+    sweep = tmp_path / "sweep"
+    command = ["run", "-m", *GMM, "generations=1", "curate=review", "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    for attempt in ("first", "relaunched"):
+        capsys.readouterr()
+        assert run_in_process(command) == 0, attempt
+        err = capsys.readouterr().err
+        assert "2 of 2 run(s) await review" in err and str(sweep / "1") in err and "error" not in err, (attempt, err)
+        assert [read_status(sweep / n)["state"] for n in "01"] == ["awaiting_review"] * 2
+
+
+def test_a_sweep_with_a_failed_run_still_exits_2_and_names_the_awaiting_ones_apart(capsys):
+    assert sweep_end(["/s/1 (failed: a reason)"], ["/s/0"], 2) == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 run(s) await review" in err and "/s/0" in err
+    assert "collapse: error: 1 of 2 run(s) did not finish: /s/1 (failed: a reason)" in err
+    assert sweep_end([], [], 2) == 0 and capsys.readouterr().err == ""
 
 
 @pytest.mark.slow

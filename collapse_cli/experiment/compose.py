@@ -82,10 +82,13 @@ def check_pool(regime: str, n_pool: int, n_train: int, mix: float, generations: 
 
 
 def _draw(rng: np.random.Generator, n_available: int, n_wanted: int) -> np.ndarray:
-    """n_wanted rows without replacement when possible, with replacement beyond that."""
+    """n_wanted rows without replacement when possible; beyond that every row once, and the shortfall
+    drawn with replacement. (Drawing all n_wanted with replacement would leave about 1 - 1/e of the rows
+    in the set even where curation kept fewer rows than the set needs and every one could be used.)"""
     if n_wanted <= n_available:
         return np.sort(rng.choice(n_available, size=n_wanted, replace=False))
-    return np.sort(rng.choice(n_available, size=n_wanted, replace=True))
+    repeats = rng.choice(n_available, size=n_wanted - n_available, replace=True)
+    return np.sort(np.concatenate([np.arange(n_available), repeats]))
 
 
 def compose(generation: int, regime: str, mix: float, n_train: int, corpus_sizes: dict[int, int],

@@ -334,7 +334,8 @@ def execute(cfg: RunConfig, path: Path, feedback: Feedback) -> Optional[dict]:
             trackers.log_generation(metrics)
             if cfg.curate.method == "review" and g < cfg.generations:  # the sheet is written: stop for the verdicts
                 line = review.stop_line(run_dir.path, g)
-                run_dir.set_status("awaiting_review", reason=line, generations_done=g + 1, generations_total=total)
+                run_dir.set_status(review.AWAITING_REVIEW, reason=line, generations_done=g + 1,
+                                   generations_total=total)
                 log.info(f"collapse: {line}")
                 return None
         if not ranks.is_main():  # the other ranks' part ends with the last collective

@@ -16,11 +16,13 @@ import csv
 import html
 import io
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Curated, Family
+from collapse_cli.lifecycle import AWAITING_REVIEW
 from collapse_cli.rundir import RunDir, atomic_write_bytes, gen_name, read_run_array, read_run_text
 
 FOLDER = "review"
@@ -111,6 +113,21 @@ def check_verdicts(run_path: Path) -> None:
     for folder in sorted(Path(run_path).glob("gen_*")):
         if (folder / "DONE").exists() and pending(folder):
             read_verdicts(folder)
+
+
+def awaiting_line(run_path: Path) -> Optional[str]:
+    """For a run started again in its folder (a relaunched sweep, the same `collapse run`): the stop line of a
+    sheet whose verdicts are not (all) in, else None, and the run goes on as a resume would. `collapse resume`
+    names what is wrong with a partly filled file; this line says where the sheet is."""
+    if RunDir(run_path).status().get("state") != AWAITING_REVIEW:
+        return None
+    for folder in sorted(Path(run_path).glob("gen_*")):
+        if (folder / "DONE").exists() and pending(folder):
+            try:
+                read_verdicts(folder)
+            except CollapseError:
+                return stop_line(run_path, int(folder.name[4:]))
+    return None
 
 
 def apply_verdicts(run_dir: RunDir, g: int) -> np.ndarray:

@@ -153,6 +153,12 @@ def features(classifier: Any, images: np.ndarray) -> np.ndarray:
         return np.asarray(classifier.decision_function(np.asarray(images, dtype=np.float32)), dtype=np.float64)
 
 
+def log_confidence(classifier: Any, images: np.ndarray) -> np.ndarray:
+    """log of the classifier's probability of its predicted class, per image [n] float64: the image families'
+    curation truth (a stand-in for the true density digits lack; floored so a sure "no" stays finite)."""
+    return np.log(np.maximum(classifier.predict_proba(images).max(axis=1), 1e-300))
+
+
 def frechet_to_real(classifier: Any, real: np.ndarray, images: np.ndarray) -> float:
     """Fréchet distance between the Gaussians fitted to `real` and to `images` in the classifier's features."""
     return frechet_distance(features(classifier, real), features(classifier, images))

@@ -283,5 +283,12 @@ class GANFamily(Family):
         ax.legend(fontsize=6, loc="upper right")
         return save(fig, path)
 
+    def truth_scores(self, samples: np.ndarray) -> Optional[np.ndarray]:
+        """The curation truth (curate.score=auto/truth): digits, the classifier's log-confidence, as the VAE's;
+        the mixtures blobs and ring8, their true log-density; None for the other toys (the generation-0 model)."""
+        d = self.cfg.dataset
+        return digits.log_confidence(self.classifier, samples) if self.is_digits else (
+            toy2d.true_log_density(d.name, d.noise, samples))
+
 
 FAMILY = GANFamily

@@ -158,5 +158,10 @@ class KDEFamily(toy2d.PointFiles, Family):
         return [core.scatter_figure(self.test, samples, self.centres, title, figures / "kde_scatter.png"),
                 core.curves_figure(rows, figures / "kde_curves.png")]
 
+    def truth_scores(self, samples: np.ndarray) -> Optional[np.ndarray]:
+        """The curation truth (curate.score=auto/truth): the true log-density of the mixtures blobs and ring8;
+        None for the other toys, which the generation-0 model then scores."""
+        return toy2d.true_log_density(self.cfg.dataset.name, self.cfg.dataset.noise, samples)
+
 
 FAMILY = KDEFamily

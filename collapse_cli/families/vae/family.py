@@ -216,7 +216,7 @@ class VAEFamily(Family):
 
     def truth_scores(self, samples: np.ndarray) -> np.ndarray:
         """The digits classifier's log-confidence in its class (the stand-in for a truth digits lack)."""
-        return np.log(np.maximum(self.classifier.predict_proba(samples).max(axis=1), 1e-300))
+        return digits.log_confidence(self.classifier, samples)
 
     def review_cells(self, samples: np.ndarray) -> list[str]:
         """Each image as an 8x8 SVG of grey squares (no image library needed to view or write it)."""
