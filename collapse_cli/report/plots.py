@@ -145,13 +145,29 @@ def metric_figure(facts: MetricFacts, series: Sequence[Series], note: str = "",
     add_titles(figure, axes, facts.title, note)
     last = max((max(curve.generations) for curve in series if len(curve.generations)), default=0)
     generation_axis(axes, last)
-    axes.set_ylabel(wrap(facts.unit, 45, 2))
+    logged = log_axis_if_wide(axes, [*(c.mean for c in series), *(c.mean for c in closed_form)])
+    axes.set_ylabel(wrap(facts.unit + (" (log scale)" if logged else ""), 45, 2))
     axes.grid(alpha=0.3)
     nudged = "; groups nudged apart along x" if len(series) > 1 and last < LOG_X_FROM else ""
     band_text = "; band: " + " or ".join(b.value for b in Band if b in bands) if bands else ""
     dashed = "; dashed: closed form" if closed_form else ""
     add_legend(figure, axes, f"group (n = seeds); line: mean{band_text}{dashed}{nudged}", columns)
     return figure
+
+
+WIDE_SPAN = 30  # max / min of the plotted means from which a linear axis flattens the small curves
+
+
+def log_axis_if_wide(axes, curves: Sequence[Sequence[float]]) -> bool:
+    """A log y-axis where every mean (measured and closed form) is positive and they span WIDE_SPAN or
+    more: linear regression's replace arm reaches 8.6 where accumulate stays at 0.14, and on a linear
+    axis accumulate (and whether it sits on its closed form) is a flat line at the bottom."""
+    values = np.concatenate([np.asarray(c, float) for c in curves]) if curves else np.array([])
+    values = values[np.isfinite(values)]
+    if values.size == 0 or (values <= 0).any() or values.max() / values.min() < WIDE_SPAN:
+        return False
+    log_axis_keeping_zero(axes, values)
+    return True
 
 
 def generation_axis(axes, last: int) -> None:
