@@ -478,3 +478,16 @@ def test_the_y_axis_is_logarithmic_only_for_positive_means_spanning_decades(mean
     figure = plots.metric_figure(MetricFacts("T", "u"), series)
     assert figure.axes[0].get_yscale() == scale
     assert figure.axes[0].get_ylabel().endswith("(log scale)") == (scale == "log")
+
+
+def test_a_band_reaching_zero_runs_along_the_bottom_of_a_log_axis():
+    """A one-seed band of ±1.96 s.e. can reach below 0 (ring8's Fréchet distance at generation 0): on a log
+    axis it is drawn down to the axis' bottom, not clipped to an invisible sliver."""
+    wide = plots.Series("far", [0, 1], [10.0, 20.0], [5.0, 15.0], [15.0, 25.0], 1)
+    near = plots.Series("near", [0, 1], [0.008, 0.08], [-0.003, 0.03], [0.019, 0.13], 1)
+    figure = plots.metric_figure(MetricFacts("T", "u"), [wide, near])
+    axes = figure.axes[0]
+    bottom = axes.get_ylim()[0]
+    assert axes.get_yscale() == "log" and 0 < bottom < 0.008
+    lowest = min(float(np.min(c.get_paths()[0].vertices[:, 1])) for c in axes.collections)
+    assert lowest == pytest.approx(bottom)
