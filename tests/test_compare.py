@@ -24,7 +24,7 @@ from collapse_cli.cli import main as cli_main
 from collapse_cli.errors import CollapseError
 from collapse_cli.report import plots, stats
 from collapse_cli.report import runs as report_runs
-from collapse_cli.report.facts import builtin_facts
+from collapse_cli.report.facts import MetricFacts, builtin_facts
 
 
 @pytest.fixture(scope="module")
@@ -438,3 +438,56 @@ def test_a_finished_run_whose_metrics_are_gone_gets_no_verdict(gmm_run, capsys):
     out = capsys.readouterr().out
     assert "no verdict: damaged: metrics.jsonl: no generations in it" in out
     assert "departed" not in out  # summary.json's verdict is not repeated as if the run stood behind it
+
+
+# --- interpolated overrides and wide-ranging metrics (issue 24's presets) -------------------------
+
+@pytest.mark.slow
+def test_an_interpolated_override_reads_as_typed_and_is_no_config_warning(tmp_path, capsys):
+    """`'dataset.seed=${seed}'` (the linreg and Gaussian presets' independent runs): Hydra records it
+    escaped, and each run's dataset.seed differs by design; a key that really differs still warns."""
+    sweep = tmp_path / "sweep"
+    assert cli_main(["run", "-m", "model=linreg", "dataset=regression", "generations=1", "seed=0,1",
+                     "dataset.seed=${seed}", f"hydra.sweep.dir={sweep}"]) == 0
+    assert "\\{" in (sweep / "0" / ".hydra" / "overrides.yaml").read_text()  # what Hydra writes
+    capsys.readouterr()
+    assert cli_main(["compare", str(sweep)]) == 0
+    printed = capsys.readouterr().out
+    assert "dataset.seed=${seed}" in " ".join(printed.split()) and "\\{" not in printed
+    assert "config.yaml differs" not in printed
+    config = sweep / "1" / "config.yaml"  # the resolved config compare reads
+    config.write_text(config.read_text().replace("noise_std: 1.0", "noise_std: 2.0"))
+    assert cli_main(["compare", str(sweep)]) == 0
+    warned = " ".join(capsys.readouterr().out.split())
+    assert "config.yaml differs in dataset.noise_std (" in warned
+
+
+def test_hydra_escapes_are_undone():
+    assert report_runs.unescaped(r"dataset.seed=$\{seed\}") == "dataset.seed=${seed}"
+    assert report_runs.unescaped(r"a=x\,y\=z") == "a=x,y=z"
+    assert report_runs.interpolated_keys(["+dataset.seed=${seed}", "mix=0"]) == {"dataset.seed"}
+
+
+@pytest.mark.parametrize("means, scale", [([[0.09, 0.14, 0.14], [0.09, 1.0, 8.6]], "log"),  # replace vs accumulate
+                                          ([[78.0, 170.0]], "linear"),                      # a doubling
+                                          ([[-15.4, 14.9]], "linear"),                      # a signed NLL
+                                          ([[0.86, 0.0]], "linear")])                       # a share reaching 0
+def test_the_y_axis_is_logarithmic_only_for_positive_means_spanning_decades(means, scale):
+    series = [plots.Series(f"g{i}", list(range(len(m))), m, [math.nan] * len(m), [math.nan] * len(m), 1)
+              for i, m in enumerate(means)]
+    figure = plots.metric_figure(MetricFacts("T", "u"), series)
+    assert figure.axes[0].get_yscale() == scale
+    assert figure.axes[0].get_ylabel().endswith("(log scale)") == (scale == "log")
+
+
+def test_a_band_reaching_zero_runs_along_the_bottom_of_a_log_axis():
+    """A one-seed band of ±1.96 s.e. can reach below 0 (ring8's Fréchet distance at generation 0): on a log
+    axis it is drawn down to the axis' bottom, not clipped to an invisible sliver."""
+    wide = plots.Series("far", [0, 1], [10.0, 20.0], [5.0, 15.0], [15.0, 25.0], 1)
+    near = plots.Series("near", [0, 1], [0.008, 0.08], [-0.003, 0.03], [0.019, 0.13], 1)
+    figure = plots.metric_figure(MetricFacts("T", "u"), [wide, near])
+    axes = figure.axes[0]
+    bottom = axes.get_ylim()[0]
+    assert axes.get_yscale() == "log" and 0 < bottom < 0.008
+    lowest = min(float(np.min(c.get_paths()[0].vertices[:, 1])) for c in axes.collections)
+    assert lowest == pytest.approx(bottom)

@@ -126,6 +126,7 @@ def metric_figure(facts: MetricFacts, series: Sequence[Series], note: str = "",
     figure = new_figure(rows)
     axes = figure.add_subplot()
     bands = set()
+    floor = log_floor([*series, *closed_form])  # None: a linear y-axis
     for index, (curve, label) in enumerate(zip(series, labels)):
         style = group_style(index)
         if len(curve.generations) > MARKERS_UP_TO:
@@ -133,6 +134,8 @@ def metric_figure(facts: MetricFacts, series: Sequence[Series], note: str = "",
         x = np.asarray(curve.generations, float) + dodge(index, len(series))
         axes.plot(x, curve.mean, markersize=5, linewidth=2 if style["marker"] else 1.2, label=label, **style)
         low, high = np.asarray(curve.low, float), np.asarray(curve.high, float)
+        if floor is not None:  # a band reaching 0 or below runs along the bottom edge of a log axis
+            low = np.where(low > floor, low, floor)
         if np.isfinite(low).any():
             axes.fill_between(x, low, high, color=style["color"], alpha=0.18, linewidth=0)
             bands.add(curve.band)
@@ -145,13 +148,34 @@ def metric_figure(facts: MetricFacts, series: Sequence[Series], note: str = "",
     add_titles(figure, axes, facts.title, note)
     last = max((max(curve.generations) for curve in series if len(curve.generations)), default=0)
     generation_axis(axes, last)
-    axes.set_ylabel(wrap(facts.unit, 45, 2))
+    if floor is not None:
+        axes.set_yscale("log")
+        axes.set_ylim(bottom=floor)
+        plain_log_axis(axes.yaxis, floor, axes.get_ylim()[1])
+    axes.set_ylabel(wrap(facts.unit + (" (log scale)" if floor is not None else ""), 45, 2))
     axes.grid(alpha=0.3)
     nudged = "; groups nudged apart along x" if len(series) > 1 and last < LOG_X_FROM else ""
     band_text = "; band: " + " or ".join(b.value for b in Band if b in bands) if bands else ""
     dashed = "; dashed: closed form" if closed_form else ""
     add_legend(figure, axes, f"group (n = seeds); line: mean{band_text}{dashed}{nudged}", columns)
     return figure
+
+
+WIDE_SPAN = 30  # max / min of the plotted means from which a linear axis flattens the small curves
+
+
+def log_floor(curves: Sequence[Series]) -> Optional[float]:
+    """The bottom of a log y-axis, or None for a linear one. Log where every mean (measured and closed
+    form) is positive and they span WIDE_SPAN or more: linear regression's replace arm reaches 8.6 where
+    accumulate stays at 0.14, and on a linear axis accumulate (and whether it sits on its closed form)
+    is a flat line at the bottom. The bottom sits below every mean and positive band edge."""
+    means = np.concatenate([np.asarray(c.mean, float) for c in curves]) if curves else np.array([])
+    means = means[np.isfinite(means)]
+    if means.size == 0 or (means <= 0).any() or means.max() / means.min() < WIDE_SPAN:
+        return None
+    lows = np.concatenate([np.asarray(c.low, float) for c in curves])
+    lows = lows[np.isfinite(lows) & (lows > 0)]
+    return float(min(means.min(), lows.min() if lows.size else np.inf)) / 1.5
 
 
 def generation_axis(axes, last: int) -> None:

@@ -218,6 +218,21 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+# Hydra's multirun writes each job's overrides with its grammar's escapes ('dataset.seed=${seed}' is
+# recorded as 'dataset.seed=$\\{seed\\}'): labels show what the user typed.
+HYDRA_ESCAPE = re.compile(r"\\([\\()\[\]{}:=, \t])")
+
+
+def unescaped(override: str) -> str:
+    return HYDRA_ESCAPE.sub(r"\1", override)
+
+
+def interpolated_keys(overrides: Optional[Sequence[str]]) -> set[str]:
+    """Keys an override sets to an interpolation ('dataset.seed=${seed}'): their resolved values differ
+    between a group's runs by design, so they are no sign of changed defaults."""
+    return {override_key(o) for o in overrides or [] if "${" in o.partition("=")[2]}
+
+
 def is_label_override(override: str) -> bool:
     """Seeds are what a group averages over; hydra.* only says where and how to write."""
     key = override_key(override)
@@ -238,7 +253,8 @@ def resumed_overrides(path: Path) -> list[str]:
 def load_run(path: Path, name: str) -> Run:
     rows = checked_rows(path)
     overrides = read_yaml(path / OVERRIDES)
-    overrides = None if overrides is None else [str(o) for o in (overrides if isinstance(overrides, list) else [])]
+    listed = overrides if isinstance(overrides, list) else []
+    overrides = None if overrides is None else [unescaped(str(o)) for o in listed]
     config = checked_config(path)
     labelled = None if overrides is None else [o for o in overrides if is_label_override(o)]
     return Run(path=path, name=name, overrides=labelled, seed=run_seed(config, overrides or []),
@@ -322,5 +338,5 @@ def group_runs(runs: Sequence[Run]) -> tuple[list[Group], list[str]]:
 def config_mismatches(group: Group) -> list[str]:
     """Config keys (seed aside) on which runs of one group disagree: same overrides, other defaults."""
     configs = [flatten(run.config) for run in group.runs if run.config]
-    keys = sorted({k for c in configs for k in c} - NOT_EXPERIMENT_KEYS)
+    keys = sorted({k for c in configs for k in c} - NOT_EXPERIMENT_KEYS - interpolated_keys(group.runs[0].overrides))
     return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
