@@ -16,9 +16,16 @@ def pyplot() -> Any:
     return plt
 
 
+GENERATION = "generation"  # the x label of a per-generation curve
+
+
 def finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
     """Label one axes (small type, legend), write the PNG at `path` (folders made) and free the figure."""
     ax.set_xlabel(xlabel, fontsize=8)
+    if xlabel == GENERATION:  # generations are whole numbers: no tick at 0.5
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.tick_params(which="both", labelsize=7)  # log axes label minor ticks too

@@ -123,4 +123,4 @@ def survivors_figure(rows: list[dict], path: Path) -> Path:
     theory = [np.nan if row.get("survivors_theory") is None else row["survivors_theory"] for row in rows]
     if np.isfinite(theory).any():
         ax.plot(generations, theory, "--", color="k", lw=1, label="Wright-Fisher expectation")
-    return plots.finish(fig, ax, path, "generation", "outcomes with p_hat > 0", "surviving outcomes vs theory")
+    return plots.finish(fig, ax, path, plots.GENERATION, "outcomes with p_hat > 0", "surviving outcomes vs theory")

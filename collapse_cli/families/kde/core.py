@@ -152,4 +152,4 @@ def curves_figure(rows: list[dict], path: Path) -> Path:
     left.tick_params(labelsize=7)
     for key in ("precision", "recall", "coverage", "tail_coverage"):
         right.plot(generations, [row[key] for row in rows], lw=1, label=key)
-    return plots.finish(fig, right, path, "generation", "share", "KDE: sample quality (k-NN manifolds)")
+    return plots.finish(fig, right, path, plots.GENERATION, "share", "KDE: sample quality (k-NN manifolds)")

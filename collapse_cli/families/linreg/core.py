@@ -110,5 +110,5 @@ def error_figure(rows: list[dict], path: Path) -> Path:
         if np.isfinite(values).any():
             ax.plot(generations, values, style, color="k", lw=1, label=label)
     ax.set_yscale("log")
-    return plots.finish(fig, ax, path, "generation", "||w_hat - w*||^2 (log scale)",
+    return plots.finish(fig, ax, path, plots.GENERATION, "||w_hat - w*||^2 (log scale)",
                         "linear regression: parameter error vs theory")
