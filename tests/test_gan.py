@@ -15,7 +15,8 @@ from torch import nn
 from collapse_cli.errors import CollapseError
 from collapse_cli.families import toy2d
 from collapse_cli.families.gan import core
-from collapse_cli.families.gan.family import GANFamily, frechet_se
+from collapse_cli.families.gan.family import GANFamily
+from collapse_cli.families.toy_or_digits import frechet_se
 from collapse_cli.measure import points
 
 RING = ["model=gan", "dataset=toy2d", "dataset.name=ring8"]
@@ -161,7 +162,7 @@ def test_digit_samples_get_class_shares_and_classifier_features():
     model = family.build_base_model(0)
     metrics, _ = family.measure(0, model, model, real.test, seed=0, on_progress=lambda d, t: None)
     assert metrics["class_entropy"] > 2.2 and metrics["frechet"] < 1e-9 and "modes_covered" not in metrics
-    ones = real.train[family.split.train_labels == 1]
+    ones = real.train[family.real.split.train_labels == 1]
     only_ones, _ = family.measure(0, model, model, ones, seed=0, on_progress=lambda d, t: None)
     assert only_ones["class_top"] == 1 and only_ones["class_entropy"] < 0.5 and only_ones["frechet"] > 10
 

@@ -1,9 +1,12 @@
-"""Matplotlib plumbing the families' figures share: a headless pyplot and one way to label and save a plot."""
+"""Matplotlib plumbing the families' figures share: a headless pyplot, one way to label and save a plot, and
+which generations a figure of chosen generations draws."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def pyplot() -> Any:
@@ -14,6 +17,14 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def chosen_generations(last: int, count: int = 6) -> list[int]:
+    """About `count` generations to draw, log-spaced from 0 to `last` (0, 1, ..., last), no repeats."""
+    if last <= 0:
+        return [0]
+    spaced = np.unique(np.round(np.geomspace(1, last + 1, count - 1)).astype(int) - 1)
+    return sorted({0, last, *(int(g) for g in spaced)})
 
 
 def finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> Path:

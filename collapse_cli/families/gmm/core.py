@@ -25,7 +25,7 @@ import numpy as np
 from scipy import special
 from scipy.special import logsumexp
 
-from collapse_cli.families.plots import pyplot, save
+from collapse_cli.families.plots import pyplot, save  # chosen_generations: gmm/family.py
 from collapse_cli.measure.stats import binomial_se
 
 SAMPLE_DTYPE = np.float32
@@ -286,14 +286,6 @@ def save_mixture(mixture: Mixture, path: Path) -> None:
 def load_mixture(path: Path) -> Mixture:
     with np.load(path) as arrays:
         return Mixture(arrays["weights"], arrays["means"], arrays["covariances"])
-
-
-def chosen_generations(last: int, count: int = 6) -> list[int]:
-    """About `count` generations to draw, log-spaced from 0 to `last` (0, 1, ..., last), no repeats."""
-    if last <= 0:
-        return [0]
-    spaced = np.unique(np.round(np.geomspace(1, last + 1, count - 1)).astype(int) - 1)
-    return sorted({0, last, *(int(g) for g in spaced)})
 
 
 def scatter_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray], path: Path,
