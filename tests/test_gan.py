@@ -130,7 +130,10 @@ def test_the_mad_preset_is_the_fully_synthetic_loop_with_a_sampling_bias():
     (("model=gan", "dataset=digits", "+dataset.n_train=50"), "dataset.n_train=50 is read by dataset=toy2d only"),
     (("model=gan", "dataset=digits", "dataset.test_fraction=0.999"), "dataset.test_fraction=0.999 leaves"),
     ((*RING, "dataset.n_train=1"), "dataset.n_train=1 must be at least 6"),  # the k-NN metrics need k + 1
-    (("model=gan", "dataset=gaussian"), "model.family=gan reads dataset=digits or"),
+    # The dataset options a user types: the toys are dataset.name values of one option, dataset=toy2d.
+    (("model=gan", "dataset=gaussian"),
+     r"model.family=gan reads dataset=digits or dataset=toy2d dataset.name=moons\|circles\|blobs\|swiss_roll\|ring8, "
+     "not dataset=gaussian;"),
     ((*RING, "+model.unknown=1"), "model.unknown: no such key"),
 ])
 def test_bad_keys_are_refused_with_one_line_naming_them(overrides, message):

@@ -167,12 +167,12 @@ def scatter_figure(real: np.ndarray, samples: Optional[np.ndarray], centres: Opt
     """One generation's samples (none: the real rows alone) over the real test rows, with known mode centres."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.4, 4.4))
+    if centres is not None:  # beneath the points: a mode's marker never hides whether samples reach it
+        ax.scatter(centres[:, 0], centres[:, 1], marker="+", s=60, c="0.5", label="mode centres")
     if samples is not None:
         ax.scatter(samples[:, 0], samples[:, 1], s=3, c="C0", alpha=0.6, label=f"{label} samples")
     # The real points on top, small: sharp modes (ring8) stay visible under a cloud of samples.
     ax.scatter(real[:, 0], real[:, 1], s=1, c="C1", alpha=0.6, label="real test")
-    if centres is not None:
-        ax.scatter(centres[:, 0], centres[:, 1], marker="+", s=60, c="k", label="mode centres")
     ax.set_aspect("equal")
     ax.set_title(title, fontsize=7)
     ax.legend(fontsize=6, loc="upper right")
