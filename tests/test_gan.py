@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from collapse_cli.errors import CollapseError
+from collapse_cli.experiment import curation
 from collapse_cli.families import toy2d
 from collapse_cli.families.gan import core
 from collapse_cli.families.gan.family import GANFamily
@@ -168,6 +169,20 @@ def test_digit_samples_get_class_shares_and_classifier_features():
     ones = real.train[family.real.split.train_labels == 1]
     only_ones, _ = family.measure(0, model, model, ones, seed=0, on_progress=lambda d, t: None)
     assert only_ones["class_top"] == 1 and only_ones["class_entropy"] < 0.5 and only_ones["frechet"] > 10
+
+
+def test_curation_keeps_what_the_generation_0_critic_finds_most_real(ring, trained):
+    """The GAN's scores are critic logits (higher: more real), so curate.method=verifier keeps the samples
+    on the ring over those far off it, and tail curation draws the off-ring ones more often."""
+    family = GANFamily(_config(*RING), torch.device("cpu"))
+    off_ring = np.zeros((50, 2), dtype=np.float32)  # the ring's centre: no real point near
+    samples = np.concatenate([ring[:50], off_ring])
+    logits = core.critic_logits(trained, samples)
+    quality = curation.sample_scores(family, "model", samples, logits)
+    chosen, _ = curation.verify(quality, keep=0.5, noise=0.0, rng=np.random.default_rng(0))
+    assert np.mean(chosen < 50) > 0.8  # mostly the ring's own points
+    weights = curation.tail_weights(quality, temperature=1.0, cap=1e9)
+    assert weights[50:].mean() > weights[:50].mean()
 
 
 def test_a_diverging_gan_stops_with_one_line_naming_the_generation(ring):

@@ -60,6 +60,7 @@ class DiffusionFamily(toy2d.PointFiles, Family):
     # The Fréchet distance (with its bootstrap error) heads the family under both objectives: flow has no
     # likelihood (docs/metrics.md), so it is what the early-warning verdict sets tail coverage against (facts.py).
     facts = FACTS
+    size_key = "dataset.max_train"  # named when regime=fresh runs short: only the digits' pool can (toys draw afresh)
     reads = ("train.epochs", "train.lr", "train.batch_size", "train.init")  # Adam on the denoising loss
     leading_keys = ("generation", "frechet", "tail_coverage", "nll_test", "precision", "recall")
     scores_file = "scores.npy"

@@ -61,6 +61,7 @@ class GANFamily(toy2d.PointFiles, Family):
     datasets = toy_or_digits.NAMES
     # No likelihood: the Fréchet distance to the real test rows is the headline the verdict reads (facts.py).
     facts = FACTS
+    size_key = "dataset.max_train"  # named when regime=fresh runs short: only the digits' pool can (toys draw afresh)
     reads = ("train.epochs", "train.lr", "train.batch_size")  # Adam on both players
     leading_keys = ("generation", "frechet", "tail_coverage", "precision", "recall")
     scores_file = "scores.npy"
@@ -124,6 +125,11 @@ class GANFamily(toy2d.PointFiles, Family):
         # Per-sample scores: the generation-0 discriminator's logit, how real each sample looked at the start.
         with digits.one_thread():
             return metrics, core.critic_logits(reference_model, samples)
+
+    def model_scores(self, scores: np.ndarray) -> np.ndarray:
+        """measure's scores are the generation-0 critic's logits, log-odds that a sample is real: already
+        higher for the more plausible, so curation reads them as they are (not negated as an NLL would be)."""
+        return np.asarray(scores, dtype=np.float64)
 
     def n_parameters(self, model: core.GAN) -> int:
         return sum(p.numel() for p in model.parameters())
