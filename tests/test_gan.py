@@ -231,3 +231,19 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_metrics(tmp_path, kill_a
     assert run_in_process(["resume", str(killed)]) == 0
     assert stable(read_metrics(killed)) == stable(read_metrics(whole))
     assert files_of(killed, skip=VARYING) == files_of(whole, skip=VARYING)
+
+
+def test_a_saved_model_loads_back_exactly_and_a_damaged_file_is_one_line(tmp_path, trained):
+    family = GANFamily(_config(*RING), torch.device("cpu"))
+    family.save_model(trained, tmp_path / "model")
+    loaded = family.load_model(tmp_path / "model")
+    np.testing.assert_array_equal(core.sample(loaded, 64, seed=3), core.sample(trained, 64, seed=3))
+    (tmp_path / "model" / "gan.pt").write_bytes(b"torn")
+    with pytest.raises(CollapseError, match=r"gan\.pt: damaged: unreadable \(\w+\); fix or remove that run$"):
+        family.load_model(tmp_path / "model")
+    (tmp_path / "model" / "gan.pt").unlink()
+    with pytest.raises(CollapseError, match=r"gan\.pt: damaged"):
+        family.load_model(tmp_path / "model")
+    torch.save({"other": torch.zeros(2)}, tmp_path / "model" / "gan.pt")  # a state dict of another model
+    with pytest.raises(CollapseError, match=r"gan\.pt: damaged: not this model's weights"):
+        family.load_model(tmp_path / "model")

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import torch
 
 from collapse_cli.checks import check_count, check_memory, keys_text
 from collapse_cli.errors import CollapseError
@@ -24,9 +23,8 @@ from collapse_cli.families import digits, toy2d, toy_or_digits
 from collapse_cli.families.base import Family, Progress, RealData, checked_probe
 from collapse_cli.families.diffusion import core
 from collapse_cli.families.diffusion.facts import FACTS
+from collapse_cli.families.torch_files import TorchStateFiles
 from collapse_cli.measure import stats
-
-MODEL_FILE = "denoiser.pt"
 
 
 @dataclass
@@ -52,7 +50,7 @@ class DiffusionDatasetConfig(toy_or_digits.ToyOrDigitsDatasetConfig):
     """`dataset=digits` (the default) or `dataset=toy2d`: toy_or_digits.ToyOrDigitsDatasetConfig."""
 
 
-class DiffusionFamily(toy2d.PointFiles, Family):
+class DiffusionFamily(TorchStateFiles, toy2d.PointFiles, Family):
     name = "diffusion"
     model_schema = DiffusionModelConfig
     dataset_schema = DiffusionDatasetConfig
@@ -64,6 +62,7 @@ class DiffusionFamily(toy2d.PointFiles, Family):
     reads = ("train.epochs", "train.lr", "train.batch_size", "train.init")  # Adam on the denoising loss
     leading_keys = ("generation", "frechet", "tail_coverage", "nll_test", "precision", "recall")
     scores_file = "scores.npy"
+    model_file = "denoiser.pt"  # TorchStateFiles: the weights' file in a saved model's folder
 
     def __init__(self, cfg: Any, device: Any):
         super().__init__(cfg, device)
@@ -150,16 +149,6 @@ class DiffusionFamily(toy2d.PointFiles, Family):
         m = self.cfg.model
         steps = f"T={m.timesteps}" if m.objective == core.Objective.ddpm else f"{m.sample_steps} Euler steps"
         return f"diffusion ({m.objective}, MLP {m.hidden} x {m.blocks} blocks, {steps}) on {self.cfg.dataset.name}"
-
-    # --- files ----------------------------------------------------------------------------
-    def save_model(self, model: core.Denoiser, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), folder / MODEL_FILE)
-
-    def load_model(self, folder: Path) -> core.Denoiser:
-        model = self.build_base_model(0)
-        model.load_state_dict(torch.load(folder / MODEL_FILE, map_location=self.device, weights_only=True))
-        return model.eval()
 
     # --- figures --------------------------------------------------------------------------
     def figures(self, run_dir: Path, rows: list[dict]) -> list[Path]:

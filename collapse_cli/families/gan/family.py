@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import torch
 
 from collapse_cli.checks import check_count, check_memory, keys_text
 from collapse_cli.errors import CollapseError
@@ -26,8 +25,7 @@ from collapse_cli.families import digits, toy2d, toy_or_digits
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gan import core
 from collapse_cli.families.gan.facts import FACTS
-
-MODEL_FILE = "gan.pt"
+from collapse_cli.families.torch_files import TorchStateFiles
 
 
 @dataclass
@@ -54,7 +52,7 @@ class GANDatasetConfig(toy_or_digits.ToyOrDigitsDatasetConfig):
     name: str = "ring8"
 
 
-class GANFamily(toy2d.PointFiles, Family):
+class GANFamily(TorchStateFiles, toy2d.PointFiles, Family):
     name = "gan"
     model_schema = GANModelConfig
     dataset_schema = GANDatasetConfig
@@ -65,6 +63,7 @@ class GANFamily(toy2d.PointFiles, Family):
     reads = ("train.epochs", "train.lr", "train.batch_size")  # Adam on both players
     leading_keys = ("generation", "frechet", "tail_coverage", "precision", "recall")
     scores_file = "scores.npy"
+    model_file = "gan.pt"  # TorchStateFiles: the weights' file in a saved model's folder
 
     def __init__(self, cfg: Any, device: Any):
         super().__init__(cfg, device)
@@ -140,16 +139,6 @@ class GANFamily(toy2d.PointFiles, Family):
 
     def describe_sampling(self, model: Any) -> str:
         return f"z = {self.cfg.model.truncation:g} x N(0, I)"
-
-    # --- files ----------------------------------------------------------------------------
-    def save_model(self, model: core.GAN, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), folder / MODEL_FILE)
-
-    def load_model(self, folder: Path) -> core.GAN:
-        model = self.build_base_model(0)
-        model.load_state_dict(torch.load(folder / MODEL_FILE, map_location=self.device, weights_only=True))
-        return model.eval()
 
     # --- figures --------------------------------------------------------------------------
     def figures(self, run_dir: Path, rows: list[dict]) -> list[Path]:
