@@ -172,10 +172,37 @@ def _as_float_lists(values: Any, hint: Any) -> Any:
     return values
 
 
+def _dataset_options() -> dict[str, str]:
+    """conf/dataset's options by the dataset.name each sets (digits: digits; toy2d: moons)."""
+    options = {}
+    for file in sorted((Path(conf_dir()) / "dataset").glob("*.yaml")):
+        value = OmegaConf.load(file).get("name")
+        options.setdefault(str(value), file.stem)
+    return options
+
+
+def _dataset_choices(names: tuple[str, ...], options: dict[str, str]) -> list[str]:
+    """How a user picks each dataset.name of `names`: its own option (`dataset=digits`), an option whose
+    name is another of `names` (`dataset=toy2d dataset.name=moons|circles|...`: one option, several sets),
+    or dataset.name alone (a family with no option in conf/, whose own schema is the option)."""
+    shared = {options[n] for n in names if n in options and options[n] != n}
+    groups: dict[Optional[str], list[str]] = {}
+    for n in names:
+        option = options.get(n) or (next(iter(shared)) if len(shared) == 1 else None)
+        groups.setdefault(option, []).append(n)
+    return [f"dataset.name={'|'.join(group)}" if option is None else f"dataset={option}" if group == [option]
+            else f"dataset={option} dataset.name={'|'.join(group)}" for option, group in groups.items()]
+
+
 def _check_dataset(family: type[Family], name: str, dataset_name: Any) -> None:
-    check(dataset_name in family.datasets,
-          f"model.family={name} reads dataset={' or dataset='.join(family.datasets)}, not "
-          f"dataset={dataset_name}; pick one of those (or a model of another family)")
+    if dataset_name in family.datasets:
+        return
+    options = _dataset_options()
+    given = str(dataset_name)
+    got = (f"dataset={given}" if options.get(given) == given else
+           f"dataset={options[given]} dataset.name={given}" if given in options else f"dataset.name={given}")
+    check(False, f"model.family={name} reads {' or '.join(_dataset_choices(family.datasets, options))}, not "
+                 f"{got}; pick one of those (or a model of another family)")
 
 
 def _family_values(values: dict, family: type[Family]) -> dict:

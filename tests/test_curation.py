@@ -145,7 +145,8 @@ def test_the_point_families_score_the_toy_mixtures_by_their_truth(model: str):
     assert scores[0] > scores[1]
     moons = get_family(model)(composed([f"model={model}", "dataset=toy2d", "dataset.name=moons"]), "cpu")
     assert moons.truth_scores(points) is None  # auto: the generation-0 model scores them, as before
-    np.testing.assert_array_equal(curation.sample_scores(moons, "auto", points, np.array([1.0, 2.0])), [-1.0, -2.0])
+    measured = np.array([1.0, 2.0])  # measure's per-sample scores (an NLL; the GAN's critic logits as they are)
+    np.testing.assert_array_equal(curation.sample_scores(moons, "auto", points, measured), moons.model_scores(measured))
 
 
 @pytest.mark.parametrize("model", ["diffusion", "gan"])
@@ -155,7 +156,7 @@ def test_the_image_families_score_digits_by_the_classifiers_confidence(model: st
     family.prepare(real, len(real.train))
     images = np.concatenate([real.test[:5], np.full((1, real.test.shape[1]), 0.5, dtype=real.test.dtype)])
     scores = family.truth_scores(images)
-    np.testing.assert_allclose(scores, np.log(family.classifier.predict_proba(images).max(axis=1)))
+    np.testing.assert_allclose(scores, np.log(family.real.classifier.predict_proba(images).max(axis=1)))
     assert (scores <= 0).all() and scores[:5].mean() > scores[5]  # real digits are surer than a grey square
 
 

@@ -209,7 +209,7 @@ def test_config_types_the_family_groups_with_its_schemas():
 
 
 @pytest.mark.parametrize("overrides,needles", [
-    ({"dataset.name": "builtin"}, [f"model.family={TOY} reads dataset=normal", "not dataset=builtin"]),
+    ({"dataset.name": "builtin"}, [f"model.family={TOY} reads dataset.name=normal", "not dataset=builtin"]),
     ({"curate.exact_dedup": "true"}, ["curate", f"model.family={TOY}", "curate=none"]),
     ({"nproc": 2}, ["nproc=2", f"model.family={TOY}", "use nproc=1"]),
     ({"curate.ppl_drop_high": 0.05}, ["curate", "curate=none"]),

@@ -13,9 +13,11 @@ import torch
 from torch import nn
 
 from collapse_cli.errors import CollapseError
+from collapse_cli.experiment import curation
 from collapse_cli.families import toy2d
 from collapse_cli.families.gan import core
-from collapse_cli.families.gan.family import GANFamily, frechet_se
+from collapse_cli.families.gan.family import GANFamily
+from collapse_cli.families.toy_or_digits import frechet_se
 from collapse_cli.measure import points
 
 RING = ["model=gan", "dataset=toy2d", "dataset.name=ring8"]
@@ -129,7 +131,10 @@ def test_the_mad_preset_is_the_fully_synthetic_loop_with_a_sampling_bias():
     (("model=gan", "dataset=digits", "+dataset.n_train=50"), "dataset.n_train=50 is read by dataset=toy2d only"),
     (("model=gan", "dataset=digits", "dataset.test_fraction=0.999"), "dataset.test_fraction=0.999 leaves"),
     ((*RING, "dataset.n_train=1"), "dataset.n_train=1 must be at least 6"),  # the k-NN metrics need k + 1
-    (("model=gan", "dataset=gaussian"), "model.family=gan reads dataset=digits or"),
+    # The dataset options a user types: the toys are dataset.name values of one option, dataset=toy2d.
+    (("model=gan", "dataset=gaussian"),
+     r"model.family=gan reads dataset=digits or dataset=toy2d dataset.name=moons\|circles\|blobs\|swiss_roll\|ring8, "
+     "not dataset=gaussian;"),
     ((*RING, "+model.unknown=1"), "model.unknown: no such key"),
 ])
 def test_bad_keys_are_refused_with_one_line_naming_them(overrides, message):
@@ -161,9 +166,23 @@ def test_digit_samples_get_class_shares_and_classifier_features():
     model = family.build_base_model(0)
     metrics, _ = family.measure(0, model, model, real.test, seed=0, on_progress=lambda d, t: None)
     assert metrics["class_entropy"] > 2.2 and metrics["frechet"] < 1e-9 and "modes_covered" not in metrics
-    ones = real.train[family.split.train_labels == 1]
+    ones = real.train[family.real.split.train_labels == 1]
     only_ones, _ = family.measure(0, model, model, ones, seed=0, on_progress=lambda d, t: None)
     assert only_ones["class_top"] == 1 and only_ones["class_entropy"] < 0.5 and only_ones["frechet"] > 10
+
+
+def test_curation_keeps_what_the_generation_0_critic_finds_most_real(ring, trained):
+    """The GAN's scores are critic logits (higher: more real), so curate.method=verifier keeps the samples
+    on the ring over those far off it, and tail curation draws the off-ring ones more often."""
+    family = GANFamily(_config(*RING), torch.device("cpu"))
+    off_ring = np.zeros((50, 2), dtype=np.float32)  # the ring's centre: no real point near
+    samples = np.concatenate([ring[:50], off_ring])
+    logits = core.critic_logits(trained, samples)
+    quality = curation.sample_scores(family, "model", samples, logits)
+    chosen, _ = curation.verify(quality, keep=0.5, noise=0.0, rng=np.random.default_rng(0))
+    assert np.mean(chosen < 50) > 0.8  # mostly the ring's own points
+    weights = curation.tail_weights(quality, temperature=1.0, cap=1e9)
+    assert weights[50:].mean() > weights[:50].mean()
 
 
 def test_a_diverging_gan_stops_with_one_line_naming_the_generation(ring):
@@ -212,3 +231,19 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_metrics(tmp_path, kill_a
     assert run_in_process(["resume", str(killed)]) == 0
     assert stable(read_metrics(killed)) == stable(read_metrics(whole))
     assert files_of(killed, skip=VARYING) == files_of(whole, skip=VARYING)
+
+
+def test_a_saved_model_loads_back_exactly_and_a_damaged_file_is_one_line(tmp_path, trained):
+    family = GANFamily(_config(*RING), torch.device("cpu"))
+    family.save_model(trained, tmp_path / "model")
+    loaded = family.load_model(tmp_path / "model")
+    np.testing.assert_array_equal(core.sample(loaded, 64, seed=3), core.sample(trained, 64, seed=3))
+    (tmp_path / "model" / "gan.pt").write_bytes(b"torn")
+    with pytest.raises(CollapseError, match=r"gan\.pt: damaged: unreadable \(\w+\); fix or remove that run$"):
+        family.load_model(tmp_path / "model")
+    (tmp_path / "model" / "gan.pt").unlink()
+    with pytest.raises(CollapseError, match=r"gan\.pt: damaged"):
+        family.load_model(tmp_path / "model")
+    torch.save({"other": torch.zeros(2)}, tmp_path / "model" / "gan.pt")  # a state dict of another model
+    with pytest.raises(CollapseError, match=r"gan\.pt: damaged: not this model's weights"):
+        family.load_model(tmp_path / "model")

@@ -14,6 +14,7 @@ from test_linreg import within_99
 
 from collapse_cli.compose import compose as composed
 from collapse_cli.compose import to_run_config
+from collapse_cli.families import plots
 from collapse_cli.families.gmm import core
 from collapse_cli.families.gmm.family import GMMFamily, GMMModel
 from collapse_cli.measure import points as P
@@ -165,10 +166,10 @@ def test_mixture_files_and_checks(tmp_path):
 
 
 def test_chosen_generations_and_scatter_figure(tmp_path):
-    assert core.chosen_generations(0) == [0]
-    picks = core.chosen_generations(2000)
+    assert plots.chosen_generations(0) == [0]
+    picks = plots.chosen_generations(2000)
     assert picks[0] == 0 and picks[-1] == 2000 and len(picks) <= 6 and picks == sorted(set(picks))
-    assert core.chosen_generations(3, count=6) == [0, 1, 2, 3]
+    assert plots.chosen_generations(3, count=6) == [0, 1, 2, 3]
     truth = core.standard_normal(2)
     path = core.scatter_figure(truth, {0: core.sample(truth, 300, 0), 5: 0.3 * core.sample(truth, 300, 1)},
                                tmp_path / "figures" / "scatter.png")
@@ -320,8 +321,8 @@ def test_a_one_dimensional_run_finishes_with_a_histogram_per_generation(tmp_path
     rows = read_metrics(run_dir)
     assert len(rows) == 5 and all(math.isfinite(row["component_std"]) for row in rows)
     figure = matplotlib.image.imread(run_dir / "figures" / "gmm_scatter.png")
-    # One panel per chosen generation (0, 1, 2, 4, as core.chosen_generations picks), side by side.
-    assert core.chosen_generations(4) == [0, 1, 2, 4] and figure.shape[1] > 3 * figure.shape[0]
+    # One panel per chosen generation (0, 1, 2, 4, as plots.chosen_generations picks), side by side.
+    assert plots.chosen_generations(4) == [0, 1, 2, 4] and figure.shape[1] > 3 * figure.shape[0]
 
 
 def test_the_1d_figure_draws_the_samples_it_is_given(tmp_path):

@@ -165,7 +165,10 @@ def test_a_kill_9_at_every_write_then_resume_ends_as_an_uninterrupted_run(tmp_pa
     ("model.bandwidth=0", "model.bandwidth"), ("model.bandwidth=nan", "model.bandwidth"),
     ("model.bandwidth_rule=gauss", "bandwidth_rule"), ("model.figure_generations=0", "model.figure_generations"),
     ("dataset.name=spiral", "spiral"), ("dataset.noise=-1", "dataset.noise"), ("dataset.n_train=1", "dataset.n_train"),
-    ("dataset.n_test=0", "dataset.n_test"), ("dataset.seed=-1", "dataset.seed"), ("+dataset.radius=3", "radius")])
+    ("dataset.n_test=0", "dataset.n_test"), ("dataset.seed=-1", "dataset.seed"), ("+dataset.radius=3", "radius"),
+    # names the option a user types: the toys are dataset.name values of dataset=toy2d
+    ("dataset=gaussian",
+     "reads dataset=toy2d dataset.name=moons|circles|blobs|swiss_roll|ring8, not dataset=gaussian")])
 def test_bad_keys_exit_2_with_one_line_naming_the_key(tmp_path, capsys, override, key):
     assert run_in_process(["run", *KDE, override, f"hydra.run.dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

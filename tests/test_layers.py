@@ -76,3 +76,16 @@ def test_report_and_rundir_load_without_the_experiment_or_torch():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=PACKAGE.parent).stdout.split()
     assert loaded == []
+
+
+def test_no_family_folder_imports_another():
+    """What families share lives in modules beside their folders (families/toy2d.py, digits.py, toy_or_digits.py,
+    plots.py; measure/), so a family changes, or goes, alone."""
+    families = PACKAGE / "families"
+    folders = sorted(path.name for path in families.iterdir() if (path / "family.py").is_file())
+    assert len(folders) >= 8
+    wrong = [f"{file.relative_to(PACKAGE.parent)} imports {module}" for name in folders
+             for file in sorted((families / name).rglob("*.py"))
+             for module in sorted(imported_modules(file.read_text()))
+             if breaks(module, tuple(f"collapse_cli.families.{other}" for other in folders if other != name))]
+    assert wrong == []

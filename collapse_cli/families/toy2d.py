@@ -22,7 +22,6 @@ from collapse_cli.checks import StrEnum, check_count, check_seed  # StrEnum: 3.1
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import RealData
 from collapse_cli.measure.points import NEAREST_K
-from collapse_cli.rundir import RunDir, damaged, read_run_array
 
 SAMPLE_DTYPE = np.float32
 RING_RADIUS = 2.0
@@ -134,16 +133,10 @@ def real_data(d: Toy2DDatasetConfig, pool_cap: Optional[int]) -> RealData:
 
 
 class PointFiles:
-    """save_samples / load_samples of float32 point rows [n, d], for the point families (GMM, KDE); put it
-    before Family among the bases. float32 on disk is what the next generation reads, exactly."""
-
-    samples_file = "samples.npy"
+    """save_samples of float32 rows [n, d] for the point and image families (GMM, KDE, diffusion, GAN); put it
+    before Family among the bases. It casts, then writes as Family's default does (samples_file, and the
+    scores when the family names a scores_file), whose load_samples reads them back: float32 on disk is what
+    the next generation reads, exactly."""
 
     def save_samples(self, folder: Path, samples: np.ndarray, scores: np.ndarray) -> None:
-        RunDir(folder).save_array(self.samples_file, samples.astype(SAMPLE_DTYPE))
-
-    def load_samples(self, folder: Path) -> np.ndarray:
-        samples = read_run_array(folder / self.samples_file)
-        if samples is None:
-            raise damaged(folder / self.samples_file, "missing")
-        return samples
+        super().save_samples(folder, samples.astype(SAMPLE_DTYPE), scores)

@@ -19,7 +19,7 @@ from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.categorical import core
 from collapse_cli.families.categorical.facts import FACTS
-from collapse_cli.families.gmm.core import chosen_generations
+from collapse_cli.families.plots import chosen_generations
 from collapse_cli.measure import stats
 from collapse_cli.rundir import gen_name
 

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import special
 from scipy.special import logsumexp
 
-from collapse_cli.families.plots import pyplot, save
+from collapse_cli.families.plots import generation_panels, pyplot, save, save_with_legend_below
 from collapse_cli.measure.stats import binomial_se
 
 SAMPLE_DTYPE = np.float32
@@ -288,22 +288,11 @@ def load_mixture(path: Path) -> Mixture:
         return Mixture(arrays["weights"], arrays["means"], arrays["covariances"])
 
 
-def chosen_generations(last: int, count: int = 6) -> list[int]:
-    """About `count` generations to draw, log-spaced from 0 to `last` (0, 1, ..., last), no repeats."""
-    if last <= 0:
-        return [0]
-    spaced = np.unique(np.round(np.geomspace(1, last + 1, count - 1)).astype(int) - 1)
-    return sorted({0, last, *(int(g) for g in spaced)})
-
-
 def scatter_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray], path: Path,
                    extent: Optional[float] = None) -> Path:
     """Samples of chosen generations (first two coordinates) over the true density's contours."""
-    plt = pyplot()
-
     if truth.dim == 1:
         return histogram_figure(truth, samples_by_generation, path)
-    generations = sorted(samples_by_generation)
     centre = truth.means[:, :2].mean(axis=0)
     spread = extent or 4.0 * float(np.sqrt(np.max(np.linalg.eigvalsh(truth.covariances[:, :2, :2])))) + float(
         np.abs(truth.means[:, :2] - centre).max())
@@ -313,27 +302,18 @@ def scatter_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray],
     grid = np.column_stack([grid_x.ravel(), grid_y.ravel()])
     marginal = Mixture(truth.weights, truth.means[:, :2], truth.covariances[:, :2, :2])
     density = np.exp(log_density(marginal, grid)).reshape(grid_x.shape)
-    fig, axes = plt.subplots(1, len(generations), figsize=(3 * len(generations), 3.7), squeeze=False)
-    for ax, generation in zip(axes[0], generations):
-        points = samples_by_generation[generation]
+    fig, panels = generation_panels(samples_by_generation, 3.7, (axis_x[0], axis_y[0]), (axis_x[-1], axis_y[-1]))
+    for ax, points in panels:
         ax.contour(grid_x, grid_y, density, levels=6, colors="0.6", linewidths=0.7)
         ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, color="tab:blue")
-        ax.set_xlim(axis_x[0], axis_x[-1])
-        ax.set_ylim(axis_y[0], axis_y[-1])
-        ax.set_aspect("equal")
-        ax.set_title(f"generation {generation} ({len(points)} points)", fontsize=9)
-        ax.set_xlabel("x₁ (data units)", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[0][0].set_ylabel("x₂ (data units)", fontsize=8)
     from matplotlib.lines import Line2D
 
     # Proxy handles: a contour set and a 2-pixel scatter make no readable legend entries of their own.
-    fig.legend([Line2D([], [], color="0.6", lw=0.7), Line2D([], [], color="tab:blue", marker="o", lw=0, ms=3)],
-               ["true density, 6 contour levels", "the generation's samples"], loc="lower center", ncol=2,
-               fontsize=8, frameon=False)
-    fig.suptitle("Gaussian mixture: samples of chosen generations over the true density's contours"
-                 + (" (first two coordinates)" if truth.dim > 2 else ""), fontsize=10)
-    return save(fig, path, rect=(0, 0.07, 1, 1))  # room for the legend below
+    return save_with_legend_below(
+        fig, [Line2D([], [], color="0.6", lw=0.7), Line2D([], [], color="tab:blue", marker="o", lw=0, ms=3)],
+        ["true density, 6 contour levels", "the generation's samples"],
+        "Gaussian mixture: samples of chosen generations over the true density's contours"
+        + (" (first two coordinates)" if truth.dim > 2 else ""), path, 0.07)  # room for the legend below
 
 
 def histogram_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray], path: Path) -> Path:

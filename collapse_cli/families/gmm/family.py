@@ -19,6 +19,7 @@ from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.gmm import core
 from collapse_cli.families.gmm.facts import FACTS
+from collapse_cli.families.plots import chosen_generations
 from collapse_cli.families.toy2d import PointFiles
 from collapse_cli.measure import points as P
 from collapse_cli.measure import stats
@@ -239,7 +240,7 @@ class GMMFamily(PointFiles, Family):
         """figures/gmm_scatter.png (chosen generations over the true contours), figures/gmm_std_l2.png."""
         if not rows:
             return []
-        chosen = core.chosen_generations(int(rows[-1]["generation"]), self.cfg.model.figure_generations)
+        chosen = chosen_generations(int(rows[-1]["generation"]), self.cfg.model.figure_generations)
         samples = {g: self.load_samples(Path(run_dir) / gen_name(g)) for g in chosen}
         scatter = core.scatter_figure(self.truth, samples, Path(run_dir) / "figures" / "gmm_scatter.png")
         return [scatter, core.curves_figure(rows, Path(run_dir) / "figures" / "gmm_std_l2.png")]

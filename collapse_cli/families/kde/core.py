@@ -114,30 +114,18 @@ def variance_theory(v0: float, h: float, n: int, generations: int) -> np.ndarray
 def scatter_figure(real: np.ndarray, samples_by_generation: dict[int, np.ndarray], centres: Optional[np.ndarray],
                    title: str, path: Path) -> Path:
     """Chosen generations' samples over the real test points (grey), with the known mode centres if any."""
-    plt = plots.pyplot()
-    generations = sorted(samples_by_generation)
     low, high = real.min(axis=0), real.max(axis=0)
     pad = 0.25 * (high - low).max()
     span = high - low + 2 * pad
     height = 3 * span[1] / span[0] + 1.4  # panels as tall as the data's aspect, plus titles and the legend
-    fig, axes = plt.subplots(1, len(generations), figsize=(3 * len(generations), height), squeeze=False)
-    for ax, generation in zip(axes[0], generations):
-        points = samples_by_generation[generation]
+    fig, panels = plots.generation_panels(samples_by_generation, height, low - pad, high + pad)
+    for ax, points in panels:
         ax.scatter(real[:, 0], real[:, 1], s=2, color="0.75", label="real test points")
         ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.6, color="tab:blue", label="the generation's samples")
         if centres is not None:
             ax.scatter(centres[:, 0], centres[:, 1], s=30, marker="x", color="tab:red", label="mode centres")
-        ax.set_xlim(low[0] - pad, high[0] + pad)
-        ax.set_ylim(low[1] - pad, high[1] + pad)
-        ax.set_aspect("equal")
-        ax.set_title(f"generation {generation} ({len(points)} points)", fontsize=9)
-        ax.set_xlabel("x₁ (data units)", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[0][0].set_ylabel("x₂ (data units)", fontsize=8)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=10)
-    return plots.save(fig, path, rect=(0, 0.35 / height, 1, 1))  # room for the legend below
+    handles, labels = panels[0][0].get_legend_handles_labels()
+    return plots.save_with_legend_below(fig, handles, labels, title, path, 0.35 / height)  # room for the legend
 
 
 def curves_figure(rows: list[dict], path: Path) -> Path:

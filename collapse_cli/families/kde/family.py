@@ -21,10 +21,10 @@ from collapse_cli.checks import check_count, check_memory, keys_text
 from collapse_cli.errors import CollapseError
 from collapse_cli.families import toy2d
 from collapse_cli.families.base import Family, Progress, RealData
-from collapse_cli.families.gmm.core import chosen_generations
 from collapse_cli.families.kde import core
 from collapse_cli.families.kde.core import BandwidthRule
 from collapse_cli.families.kde.facts import FACTS
+from collapse_cli.families.plots import chosen_generations
 from collapse_cli.measure import points as P
 from collapse_cli.measure import stats
 from collapse_cli.rundir import damaged, gen_name

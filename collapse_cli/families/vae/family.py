@@ -19,12 +19,12 @@ from collapse_cli.checks import StrEnum, check_memory, keys_text  # StrEnum: wit
 from collapse_cli.errors import CollapseError
 from collapse_cli.families import digits
 from collapse_cli.families.base import Family, Progress, RealData, checked_probe
+from collapse_cli.families.torch_files import TorchStateFiles
 from collapse_cli.families.vae import core
 from collapse_cli.families.vae.facts import FACTS
 from collapse_cli.measure import stats
 from collapse_cli.rundir import gen_name
 
-MODEL_FILE = "vae.pt"
 # train_data=fresh: the decoder that drew a generation's samples, saved beside them, since the next
 # generation decodes its batches from it (also after a resume, when no model is in memory).
 SAMPLER_FILE = "sampler.pt"
@@ -69,7 +69,7 @@ class ReferenceFigures:
     latent_spread_real: float  # latent_spread of the real test digits, the scale the samples' spread is read on
 
 
-class VAEFamily(Family):
+class VAEFamily(TorchStateFiles, Family):
     name = "vae"
     model_schema = VAEModelConfig
     dataset_schema = digits.DigitsDatasetConfig
@@ -79,6 +79,7 @@ class VAEFamily(Family):
     size_key = "dataset.max_train"
     samples_file = "samples.npy"
     scores_file = "scores.npy"
+    model_file = "vae.pt"  # TorchStateFiles: the weights' file in a saved model's folder
     leading_keys = ("generation", "nll_test", "tail_coverage", "latent_spread", "latent_std_flat",
                     "class_share_max")
 
@@ -240,15 +241,6 @@ class VAEFamily(Family):
     def load_samples(self, folder: Path) -> np.ndarray:
         self._sampler, self._sampler_folder = None, Path(folder)
         return super().load_samples(folder)
-
-    def save_model(self, model: core.VAE, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), folder / MODEL_FILE)
-
-    def load_model(self, folder: Path) -> core.VAE:
-        model = self.build_base_model(0)
-        model.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True))
-        return model.eval()
 
     def figures(self, run_dir: Path, rows: list[dict]) -> list[Path]:
         """figures/vae_real.png and figures/vae_samples_gen_NNN.png: a sample grid per generation."""
