@@ -138,6 +138,7 @@ def test_choices_are_typed_and_compare_as_words(compose):
     assert "expected one of [replace, accumulate" in str(err.value.__cause__)  # refused by OmegaConf itself
 
 
+@pytest.mark.slow
 def test_cfg_job_prints_every_key_of_the_lm_model(tmp_path: Path):
     # gpt2.yaml names three keys; its schema default (schema/model/lm) fills in the rest when composing.
     import subprocess

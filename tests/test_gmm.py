@@ -199,6 +199,7 @@ def test_the_gmm_family_summarizes_a_tail_first_verdict_against_test_nll():
         "text": "Tail coverage departed at generation 2, 1 generation(s) before test NLL (generation 3)."}
 
 
+@pytest.mark.slow
 def test_a_gmm_run_writes_the_standard_errors_and_an_early_warning(tmp_path):
     """30 generations fully synthetic: the verdict compares tail coverage with test NLL, its text names it.
 
