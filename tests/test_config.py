@@ -223,6 +223,7 @@ def refusals(base: list[str], overrides: list[str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_ARGS))
+@pytest.mark.slow  # one compose per key and value, ~100 for the LM: ~10 s; each family's test_bad_keys stays quick
 def test_every_float_key_of_every_family_refuses_inf_and_nan(family: str):
     keys = [key for key, kind in family_keys(family) if kind is float]
     assert len(keys) >= 5, keys
@@ -232,6 +233,7 @@ def test_every_float_key_of_every_family_refuses_inf_and_nan(family: str):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_ARGS))
+@pytest.mark.slow  # one compose per key, ~60 for the LM: ~5 s; each family's test_bad_keys stays quick
 def test_every_size_key_of_every_family_refuses_1e11(family: str):
     """1e11 of anything the family reads is a typo: refused at the door, never an allocation traceback."""
     keys = [key for key, kind in family_keys(family) if kind is int and key not in HUGE_IS_HARMLESS

@@ -134,6 +134,7 @@ def test_tail_coverage_falls_as_the_samples_narrow():
     assert same > 0.8 and narrower < 0.3
 
 
+@pytest.mark.slow  # 200 generations of fit and sample, twice: ~3 s
 def test_the_loop_collapses_without_real_data_and_not_with_it():
     """200 generations of fit + sample at the paper's settings: the std falls at mix=0, not at mix=1."""
     truth = core.standard_normal(2)
