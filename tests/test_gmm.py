@@ -350,6 +350,7 @@ def test_the_shared_point_metrics_score_samples_against_the_real_test_points():
 
 
 @pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.slow  # 1600 EM fits: ~2.5 s; test_log_variance_falls... keeps a closed form quick
 def test_replace_follows_the_single_gaussian_closed_forms(unbiased):
     # Chains of the family's own fit and sample (one component), replace with mix 0: the mean over chains
     # of each of Kazdan et al.'s three figures lies within its 99% CI of the closed form.
