@@ -60,6 +60,7 @@ def test_a_text_runs_checkpoints_load_alone_and_reproduce_ppl_test(tmp_path: Pat
         assert run_clm_ppl(folder, test_file) == pytest.approx(row["ppl_test"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_the_run_folders_tokenizer_decodes_the_saved_corpus(tiny_finished: Path):
     from transformers import AutoTokenizer
 

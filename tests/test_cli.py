@@ -18,6 +18,7 @@ from collapse_cli.errors import CollapseError
 HEAVY = ("torch", "transformers", "hydra", "matplotlib")
 
 
+@pytest.mark.slow
 def test_help_and_compare_help_import_no_heavy_library():
     # Behaviour, not timing: the commands that do not train must not pay for torch/transformers at start-up.
     code = f"""
@@ -37,6 +38,7 @@ print(sorted(name for name in {HEAVY!r} if name in sys.modules))
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--cfg", "job"]], ids=["help", "cfg-job"])
+@pytest.mark.slow
 def test_a_reader_that_leaves_early_gets_no_traceback(args: list[str]):
     """`collapse --help | head -1`: the pipe closes before the output is written."""
     process = subprocess.Popen([*collapse_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -47,6 +49,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback(args: list[str]):
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
+@pytest.mark.slow
 def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path: Path, delay: float):
     # Importing torch and transformers and composing the config take seconds, so these delays land in
     # start-up (a later one would land in generation 0, which must answer the same way).
@@ -63,6 +66,7 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path: Path, delay: f
 
 
 @pytest.mark.parametrize("command", [["show", "no-such-run"], ["run", "dry_run=true", *TINY]])
+@pytest.mark.slow
 def test_ctrl_c_right_after_the_entry_point_is_imported_is_one_line(tmp_path: Path, command: list[str]):
     """What the installed `collapse` script does, with a Ctrl-C the moment its import of collapse_cli.cli returns
     and the heavy imports still to come: the handler is in place from the module's first lines."""
@@ -132,6 +136,7 @@ def run_python(code: str, cwd: Path | None = None, drop: tuple[str, ...] = ()) -
                           env={**environ_without(*drop), "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
 
 
+@pytest.mark.slow
 def test_gmm_vae_runs_and_run_help_import_no_transformers(tmp_path: Path):
     # transformers is the LM family's: the other families and Hydra's help must not pay its start-up.
     code = """
@@ -152,6 +157,7 @@ for args in (["run", "--help"], ["run", "model=gmm", "dataset=gaussian", "dry_ru
     assert lines == expected, result.stdout[-3000:]
 
 
+@pytest.mark.slow
 def test_lm_run_shows_no_transformers_progress_bars_or_warnings(tmp_path: Path):
     # transformers draws a "Writing model shards" bar on every save_pretrained and "Loading weights" on
     # every from_pretrained. The environment is the user's, without the variables the command line sets.
@@ -166,6 +172,7 @@ def test_lm_run_shows_no_transformers_progress_bars_or_warnings(tmp_path: Path):
     assert result.stderr.strip() == "", result.stderr[-3000:]  # no library warnings either
 
 
+@pytest.mark.slow
 def test_lm_family_saves_and_loads_without_bars_in_a_process_that_never_ran_main(tmp_path: Path):
     # An nproc rank or a launcher job uses the family without passing through the command line's main,
     # and may not inherit its environment: the family itself keeps transformers' bars off.
@@ -192,6 +199,7 @@ print("bars on", hf_logging.is_progress_bar_enabled())
         assert bar_text not in result.stderr, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_run_help_lists_every_shipped_group_and_no_schema_group(tmp_path: Path):
     """The groups a user can pick: one line per conf/ folder, with its options; the schema groups compose only."""
     conf = Path(__file__).resolve().parents[1] / "conf"

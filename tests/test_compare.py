@@ -58,6 +58,7 @@ def jsonl(path: Path) -> list[dict]:
 
 # --- discovery and grouping ---------------------------------------------------
 
+@pytest.mark.slow
 def test_sweep_groups_by_seed(made):
     runs = report_runs.load_runs(report_runs.discover([str(made["sweep"])]))
     groups, shared = report_runs.group_runs(runs)
@@ -67,6 +68,7 @@ def test_sweep_groups_by_seed(made):
     assert {r.name for r in runs} == {f"sweep/{i}" for i in range(4)}
 
 
+@pytest.mark.slow
 def test_quoted_glob_and_run_folder_both_found(made, capsys):
     assert cli_main(["compare", f"{made['sweep']}/*", str(made["single"])]) == 0
     out = capsys.readouterr().out
@@ -89,6 +91,7 @@ def test_t_critical_matches_scipy():
         assert stats.t_critical(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=2e-3)
 
 
+@pytest.mark.slow
 def test_group_stats_are_mean_std_and_t_interval(made):
     runs = report_runs.load_runs(report_runs.discover([str(made["sweep"])]))
     group = report_runs.group_runs(runs)[0][0]
@@ -103,6 +106,7 @@ def test_group_stats_are_mean_std_and_t_interval(made):
 
 # --- files ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_csv_values_are_the_runs_own(sweep_out):
     rows = read_csv(sweep_out / "metrics.csv")
     paths = {r["run"]: Path(r["path"]) for r in read_csv(sweep_out / "runs.csv")}
@@ -118,6 +122,7 @@ def test_csv_values_are_the_runs_own(sweep_out):
     assert {(r["group"], r["seed"]) for r in rows} == {("mix=0", "0"), ("mix=0", "1"), ("mix=1", "0"), ("mix=1", "1")}
 
 
+@pytest.mark.slow
 def test_metric_pngs_are_images_with_one_line_and_band_per_group(sweep_out):
     from matplotlib.image import imread
 
@@ -130,6 +135,7 @@ def test_metric_pngs_are_images_with_one_line_and_band_per_group(sweep_out):
         assert (drawn["kind"], drawn["lines"], drawn["bands"]) == ("metric", 2, 2), file.name
 
 
+@pytest.mark.slow
 def test_histograms_one_per_group_one_outline_per_generation(sweep_out):
     files = sorted(sweep_out.glob("seq_ppl_hist_*.png"))
     assert len(files) == 2
@@ -149,6 +155,7 @@ def test_figure_counts_only_what_is_drawn():
     assert all(float(t).is_integer() for t in figure.axes[0].get_xticks())
 
 
+@pytest.mark.slow
 def test_report_is_self_contained(sweep_out, made):
     page = (sweep_out / "report.html").read_text()
     pngs = list(sweep_out.glob("*.png"))
@@ -158,6 +165,7 @@ def test_report_is_self_contained(sweep_out, made):
     assert verdict in page
 
 
+@pytest.mark.slow
 def test_report_embeds_the_pngs_a_run_wrote_into_figures(made, tmp_path, capsys):
     import base64
 
@@ -187,6 +195,7 @@ def test_report_embeds_the_pngs_a_run_wrote_into_figures(made, tmp_path, capsys)
 
 # --- terminal -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_final_table_shows_ci_change_and_seeds(made, capsys):
     assert cli_main(["compare", str(made["sweep"]), "--metrics", "ppl_test,seq_ppl_q*"]) == 0
     out = capsys.readouterr().out
@@ -194,12 +203,14 @@ def test_final_table_shows_ci_change_and_seeds(made, capsys):
     assert "±" in out and "%)" in out and "seq_ppl_q99" in out and "tail_coverage" not in out.split("early")[0]
 
 
+@pytest.mark.slow
 def test_by_generation_lists_every_generation(made, capsys):
     assert cli_main(["compare", str(made["sweep"]), "--by-generation", "--metrics", "kl_truth"]) == 0
     out = capsys.readouterr().out
     assert "kl_truth ↓ by generation" in out and "mix=0 (n=2)" in out
 
 
+@pytest.mark.slow
 def test_unknown_metric_is_a_clear_error(made):
     runs = report_runs.load_runs(report_runs.discover([str(made["single"])]))
     with pytest.raises(CollapseError, match="--metrics: no run has 'nope'"):
@@ -209,6 +220,7 @@ def test_unknown_metric_is_a_clear_error(made):
 # --- errors and robustness ----------------------------------------------------
 
 @pytest.mark.parametrize("which", ["empty", "missing"])
+@pytest.mark.slow
 def test_path_without_runs_exits_nonzero_with_one_line(tmp_path, which):
     target = tmp_path / which
     if which == "empty":
@@ -233,6 +245,7 @@ def make_unfinished_copy(source: Path, target: Path) -> None:
     shutil.rmtree(target / "gen_001")
 
 
+@pytest.mark.slow
 def test_mixed_folder_lists_the_unfinished_run(made, tmp_path, capsys):
     mixed = tmp_path / "mixed"
     shutil.copytree(made["single"], mixed / "done")
@@ -254,6 +267,7 @@ def test_mixed_folder_lists_the_unfinished_run(made, tmp_path, capsys):
 
 
 
+@pytest.mark.slow
 def test_a_run_resumed_with_a_changed_key_is_a_group_of_its_own(made, tmp_path, capsys, monkeypatch):
     """`collapse resume RUN train.lr=...` makes the run's later generations another experiment: it is not
     averaged with the seeds it was launched beside, and its label names the change. Overrides that only
@@ -290,6 +304,7 @@ def test_a_run_resumed_with_a_changed_key_is_a_group_of_its_own(made, tmp_path, 
 
 # --- show -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_show_describes_one_run(made, tmp_path, capsys):
     out_dir = tmp_path / "show"
     assert cli_main(["show", str(made["single"]), "--out", str(out_dir)]) == 0
@@ -303,6 +318,7 @@ def test_show_describes_one_run(made, tmp_path, capsys):
     assert len(list(out_dir.glob("seq_ppl_hist_*.png"))) == 1
 
 
+@pytest.mark.slow
 def test_show_refuses_a_sweep(made, capsys):
     assert cli_main(["show", str(made["sweep"])]) == 2
     assert "holds 4 runs" in capsys.readouterr().err
@@ -431,6 +447,7 @@ def test_resuming_another_users_run_is_refused_before_it_writes_anything(gmm_run
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
 
 
+@pytest.mark.slow
 def test_a_finished_run_whose_metrics_are_gone_gets_no_verdict(gmm_run, capsys):
     run = copy_of(gmm_run, "emptied")
     (run / "metrics.jsonl").write_text("")

@@ -218,6 +218,7 @@ def origin_counts(origin: np.ndarray) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("mix", [1.0, 0.5])
+@pytest.mark.slow
 def test_accumulate_run_records_its_composition(tmp_path: Path, mix: float):
     run = tiny_run(tmp_path / "run", "regime=accumulate", f"mix={mix}", "generations=2")
     manifest, origin = recorded(run, 0)
@@ -238,6 +239,7 @@ def test_accumulate_run_records_its_composition(tmp_path: Path, mix: float):
     assert [r["train_real_blocks"] for r in rows] == [n, n_real, n_real]
 
 
+@pytest.mark.slow
 def test_fresh_run_reads_unseen_real_rows(tmp_path: Path):
     run = tiny_run(tmp_path / "run", "regime=fresh", "mix=0.5", "generations=2", "dataset.max_train_blocks=20")
     seen = set(recorded(run, 0)[1][:, 1].tolist())

@@ -141,6 +141,7 @@ def test_choices_are_typed_and_compare_as_words(compose):
     assert "expected one of [replace, accumulate" in str(err.value.__cause__)  # refused by OmegaConf itself
 
 
+@pytest.mark.slow
 def test_cfg_job_prints_every_key_of_the_lm_model(tmp_path: Path):
     # gpt2.yaml names three keys; its schema default (schema/model/lm) fills in the rest when composing.
     import subprocess
@@ -251,6 +252,7 @@ def refusals(base: list[str], overrides: list[str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_ARGS))
+@pytest.mark.slow  # one compose per key and value, ~100 for the LM: ~10 s; each family's test_bad_keys stays quick
 def test_every_float_key_of_every_family_refuses_inf_and_nan(family: str):
     keys = [key for key, kind in family_keys(family) if kind is float and key in composed_keys(family)]
     assert len(keys) >= 5, keys
@@ -260,6 +262,7 @@ def test_every_float_key_of_every_family_refuses_inf_and_nan(family: str):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_ARGS))
+@pytest.mark.slow  # one compose per key, ~60 for the LM: ~5 s; each family's test_bad_keys stays quick
 def test_every_size_key_of_every_family_refuses_1e11(family: str):
     """1e11 of anything the family reads is a typo: refused at the door, never an allocation traceback."""
     keys = [key for key, kind in family_keys(family) if kind is int and key not in HUGE_IS_HARMLESS

@@ -158,6 +158,7 @@ def test_a_digits_key_added_to_a_toy_is_refused_though_the_schema_holds_it(tmp_p
     assert "dataset.max_train=10 is read by dataset=digits only" in one_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_bertrand_diffusion_fine_tunes_and_sweeps_the_real_share_in_one_override(tmp_path, capsys):
     from conftest import run_in_process
 

@@ -93,6 +93,7 @@ def everything(model: torch.nn.Module, work: dict) -> dict:
             "shards": [collectives.shard_batch(torch.arange(n)) for n in (5, 1)]}
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_give_the_corpus_and_scores_of_one_process():
     model, work = tiny_model(), workload()
     alone = everything(model, work)
@@ -135,6 +136,7 @@ def _fail_on_rank_1(pid_folder: str, how: str) -> None:
 
 @pytest.mark.parametrize("how,needle", [("raise", "rank 1 of 2 failed: ValueError: boom on rank 1"),
                                         ("sigkill", "rank 1 of 2 died (killed by signal 9) without a report")])
+@pytest.mark.slow
 def test_a_failing_rank_ends_every_rank(tmp_path: Path, how: str, needle: str):
     started = time.monotonic()
     with pytest.raises(WorkerFailed) as failure:
@@ -177,6 +179,7 @@ def test_node_checks():
                                          ([*TINY, "nnodes=2"], "nnodes=2 needs rdzv_endpoint=HOST:PORT"),
                                          (["model=gmm", "dataset=gaussian", "nproc=2"],
                                           "use nproc=1 with model.family=gmm")])
+@pytest.mark.slow
 def test_bad_nproc_is_one_line(tmp_path: Path, args: list[str], needle: str):
     result = run_collapse(["run", *args], cwd=tmp_path, timeout=PATIENCE_S, env={"CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2
@@ -209,6 +212,7 @@ def assert_close_metrics(run: Path, reference: Path, rtol: float) -> None:
                 assert row[key] == value, (row["generation"], key)
 
 
+@pytest.mark.slow
 def test_a_two_process_run_finishes_one_folder_with_the_metrics_of_one_process(runs: dict[int, Path]):
     two = runs[2]
     assert finished_runs(two.parent) == [two]
@@ -222,6 +226,7 @@ def test_a_two_process_run_finishes_one_folder_with_the_metrics_of_one_process(r
     assert files[two] == files[runs[1]]
 
 
+@pytest.mark.slow
 def test_sigterm_interrupts_a_two_process_run_and_resume_continues_it(tmp_path: Path, runs: dict[int, Path]):
     run = tmp_path / "run"
     proc = start_collapse(["run", "nproc=2", "device=cpu", *TINY, f"hydra.run.dir={run}"], cwd=tmp_path)
@@ -239,6 +244,7 @@ def test_sigterm_interrupts_a_two_process_run_and_resume_continues_it(tmp_path: 
     assert_close_metrics(run, runs[2], rtol=0)
 
 
+@pytest.mark.slow
 def test_an_error_in_the_workers_fails_the_run_with_one_line(tmp_path: Path):
     # Every rank finds it once the run started (TINY: 62 blocks; fresh needs 75): the line one process gives.
     result = run_collapse(["run", "nproc=2", "device=cpu", *TINY, "regime=fresh", "mix=0.5",
@@ -255,6 +261,7 @@ def _rendezvous_port(_: int) -> str:
     return os.environ["MASTER_PORT"]
 
 
+@pytest.mark.slow
 def test_the_rendezvous_port_cannot_be_taken_before_the_workers_meet(monkeypatch):
     """Another process binding any loopback port the parent lets go of (the free-port race) cannot stop a run.
 
@@ -313,6 +320,7 @@ def _is_worker(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through Linux's /proc")
+@pytest.mark.slow
 def test_workers_exit_soon_after_their_parent_is_killed(tmp_path: Path):
     run = tmp_path / "run"
     # Long enough (5,000 generations) that workers still running at the deadline are orphans, not a run finishing.
@@ -355,6 +363,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_workers_leave_no_semaphore_behind(tmp_path: Path):
     """A worker's semaphores (tqdm makes one) are unlinked by its own exit; a worker terminated after its
     report skipped that, and Python's resource tracker printed "leaked semaphore objects" as the run ended."""

@@ -249,6 +249,7 @@ def one_error_line(result) -> str:
 
 
 @pytest.mark.parametrize("args,needles,stage", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.slow
 def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, args: list[str], needles: list[str], stage: str):
     write_inputs(tmp_path)
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
@@ -273,6 +274,7 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, args: list[str], ne
         assert not list(run.glob("gen_*/DONE"))
 
 
+@pytest.mark.slow
 def test_diverging_run_names_generation_and_step_and_can_resume(tmp_path: Path, capsys):
     result = run_collapse(["run", *TINY, "train.lr=1e6"], cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]

@@ -123,6 +123,7 @@ def test_select_last_validates_once_and_keeps_the_last_epoch():
     assert len(calls) == 1 and stats.kept_epoch == 3 and same_weights(snapshot(model), calls[0])
 
 
+@pytest.mark.slow
 def test_ppl_valid_is_measured(tmp_path: Path):
     run = tiny_run(tmp_path / "run", "train.epochs=2", "train.select=best_valid", "train.schedule=cosine",
                    "train.min_lr=1e-4")

@@ -191,6 +191,7 @@ def test_old_folders_open_in_show_and_compare_with_their_familys_builtin_facts(t
     assert "<th>ppl_test ↓</th>" in report and "Test perplexity" in report
 
 
+@pytest.mark.slow
 def test_reading_old_folders_loads_no_family_code_and_no_torch():
     code = ("import sys; from collapse_cli.report.runs import discover, load_runs; "
             f"runs = load_runs(discover([{str(OLD_RESULTS)!r}])); assert runs[0].facts.family == 'lm'; "

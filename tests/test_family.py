@@ -106,6 +106,7 @@ def test_killed_toy_run_resumes_to_the_same_metrics(tmp_path: Path, init: str):
         assert np.array_equal(np.load(tmp_path / "killed" / name), np.load(tmp_path / "whole" / name))
 
 
+@pytest.mark.slow
 def test_the_loop_imports_no_family():
     code = ("import sys, collapse_cli.experiment.loop; "
             "print([m for m in sys.modules if m.startswith('collapse_cli.families.') or m == 'transformers'])")

@@ -89,6 +89,7 @@ def test_losses_by_hand_at_a_constant_critic():
     np.testing.assert_allclose(core.critic_logits(model, x.numpy()), np.full(5, 0.7), rtol=1e-6)
 
 
+@pytest.mark.slow  # its fixture trains a GAN to convergence: ~5 s
 def test_training_finds_the_ring_and_truncation_narrows_the_samples(ring, trained):
     real = toy2d.make_toy("ring8", 1000, None, seed=1)
     centres, sigma = toy2d.mode_centres("ring8"), toy2d.noise_of("ring8", None)

@@ -135,6 +135,7 @@ def test_tail_coverage_falls_as_the_samples_narrow():
     assert same > 0.8 and narrower < 0.3
 
 
+@pytest.mark.slow  # 200 generations of fit and sample, twice: ~3 s
 def test_the_loop_collapses_without_real_data_and_not_with_it():
     """200 generations of fit + sample at the paper's settings: the std falls at mix=0, not at mix=1."""
     truth = core.standard_normal(2)
@@ -200,6 +201,7 @@ def test_the_gmm_family_summarizes_a_tail_first_verdict_against_test_nll():
         "text": "Tail coverage departed at generation 2, 1 generation(s) before test NLL (generation 3)."}
 
 
+@pytest.mark.slow
 def test_a_gmm_run_writes_the_standard_errors_and_an_early_warning(tmp_path):
     """30 generations fully synthetic: the verdict compares tail coverage with test NLL, its text names it.
 
@@ -349,6 +351,7 @@ def test_the_shared_point_metrics_score_samples_against_the_real_test_points():
 
 
 @pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.slow  # 1600 EM fits: ~2.5 s; test_log_variance_falls... keeps a closed form quick
 def test_replace_follows_the_single_gaussian_closed_forms(unbiased):
     # Chains of the family's own fit and sample (one component), replace with mix 0: the mean over chains
     # of each of Kazdan et al.'s three figures lies within its 99% CI of the closed form.

@@ -37,12 +37,14 @@ def assert_names_the_failed_job(code: int, err: str, sweep: Path) -> None:
     assert read_status(sweep / "1")["state"] == "failed"
 
 
+@pytest.mark.slow
 def test_basic_launcher_reports_a_failed_job(tmp_path: Path, capsys):
     sweep = tmp_path / "sweep"
     code = run_in_process(["run", "-m", *TINY, *LR_SWEEP, f"hydra.sweep.dir={sweep}"])
     assert_names_the_failed_job(code, capsys.readouterr().err, sweep)
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_finishes(tmp_path: Path):
     good = run_collapse(["run", "-m", "hydra/launcher=submitit_local", *TINY, "mix=0,1"], cwd=tmp_path)
     assert good.returncode == 0, good.stderr[-2000:]
@@ -51,6 +53,7 @@ def test_submitit_local_sweep_finishes(tmp_path: Path):
     assert [read_status(sweep / job)["state"] for job in ("0", "1")] == ["finished", "finished"]
 
 
+@pytest.mark.slow
 def test_submitit_local_reports_a_failed_job(tmp_path: Path):
     """Jobs run in submitit's own processes: their failures reach the parent only through the run folders."""
     sweep = tmp_path / "failing"
@@ -59,6 +62,7 @@ def test_submitit_local_reports_a_failed_job(tmp_path: Path):
     assert_names_the_failed_job(bad.returncode, bad.stderr, sweep)
 
 
+@pytest.mark.slow
 def test_relaunching_a_finished_sweep_keeps_its_runs(tmp_path: Path, capsys):
     sweep = tmp_path / "sweep"
     assert run_in_process(["run", "-m", *TINY, "seed=0", f"hydra.sweep.dir={sweep}"]) == 0
@@ -80,6 +84,7 @@ def wait_for(path: Path, proc, timeout: float = 120) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGUSR2], ids=["sigusr2"])
+@pytest.mark.slow
 def test_preempted_job_is_requeued_and_continues_its_run(tmp_path: Path, signum: int):
     uninterrupted = tmp_path / "uninterrupted"
     assert run_in_process(["run", *WORK, f"hydra.run.dir={uninterrupted}"]) == 0
@@ -162,6 +167,7 @@ def test_slurm_preset_submits_an_sbatch_script(tmp_path: Path, slurm_on_path: Pa
     assert not any(line.startswith("#SBATCH --partition") for line in default.splitlines())
 
 
+@pytest.mark.slow
 def test_local_gpus_gives_each_concurrent_job_its_own_gpu(tmp_path: Path):
     """Three jobs on a box with two (declared) GPUs: each sees one GPU, never one another job holds."""
     sweep = tmp_path / "sweep"

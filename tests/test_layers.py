@@ -69,6 +69,7 @@ def test_lower_layers_import_nothing_above_them(place):
     assert wrong == []
 
 
+@pytest.mark.slow
 def test_report_and_rundir_load_without_the_experiment_or_torch():
     """What `collapse compare` and `collapse show` load: the report, the run folder, never the loop or torch."""
     code = ("import sys, collapse_cli.report.compare, collapse_cli.report.export, collapse_cli.report.plots; "

@@ -86,6 +86,7 @@ def simulate(family: LinregFamily, regime: str, generations: int, chains: int, s
 
 @pytest.mark.parametrize("regime, generations, chains, checked", [("replace", 2000, 400, (0, 9, 99, 999, 2000)),
                                                                   ("accumulate", 40, 1000, (0, 1, 9, 40))])
+@pytest.mark.slow  # chains of 2000 generations: ~1.3 s; the replace law given generation 0 stays quick
 def test_the_mean_error_over_chains_matches_the_closed_form(compose, regime, generations, chains, checked):
     """Within its 99% CI at every checked generation, given the design (what mse_theory logs); the other
     regime's closed form lies outside it once they part."""

@@ -43,6 +43,7 @@ def full_run(tmp_path_factory) -> Path:
     return tiny_run(tmp_path_factory.mktemp("full") / "run", "metrics=full", "dataset.train_tokens=8000")
 
 
+@pytest.mark.slow
 def test_every_key_is_documented(full_run: Path):
     patterns = documented_patterns()
     keys = set().union(*(row.keys() for row in read_metrics(full_run)))
@@ -50,6 +51,7 @@ def test_every_key_is_documented(full_run: Path):
     assert not undocumented, undocumented
 
 
+@pytest.mark.slow
 def test_full_profile_keys_present_and_finite(full_run: Path):
     rows = read_metrics(full_run)
     required = ["ppl_test", "ppl_test_sliding", "tail_coverage", "seq_ppl_q01", "seq_ppl_q99", "seq_ppl_w1_log",
@@ -65,6 +67,7 @@ def test_full_profile_keys_present_and_finite(full_run: Path):
     assert all(row["kl_truth"] > 0 for row in rows)
 
 
+@pytest.mark.slow
 def test_summary_has_extinction_and_verdict(full_run: Path):
     import json
 
@@ -216,6 +219,7 @@ def test_the_loop_asks_one_inference_copy_per_model_and_hands_it_to_sample_and_m
     assert stable(read_metrics(resumed)) == stable(read_metrics(whole))  # the reloaded copy scores the same
 
 
+@pytest.mark.slow
 def test_a_restored_epoch_is_sampled_from_its_own_copy(tmp_path: Path, monkeypatch):
     """best_valid keeping epoch 1 of 2: the copy the last validation made holds epoch 2's weights; sampling
     and scoring run the loop's copy, made after training restored epoch 1."""

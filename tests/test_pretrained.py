@@ -204,6 +204,7 @@ def test_gguf_file_key_errors(tiny_gguf: Path, tmp_path: Path, capsys):
     assert "read by model=smollm2 only" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tiny_llama_runs_end_to_end_through_the_gguf_path(tiny_gguf: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     code = run_in_process([

@@ -26,6 +26,8 @@ from conftest import (
 from collapse_cli.families.lm.corpus_files import load_ids
 from collapse_cli.rundir import RunDir
 
+pytestmark = pytest.mark.slow  # every test here runs, kills or resumes real runs
+
 # Four generations (0..3), each long enough (~0.4 s on one core) for a kill to land inside a stage.
 WORK = [*TINY, "generations=3", "dataset.train_tokens=16000", "train.epochs=2"]
 GENERATIONS = 4

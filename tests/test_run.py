@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from conftest import (
     TINY,
@@ -30,6 +31,7 @@ def tiny_language():
     return build_language(300, 1.1, 8, 0.6, 0)
 
 
+@pytest.mark.slow
 def test_run_folder_layout(tiny_finished: Path):
     run = tiny_finished
     assert (run / ".hydra" / "config.yaml").is_file() and (run / ".hydra" / "overrides.yaml").is_file()
@@ -49,6 +51,7 @@ def test_run_folder_layout(tiny_finished: Path):
     assert summary["ppl_test_first"] == rows[0]["ppl_test"] and summary["ppl_test_last"] == rows[1]["ppl_test"]
 
 
+@pytest.mark.slow
 def test_generation_folders_hold_readable_synthetic_text(tiny_finished: Path):
     vocabulary = set(tiny_language().vocab)
     n_real = json.loads((tiny_finished / "gen_000" / "composition.json").read_text())["by_origin"]["real"]
@@ -67,6 +70,7 @@ def test_generation_folders_hold_readable_synthetic_text(tiny_finished: Path):
         assert ids.shape == (n_real, 64)
 
 
+@pytest.mark.slow
 def test_multirun_makes_one_folder_per_value(tmp_path: Path):
     sweep = tmp_path / "sweep"
     assert run_in_process(["run", "-m", *TINY, "mix=0,1", f"hydra.sweep.dir={sweep}"]) == 0
@@ -83,6 +87,7 @@ def test_multirun_makes_one_folder_per_value(tmp_path: Path):
     assert read_metrics(runs[1])[1]["train_synthetic_blocks"] == 0
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path: Path, capsys, tiny_finished: Path):
     run = tmp_path / "dry"
     assert run_in_process(["run", *TINY, "mix=0.25", "dry_run=true", "device=cpu", f"hydra.run.dir={run}"]) == 0
@@ -109,6 +114,7 @@ def test_cfg_job_prints_the_config_and_makes_no_folder(tmp_path: Path, capsys):
     assert not run.exists()
 
 
+@pytest.mark.slow
 def test_model_path_wins_over_an_unreachable_hub_id(tmp_path: Path):
     from transformers import OPTConfig, OPTForCausalLM
 
@@ -129,6 +135,7 @@ def test_model_path_wins_over_an_unreachable_hub_id(tmp_path: Path):
     assert len(read_metrics(run)) == 2
 
 
+@pytest.mark.slow
 def test_text_dataset_run(tmp_path: Path):
     # Local files, no validation split: a BPE tokenizer is trained on the training file.
     # Words follow a Zipf law, as real text does, so the corpus has rare types (tail_coverage's subject).
@@ -147,6 +154,7 @@ def test_text_dataset_run(tmp_path: Path):
     assert len(texts) == n_real > 0 and any("word" in text for text in texts)
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path: Path, tiny_finished: Path):
     again = tiny_run(tmp_path / "again")
     other = tiny_run(tmp_path / "other", "seed=1")
@@ -157,6 +165,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path: Path, tiny_fi
         assert np.array_equal(load_ids(again / name), load_ids(tiny_finished / name))
 
 
+@pytest.mark.slow
 def test_runs_started_together_get_their_own_folders(tmp_path: Path):
     # The default hydra.run.dir is a per-second timestamp plus a random id: start two at once.
     procs = [start_collapse(["run", *TINY], cwd=tmp_path) for _ in range(2)]
@@ -168,6 +177,7 @@ def test_runs_started_together_get_their_own_folders(tmp_path: Path):
     assert sorted(finished_runs(tmp_path / "outputs")) == folders
 
 
+@pytest.mark.slow
 def test_unconditional_prompts_previous_init_and_last_checkpoint(tmp_path):
     """generate.prompt=bos, train.init=previous and checkpoints=last together, on a real run."""
     from collapse_cli.families.lm.config import GenerateConfig
@@ -186,6 +196,7 @@ def test_unconditional_prompts_previous_init_and_last_checkpoint(tmp_path):
     assert ids.shape[1] == 64
 
 
+@pytest.mark.slow
 def test_previous_init_trains_each_generation_on_from_the_last_ones_weights(tmp_path):
     """Generation 2, retrained here from generation 1's saved weights, matches the run's generation 2;
     from generation 0's weights the same training ends elsewhere, so the check can tell them apart."""

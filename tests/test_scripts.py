@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -51,6 +53,7 @@ def test_default_run_figures_prints_readmes_table(tmp_path: Path, capsys):
     assert printed[2] == "| 0 | 78.17 | 171.8 | 0.790 | 0.524 | 0.725 | 1.507 |"
 
 
+@pytest.mark.slow
 def test_gen0_ppl_trains_generation_0_as_the_run_does(tmp_path: Path):
     """The script's generation 0 is the run's: the same training loss and ppl_test, lower than before training."""
     from conftest import TINY, read_metrics, tiny_run

@@ -121,6 +121,7 @@ def wandb_history(run: Path, run_id: str) -> tuple[dict[int, dict], list]:
     return steps, run_records
 
 
+@pytest.mark.slow
 def test_sweep_logs_every_generation_to_tensorboard_and_mlflow(tmp_path: Path):
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
@@ -169,6 +170,7 @@ def test_sweep_logs_every_generation_to_tensorboard_and_mlflow(tmp_path: Path):
         assert state["mlflow"]["logged_through"] == state["tensorboard"]["logged_through"] == 1
 
 
+@pytest.mark.slow
 def test_unreachable_mlflow_server_costs_one_warning_line(tmp_path: Path):
     pytest.importorskip("mlflow")
     # Port 9 (discard) on the loopback: nothing listens, so every connection is refused.
@@ -201,6 +203,7 @@ def interrupt_when(proc, marker: Path, timeout: float = 120) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_tracker_runs(tmp_path: Path):
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
@@ -247,6 +250,7 @@ def test_resume_continues_the_same_tracker_runs(tmp_path: Path):
     assert config["run_dir"] == str(run.resolve()) and config["generations"] == 2
 
 
+@pytest.mark.slow
 def test_a_resume_override_reaches_every_tracker(tmp_path: Path, capsys):
     """A value a resume changes is noted beside the one the run began with: MLflow params are write-once,
     so a tag; TensorBoard's hparams are written once, so a text at the resumed generation; W&B, a summary field."""
@@ -294,6 +298,7 @@ def test_resume_changes_tag_what_differs_from_the_value_in_force():
         "resumed.train.lr": "0.003 (generation 4 on)", "resumed.mix": "0.5 (generation 4 on)"}
 
 
+@pytest.mark.slow
 def test_missing_tracker_package_is_one_line_naming_the_install(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now fails as if it were not installed
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
@@ -307,6 +312,7 @@ def test_missing_tracker_package_is_one_line_naming_the_install(tmp_path: Path, 
     assert read_status(run)["state"] == "finished" and not (run / "trackers.json").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_tracker_leaves_the_run_and_the_other_trackers_alone(tmp_path: Path, capsys):
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
@@ -343,6 +349,7 @@ def test_logger_group_composes_as_a_list_and_checks_its_keys(tmp_path: Path, cap
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_an_unreadable_trackers_file_turns_tracking_off_not_the_run(tmp_path: Path, capsys):
     pytest.importorskip("tensorboard")
     run = tmp_path / "run"

@@ -193,6 +193,7 @@ class CountingBackend:
         return graph_module.forward
 
 
+@pytest.mark.slow  # torch.compile traces and compiles a graph, as the compile-time script test does
 def test_a_compiled_run_compiles_one_graph_the_short_last_batch_included():
     torch._dynamo.reset()
     backend = CountingBackend()
