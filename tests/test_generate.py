@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from transformers import OPTConfig, OPTForCausalLM
 
 from collapse_cli.families.lm.config import GenerateConfig
@@ -96,12 +95,13 @@ def test_top_k_and_temperature():
 
 
 # --- what each preset decodes (conf/generate/*.yaml) ---------------------------------------------
-CONF = Path(__file__).resolve().parents[1] / "conf" / "generate"
 
 
 def preset(name: str, new_tokens: int = 12) -> GenerateConfig:
-    values = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
-    return GenerateConfig(**{**values, "new_tokens": new_tokens, "prompt_tokens": 5})
+    """conf/generate/NAME.yaml as `collapse run generate=NAME` composes it, with shorter prompts and outputs."""
+    from collapse_cli.compose import compose
+
+    return replace(compose([f"generate={name}"]).generate, new_tokens=new_tokens, prompt_tokens=5)
 
 
 def next_token_logits(model, prompts: np.ndarray, continuation: np.ndarray) -> torch.Tensor:
