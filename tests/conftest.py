@@ -57,10 +57,22 @@ def answer_ctrl_c() -> None:
 
 
 def run_in_process(args: list[str]) -> int:
-    """`collapse ARGS` through collapse_cli.cli.main in this process: no interpreter start-up."""
+    """`collapse ARGS` through collapse_cli.cli.main in this process: no interpreter start-up.
+
+    Hydra points the root logger at the run's collapse.log and at this test's captured stderr; both are gone
+    once the test ends, so the logging set-up is put back as it was (else a later test's log line fails)."""
+    import logging
+
     from collapse_cli.cli import main
 
-    return main(list(args))
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return main(list(args))
+    finally:
+        for handler in set(root.handlers) - set(handlers):
+            handler.close()
+        root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture(scope="package")

@@ -131,6 +131,7 @@ def test_bad_keys_exit_2_with_one_line_naming_the_key(tmp_path, capsys, override
     assert len(err) == 1 and key in err[0] and "Traceback" not in err[0]
 
 
+@pytest.mark.slow  # starts `collapse run` in-process
 def test_dry_run_writes_nothing(tmp_path):
     assert run_in_process(["run", *CATEGORICAL, "dry_run=true", f"hydra.run.dir={tmp_path / 'run'}"]) == 0
     assert not (tmp_path / "run" / "gen_000").exists()

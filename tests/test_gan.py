@@ -172,6 +172,7 @@ def test_digit_samples_get_class_shares_and_classifier_features():
     assert only_ones["class_top"] == 1 and only_ones["class_entropy"] < 0.5 and only_ones["frechet"] > 10
 
 
+@pytest.mark.slow  # `trained` fits a GAN (2 s): a training run
 def test_curation_keeps_what_the_generation_0_critic_finds_most_real(ring, trained):
     """The GAN's scores are critic logits (higher: more real), so curate.method=verifier keeps the samples
     on the ring over those far off it, and tail curation draws the off-ring ones more often."""
@@ -234,6 +235,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_metrics(tmp_path, kill_a
     assert files_of(killed, skip=VARYING) == files_of(whole, skip=VARYING)
 
 
+@pytest.mark.slow  # `trained` fits a GAN (2 s): a training run
 def test_a_saved_model_loads_back_exactly_and_a_damaged_file_is_one_line(tmp_path, trained):
     family = GANFamily(_config(*RING), torch.device("cpu"))
     family.save_model(trained, tmp_path / "model")

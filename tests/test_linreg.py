@@ -174,6 +174,7 @@ def test_bad_keys_exit_2_with_one_line_naming_the_key(tmp_path, capsys, override
     assert not (tmp_path / "run" / "gen_000").exists()
 
 
+@pytest.mark.slow  # starts `collapse run` in-process
 def test_dry_run_writes_nothing(tmp_path):
     assert run_in_process(["run", *LINREG, "dry_run=true", f"hydra.run.dir={tmp_path / 'run'}"]) == 0
     assert not (tmp_path / "run" / "gen_000").exists()

