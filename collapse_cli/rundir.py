@@ -275,6 +275,14 @@ def read_run_array(path: Path) -> Optional[np.ndarray]:
         raise damaged(path, f"not a readable .npy array ({why})") from None
 
 
+def require_run_array(path: Path) -> np.ndarray:
+    """A run-folder .npy array that must be there (samples, a saved model): a missing one is damaged too."""
+    array = read_run_array(path)
+    if array is None:
+        raise damaged(path, "missing")
+    return array
+
+
 def check_resumable(path: Path) -> None:
     """Before a resume writes anything: the run folder, its .hydra/ and what is directly in them must be this
     user's to write (another user's run stops here, not halfway through), and no folder may stand where the

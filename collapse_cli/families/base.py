@@ -47,7 +47,7 @@ import numpy as np
 from collapse_cli.errors import CollapseError
 from collapse_cli.measure import stats
 from collapse_cli.report.facts import FamilyFacts
-from collapse_cli.rundir import RunDir, damaged, read_run_array
+from collapse_cli.rundir import RunDir, require_run_array
 
 Progress = Callable[[int, int], None]
 
@@ -276,10 +276,7 @@ class Family(ABC):
 
     def load_samples(self, folder: Path) -> np.ndarray:
         """The samples save_samples wrote in `folder`, exactly (dtype included): resume relies on it."""
-        samples = read_run_array(Path(folder) / self.samples_file)
-        if samples is None:
-            raise damaged(Path(folder) / self.samples_file, "missing")
-        return samples
+        return require_run_array(Path(folder) / self.samples_file)
 
     @abstractmethod
     def save_model(self, model: Any, folder: Path) -> None:

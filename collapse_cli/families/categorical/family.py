@@ -21,7 +21,7 @@ from collapse_cli.families.categorical import core
 from collapse_cli.families.categorical.facts import FACTS
 from collapse_cli.families.plots import chosen_generations
 from collapse_cli.measure import stats
-from collapse_cli.rundir import gen_name
+from collapse_cli.rundir import RunDir, gen_name, require_run_array
 
 PROBS_FILE = "probs.npy"
 MAX_THEORY_N = 4000  # the Wright-Fisher matrix is (N + 1)^2 float64: 128 MB at N = 4000
@@ -170,11 +170,10 @@ class CategoricalFamily(Family):
         return f"categorical (p_hat = counts / N over K {d.n_outcomes} outcomes, real Zipf exponent {d.exponent:g})"
 
     def save_model(self, model: CategoricalModel, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / PROBS_FILE, model.probs)
+        RunDir(folder).save_array(PROBS_FILE, model.probs)
 
     def load_model(self, folder: Path) -> CategoricalModel:
-        return CategoricalModel(np.load(folder / PROBS_FILE))
+        return CategoricalModel(require_run_array(Path(folder) / PROBS_FILE))
 
     def figures(self, run_dir: Path, rows: list[dict]) -> list[Path]:
         """figures/categorical_rank_frequency.png (chosen generations), figures/categorical_survivors.png."""

@@ -21,6 +21,7 @@ from collapse_cli.families.base import Family, Progress, RealData
 from collapse_cli.families.linreg import core
 from collapse_cli.families.linreg.facts import FACTS
 from collapse_cli.measure import stats
+from collapse_cli.rundir import RunDir, require_run_array
 
 WEIGHTS_FILE = "weights.npy"
 
@@ -163,11 +164,10 @@ class LinregFamily(Family):
         return f"linreg (OLS, d {d.dim}, T {d.n_train} design rows, noise sigma {d.noise_std:g})"
 
     def save_model(self, model: LinregModel, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / WEIGHTS_FILE, model.weights)
+        RunDir(folder).save_array(WEIGHTS_FILE, model.weights)
 
     def load_model(self, folder: Path) -> LinregModel:
-        return LinregModel(np.load(folder / WEIGHTS_FILE))
+        return LinregModel(require_run_array(Path(folder) / WEIGHTS_FILE))
 
     def figures(self, run_dir: Path, rows: list[dict]) -> list[Path]:
         """figures/linreg_error.png: the parameter error by generation beside its closed forms."""
