@@ -31,7 +31,7 @@ from collapse_cli.experiment.seeds import compose_seed, stage_seed, torch_global
 from collapse_cli.families.base import Family, RealData, family_name, get_family
 from collapse_cli.killpoint import written
 from collapse_cli.report.facts import FACTS_FILE
-from collapse_cli.rundir import RunDir, gen_name, read_metrics
+from collapse_cli.rundir import RunDir, gen_name, read_metrics, require_run_array
 
 log = logging.getLogger("collapse")
 # status.json's progress count is rewritten at most this often: thousands of fast generations
@@ -256,7 +256,7 @@ def restore(setup: Setup, run_dir: RunDir) -> tuple[LoopState, int]:
         if review.pending(run_dir.gen(g)):  # curate.method=review: the verdicts of the sheet it stopped at
             state.kept[g] = review.apply_verdicts(run_dir, g)
         else:
-            state.kept[g] = np.load(run_dir.gen(g) / "curated_index.npy").astype(np.int64)
+            state.kept[g] = require_run_array(run_dir.gen(g) / "curated_index.npy").astype(np.int64)
         state.samples[g] = samples[state.kept[g]]
     # With every generation done (killed while finishing), no model is needed, and the
     # finishing step may already have deleted the reference checkpoint.
