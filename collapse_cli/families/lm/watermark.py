@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from collapse_cli.checks import check
 from collapse_cli.config import WatermarkCurate, WatermarkMode
-from collapse_cli.errors import CollapseError
 
 # SeedSequence streams of one key: the green set, the shift hash, the rows left unmarked.
 BASE_STREAM, SHIFT_STREAM, UNMARKED_STREAM = 1, 2, 3
@@ -50,10 +50,6 @@ class WatermarkConfig:
 
 def validate_watermark(mark: WatermarkConfig, curate: WatermarkCurate, num_beams: int) -> None:
     """One line naming the key and the fix, for every value the types let through."""
-    def check(ok: bool, message: str) -> None:
-        if not ok:
-            raise CollapseError(message)
-
     check(0.0 < mark.gamma < 1.0, f"generate.watermark.gamma={mark.gamma} must be in (0, 1) (the green share), "
                                   f"e.g. 0.25")
     check(mark.delta >= 0.0, f"generate.watermark.delta={mark.delta} must be >= 0 (0: marks nothing), e.g. 2.0")
