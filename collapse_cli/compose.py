@@ -7,6 +7,7 @@ schemas and checks): this module joins them. Not experiment/compose.py, which co
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import re
@@ -47,8 +48,11 @@ def config_groups() -> str:
                      f"{', '.join(sorted(file.stem for file in folder.glob('*.yaml')))}" for folder in folders)
 
 
+@functools.cache
 def schema(family: Optional[type[Family]] = None) -> DictConfig:
     """The typed root node: the family groups typed by `family`'s schemas, or left open (family None).
+    Built once per family (structuring RunConfig costs a fifth of a composition); its callers copy it
+    (OmegaConf.merge and ConfigStore.store both do) and never change it.
 
     Hydra composes onto the open form, so any family's options fit; a builtin family's options may name
     its schemas in their defaults (`/schema/model/lm@_here_`, see register), and to_run_config types them all.
@@ -66,6 +70,16 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
+    if "schema.yaml" not in store.repo:  # once per process: storing again would only copy the same nodes
+        _store_schemas(store)
+    if not OmegaConf.has_resolver("run_id"):
+        # Appended to Hydra's per-second timestamp so runs started in the same second never share a folder.
+        OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
+    if not OmegaConf.has_resolver("config_groups"):
+        OmegaConf.register_new_resolver("config_groups", config_groups)
+
+
+def _store_schemas(store: Any) -> None:
     store.store(name="schema", node=schema())
     # A builtin family's options extend its schemas (`/schema/model/lm@_here_`), so composing types their keys
     # and `--cfg job` shows them all. Read from families/<name>/config.py's SCHEMAS, which imports no model code;
@@ -76,11 +90,6 @@ def register() -> None:
         for group, node in getattr(importlib.import_module(f"collapse_cli.families.{name}.config"),
                                    "SCHEMAS", {}).items():
             store.store(group=f"schema/{group}", name=name, node=node)
-    if not OmegaConf.has_resolver("run_id"):
-        # Appended to Hydra's per-second timestamp so runs started in the same second never share a folder.
-        OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
-    if not OmegaConf.has_resolver("config_groups"):
-        OmegaConf.register_new_resolver("config_groups", config_groups)
 
 
 def _given(overrides: list[str]) -> dict[str, str]:
