@@ -141,18 +141,22 @@ def record(run_path: Path, first_generation: int) -> dict[str, Any]:
     from collapse_cli.atomic import atomic_write_bytes
     from collapse_cli.rundir import to_json
 
-    entries = [e for e in read(run_path) if e.get("first_generation", 0) < first_generation]
+    # A damaged record is replaced by this process's entry alone: the earlier ones were unknown already.
+    entries = [e for e in read(run_path) or [] if e.get("first_generation", 0) < first_generation]
     entry = collect(first_generation)
     atomic_write_bytes(run_path / FILE, (to_json([*entries, entry]) + "\n").encode())
     return entry
 
 
-def read(run_path: Path) -> list[dict]:
-    """The run's environment entries, oldest first; [] for a run from before this record (or an unreadable one)."""
+def read(run_path: Path) -> Optional[list[dict]]:
+    """The run's environment entries, oldest first; [] for a run from before this record, None for a record
+    that cannot be read (torn or edited): its versions are unknown, which is not the same as none recorded."""
     try:
         loaded = json.loads((run_path / FILE).read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return []
+    except (OSError, ValueError):
+        return None
     entries = loaded if isinstance(loaded, list) else [loaded]
     return [e for e in entries if isinstance(e, dict)]
 

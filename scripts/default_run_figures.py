@@ -44,7 +44,8 @@ def main(sweep: Path) -> None:
     for run in runs:
         wall = sum(json.loads(line)["wall_time_s"] for line in (run / "metrics.jsonl").read_text().splitlines())
         entries = environment.read(run)
-        where = environment.words(entries[-1]) if entries else "no environment.json (a run from before it)"
+        where = (environment.words(entries[-1]) if entries else "environment.json damaged: unknown" if entries is None
+                 else "no environment.json (a run from before it)")
         print(f"{run.name}: {wall:.1f} s of generations; {where}")
 
 

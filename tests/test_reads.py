@@ -204,7 +204,30 @@ def test_environment_is_recorded_once_per_start_and_resume(tmp_path):
     changed = {**entries[1], "numpy": "1.0.0"}
     assert environment.differences([entries[0], changed]) == [f"numpy {np.__version__} / 1.0.0"]
     (tmp_path / environment.FILE).write_text("{not json")
-    assert environment.read(tmp_path) == []
+    assert environment.read(tmp_path) is None  # unknown, not "none recorded"
+    assert environment.read(tmp_path / "elsewhere") == []
+    environment.record(tmp_path, 72)  # a resume replaces a damaged record with its own entry alone
+    assert [e["first_generation"] for e in environment.read(tmp_path)] == [72]
+
+
+def test_show_and_compare_say_a_damaged_environment_is_unknown(tmp_path):
+    from collapse_cli.report.compare import environment_words
+    from collapse_cli.report.runs import Group, Run
+    from collapse_cli.report.tables import environment_notes
+
+    runs = {}
+    for name in ("recorded", "old", "damaged"):
+        (tmp_path / name).mkdir()
+        runs[name] = Run(path=tmp_path / name, name=name, overrides=[], seed=0, status={"state": "finished"},
+                         summary={}, rows=[{"generation": 0}], config={"model": {"family": "gmm"}})
+    environment.record(tmp_path / "recorded", 0)
+    (tmp_path / "damaged" / environment.FILE).write_text('[{"numpy": "2.')  # torn mid-write
+    assert environment_words(tmp_path / "old") == [("environment", "not recorded (a run from before environment.json)")]
+    assert environment_words(tmp_path / "damaged") == [
+        ("environment", f"unknown: {environment.FILE} cannot be read (damaged)")]
+    assert environment_notes([Group("a", [runs["recorded"], runs["old"]])]) == []
+    notes = environment_notes([Group("a", [runs["recorded"]]), Group("b", [runs["damaged"]])])
+    assert len(notes) == 1 and str(tmp_path / "damaged") in notes[0] and "unknown" in notes[0]
 
 
 def test_threads_auto_takes_the_affinity_cores_shared_among_a_local_sweep(monkeypatch):

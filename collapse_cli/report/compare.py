@@ -144,6 +144,8 @@ def show_main(args: list[str]) -> int:
 def environment_words(path: Path) -> list[tuple[str, str]]:
     """environment.json in words: one line per process that computed generations (start, resumes)."""
     entries = environment.read(path)
+    if entries is None:
+        return [("environment", f"unknown: {environment.FILE} cannot be read (damaged)")]
     if not entries:
         return [("environment", "not recorded (a run from before environment.json)")]
     if len(entries) == 1:

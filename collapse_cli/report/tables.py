@@ -228,19 +228,28 @@ def environment_notes(groups: Sequence[Group]) -> list[str]:
     """Library versions or hardware that differ between the compared runs (environment.json), by group:
     such runs agree within seed noise, not bit for bit, so a small difference may be the machine's."""
     seen: dict[str, dict[str, list[str]]] = {}  # key -> value -> groups computed with it
+    unreadable = []
     for group in groups:
-        for entry in (e for run in group.runs for e in environment.read(run.path)):
-            for key, value in environment.identity(entry).items():
-                holders = seen.setdefault(key, {}).setdefault(str(value), [])
-                if group.label not in holders:
-                    holders.append(group.label)
+        for run in group.runs:
+            entries = environment.read(run.path)
+            if entries is None:
+                unreadable.append(str(run.path))
+            for entry in entries or []:
+                for key, value in environment.identity(entry).items():
+                    holders = seen.setdefault(key, {}).setdefault(str(value), [])
+                    if group.label not in holders:
+                        holders.append(group.label)
+    notes = [f"{environment.FILE} cannot be read (damaged) in {', '.join(unreadable[:3])}"
+             f"{' and others' if len(unreadable) > 3 else ''}: where those runs were computed is unknown"
+             ] if unreadable else []
     differing = {key: values for key, values in seen.items() if len(values) > 1}
     if not differing:
-        return []
+        return notes
     words = "; ".join(f"{key} " + " / ".join(f"{value} ({', '.join(labels)})" for value, labels in values.items())
                       for key, values in list(differing.items())[:6])
-    return [f"the runs were computed in different environments: {words}. Same machine and versions give "
-            "identical runs; across them expect differences within seed noise (`collapse show RUN` prints a run's)"]
+    return notes + [f"the runs were computed in different environments: {words}. Same machine and versions give "
+                    "identical runs; across them expect differences within seed noise (`collapse show RUN` prints a "
+                    "run's)"]
 
 
 # One run in words (`collapse show`)
