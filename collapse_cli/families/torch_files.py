@@ -1,5 +1,6 @@
-"""save_model / load_model of a torch module as its state dict in one file, for the torch families (VAE,
-diffusion, GAN): put TorchStateFiles before Family among the bases and name the file in `model_file`."""
+"""save_model / load_model of a torch module as its state dict in one file, and its n_parameters, for the
+torch families (VAE, diffusion, GAN): put TorchStateFiles before Family among the bases and name the file in
+`model_file`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from collapse_cli.rundir import damaged
 
 class TorchStateFiles:
     model_file: ClassVar[str]  # the state dict's file in each saved model's folder, e.g. "gan.pt"
+
+    def n_parameters(self, model: Any) -> int:
+        return sum(p.numel() for p in model.parameters())
 
     def save_model(self, model: Any, folder: Path) -> None:
         import torch  # imported here: composing a config never loads torch

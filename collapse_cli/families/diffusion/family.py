@@ -142,9 +142,6 @@ class DiffusionFamily(TorchStateFiles, toy2d.PointFiles, Family):
         # Per-sample scores: each sample's distance to the nearest real test row, in the features above.
         return metrics, digits.nearest_distances(features, self.real.reference.points)
 
-    def n_parameters(self, model: core.Denoiser) -> int:
-        return sum(p.numel() for p in model.parameters())
-
     def describe(self) -> str:
         m = self.cfg.model
         steps = f"T={m.timesteps}" if m.objective == core.Objective.ddpm else f"{m.sample_steps} Euler steps"

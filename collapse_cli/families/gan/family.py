@@ -130,9 +130,6 @@ class GANFamily(TorchStateFiles, toy2d.PointFiles, Family):
         higher for the more plausible, so curation reads them as they are (not negated as an NLL would be)."""
         return np.asarray(scores, dtype=np.float64)
 
-    def n_parameters(self, model: core.GAN) -> int:
-        return sum(p.numel() for p in model.parameters())
-
     def describe(self) -> str:
         m = self.cfg.model
         return f"gan (MLP generator and discriminator {m.hidden}, latent {m.latent}) on {self.cfg.dataset.name}"

@@ -224,9 +224,6 @@ class VAEFamily(TorchStateFiles, Family):
         side = int(round(math.sqrt(samples.shape[1])))
         return [image_svg(row.reshape(side, side)) for row in np.clip(samples, 0.0, 1.0)]
 
-    def n_parameters(self, model: core.VAE) -> int:
-        return sum(p.numel() for p in model.parameters())
-
     def describe(self) -> str:
         m = self.cfg.model
         return f"vae (MLP {m.hidden}, latent {m.latent}, {m.likelihood} likelihood, {m.train_data} training images)"
