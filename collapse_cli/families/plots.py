@@ -50,11 +50,12 @@ def generation_panels(samples_by_generation: dict[int, np.ndarray], height: floa
 
 
 def save_with_legend_below(fig: Any, handles: list, labels: list[str], title: str, path: Path,
-                           legend_share: float) -> Path:
-    """One legend row under the panels (`legend_share`: the figure's height it takes), the title above; saved."""
+                           legend_inches: float = 0.35) -> Path:
+    """One legend row under the panels, in a band `legend_inches` tall that the panels' axis labels stay
+    above (a band set as a share of the height overlapped them on short figures), the title above; saved."""
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    return save(fig, path, rect=(0, legend_share, 1, 1))
+    return save(fig, path, rect=(0, legend_inches / fig.get_figheight(), 1, 1))
 
 
 def finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> Path:

@@ -313,7 +313,7 @@ def scatter_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray],
         fig, [Line2D([], [], color="0.6", lw=0.7), Line2D([], [], color="tab:blue", marker="o", lw=0, ms=3)],
         ["true density, 6 contour levels", "the generation's samples"],
         "Gaussian mixture: samples of chosen generations over the true density's contours"
-        + (" (first two coordinates)" if truth.dim > 2 else ""), path, 0.07)  # room for the legend below
+        + (" (first two coordinates)" if truth.dim > 2 else ""), path)
 
 
 def histogram_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray], path: Path) -> Path:

@@ -125,7 +125,7 @@ def scatter_figure(real: np.ndarray, samples_by_generation: dict[int, np.ndarray
         if centres is not None:
             ax.scatter(centres[:, 0], centres[:, 1], s=30, marker="x", color="tab:red", label="mode centres")
     handles, labels = panels[0][0].get_legend_handles_labels()
-    return plots.save_with_legend_below(fig, handles, labels, title, path, 0.35 / height)  # room for the legend
+    return plots.save_with_legend_below(fig, handles, labels, title, path)
 
 
 def curves_figure(rows: list[dict], path: Path) -> Path:
