@@ -51,11 +51,11 @@ def config_groups() -> str:
 @functools.cache
 def schema(family: Optional[type[Family]] = None) -> DictConfig:
     """The typed root node: the family groups typed by `family`'s schemas, or left open (family None).
-    Built once per family (structuring RunConfig costs a fifth of a composition); its callers copy it
-    (OmegaConf.merge and ConfigStore.store both do) and never change it.
 
     Hydra composes onto the open form, so any family's options fit; a builtin family's options may name
     its schemas in their defaults (`/schema/model/lm@_here_`, see register), and to_run_config types them all.
+    Built once per family (structuring RunConfig cost a fifth of a composition); its callers copy it
+    (OmegaConf.merge and ConfigStore.store both do) and never change it.
     """
     node = OmegaConf.structured(RunConfig)
     typed = family.schemas() if family else {}

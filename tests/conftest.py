@@ -22,14 +22,15 @@ import pytest  # noqa: E402
 
 # The suite imports torch, transformers and sklearn (millions of long-lived objects), then composes
 # hundreds of configs, and OmegaConf allocates cyclic nodes by the thousand. Python's collector walks the
-# whole heap on every tenth second-generation pass: 0.3-0.4 s each, 7 s of the quick pass's 50. Those
-# passes a tenth as often, and none over what collection imported (gc.freeze in pytest_collection_finish),
-# leave about 3 s. Only when the collector runs changes; what it frees does not.
+# whole heap after every tenth middle-generation pass: 0.3-0.4 s each, 7 s of the one-process quick pass.
+# Full passes a tenth as often, and none over what collection imported (gc.freeze once it is done), leave
+# about 3 s. Only when the collector runs changes; what it frees does not.
 gc.set_threshold(700, 10, 100)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
+
 
 # A run of a few seconds: a 300-word builtin language, a ~30k-parameter model, one epoch.
 TINY = [
