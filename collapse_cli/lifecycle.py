@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 INTERRUPTED = 130  # the shell's code for a run stopped by SIGINT
-AWAITING_REVIEW = "awaiting_review"  # the status of a run that stopped for its reviewer (curate=review)
 
 
 def check_output_folder(key: str, value: str) -> Path:
@@ -142,7 +141,7 @@ def sweep_problems(sweep_dir: Path, runs: list, by_job_number: bool) -> tuple[li
     this process, so the folders are the one record every launcher leaves.
     """
     from collapse_cli.liveness import live_state, unwritten_reason
-    from collapse_cli.rundir import RunDir
+    from collapse_cli.rundir import AWAITING_REVIEW, RunDir
 
     if by_job_number:
         folders = [sweep_dir / str(num) for num, run in enumerate(runs) if not run.dry_run]

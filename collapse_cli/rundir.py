@@ -34,6 +34,7 @@ from collapse_cli.liveness import PROCESS_STARTED_AT, process_start
 from collapse_cli.ranks import is_main
 
 STATUS = "status.json"
+AWAITING_REVIEW = "awaiting_review"  # the status of a run that stopped for its reviewer (curate=review)
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 DONE = "DONE"

@@ -30,6 +30,8 @@ FORBIDDEN = {
     "collectives.py": (*BELOW_ALL, "collapse_cli.rundir"),  # where ranks meet: the families call it
     "families": ("collapse_cli.cli", "collapse_cli.experiment"),  # the loop calls the families, never back
     "lifecycle.py": ("collapse_cli.cli",),  # the command line decides, the run folder's life follows
+    # lifecycle.py starts the loop; the loop reads run states from the folder's format (rundir.py), never back up
+    "experiment": ("collapse_cli.cli", "collapse_cli.lifecycle", "collapse_cli.compose"),
     # experiment -> report only, never back; a family's facts reach the report as data (report/facts.py)
     "report": ("collapse_cli.cli", "collapse_cli.experiment", "collapse_cli.families"),
 }

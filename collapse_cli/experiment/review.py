@@ -22,8 +22,7 @@ import numpy as np
 
 from collapse_cli.errors import CollapseError
 from collapse_cli.families.base import Curated, Family
-from collapse_cli.lifecycle import AWAITING_REVIEW
-from collapse_cli.rundir import RunDir, atomic_write_bytes, gen_name, read_run_array, read_run_text
+from collapse_cli.rundir import AWAITING_REVIEW, RunDir, atomic_write_bytes, gen_name, read_run_array, read_run_text
 
 FOLDER = "review"
 SHEET, VERDICTS, OFFERED = "sheet.html", "verdicts.csv", "offered.npy"
