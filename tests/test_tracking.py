@@ -257,7 +257,9 @@ def test_a_resume_override_reaches_every_tracker(tmp_path: Path, capsys):
     for package in TRACKERS:
         pytest.importorskip(package)
     run = tmp_path / "run"
-    proc = start_collapse(["run", *TINY, "generations=2", "logger=[tensorboard,mlflow,wandb]", f"hydra.run.dir={run}"],
+    # generations=4: three generations still to run when the marker appears, so a test process that is slow to
+    # see it (a full collection at the end of the suite) still finds the run going (one CI run at 2 saw it done).
+    proc = start_collapse(["run", *TINY, "generations=4", "logger=[tensorboard,mlflow,wandb]", f"hydra.run.dir={run}"],
                           cwd=tmp_path)
     interrupt_when(proc, run / "gen_001" / "composition.json")
     assert run_in_process(["resume", str(run), "train.lr=2e-3", "train.epochs=2"]) == 0
