@@ -279,6 +279,11 @@ class RunConfig:
     # Math threads (torch, BLAS): auto = the cores this process may use, shared among a local sweep's jobs.
     threads: str = "auto"
 
+    def generations_held(self) -> int:
+        """How many generations' training rows the run holds at once: every one under accumulate, else one.
+        The families' memory checks multiply their rows per generation by it."""
+        return self.generations + 1 if self.regime == "accumulate" else 1
+
 
 # --- curate: values the type system cannot range-check (the filters live in families/lm/curate.py) ---
 

@@ -87,7 +87,7 @@ class CategoricalFamily(Family):
         check_count("model.figure_generations", cfg.model.figure_generations)
         # survivors_theory's Wright-Fisher chain: an (N+1) x (N+1) transition matrix and K x (N+1) start laws,
         # float64; beside them the draws (int64 rows), all generations' under accumulate.
-        n, kept = d.n_train + 1, d.n_train * (cfg.generations + 1 if cfg.regime == "accumulate" else 1)
+        n, kept = d.n_train + 1, d.n_train * cfg.generations_held()
         check_memory(8 * (n * n + d.n_outcomes * n + kept + d.n_test),
                      keys_text("dataset", d, ("n_outcomes", "n_train", "n_test")), "lower them")
         if not (math.isfinite(d.exponent) and d.exponent >= 0):

@@ -136,7 +136,7 @@ class GMMFamily(PointFiles, Family):
         if d.n_train < m.n_components:
             raise CollapseError(f"dataset.n_train={d.n_train} must be at least model.n_components={m.n_components}")
         # float64 points (the accumulate regime keeps every generation's), responsibilities, covariances.
-        kept = d.n_train * (cfg.generations + 1 if cfg.regime == "accumulate" else 1)
+        kept = d.n_train * cfg.generations_held()
         components = max(m.n_components, len(d.weights))
         check_memory(8 * ((kept + d.n_test) * (d.dim + components) + components * d.dim**2),
                      keys_text("dataset", d, ("n_train", "n_test", "dim")) + f" with {components} components",

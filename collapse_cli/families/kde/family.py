@@ -77,7 +77,7 @@ class KDEFamily(toy2d.PointFiles, Family):
             raise CollapseError(f"model.figure_generations={m.figure_generations} must be at least 1")
         check_count("model.figure_generations", m.figure_generations, MAX_FIGURE_GENERATIONS)
         # float64 kernel centres: the accumulate regime keeps every generation's points.
-        kept = d.n_train * (cfg.generations + 1 if cfg.regime == "accumulate" else 1)
+        kept = d.n_train * cfg.generations_held()
         check_memory(8 * 2 * (kept + d.n_test), keys_text("dataset", d, ("n_train", "n_test"))
                      + f" over {cfg.generations} generations", "lower them")
 

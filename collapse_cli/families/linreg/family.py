@@ -88,7 +88,7 @@ class LinregFamily(Family):
         if not (math.isfinite(d.noise_std) and d.noise_std > 0):
             raise CollapseError(f"dataset.noise_std={d.noise_std} must be a positive finite number")
         # float64 rows of d inputs and a label; accumulate keeps every generation's rows.
-        kept = d.n_train * (cfg.generations + 1 if cfg.regime == "accumulate" else 1)
+        kept = d.n_train * cfg.generations_held()
         check_memory(8 * (d.dim + 1) * (kept + d.n_test), keys_text("dataset", d, ("dim", "n_train", "n_test")),
                      "lower them")
 
