@@ -22,6 +22,7 @@ import re
 import shutil
 import socket
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -282,6 +283,18 @@ def require_run_array(path: Path) -> np.ndarray:
     if array is None:
         raise damaged(path, "missing")
     return array
+
+
+def require_run_arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named arrays of a run-folder .npz that must be there (a saved model, a synthetic corpus), read in
+    full: missing, torn or lacking a name, it is one 'damaged' line, not numpy's or zipfile's traceback."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in names}
+    except FileNotFoundError:
+        raise damaged(path, "missing") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise damaged(path, f"unreadable ({type(error).__name__})") from None
 
 
 def check_resumable(path: Path) -> None:

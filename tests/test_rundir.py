@@ -36,6 +36,27 @@ def test_ids_are_compressed_and_round_trip(tmp_path: Path):
     assert (tmp_path / "ids.npz").stat().st_size < ids.nbytes / 10
 
 
+def test_a_run_folder_npz_that_is_missing_torn_or_short_is_one_damaged_line(tmp_path: Path):
+    """The GMM's mixture, the KDE's points and the LM's synthetic ids are .npz files a resume must read."""
+    from collapse_cli.errors import CollapseError
+    from collapse_cli.families.gmm.core import load_mixture
+    from collapse_cli.rundir import require_run_arrays
+
+    run = RunDir(tmp_path)
+    save_ids(run, "ids.npz", np.arange(10))
+    whole = (tmp_path / "ids.npz").read_bytes()
+    (tmp_path / "torn.npz").write_bytes(whole[: len(whole) // 2])
+    cases = {"absent.npz": "missing", "torn.npz": "unreadable (BadZipFile)", "ids.npz": "unreadable (KeyError)"}
+    for name, why in cases.items():
+        with pytest.raises(CollapseError) as caught:
+            require_run_arrays(tmp_path / name, ("weights", "means", "covariances") if name == "ids.npz" else ("ids",))
+        assert str(caught.value).startswith(f"{tmp_path / name}: damaged: {why}"), str(caught.value)
+    with pytest.raises(CollapseError, match="torn.npz: damaged: unreadable"):
+        load_ids(tmp_path / "torn.npz")
+    with pytest.raises(CollapseError, match="ids.npz: damaged: unreadable"):
+        load_mixture(tmp_path / "ids.npz")  # an archive without the mixture's arrays
+
+
 def test_finish_generation_keeps_one_line_per_generation(tmp_path: Path):
     run_dir = RunDir(tmp_path)
     run_dir.finish_generation(0, {"generation": 0, "ppl_test": 10.0})

@@ -27,6 +27,7 @@ from scipy.special import logsumexp
 
 from collapse_cli.families.plots import generation_panels, pyplot, save, save_with_legend_below
 from collapse_cli.measure.stats import binomial_se
+from collapse_cli.rundir import require_run_arrays
 
 SAMPLE_DTYPE = np.float32
 TAIL_MASS = 0.05  # the rare region holds the true distribution's outer 5%
@@ -284,8 +285,8 @@ def save_mixture(mixture: Mixture, path: Path) -> None:
 
 
 def load_mixture(path: Path) -> Mixture:
-    with np.load(path) as arrays:
-        return Mixture(arrays["weights"], arrays["means"], arrays["covariances"])
+    arrays = require_run_arrays(path, ("weights", "means", "covariances"))
+    return Mixture(arrays["weights"], arrays["means"], arrays["covariances"])
 
 
 def scatter_figure(truth: Mixture, samples_by_generation: dict[int, np.ndarray], path: Path,

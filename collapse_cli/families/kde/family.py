@@ -10,7 +10,6 @@ against the real test points, and, for toys with known modes (blobs, ring8), hig
 from __future__ import annotations
 
 import math
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -27,7 +26,7 @@ from collapse_cli.families.kde.facts import FACTS
 from collapse_cli.families.plots import chosen_generations
 from collapse_cli.measure import points as P
 from collapse_cli.measure import stats
-from collapse_cli.rundir import damaged, gen_name
+from collapse_cli.rundir import gen_name, require_run_arrays
 
 KDE_FILE = "kde.npz"
 MAX_FIGURE_GENERATIONS = 100  # panels of one figure row
@@ -141,11 +140,8 @@ class KDEFamily(toy2d.PointFiles, Family):
         np.savez(folder / KDE_FILE, points=model.points, h=np.float64(model.h))
 
     def load_model(self, folder: Path) -> KDEModel:
-        try:
-            with np.load(folder / KDE_FILE) as saved:
-                return KDEModel(saved["points"], float(saved["h"]))
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-            raise damaged(folder / KDE_FILE, f"unreadable ({type(error).__name__})") from None
+        saved = require_run_arrays(Path(folder) / KDE_FILE, ("points", "h"))
+        return KDEModel(saved["points"], float(saved["h"]))
 
     def figures(self, run_dir: Path, rows: list[dict]) -> list[Path]:
         """figures/kde_scatter.png (chosen generations over the real test points), figures/kde_curves.png."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from collapse_cli.rundir import RunDir
+from collapse_cli.rundir import RunDir, require_run_arrays
 
 
 def save_ids(run_dir: RunDir, relative: str | Path, ids: np.ndarray) -> None:
@@ -26,8 +26,7 @@ def save_ids(run_dir: RunDir, relative: str | Path, ids: np.ndarray) -> None:
 
 def load_ids(path: Path) -> np.ndarray:
     """The ids save_ids wrote, as int64."""
-    with np.load(path) as archive:
-        return archive["ids"].astype(np.int64)
+    return require_run_arrays(path, ("ids",))["ids"].astype(np.int64)
 
 
 def save_texts_gz(run_dir: RunDir, relative: str | Path, lines: list[str]) -> None:
